@@ -1,0 +1,151 @@
+//! The ABI shared by the eBPF programs and the daemon: one fixed-layout record per port event,
+//! the per-CPU counters, and the numeric codes both sides agree on. Nothing else lives here.
+#![no_std]
+
+/// Length of `task_struct.comm`, including the trailing NUL.
+pub const COMM_LEN: usize = 16;
+
+/// What happened to the port. Values are part of the ring-buffer ABI.
+pub mod kind {
+    pub const BIND: u8 = 1;
+    pub const LISTEN: u8 = 2;
+    pub const CONNECT: u8 = 3;
+    pub const CLOSE: u8 = 4;
+}
+
+/// Address families as the kernel numbers them (`AF_INET`, `AF_INET6`).
+pub mod family {
+    pub const INET: u8 = 2;
+    pub const INET6: u8 = 10;
+}
+
+/// IP protocol numbers (`IPPROTO_TCP`, `IPPROTO_UDP`).
+pub mod protocol {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// The hook that captured the socket facts of a record. The daemon renders these as text
+/// (`cgroup:post_bind4`, ...); the numbers only need to agree between the two sides.
+pub mod probe {
+    pub const CGROUP_POST_BIND4: u8 = 1;
+    pub const CGROUP_POST_BIND6: u8 = 2;
+    pub const CGROUP_BIND4: u8 = 3;
+    pub const CGROUP_BIND6: u8 = 4;
+    pub const CGROUP_CONNECT4: u8 = 5;
+    pub const CGROUP_CONNECT6: u8 = 6;
+    pub const CGROUP_SOCK_RELEASE: u8 = 7;
+    pub const TP_INET_SOCK_SET_STATE: u8 = 8;
+}
+
+/// One port event, written by the kernel side into the ring buffer.
+///
+/// Addresses are in network byte order (IPv4 in the first four bytes); ports are in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Per-CPU sequence number, taken before the ring-buffer reserve, so gaps show loss too.
+    pub cpu_seq: u64,
+    /// Socket cookie where the hook has one (0 otherwise): pairs bind, connect and release.
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// Thread group id (what userspace calls the pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Inode number of the network namespace (0 when it could not be read).
+    pub netns: u32,
+    /// 0 on success, otherwise the positive errno the syscall returned.
+    pub errno: i32,
+    pub cpu: u32,
+    pub kind: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub probe: u8,
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: u32,
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+}
+
+impl PortEvent {
+    pub const ZERO: PortEvent = PortEvent {
+        ts_ns: 0,
+        cpu_seq: 0,
+        cookie: 0,
+        cgroup_id: 0,
+        pid: 0,
+        tid: 0,
+        uid: 0,
+        gid: 0,
+        netns: 0,
+        errno: 0,
+        cpu: 0,
+        kind: 0,
+        family: 0,
+        protocol: 0,
+        probe: 0,
+        local_port: 0,
+        peer_port: 0,
+        _pad: 0,
+        local_addr: [0; 16],
+        peer_addr: [0; 16],
+        comm: [0; COMM_LEN],
+    };
+}
+
+/// An operation seen on syscall entry (or on a cgroup hook that runs before the kernel decides),
+/// kept per thread until the syscall returns and the outcome is known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    pub event: PortEvent,
+    /// Kernel address of the `struct sock`, read at syscall exit for the port the kernel chose.
+    pub sk: u64,
+}
+
+/// Per-CPU counters kept by the kernel side, summed by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuCounters {
+    /// Next sequence number handed out on this CPU (= records attempted).
+    pub next_seq: u64,
+    /// Records dropped because the ring buffer had no room.
+    pub lost: u64,
+}
+
+/// Names of the globals the daemon fills in at load time (struct offsets from BTF and tracepoint
+/// field offsets from tracefs). An offset of `u32::MAX` means "unknown; do not read".
+pub mod globals {
+    pub const SOCK_NUM: &str = "OFF_SOCK_NUM";
+    pub const INET_SPORT: &str = "OFF_INET_SPORT";
+    pub const SOCK_RCV_SADDR: &str = "OFF_SOCK_RCV_SADDR";
+    pub const SOCK_V6_RCV_SADDR: &str = "OFF_SOCK_V6_RCV_SADDR";
+    pub const TASK_NSPROXY: &str = "OFF_TASK_NSPROXY";
+    pub const NSPROXY_NET_NS: &str = "OFF_NSPROXY_NET_NS";
+    pub const NET_NS_INUM: &str = "OFF_NET_NS_INUM";
+    pub const TP_STATE_SKADDR: &str = "TP_STATE_SKADDR";
+    pub const TP_STATE_NEWSTATE: &str = "TP_STATE_NEWSTATE";
+    pub const TP_STATE_SPORT: &str = "TP_STATE_SPORT";
+    pub const TP_STATE_FAMILY: &str = "TP_STATE_FAMILY";
+    pub const TP_STATE_PROTOCOL: &str = "TP_STATE_PROTOCOL";
+    pub const TP_STATE_SADDR: &str = "TP_STATE_SADDR";
+    pub const TP_STATE_SADDR_V6: &str = "TP_STATE_SADDR_V6";
+    pub const TP_SYS_EXIT_RET: &str = "TP_SYS_EXIT_RET";
+}
+
+pub const UNKNOWN_OFFSET: u32 = u32::MAX;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding fields; every bit pattern is valid.
+    unsafe impl aya::Pod for super::PortEvent {}
+    unsafe impl aya::Pod for super::Pending {}
+    unsafe impl aya::Pod for super::CpuCounters {}
+}

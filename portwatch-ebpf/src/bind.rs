@@ -1,0 +1,135 @@
+//! bind(2): the cgroup post_bind hooks see every successful bind with the port the kernel really
+//! assigned; the pre-bind hooks park the requested address so that a failed bind (EADDRINUSE,
+//! EACCES, ...) can be reported when `sys_exit_bind` returns its errno.
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, SockContext, TracePointContext},
+};
+use portwatch_common::{family, kind, probe};
+
+use crate::{emit, offsets};
+
+#[cgroup_sock(post_bind4)]
+pub fn portwatch_post_bind4(ctx: SockContext) -> i32 {
+    post_bind::<false>(&ctx, probe::CGROUP_POST_BIND4);
+    1
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn portwatch_post_bind6(ctx: SockContext) -> i32 {
+    post_bind::<true>(&ctx, probe::CGROUP_POST_BIND6);
+    1
+}
+
+/// `V6` selects the address fields at compile time: the verifier rejects any access to the other
+/// family's fields in these program types, even on a branch that is never taken.
+#[inline(always)]
+fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
+    let sk = ctx.sock;
+    // SAFETY: context reads of `struct bpf_sock`, rewritten and checked by the verifier.
+    unsafe {
+        let protocol = (*sk).protocol;
+        if !emit::is_inet_transport(protocol) {
+            return;
+        }
+        let mut ev = emit::task_event(kind::BIND, probe);
+        ev.protocol = protocol as u8;
+        ev.family = if V6 { family::INET6 } else { family::INET };
+        ev.local_port = (*sk).src_port as u16;
+        if !V6 {
+            ev.local_addr[..4].copy_from_slice(&(*sk).src_ip4.to_ne_bytes());
+        } else {
+            let ip = &(*sk).src_ip6;
+            ev.local_addr = emit::ip6_words([
+                core::ptr::read_volatile(&ip[0]),
+                core::ptr::read_volatile(&ip[1]),
+                core::ptr::read_volatile(&ip[2]),
+                core::ptr::read_volatile(&ip[3]),
+            ]);
+        }
+        ev.cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sk as *mut _);
+        emit::submit(&mut ev);
+    }
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn portwatch_bind4(ctx: SockAddrContext) -> i32 {
+    park_sock_addr::<false>(&ctx, kind::BIND, probe::CGROUP_BIND4, false);
+    1
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn portwatch_bind6(ctx: SockAddrContext) -> i32 {
+    park_sock_addr::<true>(&ctx, kind::BIND, probe::CGROUP_BIND6, false);
+    1
+}
+
+/// Parks a bind or connect seen by a `cgroup/sock_addr` hook. For a bind the user's address is
+/// the local one; for a connect it is the peer. `V6` as for `post_bind`.
+#[inline(always)]
+pub fn park_sock_addr<const V6: bool>(
+    ctx: &SockAddrContext,
+    kind: u8,
+    probe: u8,
+    user_addr_is_peer: bool,
+) {
+    let sa = ctx.sock_addr;
+    // SAFETY: context reads of `struct bpf_sock_addr`, checked by the verifier.
+    unsafe {
+        let protocol = (*sa).protocol;
+        if !emit::is_inet_transport(protocol) {
+            return;
+        }
+        let mut ev = emit::task_event(kind, probe);
+        ev.protocol = protocol as u8;
+        ev.family = if V6 { family::INET6 } else { family::INET };
+        let port = u16::from_be((*sa).user_port as u16);
+        let mut addr = [0u8; 16];
+        if !V6 {
+            addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
+        } else {
+            let ip = &(*sa).user_ip6;
+            addr = emit::ip6_words([
+                core::ptr::read_volatile(&ip[0]),
+                core::ptr::read_volatile(&ip[1]),
+                core::ptr::read_volatile(&ip[2]),
+                core::ptr::read_volatile(&ip[3]),
+            ]);
+        }
+        if user_addr_is_peer {
+            ev.peer_addr = addr;
+            ev.peer_port = port;
+        } else {
+            ev.local_addr = addr;
+            ev.local_port = port;
+        }
+        ev.cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sa as *mut _);
+        let sk = (*sa).__bindgen_anon_1.sk as usize;
+        emit::park(&ev, sk);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
+pub fn portwatch_sys_exit_bind(ctx: TracePointContext) -> u32 {
+    let Some(ret) = syscall_ret(&ctx) else {
+        return 0;
+    };
+    let Some(pending) = emit::take_parked(kind::BIND) else {
+        return 0;
+    };
+    // Successful binds were reported by post_bind with the real port.
+    if ret < 0 {
+        let mut ev = pending.event;
+        ev.errno = emit::errno_of(ret);
+        emit::submit(&mut ev);
+    }
+    0
+}
+
+/// The `ret` field of a `syscalls:sys_exit_*` record.
+#[inline(always)]
+pub fn syscall_ret(ctx: &TracePointContext) -> Option<i64> {
+    let off = offsets::tp_sys_exit_ret()?;
+    // SAFETY: the offset comes from the tracepoint's format file.
+    unsafe { ctx.read_at::<i64>(off).ok() }
+}

@@ -1,0 +1,48 @@
+//! connect(2), TCP and UDP: the cgroup connect hooks park the peer before the kernel picks a local
+//! port; `sys_exit_connect` completes the record with the outcome and reads the local address and
+//! port the kernel chose from the socket.
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, TracePointContext},
+};
+use portwatch_common::{kind, probe};
+
+use crate::{bind, emit};
+
+#[cgroup_sock_addr(connect4)]
+pub fn portwatch_connect4(ctx: SockAddrContext) -> i32 {
+    bind::park_sock_addr::<false>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT4, true);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn portwatch_connect6(ctx: SockAddrContext) -> i32 {
+    bind::park_sock_addr::<true>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT6, true);
+    1
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn portwatch_sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let Some(ret) = bind::syscall_ret(&ctx) else {
+        return 0;
+    };
+    let Some(pending) = emit::take_parked(kind::CONNECT) else {
+        return 0;
+    };
+    let mut ev = pending.event;
+    // A non-blocking connect that was started is a success here; the handshake goes on.
+    const EINPROGRESS: i64 = 115;
+    if ret != -EINPROGRESS {
+        ev.errno = emit::errno_of(ret);
+    }
+    emit::local_from_sock(&mut ev, pending.sk as usize);
+    if ev.local_port == 0 && ev.errno == 0 {
+        aya_log_ebpf::warn!(
+            &ctx,
+            "connect by tid {}: local port unreadable from the socket",
+            ev.tid
+        );
+    }
+    emit::submit(&mut ev);
+    0
+}

@@ -1,0 +1,211 @@
+//! The ring buffer, the per-CPU counters, the per-thread pending table and the few helpers every
+//! hook shares: fill in the task facts, complete a pending record, submit or count the loss.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
+            bpf_ktime_get_ns,
+        },
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use portwatch_common::{CpuCounters, Pending, PortEvent, family};
+
+use crate::offsets;
+
+/// Default size; the daemon may resize it at load time (`--ring-buffer-kib`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<CpuCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Operations waiting for their syscall to return, keyed by thread id. LRU so that a syscall
+/// whose exit we never see (a killed thread) cannot leak an entry.
+#[map]
+pub static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+pub fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// The facts only the current task can tell: ids, comm, cgroup, network namespace and time.
+#[inline(always)]
+pub fn task_event(kind: u8, probe: u8) -> PortEvent {
+    let mut ev = PortEvent::ZERO;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: helpers without arguments.
+    unsafe {
+        ev.cgroup_id = bpf_get_current_cgroup_id();
+        ev.ts_ns = bpf_ktime_get_ns();
+    }
+    ev.netns = current_netns();
+    ev.kind = kind;
+    ev.probe = probe;
+    ev
+}
+
+/// `current->nsproxy->net_ns->ns.inum`, or 0 when an offset is unknown or a read fails
+/// (a task late in exit has no nsproxy).
+#[inline(always)]
+fn current_netns() -> u32 {
+    let (Some(nsproxy_off), Some(net_off), Some(inum_off)) = (
+        offsets::task_nsproxy(),
+        offsets::nsproxy_net_ns(),
+        offsets::net_ns_inum(),
+    ) else {
+        return 0;
+    };
+    // SAFETY: reads go through bpf_probe_read_kernel, which fails cleanly on a bad address.
+    unsafe {
+        let task = bpf_get_current_task() as usize;
+        let nsproxy: usize = read_kernel(task, nsproxy_off).unwrap_or(0);
+        if nsproxy == 0 {
+            return 0;
+        }
+        let net: usize = read_kernel(nsproxy, net_off).unwrap_or(0);
+        if net == 0 {
+            return 0;
+        }
+        read_kernel::<u32>(net, inum_off).unwrap_or(0)
+    }
+}
+
+/// # Safety
+/// `base + off` is a kernel address; the helper validates it.
+#[inline(always)]
+pub unsafe fn read_kernel<T>(base: usize, off: usize) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off) as *const T).ok() }
+}
+
+/// Fills in the local address and port from a `struct sock`, for hooks that run before the kernel
+/// has chosen them (connect, listen on an unbound socket). Keeps what is there when a read fails.
+#[inline(always)]
+pub fn local_from_sock(ev: &mut PortEvent, sk: usize) {
+    if sk == 0 {
+        return;
+    }
+    // SAFETY: kernel reads via bpf_probe_read_kernel.
+    unsafe {
+        if let Some(off) = offsets::sock_num()
+            && let Some(port) = read_kernel::<u16>(sk, off)
+            && port != 0
+        {
+            ev.local_port = port;
+        } else if let Some(off) = offsets::inet_sport()
+            && let Some(port) = read_kernel::<u16>(sk, off)
+            && port != 0
+        {
+            // A TCP socket the kernel already closed (RST, refused connect) has given its port
+            // back (skc_num = 0) but still records the port it used.
+            ev.local_port = u16::from_be(port);
+        }
+        if ev.family == family::INET {
+            if let Some(off) = offsets::sock_rcv_saddr()
+                && let Some(addr) = read_kernel::<[u8; 4]>(sk, off)
+            {
+                ev.local_addr[..4].copy_from_slice(&addr);
+            }
+        } else if let Some(off) = offsets::sock_v6_rcv_saddr()
+            && let Some(addr) = read_kernel::<[u8; 16]>(sk, off)
+        {
+            ev.local_addr = addr;
+        }
+    }
+}
+
+/// Stamps the per-CPU sequence number and writes the record, or counts it as lost.
+#[inline(always)]
+pub fn submit(ev: &mut PortEvent) {
+    // SAFETY: helper without arguments.
+    ev.cpu = unsafe { bpf_get_smp_processor_id() };
+    let counters = COUNTERS.get_ptr_mut(0);
+    if let Some(c) = counters {
+        // SAFETY: a per-CPU slot; only programs on this CPU touch it. The sequence number is
+        // informational, so a plain increment is enough (BPF v1 has no fetch-and-add).
+        unsafe {
+            ev.cpu_seq = (*c).next_seq;
+            (*c).next_seq = ev.cpu_seq.wrapping_add(1);
+        }
+    }
+    match EVENTS.reserve::<PortEvent>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            entry.submit(0);
+        }
+        None => {
+            if let Some(c) = counters {
+                // SAFETY: as above. The loss count must be exact even if a program on this CPU
+                // preempts us mid-update, hence an atomic add (BPF_XADD; `core::sync::atomic`
+                // offers no 64-bit read-modify-write on the BPF target).
+                unsafe {
+                    core::intrinsics::atomic_xadd::<
+                        u64,
+                        u64,
+                        { core::intrinsics::AtomicOrdering::Relaxed },
+                    >(&raw mut (*c).lost, 1)
+                };
+            }
+        }
+    }
+}
+
+/// Remembers an operation until its syscall returns.
+#[inline(always)]
+pub fn park(ev: &PortEvent, sk: usize) {
+    let pending = Pending {
+        event: *ev,
+        sk: sk as u64,
+    };
+    let _ = PENDING.insert(&ev.tid, &pending, 0);
+}
+
+/// Takes the current thread's parked operation if it is of `kind`. A parked entry of another
+/// kind is stale (its syscall exit was never seen) and is dropped.
+#[inline(always)]
+pub fn take_parked(kind: u8) -> Option<Pending> {
+    let tid = current_tid();
+    let pending = PENDING.get_ptr(tid)?;
+    // SAFETY: a valid map value pointer; copied out before the entry is removed.
+    let pending = unsafe { *pending };
+    let _ = PENDING.remove(&tid);
+    (pending.event.kind == kind).then_some(pending)
+}
+
+/// The errno of a syscall return value (0 on success).
+#[inline(always)]
+pub fn errno_of(ret: i64) -> i32 {
+    if ret < 0 { (-ret) as i32 } else { 0 }
+}
+
+/// Copies four network-order 32-bit words read from a context into an address field.
+#[inline(always)]
+pub fn ip6_words(words: [u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+#[inline(always)]
+pub fn is_inet_transport(protocol: u32) -> bool {
+    protocol == portwatch_common::protocol::TCP as u32
+        || protocol == portwatch_common::protocol::UDP as u32
+}

@@ -1,0 +1,84 @@
+//! Offsets the daemon fills in at load time: kernel struct members from BTF and tracepoint fields
+//! from tracefs. aya-ebpf has no CO-RE, so nothing kernel-internal is hard-coded here.
+use portwatch_common::UNKNOWN_OFFSET;
+
+macro_rules! offset_globals {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            static $name: u32 = UNKNOWN_OFFSET;
+        )*
+    };
+}
+
+offset_globals!(
+    OFF_SOCK_NUM,
+    OFF_INET_SPORT,
+    OFF_SOCK_RCV_SADDR,
+    OFF_SOCK_V6_RCV_SADDR,
+    OFF_TASK_NSPROXY,
+    OFF_NSPROXY_NET_NS,
+    OFF_NET_NS_INUM,
+    TP_STATE_SKADDR,
+    TP_STATE_NEWSTATE,
+    TP_STATE_SPORT,
+    TP_STATE_FAMILY,
+    TP_STATE_PROTOCOL,
+    TP_STATE_SADDR,
+    TP_STATE_SADDR_V6,
+    TP_SYS_EXIT_RET,
+);
+
+/// Reads a global through a volatile load so the compiler cannot fold in the default value.
+#[inline(always)]
+pub fn get(global: &'static u32) -> Option<usize> {
+    // SAFETY: a plain static; the volatile read only stops constant folding.
+    let v = unsafe { core::ptr::read_volatile(global) };
+    (v != UNKNOWN_OFFSET).then_some(v as usize)
+}
+
+pub fn sock_num() -> Option<usize> {
+    get(&OFF_SOCK_NUM)
+}
+pub fn inet_sport() -> Option<usize> {
+    get(&OFF_INET_SPORT)
+}
+pub fn sock_rcv_saddr() -> Option<usize> {
+    get(&OFF_SOCK_RCV_SADDR)
+}
+pub fn sock_v6_rcv_saddr() -> Option<usize> {
+    get(&OFF_SOCK_V6_RCV_SADDR)
+}
+pub fn task_nsproxy() -> Option<usize> {
+    get(&OFF_TASK_NSPROXY)
+}
+pub fn nsproxy_net_ns() -> Option<usize> {
+    get(&OFF_NSPROXY_NET_NS)
+}
+pub fn net_ns_inum() -> Option<usize> {
+    get(&OFF_NET_NS_INUM)
+}
+pub fn tp_state_skaddr() -> Option<usize> {
+    get(&TP_STATE_SKADDR)
+}
+pub fn tp_state_newstate() -> Option<usize> {
+    get(&TP_STATE_NEWSTATE)
+}
+pub fn tp_state_sport() -> Option<usize> {
+    get(&TP_STATE_SPORT)
+}
+pub fn tp_state_family() -> Option<usize> {
+    get(&TP_STATE_FAMILY)
+}
+pub fn tp_state_protocol() -> Option<usize> {
+    get(&TP_STATE_PROTOCOL)
+}
+pub fn tp_state_saddr() -> Option<usize> {
+    get(&TP_STATE_SADDR)
+}
+pub fn tp_state_saddr_v6() -> Option<usize> {
+    get(&TP_STATE_SADDR_V6)
+}
+pub fn tp_sys_exit_ret() -> Option<usize> {
+    get(&TP_SYS_EXIT_RET)
+}

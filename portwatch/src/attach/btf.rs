@@ -1,0 +1,142 @@
+//! Kernel struct member offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//! aya-ebpf has no CO-RE, so the programs read these as globals set at load time.
+use std::path::Path;
+
+use btf_rs::{Btf, BtfType, Type};
+
+use super::AttachError;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The kernel struct offsets the programs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StructOffsets {
+    pub sock_num: u32,
+    pub inet_sport: u32,
+    pub sock_rcv_saddr: u32,
+    pub sock_v6_rcv_saddr: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    pub net_ns_inum: u32,
+}
+
+impl StructOffsets {
+    pub fn from_btf_file(path: &Path) -> Result<Self, AttachError> {
+        let btf = Btf::from_file(path).map_err(|e| AttachError::Btf {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_btf(&btf)
+    }
+
+    pub fn from_btf(btf: &Btf) -> Result<Self, AttachError> {
+        Ok(Self {
+            sock_num: member_offset(btf, "sock", &["__sk_common", "skc_num"])?,
+            inet_sport: member_offset(btf, "inet_sock", &["inet_sport"])?,
+            sock_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_rcv_saddr"])?,
+            sock_v6_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
+            task_nsproxy: member_offset(btf, "task_struct", &["nsproxy"])?,
+            nsproxy_net_ns: member_offset(btf, "nsproxy", &["net_ns"])?,
+            net_ns_inum: member_offset(btf, "net", &["ns", "inum"])?,
+        })
+    }
+}
+
+/// Byte offset of `root.path[0].path[1]...`, looking through anonymous structs and unions the
+/// way C does (members of an anonymous member belong to the enclosing struct).
+pub fn member_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32, AttachError> {
+    let missing = || AttachError::BtfMember {
+        member: format!("{root}.{}", path.join(".")),
+    };
+    let mut ty = btf
+        .resolve_types_by_name(root)
+        .map_err(|_| missing())?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or_else(missing)?;
+    let mut total_bits = 0u32;
+    for name in path {
+        let bits = find_member(btf, &ty, name, 0).ok_or_else(missing)?;
+        total_bits += bits.0;
+        ty = bits.1;
+    }
+    if total_bits % 8 != 0 {
+        return Err(missing());
+    }
+    Ok(total_bits / 8)
+}
+
+/// Returns the bit offset of `name` inside `ty` and the member's own (typedef-resolved) type.
+fn find_member(btf: &Btf, ty: &Type, name: &str, depth: u32) -> Option<(u32, Type)> {
+    if depth > 8 {
+        return None;
+    }
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return None,
+    };
+    for m in members {
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        let mty = resolve_aggregate(btf, btf.resolve_chained_type(m).ok()?);
+        if mname == name {
+            return Some((m.bit_offset(), mty));
+        }
+        if mname.is_empty()
+            && let Some((inner, t)) = find_member(btf, &mty, name, depth + 1)
+        {
+            return Some((m.bit_offset() + inner, t));
+        }
+    }
+    None
+}
+
+/// Follows typedefs and qualifiers down to the underlying type.
+fn resolve_aggregate(btf: &Btf, mut ty: Type) -> Type {
+    for _ in 0..16 {
+        let next = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t).ok(),
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                btf.resolve_chained_type(t).ok()
+            }
+            Type::TypeTag(t) => btf.resolve_chained_type(t).ok(),
+            _ => None,
+        };
+        match next {
+            Some(n) => ty = n,
+            None => break,
+        }
+    }
+    ty
+}
+
+#[allow(dead_code)]
+fn _assert_btf_type_used(_: &dyn BtfType) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the running kernel's BTF: every offset the programs need must resolve.
+    #[test]
+    fn running_kernel_offsets_resolve() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            panic!("{VMLINUX_BTF} is missing: portwatch needs a kernel with CONFIG_DEBUG_INFO_BTF");
+        }
+        let offs = StructOffsets::from_btf_file(path).expect("offsets");
+        // skc_num follows skc_dport inside the port pair: they are two bytes apart.
+        assert!(offs.sock_num > 0);
+        assert_ne!(offs.sock_rcv_saddr, offs.sock_v6_rcv_saddr);
+        assert!(offs.task_nsproxy > 0);
+    }
+
+    #[test]
+    fn unknown_member_is_an_error_naming_it() {
+        let btf = Btf::from_file(VMLINUX_BTF).expect("btf");
+        let err = member_offset(&btf, "sock", &["__sk_common", "no_such_member"]).unwrap_err();
+        assert!(
+            err.to_string().contains("sock.__sk_common.no_such_member"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! Load the eBPF object and attach one strategy per hook family, following the attach ladder in
+//! DESIGN.md: fentry/fexit, then kprobe/kretprobe, then tracepoint + cgroup. `auto` takes the
+//! best rung that loads and attaches for each family; a forced strategy that fails is an error
+//! naming the hook and the kernel's reason.
+pub mod btf;
+pub mod tracefs;
+
+use std::{fmt, fs::File, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
+};
+use portwatch_common::globals;
+use serde::Serialize;
+
+use self::btf::StructOffsets;
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("reading kernel BTF from {path}: {reason}")]
+    Btf { path: String, reason: String },
+    #[error("kernel BTF has no member {member}; this kernel's layout is not supported")]
+    BtfMember { member: String },
+    #[error("tracefs: {reason}")]
+    Tracefs { reason: String },
+    #[error("cgroup v2: {reason}")]
+    Cgroup { reason: String },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("{strategy} strategy, hook {hook}: {reason}")]
+    Hook {
+        strategy: Strategy,
+        hook: String,
+        reason: String,
+    },
+    #[error("{strategy} strategy for {family}: {reason}")]
+    Unavailable {
+        strategy: Strategy,
+        family: Family,
+        reason: String,
+    },
+    #[error("no attach strategy worked for {family}: {tried}")]
+    Exhausted { family: Family, tried: String },
+}
+
+/// One rung of the attach ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::Fentry => "fentry",
+            Strategy::Kprobe => "kprobe",
+            Strategy::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// `--attach`: the ladder, or one strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl AttachMode {
+    fn ladder(self) -> &'static [Strategy] {
+        match self {
+            AttachMode::Auto => &[Strategy::Fentry, Strategy::Kprobe, Strategy::Tracepoint],
+            AttachMode::Fentry => &[Strategy::Fentry],
+            AttachMode::Kprobe => &[Strategy::Kprobe],
+            AttachMode::Tracepoint => &[Strategy::Tracepoint],
+        }
+    }
+}
+
+/// The hook families of the design card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Bind,
+    Listen,
+    Connect,
+    Release,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [
+        Family::Bind,
+        Family::Listen,
+        Family::Connect,
+        Family::Release,
+    ];
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Bind => "bind",
+            Family::Listen => "listen",
+            Family::Connect => "connect",
+            Family::Release => "release",
+        })
+    }
+}
+
+/// What one family ended up with, for the `status` event.
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilyAttachment {
+    #[serde(skip)]
+    pub family: Family,
+    pub strategy: Strategy,
+    pub hooks: Vec<String>,
+    /// Better strategies that were tried first, with the reason each was passed over.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub strategy: Strategy,
+    pub reason: String,
+}
+
+/// The loaded object with every program attached. Dropping it detaches everything.
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub families: Vec<FamilyAttachment>,
+    pub ring_buffer_bytes: u32,
+}
+
+pub struct AttachOptions {
+    pub mode: AttachMode,
+    pub ring_buffer_bytes: u32,
+}
+
+/// Offsets and paths found once, before anything is loaded.
+struct KernelLayout {
+    structs: StructOffsets,
+    tp_state: [u32; 7],
+    tp_sys_exit_ret: u32,
+    cgroup_root: PathBuf,
+}
+
+impl KernelLayout {
+    fn discover() -> Result<Self, AttachError> {
+        let structs = StructOffsets::from_btf_file(std::path::Path::new(btf::VMLINUX_BTF))?;
+        let tracefs = tracefs::ensure_tracefs()?;
+        let state = tracefs::field_offsets(
+            &tracefs,
+            "sock",
+            "inet_sock_set_state",
+            &[
+                ("skaddr", 8),
+                ("newstate", 4),
+                ("sport", 2),
+                ("family", 2),
+                ("protocol", 2),
+                ("saddr", 4),
+                ("saddr_v6", 16),
+            ],
+        )?;
+        let mut ret = None;
+        for sys in ["sys_exit_bind", "sys_exit_listen", "sys_exit_connect"] {
+            let off = tracefs::field_offsets(&tracefs, "syscalls", sys, &[("ret", 8)])?[0];
+            match ret {
+                None => ret = Some(off),
+                Some(r) if r == off => {}
+                Some(r) => {
+                    return Err(AttachError::Tracefs {
+                        reason: format!("syscalls:{sys} has ret at offset {off}, others at {r}"),
+                    });
+                }
+            }
+        }
+        let mut tp_state = [0u32; 7];
+        tp_state.copy_from_slice(&state);
+        Ok(Self {
+            structs,
+            tp_state,
+            tp_sys_exit_ret: ret.unwrap_or(16),
+            cgroup_root: cgroup2_mount()?,
+        })
+    }
+}
+
+/// Where the unified (v2) cgroup hierarchy is mounted, from /proc/self/mounts.
+pub fn cgroup2_mount() -> Result<PathBuf, AttachError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| AttachError::Cgroup {
+        reason: format!("cannot read /proc/self/mounts: {e}"),
+    })?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (_src, dir, fstype) = (parts.next()?, parts.next()?, parts.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .ok_or_else(|| AttachError::Cgroup {
+            reason: "no cgroup2 file system is mounted (see /proc/self/mounts)".into(),
+        })
+}
+
+/// Loads the object and walks the ladder for every family.
+pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
+    let layout = KernelLayout::discover()?;
+    let s = &layout.structs;
+    let t = &layout.tp_state;
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(globals::SOCK_NUM, &s.sock_num, true)
+        .override_global(globals::INET_SPORT, &s.inet_sport, true)
+        .override_global(globals::SOCK_RCV_SADDR, &s.sock_rcv_saddr, true)
+        .override_global(globals::SOCK_V6_RCV_SADDR, &s.sock_v6_rcv_saddr, true)
+        .override_global(globals::TASK_NSPROXY, &s.task_nsproxy, true)
+        .override_global(globals::NSPROXY_NET_NS, &s.nsproxy_net_ns, true)
+        .override_global(globals::NET_NS_INUM, &s.net_ns_inum, true)
+        .override_global(globals::TP_STATE_SKADDR, &t[0], true)
+        .override_global(globals::TP_STATE_NEWSTATE, &t[1], true)
+        .override_global(globals::TP_STATE_SPORT, &t[2], true)
+        .override_global(globals::TP_STATE_FAMILY, &t[3], true)
+        .override_global(globals::TP_STATE_PROTOCOL, &t[4], true)
+        .override_global(globals::TP_STATE_SADDR, &t[5], true)
+        .override_global(globals::TP_STATE_SADDR_V6, &t[6], true)
+        .override_global(globals::TP_SYS_EXIT_RET, &layout.tp_sys_exit_ret, true)
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(AttachError::Load)?;
+    let cgroup = File::open(&layout.cgroup_root).map_err(|e| AttachError::Cgroup {
+        reason: format!("cannot open {}: {e}", layout.cgroup_root.display()),
+    })?;
+
+    let mut families = Vec::new();
+    for family in Family::ALL {
+        let mut skipped = Vec::new();
+        let mut attached = None;
+        for &strategy in opts.mode.ladder() {
+            match attach_family(&mut ebpf, &cgroup, family, strategy) {
+                Ok(hooks) => {
+                    attached = Some(FamilyAttachment {
+                        family,
+                        strategy,
+                        hooks,
+                        skipped: std::mem::take(&mut skipped),
+                    });
+                    break;
+                }
+                Err(e) if opts.mode != AttachMode::Auto => return Err(e),
+                Err(e) => {
+                    tracing::info!(%family, %strategy, reason = %e, "attach strategy passed over");
+                    skipped.push(Skipped {
+                        strategy,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        match attached {
+            Some(a) => families.push(a),
+            None => {
+                let tried = skipped
+                    .iter()
+                    .map(|s| format!("{}: {}", s.strategy, s.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(AttachError::Exhausted { family, tried });
+            }
+        }
+    }
+    Ok(Attached {
+        ebpf,
+        families,
+        ring_buffer_bytes: opts.ring_buffer_bytes,
+    })
+}
+
+/// A program and where it goes.
+enum Hook {
+    CgroupSock(&'static str),
+    CgroupSockAddr(&'static str),
+    TracePoint(&'static str, &'static str, &'static str),
+}
+
+impl Hook {
+    fn label(&self) -> String {
+        match self {
+            Hook::CgroupSock(p) | Hook::CgroupSockAddr(p) => {
+                format!("cgroup:{}", p.trim_start_matches("portwatch_"))
+            }
+            Hook::TracePoint(_, cat, name) => format!("tracepoint:{cat}:{name}"),
+        }
+    }
+}
+
+fn tracepoint_hooks(family: Family) -> Vec<Hook> {
+    match family {
+        Family::Bind => vec![
+            Hook::CgroupSock("portwatch_post_bind4"),
+            Hook::CgroupSock("portwatch_post_bind6"),
+            Hook::CgroupSockAddr("portwatch_bind4"),
+            Hook::CgroupSockAddr("portwatch_bind6"),
+            Hook::TracePoint("portwatch_sys_exit_bind", "syscalls", "sys_exit_bind"),
+        ],
+        Family::Listen => vec![
+            Hook::TracePoint(
+                "portwatch_inet_sock_set_state",
+                "sock",
+                "inet_sock_set_state",
+            ),
+            Hook::TracePoint("portwatch_sys_exit_listen", "syscalls", "sys_exit_listen"),
+        ],
+        Family::Connect => vec![
+            Hook::CgroupSockAddr("portwatch_connect4"),
+            Hook::CgroupSockAddr("portwatch_connect6"),
+            Hook::TracePoint("portwatch_sys_exit_connect", "syscalls", "sys_exit_connect"),
+        ],
+        Family::Release => vec![Hook::CgroupSock("portwatch_sock_release")],
+    }
+}
+
+fn attach_family(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    family: Family,
+    strategy: Strategy,
+) -> Result<Vec<String>, AttachError> {
+    let hooks = match strategy {
+        Strategy::Tracepoint => tracepoint_hooks(family),
+        Strategy::Fentry | Strategy::Kprobe => {
+            return Err(AttachError::Unavailable {
+                strategy,
+                family,
+                reason: "this build carries no programs for it yet (tracked in issue #3)".into(),
+            });
+        }
+    };
+    let mut labels = Vec::with_capacity(hooks.len());
+    for hook in &hooks {
+        let label = hook.label();
+        let fail = |reason: String| AttachError::Hook {
+            strategy,
+            hook: label.clone(),
+            reason,
+        };
+        match *hook {
+            // Attached as bpf_links, which always coexist with other programs on the cgroup
+            // (including another portwatch); link creation rejects any mode flag but 0 (Single).
+            Hook::CgroupSock(name) => {
+                let prog: &mut CgroupSock = program(ebpf, name, &fail)?;
+                prog.load().map_err(|e| fail(error_chain(&e)))?;
+                prog.attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| fail(error_chain(&e)))?;
+            }
+            Hook::CgroupSockAddr(name) => {
+                let prog: &mut CgroupSockAddr = program(ebpf, name, &fail)?;
+                prog.load().map_err(|e| fail(error_chain(&e)))?;
+                prog.attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| fail(error_chain(&e)))?;
+            }
+            Hook::TracePoint(name, category, tp) => {
+                let prog: &mut TracePoint = program(ebpf, name, &fail)?;
+                prog.load().map_err(|e| fail(error_chain(&e)))?;
+                prog.attach(category, tp)
+                    .map_err(|e| fail(error_chain(&e)))?;
+            }
+        }
+        labels.push(label);
+    }
+    Ok(labels)
+}
+
+fn program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    fail: &dyn Fn(String) -> AttachError,
+) -> Result<&'a mut P, AttachError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| fail(format!("program {name} is missing from the eBPF object")))?;
+    prog.try_into()
+        .map_err(|e: aya::programs::ProgramError| fail(error_chain(&e)))
+}
+
+/// The error and its causes on one line (aya puts the kernel's reason in the source chain).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

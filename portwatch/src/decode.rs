@@ -1,0 +1,249 @@
+//! Turn the kernel's fixed-layout record into typed values. Pure: no I/O, no clocks.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use portwatch_common::{PortEvent, family, kind, probe, protocol};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bind,
+    Listen,
+    Connect,
+    Close,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Bind => "bind",
+            Kind::Listen => "listen",
+            Kind::Connect => "connect",
+            Kind::Close => "close",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// A decoded kernel record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEvent {
+    pub monotonic_ns: u64,
+    pub cpu: u32,
+    pub cpu_seq: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub netns: u32,
+    /// `None` on success.
+    pub errno: Option<i32>,
+    pub kind: Kind,
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub peer: Option<SocketAddr>,
+    /// `task->comm` as the kernel had it: up to 15 bytes, not necessarily UTF-8.
+    pub comm: Vec<u8>,
+    pub probe: &'static str,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record is {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown address family {0}")]
+    Family(u8),
+    #[error("unknown protocol {0}")]
+    Protocol(u8),
+    #[error("unknown probe id {0}")]
+    Probe(u8),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let expected = std::mem::size_of::<PortEvent>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length is checked above and PortEvent is plain data valid for any bit pattern.
+    let raw: PortEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    decode_record(&raw)
+}
+
+pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
+    let kind = match raw.kind {
+        kind::BIND => Kind::Bind,
+        kind::LISTEN => Kind::Listen,
+        kind::CONNECT => Kind::Connect,
+        kind::CLOSE => Kind::Close,
+        k => return Err(DecodeError::Kind(k)),
+    };
+    let transport = match raw.protocol {
+        protocol::TCP => Transport::Tcp,
+        protocol::UDP => Transport::Udp,
+        p => return Err(DecodeError::Protocol(p)),
+    };
+    let local_ip = ip(raw.family, &raw.local_addr)?;
+    let peer_ip = ip(raw.family, &raw.peer_addr)?;
+    let peer = match kind {
+        Kind::Connect => Some(SocketAddr::new(peer_ip, raw.peer_port)),
+        _ if raw.peer_port != 0 => Some(SocketAddr::new(peer_ip, raw.peer_port)),
+        _ => None,
+    };
+    let comm_len = raw
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.comm.len());
+    Ok(KernelEvent {
+        monotonic_ns: raw.ts_ns,
+        cpu: raw.cpu,
+        cpu_seq: raw.cpu_seq,
+        cookie: raw.cookie,
+        cgroup_id: raw.cgroup_id,
+        pid: raw.pid,
+        tid: raw.tid,
+        uid: raw.uid,
+        gid: raw.gid,
+        netns: raw.netns,
+        errno: (raw.errno != 0).then_some(raw.errno),
+        kind,
+        transport,
+        local: SocketAddr::new(local_ip, raw.local_port),
+        peer,
+        comm: raw.comm[..comm_len].to_vec(),
+        probe: probe_name(raw.probe)?,
+    })
+}
+
+fn ip(fam: u8, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match fam {
+        family::INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        family::INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        f => Err(DecodeError::Family(f)),
+    }
+}
+
+/// The text form of a probe id, as it appears in the event log's `probe` field.
+pub fn probe_name(id: u8) -> Result<&'static str, DecodeError> {
+    Ok(match id {
+        probe::CGROUP_POST_BIND4 => "cgroup:post_bind4",
+        probe::CGROUP_POST_BIND6 => "cgroup:post_bind6",
+        probe::CGROUP_BIND4 => "cgroup:bind4",
+        probe::CGROUP_BIND6 => "cgroup:bind6",
+        probe::CGROUP_CONNECT4 => "cgroup:connect4",
+        probe::CGROUP_CONNECT6 => "cgroup:connect6",
+        probe::CGROUP_SOCK_RELEASE => "cgroup:sock_release",
+        probe::TP_INET_SOCK_SET_STATE => "tracepoint:sock:inet_sock_set_state",
+        other => return Err(DecodeError::Probe(other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> PortEvent {
+        let mut e = PortEvent::ZERO;
+        e.kind = kind::CONNECT;
+        e.protocol = protocol::TCP;
+        e.family = family::INET;
+        e.probe = probe::CGROUP_CONNECT4;
+        e.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.peer_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        e.local_port = 40000;
+        e.peer_port = 8080;
+        e.pid = 42;
+        e.tid = 43;
+        e.comm[..4].copy_from_slice(b"curl");
+        e
+    }
+
+    fn bytes(e: &PortEvent) -> Vec<u8> {
+        // SAFETY: plain data.
+        unsafe {
+            std::slice::from_raw_parts((e as *const PortEvent).cast::<u8>(), size_of::<PortEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_ipv4_connect() {
+        let ev = decode(&bytes(&raw())).unwrap();
+        assert_eq!(ev.kind, Kind::Connect);
+        assert_eq!(ev.transport, Transport::Tcp);
+        assert_eq!(ev.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(ev.peer, Some("127.0.0.2:8080".parse().unwrap()));
+        assert_eq!(ev.comm, b"curl");
+        assert_eq!(ev.errno, None);
+        assert_eq!(ev.probe, "cgroup:connect4");
+    }
+
+    #[test]
+    fn decodes_ipv6_bind_failure_without_peer() {
+        let mut r = raw();
+        r.kind = kind::BIND;
+        r.family = family::INET6;
+        r.protocol = protocol::UDP;
+        r.probe = probe::CGROUP_BIND6;
+        r.local_addr = Ipv6Addr::LOCALHOST.octets();
+        r.peer_port = 0;
+        r.errno = 98;
+        let ev = decode_record(&r).unwrap();
+        assert_eq!(ev.local, "[::1]:40000".parse().unwrap());
+        assert_eq!(ev.peer, None);
+        assert_eq!(ev.errno, Some(98));
+        assert_eq!(ev.transport, Transport::Udp);
+    }
+
+    #[test]
+    fn comm_of_full_length_has_no_terminator() {
+        let mut r = raw();
+        r.comm = *b"0123456789abcdef";
+        assert_eq!(decode_record(&r).unwrap().comm.len(), 16);
+    }
+
+    #[test]
+    fn rejects_wrong_size_and_unknown_codes() {
+        assert_eq!(
+            decode(&[0u8; 3]),
+            Err(DecodeError::Size {
+                got: 3,
+                expected: size_of::<PortEvent>()
+            })
+        );
+        let mut r = raw();
+        r.kind = 99;
+        assert_eq!(decode_record(&r), Err(DecodeError::Kind(99)));
+        let mut r = raw();
+        r.family = 1;
+        assert_eq!(decode_record(&r), Err(DecodeError::Family(1)));
+        let mut r = raw();
+        r.protocol = 1;
+        assert_eq!(decode_record(&r), Err(DecodeError::Protocol(1)));
+        let mut r = raw();
+        r.probe = 200;
+        assert_eq!(decode_record(&r), Err(DecodeError::Probe(200)));
+    }
+}

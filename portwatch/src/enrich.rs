@@ -1,0 +1,150 @@
+//! Attribute a kernel record to a process: executable, command line and parent from /proc, and
+//! the user name from the user database. What cannot be read (the process is gone) stays None;
+//! nothing is guessed.
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use nix::unistd::{Uid, User};
+
+use crate::decode::KernelEvent;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub ppid: Option<u32>,
+    pub executable: Option<String>,
+    pub command_line: Option<Vec<String>>,
+    pub user_name: Option<String>,
+}
+
+/// User names change rarely; a small cache keeps the user database off the hot path.
+const USER_CACHE_MAX: usize = 4096;
+
+pub struct Enricher {
+    proc_root: PathBuf,
+    users: HashMap<u32, Option<String>>,
+    /// Records whose process was already gone from /proc.
+    pub vanished: u64,
+}
+
+impl Default for Enricher {
+    fn default() -> Self {
+        Self::new("/proc")
+    }
+}
+
+impl Enricher {
+    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        Self {
+            proc_root: proc_root.into(),
+            users: HashMap::new(),
+            vanished: 0,
+        }
+    }
+
+    pub fn attribute(&mut self, ev: &KernelEvent) -> Attribution {
+        let dir = self.proc_root.join(ev.pid.to_string());
+        let proc_info = read_process(&dir);
+        if proc_info.is_none() {
+            self.vanished += 1;
+        }
+        let (ppid, executable, command_line) = proc_info.unwrap_or_default();
+        Attribution {
+            ppid,
+            executable,
+            command_line,
+            user_name: self.user_name(ev.uid),
+        }
+    }
+
+    pub fn user_name(&mut self, uid: u32) -> Option<String> {
+        if let Some(name) = self.users.get(&uid) {
+            return name.clone();
+        }
+        let name = User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        if self.users.len() >= USER_CACHE_MAX {
+            self.users.clear();
+        }
+        self.users.insert(uid, name.clone());
+        name
+    }
+}
+
+type ProcFacts = (Option<u32>, Option<String>, Option<Vec<String>>);
+
+/// Reads what /proc still has of a process; `None` when its directory is gone.
+fn read_process(dir: &Path) -> Option<ProcFacts> {
+    let stat = fs::read(dir.join("stat")).ok()?;
+    let ppid = parse_stat_ppid(&stat);
+    let executable = fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let command_line = fs::read(dir.join("cmdline"))
+        .ok()
+        .and_then(|b| split_cmdline(&b));
+    Some((ppid, executable, command_line))
+}
+
+/// The parent pid from /proc/PID/stat. comm (field 2) may hold spaces and parentheses, so parse
+/// from the last ')'.
+pub fn parse_stat_ppid(stat: &[u8]) -> Option<u32> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
+}
+
+/// NUL-separated argv; an empty cmdline (kernel thread, zombie) is None.
+pub fn split_cmdline(bytes: &[u8]) -> Option<Vec<String>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    Some(
+        trimmed
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_survives_hostile_comm() {
+        assert_eq!(parse_stat_ppid(b"123 (a) b) (c) S 77 123 123 0"), Some(77));
+        assert_eq!(parse_stat_ppid(b"garbage"), None);
+    }
+
+    #[test]
+    fn cmdline_splits_on_nul_and_keeps_empty_args() {
+        assert_eq!(
+            split_cmdline(b"nc\0-l\0\0x\xff\0"),
+            Some(vec![
+                "nc".into(),
+                "-l".into(),
+                "".into(),
+                "x\u{fffd}".into()
+            ])
+        );
+        assert_eq!(split_cmdline(b""), None);
+    }
+
+    #[test]
+    fn own_process_is_attributed_and_a_gone_one_is_not() {
+        let mut e = Enricher::default();
+        let me = std::process::id();
+        let (ppid, exe, argv) = read_process(&PathBuf::from(format!("/proc/{me}"))).unwrap();
+        assert!(ppid.is_some() && exe.is_some() && argv.is_some());
+        assert!(read_process(Path::new("/proc/999999999")).is_none());
+        assert_eq!(e.user_name(0).as_deref(), Some("root"));
+    }
+}

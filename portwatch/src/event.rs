@@ -1,0 +1,246 @@
+//! The event log contract, schema version 1 (docs/schema.md). Every line the daemon writes is
+//! one of these records serialized as a single JSON object.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::Serialize;
+
+use crate::{
+    attach::FamilyAttachment,
+    decode::{KernelEvent, Transport},
+    enrich::Attribution,
+    errno,
+};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Fields every line starts with.
+#[derive(Debug, Serialize)]
+pub struct Header<'a> {
+    pub schema: u32,
+    pub timestamp: String,
+    pub seq: u64,
+    pub host: Host<'a>,
+    pub event: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Host<'a> {
+    pub name: &'a str,
+}
+
+/// bind, listen, connect and close.
+#[derive(Debug, Serialize)]
+pub struct PortRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    pub network: Network,
+    pub process: Process,
+    pub probe: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Network {
+    pub transport: &'static str,
+    #[serde(rename = "type")]
+    pub ip_type: &'static str,
+    pub local: Endpoint,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Endpoint>,
+    /// Inode of the network namespace; null when the kernel side could not read it.
+    pub netns: Option<u32>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Endpoint {
+            address: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: Option<u32>,
+    pub comm: String,
+    pub executable: Option<String>,
+    pub command_line: Option<Vec<String>>,
+    pub user: User,
+    pub group: Group,
+}
+
+#[derive(Debug, Serialize)]
+pub struct User {
+    pub id: u32,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Group {
+    pub id: u32,
+}
+
+/// The first line of every run.
+#[derive(Debug, Serialize)]
+pub struct StatusRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub daemon: DaemonInfo,
+    pub kernel: KernelInfo,
+    pub attach: BTreeMap<String, &'a FamilyAttachment>,
+    pub ring_buffer_bytes: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DaemonInfo {
+    pub version: &'static str,
+    pub pid: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelInfo {
+    pub release: String,
+}
+
+/// Records the kernel could not deliver.
+#[derive(Debug, Serialize)]
+pub struct LossRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub loss: Loss,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Loss {
+    /// Records lost since the previous loss event.
+    pub count: u64,
+    /// Records lost since the programs were loaded.
+    pub total: u64,
+    pub reason: &'static str,
+}
+
+impl<'a> PortRecord<'a> {
+    pub fn new(header: Header<'a>, ev: &KernelEvent, attr: Attribution) -> Self {
+        PortRecord {
+            header,
+            outcome: if ev.errno.is_some() {
+                "failure"
+            } else {
+                "success"
+            },
+            error: ev.errno.map(errno::name),
+            errno: ev.errno,
+            network: Network {
+                transport: match ev.transport {
+                    Transport::Tcp => "tcp",
+                    Transport::Udp => "udp",
+                },
+                ip_type: if ev.local.is_ipv4() { "ipv4" } else { "ipv6" },
+                local: ev.local.into(),
+                peer: ev.peer.map(Endpoint::from),
+                netns: (ev.netns != 0).then_some(ev.netns),
+            },
+            process: Process {
+                pid: ev.pid,
+                tid: ev.tid,
+                ppid: attr.ppid,
+                comm: String::from_utf8_lossy(&ev.comm).into_owned(),
+                executable: attr.executable,
+                command_line: attr.command_line,
+                user: User {
+                    id: ev.uid,
+                    name: attr.user_name,
+                },
+                group: Group { id: ev.gid },
+            },
+            probe: ev.probe,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Kind;
+
+    fn header() -> Header<'static> {
+        Header {
+            schema: SCHEMA_VERSION,
+            timestamp: "2026-11-27T00:00:00.000000001Z".into(),
+            seq: 7,
+            host: Host { name: "h" },
+            event: "connect",
+        }
+    }
+
+    fn kernel_event() -> KernelEvent {
+        KernelEvent {
+            monotonic_ns: 1,
+            cpu: 0,
+            cpu_seq: 0,
+            cookie: 0,
+            cgroup_id: 0,
+            pid: 10,
+            tid: 11,
+            uid: 0,
+            gid: 0,
+            netns: 4026531840,
+            errno: Some(111),
+            kind: Kind::Connect,
+            transport: Transport::Tcp,
+            local: "[::1]:5000".parse().unwrap(),
+            peer: Some("[::1]:1".parse().unwrap()),
+            comm: b"a\"b\n\xff".to_vec(),
+            probe: "cgroup:connect6",
+        }
+    }
+
+    #[test]
+    fn failure_record_has_error_name_number_and_peer() {
+        let rec = PortRecord::new(header(), &kernel_event(), Attribution::default());
+        let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["event"], "connect");
+        assert_eq!(v["outcome"], "failure");
+        assert_eq!(v["error"], "ECONNREFUSED");
+        assert_eq!(v["errno"], 111);
+        assert_eq!(v["network"]["type"], "ipv6");
+        assert_eq!(v["network"]["local"]["address"], "::1");
+        assert_eq!(v["network"]["peer"]["port"], 1);
+        assert_eq!(v["network"]["netns"], 4026531840u32);
+        assert_eq!(v["process"]["executable"], serde_json::Value::Null);
+        assert_eq!(v["process"]["user"]["name"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn hostile_comm_stays_one_valid_json_line() {
+        let rec = PortRecord::new(header(), &kernel_event(), Attribution::default());
+        let line = serde_json::to_string(&rec).unwrap();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["process"]["comm"], "a\"b\n\u{fffd}");
+    }
+
+    #[test]
+    fn success_record_omits_error_fields() {
+        let mut ev = kernel_event();
+        ev.errno = None;
+        let v =
+            serde_json::to_value(PortRecord::new(header(), &ev, Attribution::default())).unwrap();
+        assert_eq!(v["outcome"], "success");
+        assert!(v.get("error").is_none() && v.get("errno").is_none());
+    }
+}

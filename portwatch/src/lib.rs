@@ -1,0 +1,13 @@
+//! portwatch: eBPF-traced port events. The modules follow the data flow:
+//! attach → read → decode → enrich → event (schema) → sink, driven by `daemon`.
+pub mod attach;
+pub mod cli;
+pub mod clock;
+pub mod daemon;
+pub mod decode;
+pub mod enrich;
+pub mod errno;
+pub mod event;
+pub mod privileges;
+pub mod read;
+pub mod sink;

@@ -1,0 +1,114 @@
+//! Read the ring buffer and the per-CPU loss counters the kernel side keeps.
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use portwatch_common::CpuCounters;
+use tokio::io::unix::AsyncFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("registering the ring buffer with the runtime: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct EventReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl EventReader {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
+        let map = ebpf
+            .take_map("EVENTS")
+            .ok_or(ReadError::MissingMap("EVENTS"))?;
+        let ring = RingBuf::try_from(map).map_err(|source| ReadError::Map {
+            name: "EVENTS",
+            source,
+        })?;
+        Ok(Self {
+            ring: register(ring)?,
+        })
+    }
+
+    /// Waits until the kernel signals new records. Readiness is cleared before the caller drains,
+    /// so a record that arrives during the drain wakes the next wait instead of being missed.
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every queued record to `f`; returns how many there were.
+    pub fn drain(&mut self, f: &mut impl FnMut(&[u8])) -> usize {
+        drain(self.ring.get_mut(), f)
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(&[u8])) -> usize {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        f(&item);
+        n += 1;
+    }
+    n
+}
+
+/// Registers a map fd with the runtime for readability.
+pub fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its fd (an aya map), which stays open and unchanged until the AsyncFd
+    // drops it.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Sums the kernel's per-CPU loss counters and reports increases.
+pub struct LossCounter {
+    counters: PerCpuArray<MapData, CpuCounters>,
+    reported: u64,
+}
+
+impl LossCounter {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
+        let map = ebpf
+            .take_map("COUNTERS")
+            .ok_or(ReadError::MissingMap("COUNTERS"))?;
+        let counters = PerCpuArray::try_from(map).map_err(|source| ReadError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+        Ok(Self {
+            counters,
+            reported: 0,
+        })
+    }
+
+    /// Totals across CPUs: (records attempted, records lost).
+    pub fn totals(&self) -> Result<(u64, u64), ReadError> {
+        let per_cpu = self.counters.get(&0, 0).map_err(|source| ReadError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+        Ok(per_cpu
+            .iter()
+            .fold((0, 0), |(a, l), c| (a + c.next_seq, l + c.lost)))
+    }
+
+    /// Losses not yet reported: `Some((new, total))` when the total grew.
+    pub fn poll(&mut self) -> Result<Option<(u64, u64)>, ReadError> {
+        let (_, lost) = self.totals()?;
+        if lost > self.reported {
+            let new = lost - self.reported;
+            self.reported = lost;
+            return Ok(Some((new, lost)));
+        }
+        Ok(None)
+    }
+}

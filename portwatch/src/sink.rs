@@ -1,0 +1,167 @@
+//! Where JSON lines go: stdout and/or an append-only log file. Lines are batched per ring-buffer
+//! drain and written whole; a write that fails is counted and reported, never fatal.
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read, Seek, SeekFrom, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SinkStats {
+    pub lines_written: u64,
+    /// Lines that could not be written to the log file (disk full, directory gone, ...).
+    pub lines_failed: u64,
+}
+
+pub struct Sink {
+    stdout: Option<io::Stdout>,
+    file: Option<(PathBuf, File)>,
+    batch: Vec<u8>,
+    batch_lines: u64,
+    pub stats: SinkStats,
+}
+
+impl Sink {
+    pub fn new(stdout: bool, log_file: Option<&Path>) -> io::Result<Self> {
+        let file = match log_file {
+            Some(p) => Some((p.to_path_buf(), open_log(p)?)),
+            None => None,
+        };
+        Ok(Self {
+            stdout: stdout.then(io::stdout),
+            file,
+            batch: Vec::with_capacity(64 * 1024),
+            batch_lines: 0,
+            stats: SinkStats::default(),
+        })
+    }
+
+    /// Queues one JSON document (without newline).
+    pub fn push(&mut self, line: &[u8]) {
+        self.batch.extend_from_slice(line);
+        self.batch.push(b'\n');
+        self.batch_lines += 1;
+    }
+
+    /// Queues one record serialized as JSON.
+    pub fn push_json<T: serde::Serialize>(&mut self, rec: &T) -> serde_json::Result<()> {
+        let start = self.batch.len();
+        if let Err(e) = serde_json::to_writer(&mut self.batch, rec) {
+            self.batch.truncate(start);
+            return Err(e);
+        }
+        self.batch.push(b'\n');
+        self.batch_lines += 1;
+        Ok(())
+    }
+
+    /// Reopens the log file by path (after logrotate moved it away).
+    pub fn reopen(&mut self) {
+        if let Some((path, file)) = &mut self.file {
+            match open_log(path) {
+                Ok(f) => *file = f,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "reopening the event log failed; still writing to the old file")
+                }
+            }
+        }
+    }
+
+    /// Writes the queued lines.
+    pub fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if let Some(out) = &mut self.stdout {
+            let mut lock = out.lock();
+            if let Err(e) = lock.write_all(&self.batch).and_then(|_| lock.flush()) {
+                tracing::warn!(error = %e, "writing events to stdout failed");
+            }
+        }
+        if let Some((path, file)) = &mut self.file {
+            match file.write_all(&self.batch) {
+                Ok(()) => self.stats.lines_written += self.batch_lines,
+                Err(e) => {
+                    self.stats.lines_failed += self.batch_lines;
+                    tracing::warn!(path = %path.display(), error = %e, lines = self.batch_lines,
+                        total_failed = self.stats.lines_failed, "event log write failed");
+                }
+            }
+        } else {
+            self.stats.lines_written += self.batch_lines;
+        }
+        self.batch.clear();
+        self.batch_lines = 0;
+    }
+}
+
+/// Opens the log for appending (mode 0640), first cutting off a trailing partial line left by a
+/// crash so the file stays valid JSON Lines.
+pub fn open_log(path: &Path) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)?;
+    repair_partial_line(&mut file)?;
+    Ok(file)
+}
+
+/// Truncates the file after its last newline. Returns how many bytes were cut.
+pub fn repair_partial_line(file: &mut File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut pos = len;
+    let mut buf = [0u8; 4096];
+    while pos > 0 {
+        let start = pos.saturating_sub(buf.len() as u64);
+        let n = (pos - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                file.set_len(keep)?;
+                tracing::warn!(
+                    cut_bytes = len - keep,
+                    "repaired a partial last line in the event log"
+                );
+            }
+            return Ok(len - keep);
+        }
+        pos = start;
+    }
+    file.set_len(0)?;
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_last_line_is_cut_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.jsonl");
+        std::fs::write(&p, b"{\"a\":1}\n{\"b\":").unwrap();
+        let mut s = Sink::new(false, Some(&p)).unwrap();
+        s.push(b"{\"c\":3}");
+        s.flush();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"c\":3}\n");
+        assert_eq!(s.stats.lines_written, 1);
+    }
+
+    #[test]
+    fn log_file_mode_is_0640() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.jsonl");
+        open_log(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+    }
+}
