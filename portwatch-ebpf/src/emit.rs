@@ -167,7 +167,7 @@ pub fn park(ev: &PortEvent, sk: usize) {
         event: *ev,
         sk: sk as u64,
     };
-    let _ = PENDING.insert(&ev.tid, &pending, 0);
+    let _ = PENDING.insert(ev.tid, pending, 0);
 }
 
 /// Takes the current thread's parked operation if it is of `kind`. A parked entry of another
@@ -178,7 +178,7 @@ pub fn take_parked(kind: u8) -> Option<Pending> {
     let pending = PENDING.get_ptr(tid)?;
     // SAFETY: a valid map value pointer; copied out before the entry is removed.
     let pending = unsafe { *pending };
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     (pending.event.kind == kind).then_some(pending)
 }
 

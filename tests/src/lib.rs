@@ -1,1 +1,270 @@
+//! Harness for the integration tests: start the real daemon binary, run scenario clients, read the
+//! JSON Lines it writes, and check every line against the schema (docs/schema.md).
+pub mod schema;
 
+use std::{
+    ffi::OsStr,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The daemon under test: `PORTWATCH_BIN`, else the workspace's release build, else debug.
+pub fn daemon_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PORTWATCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target");
+    for profile in ["release", "debug"] {
+        let p = root.join(profile).join("portwatch");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("no portwatch binary: run `cargo xtask test`, or build it and set PORTWATCH_BIN");
+}
+
+/// These tests load eBPF programs: they need root. Failing loudly beats skipping silently.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests load eBPF programs and must run as root"
+    );
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `portwatch run` writing to a fresh log file and waits for its `status` line, which
+    /// the daemon writes only once every program is attached.
+    pub fn start(extra_args: &[&str]) -> Daemon {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("events.jsonl");
+        let stderr = dir.path().join("stderr.log");
+        let child = Command::new(daemon_binary())
+            .arg("run")
+            .arg("--no-stdout")
+            .arg("--log-file")
+            .arg(&log)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn portwatch");
+        let mut d = Daemon {
+            child: Some(child),
+            log,
+            stderr,
+            _dir: dir,
+        };
+        d.wait_for(Duration::from_secs(30), |lines| {
+            lines.iter().any(|l| l["event"] == "status")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "daemon wrote no status line within 30 s; stderr:\n{}",
+                d.stderr_text()
+            )
+        });
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Every complete line so far, parsed. Panics on a line that is not JSON: that is a bug.
+    pub fn lines(&self) -> Vec<Value> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        complete
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid JSON line ({e}): {l:?}"))
+            })
+            .collect()
+    }
+
+    /// Polls the log until `done` holds, or the timeout passes (then None).
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Option<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines();
+            if done(&lines) {
+                return Some(lines);
+            }
+            if let Some(c) = &mut self.child
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "daemon exited early ({status}); stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the events of `pid` satisfy `done`; returns them in log order.
+    pub fn events_of(&mut self, pid: u32, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let got = self.wait_for(Duration::from_secs(10), |lines| done(&of_pid(lines, pid)));
+        match got {
+            Some(lines) => of_pid(&lines, pid),
+            None => panic!(
+                "timed out waiting for the events of pid {pid}; got:\n{:#?}\nstderr:\n{}",
+                of_pid(&self.lines(), pid),
+                self.stderr_text()
+            ),
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the daemon we started.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// SIGTERM, wait, and return the exit status with every line of the log.
+    pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
+        let mut child = self.child.take().expect("running daemon");
+        // SAFETY: kill(2) on the daemon we started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("wait for portwatch");
+        let lines = self.lines();
+        (status, lines)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn of_pid(lines: &[Value], pid: u32) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|l| l["process"]["pid"] == pid)
+        .cloned()
+        .collect()
+}
+
+/// `PORTWATCH_SCENARIO`, else the `portwatch-scenario` built beside the running test binary
+/// (test binaries live in `target/<profile>/deps/`).
+pub fn scenario_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PORTWATCH_SCENARIO") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let p = profile_dir.join("portwatch-scenario");
+    assert!(
+        p.exists(),
+        "{} is missing: build the portwatch-tests package",
+        p.display()
+    );
+    p
+}
+
+/// A scenario client that has done its socket calls and reported them. It stays alive (and in
+/// /proc) until dropped, so attribution is deterministic; `exit-fast` is the exception.
+#[derive(Debug)]
+pub struct Scenario {
+    pub pid: u32,
+    pub report: Value,
+    child: Option<Child>,
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `portwatch-scenario` with the given arguments and returns its report.
+pub fn scenario<I, S>(args: I) -> Scenario
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use std::io::BufRead as _;
+    let mut child = Command::new(scenario_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run portwatch-scenario");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read scenario report");
+    if line.trim().is_empty() {
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("scenario output");
+        panic!("scenario failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let report: Value = serde_json::from_str(&line).expect("scenario report is JSON");
+    let pid = report["pid"].as_u64().expect("scenario pid") as u32;
+    Scenario {
+        pid,
+        report,
+        child: Some(child),
+    }
+}
+
+/// Splits "127.0.0.1:80" / "[::1]:80" into the address text and port the log uses.
+pub fn split_addr(s: &str) -> (String, u16) {
+    let a: std::net::SocketAddr = s.parse().unwrap_or_else(|_| panic!("bad address {s}"));
+    (a.ip().to_string(), a.port())
+}
+
+/// The first event of `kind` with that outcome.
+pub fn find<'a>(events: &'a [Value], kind: &str, outcome: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event"] == kind && e["outcome"] == outcome)
+        .unwrap_or_else(|| panic!("no {kind}/{outcome} event in {events:#?}"))
+}
+
+pub fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}

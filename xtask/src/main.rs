@@ -1,1 +1,156 @@
-fn main() {}
+//! Developer and operator tasks: `cargo xtask setup | build | run | test`.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "portwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF programs needs (idempotent): LLVM 22 packages, rust-src,
+    /// bpf-linker.
+    Setup,
+    /// Set up, then build the daemon (release) with the eBPF object embedded.
+    Build,
+    /// Set up, build, and run the daemon in the foreground (JSON events on stdout). Needs root.
+    Run {
+        /// Arguments for `portwatch run`, e.g. `-- --log-file /tmp/events.jsonl`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, build, and run every test (integration tests load the
+    /// real programs into the running kernel: run as root).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build(&root)
+        }
+        Task::Run { args } => {
+            setup::run()?;
+            build(&root)?;
+            let bin = root.join("target/release/portwatch");
+            let status = Command::new(&bin)
+                .arg("run")
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            if !status.success() {
+                bail!("portwatch exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { no_lint } => {
+            setup::run()?;
+            if !no_lint {
+                lint(&root)?;
+            }
+            build(&root)?;
+            cargo(
+                &root,
+                &[
+                    "test",
+                    "--release",
+                    "--workspace",
+                    "--exclude",
+                    "portwatch-ebpf",
+                ],
+                &[(
+                    "PORTWATCH_BIN",
+                    root.join("target/release/portwatch").as_os_str(),
+                )],
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn build(root: &Path) -> Result<()> {
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "portwatch",
+            "--package",
+            "portwatch-tests",
+            "--bins",
+        ],
+        &[],
+    )
+}
+
+fn lint(root: &Path) -> Result<()> {
+    cargo(root, &["fmt", "--all", "--check"], &[])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--release",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    // The eBPF crate only builds for the BPF target, with the toolchain bpf-linker matches.
+    run(Command::new("rustup")
+        .current_dir(root.join("portwatch-ebpf"))
+        .args([
+            "run",
+            setup::EBPF_TOOLCHAIN,
+            "cargo",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"]))
+}
+
+fn cargo(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}

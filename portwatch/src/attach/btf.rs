@@ -60,7 +60,7 @@ pub fn member_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32, Attach
         total_bits += bits.0;
         ty = bits.1;
     }
-    if total_bits % 8 != 0 {
+    if !total_bits.is_multiple_of(8) {
         return Err(missing());
     }
     Ok(total_bits / 8)

@@ -1,0 +1,146 @@
+//! The scenario client: makes real socket calls from its own process (so the test knows the pid
+//! the daemon must report) and prints what it did as one JSON object on stdout. Shared by the
+//! host integration tests and, later, the VM tests.
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::ExitCode,
+};
+
+use serde_json::{Value, json};
+
+fn addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("not a socket address: {s}"))
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn run(args: &[String]) -> Result<Value, String> {
+    let op = args.first().map(String::as_str).unwrap_or("");
+    let arg = args.get(1).map(String::as_str).unwrap_or("");
+    let io = |e: std::io::Error| e.to_string();
+    let out = match op {
+        "tcp-listen" => {
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            json!({"local": l.local_addr().map_err(io)?.to_string()})
+        }
+        "udp-bind" => {
+            let u = UdpSocket::bind(addr(arg)?).map_err(io)?;
+            json!({"local": u.local_addr().map_err(io)?.to_string()})
+        }
+        "tcp-connect" => {
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let server = l.local_addr().map_err(io)?;
+            let c = TcpStream::connect(server).map_err(io)?;
+            let (_accepted, _) = l.accept().map_err(io)?;
+            json!({"listener": server.to_string(), "local": c.local_addr().map_err(io)?.to_string(),
+                   "peer": c.peer_addr().map_err(io)?.to_string()})
+        }
+        "udp-connect" => {
+            let target = addr(arg)?;
+            // std's UdpSocket always binds first; here connect must pick the port itself, so the
+            // socket is created unbound through libc.
+            let u = unbound_udp(target.is_ipv6())?;
+            u.connect(target).map_err(io)?;
+            json!({"local": u.local_addr().map_err(io)?.to_string(), "peer": target.to_string()})
+        }
+        "bind-in-use" => {
+            let first = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let taken = first.local_addr().map_err(io)?;
+            match TcpListener::bind(taken) {
+                Ok(_) => return Err(format!("second bind to {taken} unexpectedly succeeded")),
+                Err(e) => json!({"local": taken.to_string(), "errno": errno_of(&e)}),
+            }
+        }
+        "connect-refused" => {
+            let port = {
+                let probe = TcpListener::bind(addr(arg)?).map_err(io)?;
+                probe.local_addr().map_err(io)?
+            };
+            match TcpStream::connect(port) {
+                Ok(_) => return Err(format!("connect to closed {port} unexpectedly succeeded")),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    json!({"peer": port.to_string(), "errno": errno_of(&e)})
+                }
+                Err(e) => return Err(format!("connect to {port}: {e}")),
+            }
+        }
+        "udp-storm" => {
+            let n: u64 = arg.parse().map_err(|_| format!("not a count: {arg}"))?;
+            for _ in 0..n {
+                UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+            }
+            json!({"binds": n, "closes": n})
+        }
+        "rename" => {
+            // The new comm is given in hex so any byte (quote, newline, invalid UTF-8) can be used.
+            let bytes = hex(arg)?;
+            let mut name = [0u8; 16];
+            let n = bytes.len().min(15);
+            name[..n].copy_from_slice(&bytes[..n]);
+            // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
+            if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) }
+                != 0
+            {
+                return Err("prctl(PR_SET_NAME) failed".into());
+            }
+            let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+            json!({"local": l.local_addr().map_err(io)?.to_string()})
+        }
+        "exit-fast" => {
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let v = json!({"pid": std::process::id(), "local": l.local_addr().map_err(io)?.to_string()});
+            println!("{v}");
+            // Leave without closing anything: the kernel releases the socket during exit.
+            std::process::exit(0);
+        }
+        _ => return Err(format!("unknown scenario `{op}`")),
+    };
+    Ok(out)
+}
+
+fn unbound_udp(v6: bool) -> Result<UdpSocket, String> {
+    use std::os::fd::FromRawFd;
+    let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: plain socket(2); the fd is owned by the UdpSocket from here on.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: fd is a fresh, valid socket.
+    Ok(unsafe { UdpSocket::from_raw_fd(fd) })
+}
+
+fn hex(s: &str) -> Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err(format!("odd-length hex: {s}"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex: {s}")))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    // Extra arguments may be deliberately invalid UTF-8 (hostile command-line tests).
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match run(&args) {
+        Ok(mut v) => {
+            v["pid"] = json!(std::process::id());
+            println!("{v}");
+            // Every socket is closed by now. Stay alive until stdin closes, so the test decides
+            // when this process disappears from /proc.
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portwatch-scenario: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Event log schema version 1, as docs/schema.md describes it, checked field by field. Unknown
+//! fields are errors too: the contract changes deliberately, with this file and the doc.
+use std::net::IpAddr;
+
+use serde_json::{Map, Value};
+
+type R = Result<(), String>;
+
+fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
+    v.as_object()
+        .ok_or_else(|| format!("{what} is not an object: {v}"))
+}
+
+fn only_keys(m: &Map<String, Value>, allowed: &[&str], what: &str) -> R {
+    for k in m.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(format!("{what}: unexpected field `{k}`"));
+        }
+    }
+    Ok(())
+}
+
+fn uint(v: &Value, what: &str, max: u64) -> Result<u64, String> {
+    match v.as_u64() {
+        Some(n) if n <= max => Ok(n),
+        _ => Err(format!("{what} is not an integer in 0..={max}: {v}")),
+    }
+}
+
+fn string<'a>(v: &'a Value, what: &str) -> Result<&'a str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("{what} is not a string: {v}"))
+}
+
+fn nullable(v: &Value, f: impl FnOnce(&Value) -> R) -> R {
+    if v.is_null() { Ok(()) } else { f(v) }
+}
+
+fn with(extra: &[&'static str]) -> Vec<&'static str> {
+    HEADER.iter().chain(extra).copied().collect()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`: RFC 3339, UTC, nanoseconds.
+fn timestamp(v: &Value) -> R {
+    let s = string(v, "timestamp")?;
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
+    let ok = b.len() == 30
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..29)
+        && b[29] == b'Z';
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "timestamp is not RFC 3339 UTC with nanoseconds: {s}"
+        ))
+    }
+}
+
+fn endpoint(v: &Value, ip_type: &str, what: &str) -> R {
+    let m = obj(v, what)?;
+    only_keys(m, &["address", "port"], what)?;
+    let a: IpAddr = string(&v["address"], what)?
+        .parse()
+        .map_err(|_| format!("{what}.address is not an IP address: {}", v["address"]))?;
+    if (ip_type == "ipv4") != a.is_ipv4() {
+        return Err(format!("{what}.address {a} does not match type {ip_type}"));
+    }
+    uint(&v["port"], &format!("{what}.port"), 65535)?;
+    Ok(())
+}
+
+fn header(m: &Map<String, Value>, v: &Value) -> R {
+    if v["schema"] != 1 {
+        return Err(format!("schema is not 1: {}", v["schema"]));
+    }
+    timestamp(&v["timestamp"])?;
+    if uint(&v["seq"], "seq", u64::MAX)? == 0 {
+        return Err("seq starts at 1".into());
+    }
+    let host = obj(&v["host"], "host")?;
+    only_keys(host, &["name"], "host")?;
+    string(&v["host"]["name"], "host.name")?;
+    let _ = m;
+    Ok(())
+}
+
+const HEADER: [&str; 5] = ["schema", "timestamp", "seq", "host", "event"];
+
+/// Checks one parsed line.
+pub fn check(v: &Value) -> R {
+    let m = obj(v, "line")?;
+    header(m, v)?;
+    let event = string(&v["event"], "event")?;
+    match event {
+        "bind" | "listen" | "connect" | "close" => {
+            only_keys(
+                m,
+                &with(&["outcome", "error", "errno", "network", "process", "probe"]),
+                event,
+            )?;
+            port_event(v, event)
+        }
+        "status" => {
+            only_keys(
+                m,
+                &with(&["daemon", "kernel", "attach", "ring_buffer_bytes"]),
+                event,
+            )?;
+            string(&v["daemon"]["version"], "daemon.version")?;
+            uint(&v["daemon"]["pid"], "daemon.pid", u32::MAX as u64)?;
+            string(&v["kernel"]["release"], "kernel.release")?;
+            uint(
+                &v["ring_buffer_bytes"],
+                "ring_buffer_bytes",
+                u32::MAX as u64,
+            )?;
+            let attach = obj(&v["attach"], "attach")?;
+            for fam in ["bind", "listen", "connect", "release"] {
+                let f = attach
+                    .get(fam)
+                    .ok_or_else(|| format!("attach.{fam} missing"))?;
+                let s = string(&f["strategy"], "attach strategy")?;
+                if !["fentry", "kprobe", "tracepoint"].contains(&s) {
+                    return Err(format!("attach.{fam}.strategy unknown: {s}"));
+                }
+                if f["hooks"].as_array().is_none_or(|h| h.is_empty()) {
+                    return Err(format!("attach.{fam}.hooks empty"));
+                }
+            }
+            Ok(())
+        }
+        "loss" => {
+            only_keys(m, &with(&["loss"]), event)?;
+            let count = uint(&v["loss"]["count"], "loss.count", u64::MAX)?;
+            let total = uint(&v["loss"]["total"], "loss.total", u64::MAX)?;
+            string(&v["loss"]["reason"], "loss.reason")?;
+            if count == 0 || total < count {
+                return Err(format!(
+                    "loss counts inconsistent: count {count}, total {total}"
+                ));
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown event `{other}`")),
+    }
+}
+
+fn port_event(v: &Value, event: &str) -> R {
+    match string(&v["outcome"], "outcome")? {
+        "success" => {
+            if v.get("error").is_some() || v.get("errno").is_some() {
+                return Err("success with error fields".into());
+            }
+        }
+        "failure" => {
+            let e = string(&v["error"], "error")?;
+            if !e.starts_with('E') {
+                return Err(format!("error is not an errno name: {e}"));
+            }
+            if uint(&v["errno"], "errno", 4095)? == 0 {
+                return Err("errno 0 on failure".into());
+            }
+        }
+        o => return Err(format!("unknown outcome {o}")),
+    }
+    let net = obj(&v["network"], "network")?;
+    only_keys(
+        net,
+        &["transport", "type", "local", "peer", "netns"],
+        "network",
+    )?;
+    let transport = string(&v["network"]["transport"], "network.transport")?;
+    if !["tcp", "udp"].contains(&transport) {
+        return Err(format!("network.transport unknown: {transport}"));
+    }
+    let ip_type = string(&v["network"]["type"], "network.type")?;
+    if !["ipv4", "ipv6"].contains(&ip_type) {
+        return Err(format!("network.type unknown: {ip_type}"));
+    }
+    endpoint(&v["network"]["local"], ip_type, "network.local")?;
+    match v["network"].get("peer") {
+        Some(p) => endpoint(p, ip_type, "network.peer")?,
+        None if event == "connect" => return Err("connect without network.peer".into()),
+        None => {}
+    }
+    nullable(&v["network"]["netns"], |n| {
+        uint(n, "network.netns", u32::MAX as u64).map(drop)
+    })?;
+
+    let p = obj(&v["process"], "process")?;
+    only_keys(
+        p,
+        &[
+            "pid",
+            "tid",
+            "ppid",
+            "comm",
+            "executable",
+            "command_line",
+            "user",
+            "group",
+        ],
+        "process",
+    )?;
+    let pr = &v["process"];
+    if uint(&pr["pid"], "process.pid", u32::MAX as u64)? == 0 {
+        return Err("process.pid is 0".into());
+    }
+    uint(&pr["tid"], "process.tid", u32::MAX as u64)?;
+    nullable(&pr["ppid"], |n| {
+        uint(n, "process.ppid", u32::MAX as u64).map(drop)
+    })?;
+    string(&pr["comm"], "process.comm")?;
+    nullable(&pr["executable"], |s| {
+        string(s, "process.executable").map(drop)
+    })?;
+    nullable(&pr["command_line"], |a| {
+        a.as_array()
+            .filter(|a| a.iter().all(Value::is_string))
+            .map(drop)
+            .ok_or_else(|| format!("process.command_line is not an array of strings: {a}"))
+    })?;
+    only_keys(
+        obj(&pr["user"], "process.user")?,
+        &["id", "name"],
+        "process.user",
+    )?;
+    uint(&pr["user"]["id"], "process.user.id", u32::MAX as u64)?;
+    nullable(&pr["user"]["name"], |s| {
+        string(s, "process.user.name").map(drop)
+    })?;
+    only_keys(
+        obj(&pr["group"], "process.group")?,
+        &["id"],
+        "process.group",
+    )?;
+    uint(&pr["group"]["id"], "process.group.id", u32::MAX as u64)?;
+    if string(&v["probe"], "probe")?.is_empty() {
+        return Err("probe is empty".into());
+    }
+    Ok(())
+}
+
+/// Checks every line and that `seq` increases by one from 1.
+pub fn check_log(lines: &[Value]) -> R {
+    for (i, l) in lines.iter().enumerate() {
+        check(l).map_err(|e| format!("line {}: {e}\n{l}", i + 1))?;
+        if l["seq"] != (i as u64 + 1) {
+            return Err(format!("line {}: seq {} is not {}", i + 1, l["seq"], i + 1));
+        }
+    }
+    if lines.first().is_some_and(|l| l["event"] != "status") {
+        return Err("the first line is not the status event".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bind_line() -> Value {
+        json!({"schema":1,"timestamp":"2026-11-27T04:51:23.521035472Z","seq":2,"host":{"name":"vm"},
+            "event":"bind","outcome":"success",
+            "network":{"transport":"tcp","type":"ipv4","local":{"address":"127.0.0.1","port":51899},"netns":4026531833u32},
+            "process":{"pid":8552,"tid":8552,"ppid":8412,"comm":"python3","executable":"/usr/bin/python3",
+                "command_line":["python3"],"user":{"id":0,"name":"root"},"group":{"id":0}},
+            "probe":"cgroup:post_bind4"})
+    }
+
+    #[test]
+    fn accepts_a_real_line() {
+        check(&bind_line()).unwrap();
+    }
+
+    #[test]
+    fn rejects_drift() {
+        let mut v = bind_line();
+        v["extra"] = json!(1);
+        assert!(check(&v).unwrap_err().contains("unexpected field `extra`"));
+        let mut v = bind_line();
+        v["timestamp"] = json!("2026-11-27T04:51:23Z");
+        assert!(check(&v).is_err());
+        let mut v = bind_line();
+        v["network"]["local"]["address"] = json!("::1");
+        assert!(check(&v).unwrap_err().contains("does not match type"));
+        let mut v = bind_line();
+        v["outcome"] = json!("failure");
+        assert!(check(&v).is_err());
+        let mut v = bind_line();
+        v["event"] = json!("connect");
+        assert!(check(&v).unwrap_err().contains("without network.peer"));
+    }
+}
