@@ -36,6 +36,18 @@ pub mod probe {
     pub const CGROUP_CONNECT6: u8 = 6;
     pub const CGROUP_SOCK_RELEASE: u8 = 7;
     pub const TP_INET_SOCK_SET_STATE: u8 = 8;
+    pub const KPROBE_INET_BIND: u8 = 20;
+    pub const KPROBE_INET6_BIND: u8 = 21;
+    pub const KPROBE_INET_LISTEN: u8 = 22;
+    pub const KPROBE_INET_STREAM_CONNECT: u8 = 23;
+    pub const KPROBE_INET_DGRAM_CONNECT: u8 = 24;
+    pub const KPROBE_INET_RELEASE: u8 = 25;
+    pub const FEXIT_INET_BIND: u8 = 40;
+    pub const FEXIT_INET6_BIND: u8 = 41;
+    pub const FEXIT_INET_LISTEN: u8 = 42;
+    pub const FEXIT_INET_STREAM_CONNECT: u8 = 43;
+    pub const FEXIT_INET_DGRAM_CONNECT: u8 = 44;
+    pub const FENTRY_INET_RELEASE: u8 = 45;
 }
 
 /// One port event, written by the kernel side into the ring buffer.
@@ -125,6 +137,13 @@ pub struct CpuCounters {
 pub mod globals {
     pub const SOCK_NUM: &str = "OFF_SOCK_NUM";
     pub const INET_SPORT: &str = "OFF_INET_SPORT";
+    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
+    pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
+    pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
+    pub const SOCK_STATE: &str = "OFF_SOCK_STATE";
+    pub const SOCK_DADDR: &str = "OFF_SOCK_DADDR";
+    pub const SOCK_DPORT: &str = "OFF_SOCK_DPORT";
+    pub const SOCK_V6_DADDR: &str = "OFF_SOCK_V6_DADDR";
     pub const SOCK_RCV_SADDR: &str = "OFF_SOCK_RCV_SADDR";
     pub const SOCK_V6_RCV_SADDR: &str = "OFF_SOCK_V6_RCV_SADDR";
     pub const TASK_NSPROXY: &str = "OFF_TASK_NSPROXY";

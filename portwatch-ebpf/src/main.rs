@@ -10,6 +10,9 @@
 mod bind;
 mod connect;
 mod emit;
+mod fentry;
+mod kfunc;
+mod kprobe;
 mod listen;
 mod offsets;
 mod release;

@@ -14,6 +14,13 @@ macro_rules! offset_globals {
 offset_globals!(
     OFF_SOCK_NUM,
     OFF_INET_SPORT,
+    OFF_SOCKET_SK,
+    OFF_SOCK_PROTOCOL,
+    OFF_SOCK_FAMILY,
+    OFF_SOCK_STATE,
+    OFF_SOCK_DADDR,
+    OFF_SOCK_DPORT,
+    OFF_SOCK_V6_DADDR,
     OFF_SOCK_RCV_SADDR,
     OFF_SOCK_V6_RCV_SADDR,
     OFF_TASK_NSPROXY,
@@ -42,6 +49,27 @@ pub fn sock_num() -> Option<usize> {
 }
 pub fn inet_sport() -> Option<usize> {
     get(&OFF_INET_SPORT)
+}
+pub fn socket_sk() -> Option<usize> {
+    get(&OFF_SOCKET_SK)
+}
+pub fn sock_protocol() -> Option<usize> {
+    get(&OFF_SOCK_PROTOCOL)
+}
+pub fn sock_family() -> Option<usize> {
+    get(&OFF_SOCK_FAMILY)
+}
+pub fn sock_state() -> Option<usize> {
+    get(&OFF_SOCK_STATE)
+}
+pub fn sock_daddr() -> Option<usize> {
+    get(&OFF_SOCK_DADDR)
+}
+pub fn sock_dport() -> Option<usize> {
+    get(&OFF_SOCK_DPORT)
+}
+pub fn sock_v6_daddr() -> Option<usize> {
+    get(&OFF_SOCK_V6_DADDR)
 }
 pub fn sock_rcv_saddr() -> Option<usize> {
     get(&OFF_SOCK_RCV_SADDR)

@@ -156,6 +156,18 @@ pub fn probe_name(id: u8) -> Result<&'static str, DecodeError> {
         probe::CGROUP_CONNECT6 => "cgroup:connect6",
         probe::CGROUP_SOCK_RELEASE => "cgroup:sock_release",
         probe::TP_INET_SOCK_SET_STATE => "tracepoint:sock:inet_sock_set_state",
+        probe::KPROBE_INET_BIND => "kprobe:inet_bind",
+        probe::KPROBE_INET6_BIND => "kprobe:inet6_bind",
+        probe::KPROBE_INET_LISTEN => "kprobe:inet_listen",
+        probe::KPROBE_INET_STREAM_CONNECT => "kprobe:inet_stream_connect",
+        probe::KPROBE_INET_DGRAM_CONNECT => "kprobe:inet_dgram_connect",
+        probe::KPROBE_INET_RELEASE => "kprobe:inet_release",
+        probe::FEXIT_INET_BIND => "fexit:inet_bind",
+        probe::FEXIT_INET6_BIND => "fexit:inet6_bind",
+        probe::FEXIT_INET_LISTEN => "fexit:inet_listen",
+        probe::FEXIT_INET_STREAM_CONNECT => "fexit:inet_stream_connect",
+        probe::FEXIT_INET_DGRAM_CONNECT => "fexit:inet_dgram_connect",
+        probe::FENTRY_INET_RELEASE => "fentry:inet_release",
         other => return Err(DecodeError::Probe(other)),
     })
 }

@@ -8,8 +8,11 @@ pub mod tracefs;
 use std::{fmt, fs::File, path::PathBuf};
 
 use aya::{
-    Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe, Program, ProgramError,
+        TracePoint,
+    },
 };
 use portwatch_common::globals;
 use serde::Serialize;
@@ -222,6 +225,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
     loader
         .override_global(globals::SOCK_NUM, &s.sock_num, true)
         .override_global(globals::INET_SPORT, &s.inet_sport, true)
+        .override_global(globals::SOCKET_SK, &s.socket_sk, true)
+        .override_global(globals::SOCK_PROTOCOL, &s.sock_protocol, true)
+        .override_global(globals::SOCK_FAMILY, &s.sock_family, true)
+        .override_global(globals::SOCK_STATE, &s.sock_state, true)
+        .override_global(globals::SOCK_DADDR, &s.sock_daddr, true)
+        .override_global(globals::SOCK_DPORT, &s.sock_dport, true)
+        .override_global(globals::SOCK_V6_DADDR, &s.sock_v6_daddr, true)
         .override_global(globals::SOCK_RCV_SADDR, &s.sock_rcv_saddr, true)
         .override_global(globals::SOCK_V6_RCV_SADDR, &s.sock_v6_rcv_saddr, true)
         .override_global(globals::TASK_NSPROXY, &s.task_nsproxy, true)
@@ -241,12 +251,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         reason: format!("cannot open {}: {e}", layout.cgroup_root.display()),
     })?;
 
+    let btf = Btf::from_sys_fs().ok();
     let mut families = Vec::new();
     for family in Family::ALL {
         let mut skipped = Vec::new();
         let mut attached = None;
         for &strategy in opts.mode.ladder() {
-            match attach_family(&mut ebpf, &cgroup, family, strategy) {
+            match attach_family(&mut ebpf, &cgroup, btf.as_ref(), family, strategy) {
                 Ok(hooks) => {
                     attached = Some(FamilyAttachment {
                         family,
@@ -290,15 +301,32 @@ enum Hook {
     CgroupSock(&'static str),
     CgroupSockAddr(&'static str),
     TracePoint(&'static str, &'static str, &'static str),
+    KProbe(&'static str, &'static str),
+    KRetProbe(&'static str, &'static str),
+    FEntry(&'static str, &'static str),
+    FExit(&'static str, &'static str),
 }
 
 impl Hook {
+    fn program(&self) -> &'static str {
+        match *self {
+            Hook::CgroupSock(p) | Hook::CgroupSockAddr(p) | Hook::TracePoint(p, ..) => p,
+            Hook::KProbe(p, _) | Hook::KRetProbe(p, _) | Hook::FEntry(p, _) | Hook::FExit(p, _) => {
+                p
+            }
+        }
+    }
+
     fn label(&self) -> String {
         match self {
             Hook::CgroupSock(p) | Hook::CgroupSockAddr(p) => {
                 format!("cgroup:{}", p.trim_start_matches("portwatch_"))
             }
             Hook::TracePoint(_, cat, name) => format!("tracepoint:{cat}:{name}"),
+            Hook::KProbe(_, f) => format!("kprobe:{f}"),
+            Hook::KRetProbe(_, f) => format!("kretprobe:{f}"),
+            Hook::FEntry(_, f) => format!("fentry:{f}"),
+            Hook::FExit(_, f) => format!("fexit:{f}"),
         }
     }
 }
@@ -329,55 +357,167 @@ fn tracepoint_hooks(family: Family) -> Vec<Hook> {
     }
 }
 
+/// The socket-layer functions. Connect hooks `inet_stream_connect`/`inet_dgram_connect` rather
+/// than `tcp_connect`: only the socket layer sees UDP connects and the errno of a refused one.
+fn kprobe_hooks(family: Family) -> Vec<Hook> {
+    match family {
+        Family::Bind => vec![
+            Hook::KProbe("portwatch_kprobe_inet_bind", "inet_bind"),
+            Hook::KRetProbe("portwatch_kretprobe_bind", "inet_bind"),
+            Hook::KProbe("portwatch_kprobe_inet6_bind", "inet6_bind"),
+            Hook::KRetProbe("portwatch_kretprobe_bind", "inet6_bind"),
+        ],
+        Family::Listen => vec![
+            Hook::KProbe("portwatch_kprobe_inet_listen", "inet_listen"),
+            Hook::KRetProbe("portwatch_kretprobe_inet_listen", "inet_listen"),
+        ],
+        Family::Connect => vec![
+            Hook::KProbe(
+                "portwatch_kprobe_inet_stream_connect",
+                "inet_stream_connect",
+            ),
+            Hook::KRetProbe("portwatch_kretprobe_connect", "inet_stream_connect"),
+            Hook::KProbe("portwatch_kprobe_inet_dgram_connect", "inet_dgram_connect"),
+            Hook::KRetProbe("portwatch_kretprobe_connect", "inet_dgram_connect"),
+        ],
+        Family::Release => vec![Hook::KProbe(
+            "portwatch_kprobe_inet_release",
+            "inet_release",
+        )],
+    }
+}
+
+fn fentry_hooks(family: Family) -> Vec<Hook> {
+    match family {
+        Family::Bind => vec![
+            Hook::FExit("portwatch_fexit_inet_bind", "inet_bind"),
+            Hook::FExit("portwatch_fexit_inet6_bind", "inet6_bind"),
+        ],
+        Family::Listen => vec![
+            Hook::FEntry("portwatch_fentry_inet_listen", "inet_listen"),
+            Hook::FExit("portwatch_fexit_inet_listen", "inet_listen"),
+        ],
+        Family::Connect => vec![
+            Hook::FExit("portwatch_fexit_inet_stream_connect", "inet_stream_connect"),
+            Hook::FExit("portwatch_fexit_inet_dgram_connect", "inet_dgram_connect"),
+        ],
+        Family::Release => vec![Hook::FEntry(
+            "portwatch_fentry_inet_release",
+            "inet_release",
+        )],
+    }
+}
+
+/// Attaches every hook of one family with one strategy. If any hook fails, the ones already
+/// attached are removed again, so the next strategy does not produce doubled events.
 fn attach_family(
     ebpf: &mut Ebpf,
     cgroup: &File,
+    btf: Option<&Btf>,
     family: Family,
     strategy: Strategy,
 ) -> Result<Vec<String>, AttachError> {
     let hooks = match strategy {
         Strategy::Tracepoint => tracepoint_hooks(family),
-        Strategy::Fentry | Strategy::Kprobe => {
-            return Err(AttachError::Unavailable {
-                strategy,
-                family,
-                reason: "this build carries no programs for it yet (tracked in issue #3)".into(),
-            });
-        }
+        Strategy::Kprobe => kprobe_hooks(family),
+        Strategy::Fentry => fentry_hooks(family),
     };
     let mut labels = Vec::with_capacity(hooks.len());
     for hook in &hooks {
-        let label = hook.label();
-        let fail = |reason: String| AttachError::Hook {
-            strategy,
-            hook: label.clone(),
-            reason,
-        };
-        match *hook {
-            // Attached as bpf_links, which always coexist with other programs on the cgroup
-            // (including another portwatch); link creation rejects any mode flag but 0 (Single).
-            Hook::CgroupSock(name) => {
-                let prog: &mut CgroupSock = program(ebpf, name, &fail)?;
-                prog.load().map_err(|e| fail(error_chain(&e)))?;
-                prog.attach(cgroup, CgroupAttachMode::Single)
-                    .map_err(|e| fail(error_chain(&e)))?;
+        if let Err(e) = attach_hook(ebpf, cgroup, btf, hook, strategy) {
+            for h in &hooks {
+                unload(ebpf, h.program());
             }
-            Hook::CgroupSockAddr(name) => {
-                let prog: &mut CgroupSockAddr = program(ebpf, name, &fail)?;
-                prog.load().map_err(|e| fail(error_chain(&e)))?;
-                prog.attach(cgroup, CgroupAttachMode::Single)
-                    .map_err(|e| fail(error_chain(&e)))?;
-            }
-            Hook::TracePoint(name, category, tp) => {
-                let prog: &mut TracePoint = program(ebpf, name, &fail)?;
-                prog.load().map_err(|e| fail(error_chain(&e)))?;
-                prog.attach(category, tp)
-                    .map_err(|e| fail(error_chain(&e)))?;
-            }
+            return Err(e);
         }
-        labels.push(label);
+        labels.push(hook.label());
     }
     Ok(labels)
+}
+
+/// Loads a program unless an earlier hook of the same family already did.
+fn load_once(r: Result<(), ProgramError>) -> Result<(), ProgramError> {
+    match r {
+        Err(ProgramError::AlreadyLoaded) => Ok(()),
+        other => other,
+    }
+}
+
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    btf: Option<&Btf>,
+    hook: &Hook,
+    strategy: Strategy,
+) -> Result<(), AttachError> {
+    let label = hook.label();
+    let fail = |reason: String| AttachError::Hook {
+        strategy,
+        hook: label.clone(),
+        reason,
+    };
+    let chain = |e: ProgramError| fail(error_chain(&e));
+    match *hook {
+        // Attached as bpf_links, which always coexist with other programs on the cgroup
+        // (including another portwatch); link creation rejects any mode flag but 0 (Single).
+        Hook::CgroupSock(name) => {
+            let prog: &mut CgroupSock = program(ebpf, name, &fail)?;
+            load_once(prog.load()).map_err(chain)?;
+            prog.attach(cgroup, CgroupAttachMode::Single)
+                .map_err(chain)?;
+        }
+        Hook::CgroupSockAddr(name) => {
+            let prog: &mut CgroupSockAddr = program(ebpf, name, &fail)?;
+            load_once(prog.load()).map_err(chain)?;
+            prog.attach(cgroup, CgroupAttachMode::Single)
+                .map_err(chain)?;
+        }
+        Hook::TracePoint(name, category, tp) => {
+            let prog: &mut TracePoint = program(ebpf, name, &fail)?;
+            load_once(prog.load()).map_err(chain)?;
+            prog.attach(category, tp).map_err(chain)?;
+        }
+        Hook::KProbe(name, function) | Hook::KRetProbe(name, function) => {
+            let prog: &mut KProbe = program(ebpf, name, &fail)?;
+            load_once(prog.load()).map_err(chain)?;
+            prog.attach(function, 0).map_err(chain)?;
+        }
+        Hook::FEntry(name, function) => {
+            let btf = btf.ok_or_else(|| {
+                fail("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)".into())
+            })?;
+            let prog: &mut FEntry = program(ebpf, name, &fail)?;
+            load_once(prog.load(function, btf)).map_err(chain)?;
+            prog.attach().map_err(chain)?;
+        }
+        Hook::FExit(name, function) => {
+            let btf = btf.ok_or_else(|| {
+                fail("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)".into())
+            })?;
+            let prog: &mut FExit = program(ebpf, name, &fail)?;
+            load_once(prog.load(function, btf)).map_err(chain)?;
+            prog.attach().map_err(chain)?;
+        }
+    }
+    Ok(())
+}
+
+/// Detaches and unloads a program (a no-op if it was never loaded).
+fn unload(ebpf: &mut Ebpf, name: &str) {
+    let r = match ebpf.program_mut(name) {
+        Some(Program::CgroupSock(p)) => p.unload(),
+        Some(Program::CgroupSockAddr(p)) => p.unload(),
+        Some(Program::TracePoint(p)) => p.unload(),
+        Some(Program::KProbe(p)) => p.unload(),
+        Some(Program::FEntry(p)) => p.unload(),
+        Some(Program::FExit(p)) => p.unload(),
+        _ => Ok(()),
+    };
+    if let Err(e) = r
+        && !matches!(e, ProgramError::NotLoaded)
+    {
+        tracing::warn!(program = name, error = %error_chain(&e), "unloading after a failed attach");
+    }
 }
 
 fn program<'a, P>(

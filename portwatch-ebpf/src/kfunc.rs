@@ -1,0 +1,186 @@
+//! The socket-layer logic shared by the kprobe and fentry/fexit strategies. Both hook the same
+//! kernel functions (`inet_bind`, `inet6_bind`, `inet_listen`, `inet_stream_connect`,
+//! `inet_dgram_connect`, `inet_release`) and read the same things from `struct socket` and
+//! `struct sock`; they differ only in how arguments and return values reach them.
+//!
+//! `struct sockaddr_in`/`sockaddr_in6` are user ABI and read at their fixed offsets; everything
+//! else comes from BTF offsets set by the daemon.
+use portwatch_common::{Pending, PortEvent, family, kind, protocol};
+
+use crate::{
+    emit::{self, read_kernel},
+    offsets,
+};
+
+const TCP_LISTEN: u8 = 10;
+
+/// The `struct sock` behind a `struct socket`, if it is a TCP or UDP socket over IPv4 or IPv6.
+#[inline(always)]
+fn sock_of(socket: usize) -> Option<(usize, u8, u8)> {
+    // SAFETY: kernel reads through bpf_probe_read_kernel.
+    unsafe {
+        let sk: usize = read_kernel(socket, offsets::socket_sk()?)?;
+        if sk == 0 {
+            return None;
+        }
+        let proto: u16 = read_kernel(sk, offsets::sock_protocol()?)?;
+        let fam: u16 = read_kernel(sk, offsets::sock_family()?)?;
+        let proto_ok = proto == protocol::TCP as u16 || proto == protocol::UDP as u16;
+        let fam_ok = fam == family::INET as u16 || fam == family::INET6 as u16;
+        (proto_ok && fam_ok).then_some((sk, proto as u8, fam as u8))
+    }
+}
+
+/// Address and port from the kernel's copy of a user `sockaddr`. `None` for other families
+/// (AF_UNSPEC disconnects a datagram socket).
+#[inline(always)]
+fn sockaddr(uaddr: usize) -> Option<(u8, [u8; 16], u16)> {
+    if uaddr == 0 {
+        return None;
+    }
+    // SAFETY: kernel reads through bpf_probe_read_kernel.
+    unsafe {
+        let fam: u16 = read_kernel(uaddr, 0)?;
+        let port = u16::from_be(read_kernel::<u16>(uaddr, 2)?);
+        let mut addr = [0u8; 16];
+        if fam == family::INET as u16 {
+            let a: [u8; 4] = read_kernel(uaddr, 4)?;
+            addr[..4].copy_from_slice(&a);
+        } else if fam == family::INET6 as u16 {
+            addr = read_kernel(uaddr, 8)?;
+        } else {
+            return None;
+        }
+        Some((fam as u8, addr, port))
+    }
+}
+
+/// The record for a bind or connect call, before its outcome is known.
+#[inline(always)]
+fn call_event(socket: usize, uaddr: usize, kind: u8, probe: u8) -> Option<Pending> {
+    let (sk, proto, sock_family) = sock_of(socket)?;
+    let (_, addr, port) = sockaddr(uaddr)?;
+    let mut ev = emit::task_event(kind, probe);
+    ev.protocol = proto;
+    ev.family = sock_family;
+    if kind == portwatch_common::kind::CONNECT {
+        ev.peer_addr = addr;
+        ev.peer_port = port;
+    } else {
+        ev.local_addr = addr;
+        ev.local_port = port;
+    }
+    Some(Pending {
+        event: ev,
+        sk: sk as u64,
+    })
+}
+
+/// Completes a bind or connect with the function's return value and submits it.
+#[inline(always)]
+pub fn finish(mut pending: Pending, ret: i32) {
+    let ev = &mut pending.event;
+    const EINPROGRESS: i32 = 115;
+    if ret < 0 && !(ev.kind == kind::CONNECT && ret == -EINPROGRESS) {
+        ev.errno = -ret;
+    }
+    // On success the socket holds what the kernel chose (port 0 → a real port; a connect's
+    // ephemeral port). A failed bind keeps the requested address.
+    if ev.errno == 0 || ev.kind != kind::BIND {
+        emit::local_from_sock(ev, pending.sk as usize);
+    }
+    emit::submit(ev);
+}
+
+/// Entry of a bind or connect (kprobe, or fentry): remember the call until it returns.
+#[inline(always)]
+pub fn park_call(socket: usize, uaddr: usize, kind: u8, probe: u8) {
+    if let Some(p) = call_event(socket, uaddr, kind, probe) {
+        emit::park(&p.event, p.sk as usize);
+    }
+}
+
+/// Return of a parked bind or connect (kretprobe).
+#[inline(always)]
+pub fn finish_parked(kind: u8, ret: i32) {
+    if let Some(p) = emit::take_parked(kind) {
+        finish(p, ret);
+    }
+}
+
+/// fexit sees arguments and return value together: no parking needed.
+#[inline(always)]
+pub fn call_returned(socket: usize, uaddr: usize, ret: i32, kind: u8, probe: u8) {
+    if let Some(p) = call_event(socket, uaddr, kind, probe) {
+        finish(p, ret);
+    }
+}
+
+/// Entry of `inet_listen`: only a socket that is not yet listening becomes a listener.
+#[inline(always)]
+pub fn listen_entry(socket: usize, probe: u8) {
+    let Some((sk, proto, fam)) = sock_of(socket) else {
+        return;
+    };
+    // SAFETY: kernel read through bpf_probe_read_kernel.
+    let state: u8 = match offsets::sock_state().and_then(|o| unsafe { read_kernel(sk, o) }) {
+        Some(s) => s,
+        None => return,
+    };
+    if state == TCP_LISTEN {
+        return;
+    }
+    let mut ev = emit::task_event(kind::LISTEN, probe);
+    ev.protocol = proto;
+    ev.family = fam;
+    emit::park(&ev, sk);
+}
+
+/// Return of `inet_listen`.
+#[inline(always)]
+pub fn listen_return(ret: i32) {
+    let Some(p) = emit::take_parked(kind::LISTEN) else {
+        return;
+    };
+    let mut ev = p.event;
+    if ret < 0 {
+        ev.errno = -ret;
+    }
+    emit::local_from_sock(&mut ev, p.sk as usize);
+    emit::submit(&mut ev);
+}
+
+/// `inet_release`: the socket still holds its port and peer.
+#[inline(always)]
+pub fn release(socket: usize, probe: u8) {
+    let Some((sk, proto, fam)) = sock_of(socket) else {
+        return;
+    };
+    let mut ev: PortEvent = emit::task_event(kind::CLOSE, probe);
+    ev.protocol = proto;
+    ev.family = fam;
+    emit::local_from_sock(&mut ev, sk);
+    if ev.local_port == 0 {
+        return;
+    }
+    // SAFETY: kernel reads through bpf_probe_read_kernel.
+    unsafe {
+        if let Some(off) = offsets::sock_dport()
+            && let Some(p) = read_kernel::<u16>(sk, off)
+        {
+            ev.peer_port = u16::from_be(p);
+        }
+        if fam == family::INET {
+            if let Some(off) = offsets::sock_daddr()
+                && let Some(a) = read_kernel::<[u8; 4]>(sk, off)
+            {
+                ev.peer_addr[..4].copy_from_slice(&a);
+            }
+        } else if let Some(off) = offsets::sock_v6_daddr()
+            && let Some(a) = read_kernel::<[u8; 16]>(sk, off)
+        {
+            ev.peer_addr = a;
+        }
+    }
+    emit::submit(&mut ev);
+}
