@@ -1,5 +1,6 @@
 //! Harness for the integration tests: start the real daemon binary, run scenario clients, read the
 //! JSON Lines it writes, and check every line against the schema (docs/schema.md).
+pub mod scenarios;
 pub mod schema;
 
 use std::{

@@ -1,63 +1,14 @@
 //! The kernel-to-log pipeline on the running kernel: real sockets from a scenario child with a known
-//! pid, and the exact JSON lines the real daemon writes for them.
-use std::os::unix::fs::MetadataExt;
+//! pid, and the exact JSON lines the real daemon writes for them. The scenarios and their
+//! assertions are shared with the VM tests (`portwatch_tests::scenarios`).
+use std::time::Duration;
 
-use portwatch_tests::{Daemon, count, find, scenario, schema, split_addr};
-use serde_json::{Value, json};
-
-/// The scenario binary's comm: its file name cut to 15 bytes by the kernel.
-const SCENARIO_COMM: &str = "portwatch-scena";
-
-fn netns() -> u64 {
-    std::fs::metadata("/proc/self/ns/net")
-        .expect("own netns")
-        .ino()
-}
-
-/// Asserts the fields every port event of a scenario carries.
-fn assert_process(ev: &Value, pid: u32, args: &[&str]) {
-    let p = &ev["process"];
-    assert_eq!(p["pid"], pid, "{ev}");
-    assert_eq!(p["tid"], pid, "single-threaded client: {ev}");
-    assert_eq!(p["ppid"], std::process::id(), "{ev}");
-    assert_eq!(p["comm"], SCENARIO_COMM, "{ev}");
-    assert_eq!(p["user"], json!({"id": 0, "name": "root"}), "{ev}");
-    assert_eq!(p["group"], json!({"id": 0}), "{ev}");
-    let exe = p["executable"].as_str().expect("executable");
-    assert!(exe.ends_with("/portwatch-scenario"), "{ev}");
-    let argv: Vec<&str> = p["command_line"]
-        .as_array()
-        .expect("argv")
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert!(argv[0].ends_with("portwatch-scenario"), "{ev}");
-    assert_eq!(&argv[1..], args, "{ev}");
-    assert_eq!(ev["network"]["netns"], netns(), "{ev}");
-}
-
-fn assert_net(ev: &Value, transport: &str, local: &str, peer: Option<&str>) {
-    let (addr, port) = split_addr(local);
-    let ip_type = if addr.contains(':') { "ipv6" } else { "ipv4" };
-    assert_eq!(ev["network"]["transport"], transport, "{ev}");
-    assert_eq!(ev["network"]["type"], ip_type, "{ev}");
-    assert_eq!(
-        ev["network"]["local"],
-        json!({"address": addr, "port": port}),
-        "{ev}"
-    );
-    match peer {
-        Some(p) => {
-            let (a, port) = split_addr(p);
-            assert_eq!(
-                ev["network"]["peer"],
-                json!({"address": a, "port": port}),
-                "{ev}"
-            );
-        }
-        None => assert!(ev["network"].get("peer").is_none(), "{ev}"),
-    }
-}
+use portwatch_tests::{
+    Daemon, count, find, scenario,
+    scenarios::{self, Ctx, Strategy},
+    schema,
+};
+use serde_json::Value;
 
 fn finish(d: Daemon) {
     let (status, lines) = d.stop();
@@ -65,195 +16,47 @@ fn finish(d: Daemon) {
     schema::check_log(&lines).unwrap_or_else(|e| panic!("schema: {e}"));
 }
 
-/// bind(port 0) → listen → close, reported with the port the kernel chose.
-fn tcp_listen(bind: &str, probe_bind: &str) {
+/// One shared scenario against a fresh daemon on this kernel (tracepoint + cgroup strategy).
+fn host(name: &str) {
+    let case = scenarios::case(name);
     let mut d = Daemon::start(&[]);
-    let s = scenario(["tcp-listen", bind]);
-    let local = s.report["local"].as_str().unwrap().to_string();
-    assert_ne!(split_addr(&local).1, 0);
-    let evs = d.events_of(s.pid, |e| count(e, "close") >= 1);
-    let kinds: Vec<&str> = evs.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["bind", "listen", "close"], "{evs:#?}");
-    for ev in &evs {
-        assert_eq!(ev["outcome"], "success");
-        assert_process(ev, s.pid, &["tcp-listen", bind]);
-        assert_net(ev, "tcp", &local, None);
+    let (report, events) = scenarios::run(&mut d, &case, Duration::from_secs(10));
+    (case.check)(&Ctx::here(Strategy::Tracepoint), &case, &report, &events);
+    finish(d);
+}
+
+macro_rules! host_scenarios {
+    ($($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { host(stringify!($name)); } )*
+    };
+}
+
+host_scenarios!(
+    tcp_listen_ipv4_loopback,
+    tcp_listen_ipv4_wildcard,
+    tcp_listen_ipv6_loopback,
+    tcp_listen_ipv6_wildcard,
+    udp_bind_ipv4,
+    udp_bind_ipv6,
+    tcp_connect_ipv4,
+    tcp_connect_ipv6,
+    udp_connect_ipv4,
+    udp_connect_ipv6,
+    bind_eaddrinuse,
+    connect_econnrefused,
+    short_lived_process,
+);
+
+#[test]
+fn every_shared_scenario_has_a_host_test() {
+    let src = include_str!("pipeline.rs");
+    for c in scenarios::cases() {
+        assert!(
+            src.contains(&format!("    {},\n", c.name)),
+            "scenario {} is not run on the host",
+            c.name
+        );
     }
-    assert_eq!(evs[0]["probe"], probe_bind);
-    assert_eq!(evs[1]["probe"], "tracepoint:sock:inet_sock_set_state");
-    assert_eq!(evs[2]["probe"], "cgroup:sock_release");
-    finish(d);
-}
-
-#[test]
-fn tcp_listen_ipv4_loopback() {
-    tcp_listen("127.0.0.1:0", "cgroup:post_bind4");
-}
-
-#[test]
-fn tcp_listen_ipv4_wildcard() {
-    tcp_listen("0.0.0.0:0", "cgroup:post_bind4");
-}
-
-#[test]
-fn tcp_listen_ipv6_loopback() {
-    tcp_listen("[::1]:0", "cgroup:post_bind6");
-}
-
-#[test]
-fn tcp_listen_ipv6_wildcard() {
-    tcp_listen("[::]:0", "cgroup:post_bind6");
-}
-
-fn udp_bind(bind: &str, probe: &str) {
-    let mut d = Daemon::start(&[]);
-    let s = scenario(["udp-bind", bind]);
-    let local = s.report["local"].as_str().unwrap().to_string();
-    let evs = d.events_of(s.pid, |e| count(e, "close") >= 1);
-    let kinds: Vec<&str> = evs.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["bind", "close"], "{evs:#?}");
-    for ev in &evs {
-        assert_process(ev, s.pid, &["udp-bind", bind]);
-        assert_net(ev, "udp", &local, None);
-    }
-    assert_eq!(evs[0]["probe"], probe);
-    finish(d);
-}
-
-#[test]
-fn udp_bind_ipv4() {
-    udp_bind("127.0.0.1:0", "cgroup:post_bind4");
-}
-
-#[test]
-fn udp_bind_ipv6() {
-    udp_bind("[::1]:0", "cgroup:post_bind6");
-}
-
-/// The connect event carries the local ephemeral port the client's getsockname() saw.
-fn tcp_connect(listen: &str, probe: &str) {
-    let mut d = Daemon::start(&[]);
-    let s = scenario(["tcp-connect", listen]);
-    let (local, peer, server) = (
-        s.report["local"].as_str().unwrap(),
-        s.report["peer"].as_str().unwrap(),
-        s.report["listener"].as_str().unwrap(),
-    );
-    // listener: bind, listen, close; client: connect, close; accepted socket: close.
-    let evs = d.events_of(s.pid, |e| count(e, "close") >= 3);
-    let connect = find(&evs, "connect", "success");
-    assert_process(connect, s.pid, &["tcp-connect", listen]);
-    assert_net(connect, "tcp", local, Some(peer));
-    assert_eq!(connect["probe"], probe);
-    let client_close = evs
-        .iter()
-        .find(|e| e["event"] == "close" && e["network"]["local"]["port"] == split_addr(local).1)
-        .unwrap_or_else(|| panic!("no close of the client socket: {evs:#?}"));
-    assert_net(client_close, "tcp", local, Some(server));
-    finish(d);
-}
-
-#[test]
-fn tcp_connect_ipv4() {
-    tcp_connect("127.0.0.1:0", "cgroup:connect4");
-}
-
-#[test]
-fn tcp_connect_ipv6() {
-    tcp_connect("[::1]:0", "cgroup:connect6");
-}
-
-fn udp_connect(target: &str, probe: &str) {
-    let mut d = Daemon::start(&[]);
-    let s = scenario(["udp-connect", target]);
-    let local = s.report["local"].as_str().unwrap();
-    let evs = d.events_of(s.pid, |e| count(e, "close") >= 1);
-    let kinds: Vec<&str> = evs.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(
-        kinds,
-        ["connect", "close"],
-        "an autobound UDP socket has no bind event: {evs:#?}"
-    );
-    assert_process(&evs[0], s.pid, &["udp-connect", target]);
-    assert_net(&evs[0], "udp", local, Some(target));
-    assert_eq!(evs[0]["probe"], probe);
-    assert_net(&evs[1], "udp", local, Some(target));
-    finish(d);
-}
-
-#[test]
-fn udp_connect_ipv4() {
-    udp_connect("127.0.0.1:9", "cgroup:connect4");
-}
-
-#[test]
-fn udp_connect_ipv6() {
-    udp_connect("[::1]:9", "cgroup:connect6");
-}
-
-#[test]
-fn bind_eaddrinuse_is_a_failure_with_the_requested_port() {
-    let mut d = Daemon::start(&[]);
-    let s = scenario(["bind-in-use", "127.0.0.1:0"]);
-    assert_eq!(s.report["errno"], libc::EADDRINUSE);
-    let taken = s.report["local"].as_str().unwrap();
-    let evs = d.events_of(s.pid, |e| {
-        e.iter().any(|x| x["outcome"] == "failure") && count(e, "close") >= 1
-    });
-    let fail = find(&evs, "bind", "failure");
-    assert_eq!(fail["error"], "EADDRINUSE");
-    assert_eq!(fail["errno"], libc::EADDRINUSE);
-    assert_eq!(fail["probe"], "cgroup:bind4");
-    assert_process(fail, s.pid, &["bind-in-use", "127.0.0.1:0"]);
-    assert_net(fail, "tcp", taken, None);
-    finish(d);
-}
-
-#[test]
-fn connect_econnrefused_is_a_failure_naming_the_peer() {
-    let mut d = Daemon::start(&[]);
-    let s = scenario(["connect-refused", "[::1]:0"]);
-    assert_eq!(s.report["errno"], libc::ECONNREFUSED);
-    let peer = s.report["peer"].as_str().unwrap();
-    let evs = d.events_of(s.pid, |e| e.iter().any(|x| x["event"] == "connect"));
-    let fail = find(&evs, "connect", "failure");
-    assert_eq!(fail["error"], "ECONNREFUSED");
-    assert_eq!(fail["errno"], libc::ECONNREFUSED);
-    assert_eq!(
-        fail["network"]["peer"],
-        json!({"address": "::1", "port": split_addr(peer).1})
-    );
-    assert_eq!(fail["network"]["transport"], "tcp");
-    assert_eq!(fail["probe"], "cgroup:connect6");
-    assert_process(fail, s.pid, &["connect-refused", "[::1]:0"]);
-    finish(d);
-}
-
-#[test]
-fn process_that_binds_and_exits_at_once_keeps_its_kernel_facts() {
-    let mut d = Daemon::start(&[]);
-    let s = scenario(["exit-fast", "127.0.0.1:0"]);
-    let local = s.report["local"].as_str().unwrap();
-    let evs = d.events_of(s.pid, |e| count(e, "close") >= 1);
-    for ev in &evs {
-        let p = &ev["process"];
-        assert_eq!(p["pid"], s.pid);
-        assert_eq!(p["comm"], SCENARIO_COMM);
-        assert_eq!(p["user"]["id"], 0);
-        // /proc may already be gone: then these are null, never invented.
-        if !p["executable"].is_null() {
-            assert!(
-                p["executable"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with("/portwatch-scenario")
-            );
-        }
-        assert_net(ev, "tcp", local, None);
-    }
-    let kinds: Vec<&str> = evs.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["bind", "listen", "close"]);
-    finish(d);
 }
 
 #[test]

@@ -1,0 +1,432 @@
+//! The scenarios every attach strategy must get right, and their assertions. The host integration
+//! tests run them against the tracepoint strategy on the running kernel; `cargo xtask vm-test`
+//! runs them in a VM on a stock kernel with fentry, kprobe, tracepoint and auto, and checks what
+//! comes back with these same functions.
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{Daemon, count, find, of_pid, scenario, split_addr};
+
+/// The scenario binary's comm: its file name cut to 15 bytes by the kernel.
+pub const SCENARIO_COMM: &str = "portwatch-scena";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Tracepoint,
+    Kprobe,
+    Fentry,
+}
+
+impl Strategy {
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s {
+            "tracepoint" => Some(Strategy::Tracepoint),
+            "kprobe" => Some(Strategy::Kprobe),
+            "fentry" => Some(Strategy::Fentry),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Tracepoint => "tracepoint",
+            Strategy::Kprobe => "kprobe",
+            Strategy::Fentry => "fentry",
+        }
+    }
+}
+
+/// The operations whose `probe` names differ between strategies.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    BindOk { v6: bool },
+    BindFail { v6: bool },
+    Listen,
+    TcpConnect { v6: bool },
+    UdpConnect { v6: bool },
+    Close,
+}
+
+pub fn probe(strategy: Strategy, op: Op) -> &'static str {
+    use Op::*;
+    use Strategy::*;
+    match (strategy, op) {
+        (Tracepoint, BindOk { v6: false }) => "cgroup:post_bind4",
+        (Tracepoint, BindOk { v6: true }) => "cgroup:post_bind6",
+        (Tracepoint, BindFail { v6: false }) => "cgroup:bind4",
+        (Tracepoint, BindFail { v6: true }) => "cgroup:bind6",
+        (Tracepoint, Listen) => "tracepoint:sock:inet_sock_set_state",
+        (Tracepoint, TcpConnect { v6 } | UdpConnect { v6 }) => {
+            if v6 {
+                "cgroup:connect6"
+            } else {
+                "cgroup:connect4"
+            }
+        }
+        (Tracepoint, Close) => "cgroup:sock_release",
+        (Kprobe, BindOk { v6 } | BindFail { v6 }) => {
+            if v6 {
+                "kprobe:inet6_bind"
+            } else {
+                "kprobe:inet_bind"
+            }
+        }
+        (Kprobe, Listen) => "kprobe:inet_listen",
+        (Kprobe, TcpConnect { .. }) => "kprobe:inet_stream_connect",
+        (Kprobe, UdpConnect { .. }) => "kprobe:inet_dgram_connect",
+        (Kprobe, Close) => "kprobe:inet_release",
+        (Fentry, BindOk { v6 } | BindFail { v6 }) => {
+            if v6 {
+                "fexit:inet6_bind"
+            } else {
+                "fexit:inet_bind"
+            }
+        }
+        (Fentry, Listen) => "fexit:inet_listen",
+        (Fentry, TcpConnect { .. }) => "fexit:inet_stream_connect",
+        (Fentry, UdpConnect { .. }) => "fexit:inet_dgram_connect",
+        (Fentry, Close) => "fentry:inet_release",
+    }
+}
+
+/// What the checks need to know about where the scenario ran.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub strategy: Strategy,
+    /// The pid that spawned the scenario client (its expected ppid).
+    pub parent_pid: u32,
+    /// Inode of the network namespace the client ran in.
+    pub netns: u64,
+}
+
+impl Ctx {
+    /// For a scenario spawned by this process, in this network namespace.
+    pub fn here(strategy: Strategy) -> Ctx {
+        use std::os::unix::fs::MetadataExt;
+        Ctx {
+            strategy,
+            parent_pid: std::process::id(),
+            netns: std::fs::metadata("/proc/self/ns/net")
+                .map(|m| m.ino())
+                .unwrap_or(0),
+        }
+    }
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub args: &'static [&'static str],
+    /// True once the events of the scenario's pid are all there.
+    pub done: fn(&[Value]) -> bool,
+    /// Panics with a message when the events are wrong.
+    pub check: fn(&Ctx, &Case, &Value, &[Value]),
+}
+
+fn closes(n: usize) -> impl Fn(&[Value]) -> bool {
+    move |e| count(e, "close") >= n
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "tcp_listen_ipv4_loopback",
+            args: &["tcp-listen", "127.0.0.1:0"],
+            done: |e| closes(1)(e),
+            check: check_tcp_listen,
+        },
+        Case {
+            name: "tcp_listen_ipv4_wildcard",
+            args: &["tcp-listen", "0.0.0.0:0"],
+            done: |e| closes(1)(e),
+            check: check_tcp_listen,
+        },
+        Case {
+            name: "tcp_listen_ipv6_loopback",
+            args: &["tcp-listen", "[::1]:0"],
+            done: |e| closes(1)(e),
+            check: check_tcp_listen,
+        },
+        Case {
+            name: "tcp_listen_ipv6_wildcard",
+            args: &["tcp-listen", "[::]:0"],
+            done: |e| closes(1)(e),
+            check: check_tcp_listen,
+        },
+        Case {
+            name: "udp_bind_ipv4",
+            args: &["udp-bind", "127.0.0.1:0"],
+            done: |e| closes(1)(e),
+            check: check_udp_bind,
+        },
+        Case {
+            name: "udp_bind_ipv6",
+            args: &["udp-bind", "[::1]:0"],
+            done: |e| closes(1)(e),
+            check: check_udp_bind,
+        },
+        // listener: bind, listen, close; client: connect, close; accepted socket: close.
+        Case {
+            name: "tcp_connect_ipv4",
+            args: &["tcp-connect", "127.0.0.1:0"],
+            done: |e| closes(3)(e),
+            check: check_tcp_connect,
+        },
+        Case {
+            name: "tcp_connect_ipv6",
+            args: &["tcp-connect", "[::1]:0"],
+            done: |e| closes(3)(e),
+            check: check_tcp_connect,
+        },
+        Case {
+            name: "udp_connect_ipv4",
+            args: &["udp-connect", "127.0.0.1:9"],
+            done: |e| closes(1)(e),
+            check: check_udp_connect,
+        },
+        Case {
+            name: "udp_connect_ipv6",
+            args: &["udp-connect", "[::1]:9"],
+            done: |e| closes(1)(e),
+            check: check_udp_connect,
+        },
+        Case {
+            name: "bind_eaddrinuse",
+            args: &["bind-in-use", "127.0.0.1:0"],
+            done: |e| e.iter().any(|x| x["outcome"] == "failure") && count(e, "close") >= 1,
+            check: check_bind_in_use,
+        },
+        Case {
+            name: "connect_econnrefused",
+            args: &["connect-refused", "[::1]:0"],
+            done: |e| e.iter().any(|x| x["event"] == "connect"),
+            check: check_connect_refused,
+        },
+        Case {
+            name: "short_lived_process",
+            args: &["exit-fast", "127.0.0.1:0"],
+            done: |e| closes(1)(e),
+            check: check_exit_fast,
+        },
+    ]
+}
+
+pub fn case(name: &str) -> Case {
+    cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name}"))
+}
+
+/// Runs one case against a running daemon: the client's report and its events, in log order.
+pub fn run(d: &mut Daemon, case: &Case, timeout: Duration) -> (Value, Vec<Value>) {
+    let s = scenario(case.args);
+    let got = d.wait_for(timeout, |lines| (case.done)(&of_pid(lines, s.pid)));
+    let lines = got.unwrap_or_else(|| d.lines());
+    (s.report.clone(), of_pid(&lines, s.pid))
+}
+
+fn pid_of(report: &Value) -> u32 {
+    report["pid"].as_u64().expect("report pid") as u32
+}
+
+fn kinds(evs: &[Value]) -> Vec<&str> {
+    evs.iter()
+        .map(|e| e["event"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+fn is_v6(addr: &str) -> bool {
+    addr.starts_with('[')
+}
+
+/// The fields every port event of a (live) scenario client carries.
+pub fn assert_process(ctx: &Ctx, ev: &Value, pid: u32, args: &[&str]) {
+    let p = &ev["process"];
+    assert_eq!(p["pid"], pid, "{ev}");
+    assert_eq!(p["tid"], pid, "single-threaded client: {ev}");
+    assert_eq!(p["ppid"], ctx.parent_pid, "{ev}");
+    assert_eq!(p["comm"], SCENARIO_COMM, "{ev}");
+    assert_eq!(p["user"], json!({"id": 0, "name": "root"}), "{ev}");
+    assert_eq!(p["group"], json!({"id": 0}), "{ev}");
+    let exe = p["executable"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no executable: {ev}"));
+    assert!(exe.ends_with("/portwatch-scenario"), "{ev}");
+    let argv: Vec<&str> = p["command_line"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no command_line: {ev}"))
+        .iter()
+        .map(|a| a.as_str().unwrap_or(""))
+        .collect();
+    assert!(argv[0].ends_with("portwatch-scenario"), "{ev}");
+    assert_eq!(&argv[1..], args, "{ev}");
+    assert_eq!(ev["network"]["netns"], ctx.netns, "{ev}");
+}
+
+pub fn assert_net(ev: &Value, transport: &str, local: &str, peer: Option<&str>) {
+    let (addr, port) = split_addr(local);
+    let ip_type = if addr.contains(':') { "ipv6" } else { "ipv4" };
+    assert_eq!(ev["network"]["transport"], transport, "{ev}");
+    assert_eq!(ev["network"]["type"], ip_type, "{ev}");
+    assert_eq!(
+        ev["network"]["local"],
+        json!({"address": addr, "port": port}),
+        "{ev}"
+    );
+    match peer {
+        Some(p) => {
+            let (a, port) = split_addr(p);
+            assert_eq!(
+                ev["network"]["peer"],
+                json!({"address": a, "port": port}),
+                "{ev}"
+            );
+        }
+        None => assert!(ev["network"].get("peer").is_none(), "{ev}"),
+    }
+}
+
+/// bind(port 0) → listen → close, reported with the port the kernel chose.
+fn check_tcp_listen(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    let local = report["local"].as_str().expect("local");
+    let v6 = is_v6(local);
+    assert_ne!(split_addr(local).1, 0);
+    assert_eq!(kinds(evs), ["bind", "listen", "close"], "{evs:#?}");
+    for ev in evs {
+        assert_eq!(ev["outcome"], "success", "{ev}");
+        assert_process(ctx, ev, pid_of(report), case.args);
+        assert_net(ev, "tcp", local, None);
+    }
+    assert_eq!(evs[0]["probe"], probe(ctx.strategy, Op::BindOk { v6 }));
+    assert_eq!(evs[1]["probe"], probe(ctx.strategy, Op::Listen));
+    assert_eq!(evs[2]["probe"], probe(ctx.strategy, Op::Close));
+}
+
+fn check_udp_bind(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    let local = report["local"].as_str().expect("local");
+    assert_eq!(kinds(evs), ["bind", "close"], "{evs:#?}");
+    for ev in evs {
+        assert_eq!(ev["outcome"], "success", "{ev}");
+        assert_process(ctx, ev, pid_of(report), case.args);
+        assert_net(ev, "udp", local, None);
+    }
+    assert_eq!(
+        evs[0]["probe"],
+        probe(ctx.strategy, Op::BindOk { v6: is_v6(local) })
+    );
+    assert_eq!(evs[1]["probe"], probe(ctx.strategy, Op::Close));
+}
+
+/// The connect event carries the local ephemeral port the client's getsockname() saw.
+fn check_tcp_connect(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    let local = report["local"].as_str().expect("local");
+    let peer = report["peer"].as_str().expect("peer");
+    let server = report["listener"].as_str().expect("listener");
+    assert_eq!(count(evs, "connect"), 1, "{evs:#?}");
+    let connect = find(evs, "connect", "success");
+    assert_process(ctx, connect, pid_of(report), case.args);
+    assert_net(connect, "tcp", local, Some(peer));
+    assert_eq!(
+        connect["probe"],
+        probe(ctx.strategy, Op::TcpConnect { v6: is_v6(local) })
+    );
+    let client_close = evs
+        .iter()
+        .find(|e| e["event"] == "close" && e["network"]["local"]["port"] == split_addr(local).1)
+        .unwrap_or_else(|| panic!("no close of the client socket: {evs:#?}"));
+    assert_net(client_close, "tcp", local, Some(server));
+    assert_eq!(client_close["probe"], probe(ctx.strategy, Op::Close));
+}
+
+/// An unbound UDP socket gets its port from connect: connect and close, no bind.
+fn check_udp_connect(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    let local = report["local"].as_str().expect("local");
+    let target = report["peer"].as_str().expect("peer");
+    assert_eq!(kinds(evs), ["connect", "close"], "{evs:#?}");
+    assert_eq!(evs[0]["outcome"], "success");
+    assert_process(ctx, &evs[0], pid_of(report), case.args);
+    assert_net(&evs[0], "udp", local, Some(target));
+    assert_eq!(
+        evs[0]["probe"],
+        probe(ctx.strategy, Op::UdpConnect { v6: is_v6(local) })
+    );
+    assert_net(&evs[1], "udp", local, Some(target));
+}
+
+fn check_bind_in_use(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["errno"], libc::EADDRINUSE);
+    let taken = report["local"].as_str().expect("local");
+    let fail = find(evs, "bind", "failure");
+    assert_eq!(fail["error"], "EADDRINUSE");
+    assert_eq!(fail["errno"], libc::EADDRINUSE);
+    assert_eq!(
+        fail["probe"],
+        probe(ctx.strategy, Op::BindFail { v6: false })
+    );
+    assert_process(ctx, fail, pid_of(report), case.args);
+    assert_net(fail, "tcp", taken, None);
+}
+
+fn check_connect_refused(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["errno"], libc::ECONNREFUSED);
+    let peer = report["peer"].as_str().expect("peer");
+    let fail = find(evs, "connect", "failure");
+    assert_eq!(fail["error"], "ECONNREFUSED");
+    assert_eq!(fail["errno"], libc::ECONNREFUSED);
+    assert_eq!(
+        fail["network"]["peer"],
+        json!({"address": "::1", "port": split_addr(peer).1})
+    );
+    assert_eq!(fail["network"]["transport"], "tcp");
+    assert_eq!(fail["network"]["type"], "ipv6");
+    assert_eq!(
+        fail["probe"],
+        probe(ctx.strategy, Op::TcpConnect { v6: true })
+    );
+    assert_process(ctx, fail, pid_of(report), case.args);
+}
+
+/// A process that binds and exits at once: the kernel's facts stand; /proc facts may be null but
+/// are never invented.
+fn check_exit_fast(ctx: &Ctx, _case: &Case, report: &Value, evs: &[Value]) {
+    let local = report["local"].as_str().expect("local");
+    assert_eq!(kinds(evs), ["bind", "listen", "close"], "{evs:#?}");
+    for ev in evs {
+        let p = &ev["process"];
+        assert_eq!(p["pid"], pid_of(report));
+        assert_eq!(p["comm"], SCENARIO_COMM);
+        assert_eq!(p["user"]["id"], 0);
+        if !p["executable"].is_null() {
+            assert!(
+                p["executable"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("/portwatch-scenario"),
+                "{ev}"
+            );
+        }
+        assert_net(ev, "tcp", local, None);
+    }
+    assert_eq!(
+        evs[0]["probe"],
+        probe(ctx.strategy, Op::BindOk { v6: false })
+    );
+}
+
+/// The strategy-independent shape of a scenario's events: what happened, on which transport and
+/// address family, to which addresses and with which error — without probes, pids, timestamps and
+/// the ephemeral port numbers. Strategies must agree on it exactly.
+pub fn shape(evs: &[Value]) -> Vec<Value> {
+    evs.iter()
+        .map(|e| {
+            json!({
+                "event": e["event"], "outcome": e["outcome"], "error": e.get("error"),
+                "transport": e["network"]["transport"], "type": e["network"]["type"],
+                "local": e["network"]["local"]["address"],
+                "peer": e["network"].get("peer").map(|p| p["address"].clone()),
+                "comm": e["process"]["comm"], "user": e["process"]["user"],
+            })
+        })
+        .collect()
+}
