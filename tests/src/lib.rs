@@ -31,6 +31,16 @@ pub fn daemon_binary() -> PathBuf {
     panic!("no portwatch binary: run `cargo xtask test`, or build it and set PORTWATCH_BIN");
 }
 
+/// Timeouts scale with `PORTWATCH_TIMEOUT_SCALE` (the VM runs under software emulation).
+pub fn scaled(base: Duration) -> Duration {
+    let scale = std::env::var("PORTWATCH_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    base * scale
+}
+
 /// These tests load eBPF programs: they need root. Failing loudly beats skipping silently.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -137,7 +147,9 @@ impl Daemon {
 
     /// Waits until the events of `pid` satisfy `done`; returns them in log order.
     pub fn events_of(&mut self, pid: u32, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let got = self.wait_for(Duration::from_secs(10), |lines| done(&of_pid(lines, pid)));
+        let got = self.wait_for(scaled(Duration::from_secs(10)), |lines| {
+            done(&of_pid(lines, pid))
+        });
         match got {
             Some(lines) => of_pid(&lines, pid),
             None => panic!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{Daemon, count, find, of_pid, scenario, split_addr};
+use crate::{Daemon, count, find, of_pid, scaled, scenario, split_addr};
 
 /// The scenario binary's comm: its file name cut to 15 bytes by the kernel.
 pub const SCENARIO_COMM: &str = "portwatch-scena";
@@ -221,7 +221,7 @@ pub fn case(name: &str) -> Case {
 /// Runs one case against a running daemon: the client's report and its events, in log order.
 pub fn run(d: &mut Daemon, case: &Case, timeout: Duration) -> (Value, Vec<Value>) {
     let s = scenario(case.args);
-    let got = d.wait_for(timeout, |lines| (case.done)(&of_pid(lines, s.pid)));
+    let got = d.wait_for(scaled(timeout), |lines| (case.done)(&of_pid(lines, s.pid)));
     let lines = got.unwrap_or_else(|| d.lines());
     (s.report.clone(), of_pid(&lines, s.pid))
 }

@@ -1,5 +1,6 @@
 //! Developer and operator tasks: `cargo xtask setup | build | run | test`.
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -29,8 +30,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, check formatting and lints, build, and run every test (integration tests load the
-    /// real programs into the running kernel: run as root).
+    /// Boot a stock kernel in qemu and run the scenarios with every attach strategy there.
+    VmTest {
+        /// Boot this bzImage instead of the current Debian cloud kernel.
+        #[arg(long, value_name = "PATH")]
+        kernel: Option<std::path::PathBuf>,
+    },
+    /// Set up, check formatting and lints, build, and run every test: unit tests, integration tests
+    /// that load the real programs into the running kernel (run as root), and `vm-test`.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
@@ -61,6 +68,11 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Task::VmTest { kernel } => {
+            setup::run()?;
+            build(&root)?;
+            vm::run(&root, kernel)
+        }
         Task::Test { no_lint } => {
             setup::run()?;
             if !no_lint {
@@ -80,7 +92,10 @@ fn main() -> Result<()> {
                     "PORTWATCH_BIN",
                     root.join("target/release/portwatch").as_os_str(),
                 )],
-            )
+            )?;
+            // The fentry and kprobe strategies cannot run on the build machines' kernel: prove them
+            // on a stock kernel in a VM, as part of every test run.
+            vm::run(&root, None)
         }
     }
 }

@@ -37,7 +37,7 @@ fn output(cmd: &mut Command) -> String {
         .unwrap_or_default()
 }
 
-fn must(cmd: &mut Command) -> Result<()> {
+pub fn must(cmd: &mut Command) -> Result<()> {
     eprintln!("setup: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -104,8 +104,17 @@ fn bpf_linker() -> Result<()> {
     .context("installing bpf-linker")
 }
 
+/// What `vm-test` needs: qemu, a static busybox for the initramfs, cpio to pack it.
+pub fn vm_packages() -> Result<()> {
+    install_packages(&["qemu-system-x86", "busybox-static", "cpio"])
+}
+
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    install_packages(&APT_PACKAGES)
+}
+
+fn install_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -114,7 +123,7 @@ fn apt_packages() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        eprintln!("setup: apt packages present: {}", APT_PACKAGES.join(" "));
+        eprintln!("setup: apt packages present: {}", packages.join(" "));
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.

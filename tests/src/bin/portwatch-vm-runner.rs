@@ -1,0 +1,86 @@
+//! Runs inside the test VM (`cargo xtask vm-test`): for each attach strategy, starts the daemon,
+//! runs every shared scenario against it, and writes what happened as JSON lines to OUT (a serial
+//! port). The host checks the results with the same assertions as the host tests.
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    panic::{AssertUnwindSafe, catch_unwind},
+    time::Duration,
+};
+
+use portwatch_tests::{Daemon, scenarios, schema};
+use serde_json::{Value, json};
+
+fn emit(out: &mut impl Write, v: Value) {
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((out_path, strategies)) = args.split_first() else {
+        eprintln!("usage: portwatch-vm-runner OUT STRATEGY...");
+        std::process::exit(2);
+    };
+    let mut out = OpenOptions::new()
+        .write(true)
+        .open(out_path)
+        .expect("open OUT");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    emit(&mut out, json!({"kernel": kernel.trim()}));
+    for strategy in strategies {
+        eprintln!("vm-runner: strategy {strategy}");
+        let started = catch_unwind(AssertUnwindSafe(|| Daemon::start(&["--attach", strategy])));
+        let mut d = match started {
+            Ok(d) => d,
+            Err(e) => {
+                emit(
+                    &mut out,
+                    json!({"strategy": strategy, "error": panic_text(e)}),
+                );
+                continue;
+            }
+        };
+        let status = d.lines().first().cloned().unwrap_or(Value::Null);
+        for case in scenarios::cases() {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                scenarios::run(&mut d, &case, Duration::from_secs(10))
+            }));
+            match r {
+                Ok((report, events)) => emit(
+                    &mut out,
+                    json!({"strategy": strategy, "case": case.name, "report": report, "events": events,
+                           "parent_pid": std::process::id()}),
+                ),
+                Err(e) => emit(
+                    &mut out,
+                    json!({"strategy": strategy, "case": case.name, "error": panic_text(e)}),
+                ),
+            }
+        }
+        let stderr = d.stderr_text();
+        let (exit, lines) = d.stop();
+        let schema_error = schema::check_log(&lines).err();
+        emit(
+            &mut out,
+            json!({"strategy": strategy, "status": status, "exit_ok": exit.success(),
+                   "schema_error": schema_error, "lines": lines.len(), "stderr_tail": tail(&stderr, 4000)}),
+        );
+    }
+    emit(&mut out, json!({"done": true}));
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    &s[start..]
+}

@@ -1,0 +1,398 @@
+//! `cargo xtask vm-test`: boot a stock Debian kernel under qemu (TCG) with a busybox initramfs
+//! holding the daemon, the scenario client and the VM runner; run every shared scenario with
+//! `--attach fentry`, `kprobe`, `tracepoint` and `auto`; bring the results back over a second
+//! serial port and check them with the same assertions as the host tests.
+use std::{
+    collections::BTreeMap,
+    fs,
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use portwatch_tests::scenarios::{self, Ctx, Strategy};
+use serde_json::Value;
+
+use crate::setup;
+
+const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
+const STRATEGIES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
+/// Hard limit for one VM run; TCG is slow, but a hang must not eat CI's 90 minutes.
+const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+pub fn run(root: &Path, kernel: Option<PathBuf>) -> Result<()> {
+    setup::vm_packages()?;
+    let vm_dir = root.join("target/vm");
+    fs::create_dir_all(&vm_dir)?;
+    let kernel = match kernel {
+        Some(k) => {
+            if !k.is_file() {
+                bail!("--kernel {}: no such file", k.display());
+            }
+            k
+        }
+        None => stock_kernel(&vm_dir)?,
+    };
+    eprintln!("vm-test: kernel {}", kernel.display());
+    let bin = root.join("target/release");
+    let initramfs = build_initramfs(&vm_dir, &bin)?;
+    let results = boot(&vm_dir, &kernel, &initramfs)?;
+    check(&results)
+}
+
+/// Resolves the versioned package behind the meta-package and downloads it once (cached).
+fn stock_kernel(vm_dir: &Path) -> Result<PathBuf> {
+    let depends = output(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
+    let package = depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string);
+    let package = match package {
+        Some(p) => p,
+        None => {
+            setup::must(Command::new("apt-get").args(["update", "-qq"]))?;
+            let depends = output(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
+            depends
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Depends: "))
+                .find(|p| p.starts_with("linux-image-"))
+                .map(str::to_string)
+                .with_context(|| {
+                    format!("apt offers no {KERNEL_META_PACKAGE}: cannot get a stock kernel")
+                })?
+        }
+    };
+    let release = package.trim_start_matches("linux-image-");
+    let extracted = vm_dir.join(&package);
+    let vmlinuz = extracted.join("boot").join(format!("vmlinuz-{release}"));
+    if vmlinuz.is_file() {
+        return Ok(vmlinuz);
+    }
+    let dl = vm_dir.join("deb");
+    fs::create_dir_all(&dl)?;
+    setup::must(
+        Command::new("apt-get")
+            .current_dir(&dl)
+            .args(["download", &package]),
+    )
+    .with_context(|| format!("downloading {package}"))?;
+    let deb = fs::read_dir(&dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .with_context(|| {
+            format!(
+                "apt-get download left no {package} .deb in {}",
+                dl.display()
+            )
+        })?;
+    setup::must(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
+    if !vmlinuz.is_file() {
+        bail!("{} has no {}", deb.display(), vmlinuz.display());
+    }
+    Ok(vmlinuz)
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox --install -s /bin
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+export PATH=/bin:/usr/bin PORTWATCH_BIN=/usr/bin/portwatch PORTWATCH_SCENARIO=/usr/bin/portwatch-scenario
+export PORTWATCH_TIMEOUT_SCALE=20
+echo "vm-init: kernel $(uname -r), running scenarios"
+/usr/bin/portwatch-vm-runner /dev/ttyS1 @STRATEGIES@
+echo "vm-init: runner exited $?"
+poweroff -f
+"#;
+
+fn build_initramfs(vm_dir: &Path, bin: &Path) -> Result<PathBuf> {
+    let stage = vm_dir.join("initramfs");
+    if stage.exists() {
+        fs::remove_dir_all(&stage)?;
+    }
+    for d in ["bin", "usr/bin", "etc", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(stage.join(d))?;
+    }
+    fs::copy("/bin/busybox", stage.join("bin/busybox"))
+        .context("copying /bin/busybox (busybox-static)")?;
+    let init = stage.join("init");
+    fs::write(&init, INIT.replace("@STRATEGIES@", &STRATEGIES.join(" ")))?;
+    set_mode(&init, 0o755)?;
+    fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(stage.join("etc/group"), "root:x:0:\n")?;
+    for name in ["portwatch", "portwatch-scenario", "portwatch-vm-runner"] {
+        let src = bin.join(name);
+        fs::copy(&src, stage.join("usr/bin").join(name))
+            .with_context(|| format!("copying {} (build it first)", src.display()))?;
+        for lib in shared_libraries(&src)? {
+            let dst = stage.join(lib.strip_prefix("/").unwrap_or(&lib));
+            if let Some(parent) = dst.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::copy(&lib, &dst).with_context(|| format!("copying {}", lib.display()))?;
+        }
+    }
+    let cpio = vm_dir.join("initramfs.cpio");
+    let status = Command::new("sh")
+        .current_dir(&stage)
+        .arg("-c")
+        .arg(format!(
+            "find . | cpio --quiet -o -H newc > {}",
+            cpio.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("building the initramfs with cpio failed");
+    }
+    Ok(cpio)
+}
+
+/// The dynamic libraries a binary needs, from ldd.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let text = output(Command::new("ldd").arg(binary))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=> ") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
+    let console = vm_dir.join("console.log");
+    let results = vm_dir.join("results.jsonl");
+    let _ = fs::remove_file(&results);
+    // -enable-kvm hangs on these machines (DESIGN.md): software emulation only.
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35",
+            "-cpu",
+            "max",
+            "-smp",
+            "1",
+            "-m",
+            "1024",
+            "-nodefaults",
+            "-no-reboot",
+        ])
+        .args(["-display", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", results.display()))
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let started = Instant::now();
+    eprintln!(
+        "vm-test: booted qemu (pid {}), console in {}",
+        child.id(),
+        console.display()
+    );
+    loop {
+        if let Some(status) = child.try_wait()? {
+            eprintln!(
+                "vm-test: qemu exited ({status}) after {:.0?}",
+                started.elapsed()
+            );
+            break;
+        }
+        if started.elapsed() > VM_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the VM did not finish within {VM_TIMEOUT:?}; console tail:\n{}",
+                tail(&fs::read_to_string(&console).unwrap_or_default(), 3000)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let text = fs::read_to_string(&results).unwrap_or_default();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if !lines.iter().any(|l| l["done"] == true) {
+        bail!(
+            "the VM runner did not finish; console tail:\n{}",
+            tail(&fs::read_to_string(&console).unwrap_or_default(), 3000)
+        );
+    }
+    Ok(lines)
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+/// Checks every (strategy, scenario) result with the shared assertions, checks that the strategies
+/// agree on each scenario's events, and prints the table.
+fn check(results: &[Value]) -> Result<()> {
+    let kernel = results
+        .iter()
+        .find_map(|l| l["kernel"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    let mut failures = Vec::new();
+    let mut verdicts: BTreeMap<(&str, &str), String> = BTreeMap::new();
+    let mut shapes: BTreeMap<&str, Vec<(&str, Vec<Value>)>> = BTreeMap::new();
+    for strategy in STRATEGIES {
+        // Per strategy, the one line without a `case`: the daemon's summary, or why it did not start.
+        let summary = results
+            .iter()
+            .find(|l| l["strategy"] == strategy && l.get("case").is_none());
+        match summary {
+            None => failures.push(format!("{strategy}: no result from the VM")),
+            Some(s) if s.get("error").is_some() => {
+                failures.push(format!("{strategy}: daemon did not start: {}", s["error"]));
+                continue;
+            }
+            Some(s) => {
+                if s["exit_ok"] != true {
+                    failures.push(format!(
+                        "{strategy}: daemon did not exit 0; stderr: {}",
+                        s["stderr_tail"]
+                    ));
+                }
+                if !s["schema_error"].is_null() {
+                    failures.push(format!("{strategy}: schema: {}", s["schema_error"]));
+                }
+                // auto must pick the best rung that works: fentry on a stock kernel.
+                if strategy == "auto" {
+                    for fam in ["bind", "listen", "connect", "release"] {
+                        let took = &s["status"]["attach"][fam]["strategy"];
+                        if took != "fentry" {
+                            failures.push(format!("auto took {took} for {fam}, expected fentry"));
+                        }
+                    }
+                }
+            }
+        }
+        let expect = Strategy::parse(strategy).unwrap_or(Strategy::Fentry);
+        for case in scenarios::cases() {
+            let r = results
+                .iter()
+                .find(|l| l["strategy"] == strategy && l["case"] == case.name);
+            let verdict = match r {
+                None => "missing".to_string(),
+                Some(r) if r.get("error").is_some() => format!("error: {}", r["error"]),
+                Some(r) => {
+                    let events: Vec<Value> = r["events"].as_array().cloned().unwrap_or_default();
+                    let ctx = Ctx {
+                        strategy: expect,
+                        parent_pid: r["parent_pid"].as_u64().unwrap_or(0) as u32,
+                        // The runner and its clients share the VM's one network namespace.
+                        netns: events
+                            .first()
+                            .and_then(|e| e["network"]["netns"].as_u64())
+                            .unwrap_or(0),
+                    };
+                    let checked = catch_unwind(AssertUnwindSafe(|| {
+                        (case.check)(&ctx, &case, &r["report"], &events)
+                    }));
+                    shapes
+                        .entry(case.name)
+                        .or_default()
+                        .push((strategy, scenarios::shape(&events)));
+                    match checked {
+                        Ok(()) => "pass".to_string(),
+                        Err(e) => format!(
+                            "FAIL: {}",
+                            e.downcast_ref::<String>()
+                                .cloned()
+                                .unwrap_or_else(|| "assertion failed".into())
+                        ),
+                    }
+                }
+            };
+            if verdict != "pass" {
+                failures.push(format!("{strategy} / {}: {verdict}", case.name));
+            }
+            verdicts.insert((case.name, strategy), verdict);
+        }
+    }
+    for (case, per) in &shapes {
+        if let Some((first_strategy, first)) = per.first() {
+            for (s, shape) in &per[1..] {
+                if shape != first {
+                    failures.push(format!(
+                        "{case}: {s} and {first_strategy} disagree:\n{s}: {shape:?}\n{first_strategy}: {first:?}"
+                    ));
+                }
+            }
+        }
+    }
+    println!("\nVM kernel {kernel}: scenario results per attach strategy\n");
+    println!("| scenario | {} |", STRATEGIES.join(" | "));
+    println!("|---|{}", "---|".repeat(STRATEGIES.len()));
+    for case in scenarios::cases() {
+        let cells: Vec<String> = STRATEGIES
+            .iter()
+            .map(|s| {
+                let v = verdicts
+                    .get(&(case.name, *s))
+                    .map(String::as_str)
+                    .unwrap_or("missing");
+                if v == "pass" {
+                    "pass".into()
+                } else {
+                    "FAIL".into()
+                }
+            })
+            .collect();
+        println!("| {} | {} |", case.name, cells.join(" | "));
+    }
+    if failures.is_empty() {
+        println!(
+            "\nvm-test: all {} scenarios passed with every strategy; strategies agree",
+            scenarios::cases().len()
+        );
+        Ok(())
+    } else {
+        for f in &failures {
+            eprintln!("vm-test: {f}");
+        }
+        bail!("{} VM check(s) failed", failures.len())
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
