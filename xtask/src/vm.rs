@@ -372,11 +372,11 @@ fn check(results: &[Value]) -> Result<()> {
             .collect();
         println!("| {} | {} |", case.name, cells.join(" | "));
     }
+    let total = STRATEGIES.len() * scenarios::cases().len();
+    let passed = verdicts.values().filter(|v| *v == "pass").count();
+    println!("\nvm-test: {passed} passed, {} failed", total - passed);
     if failures.is_empty() {
-        println!(
-            "\nvm-test: all {} scenarios passed with every strategy; strategies agree",
-            scenarios::cases().len()
-        );
+        println!("vm-test: every scenario passed with every strategy, and the strategies agree");
         Ok(())
     } else {
         for f in &failures {
