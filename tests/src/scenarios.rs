@@ -117,7 +117,8 @@ impl Ctx {
 pub struct Case {
     pub name: &'static str,
     pub args: &'static [&'static str],
-    /// True once the events of the scenario's pid are all there.
+    /// True once every event the scenario causes is there: strategies are compared on the
+    /// complete set, so this must not stop early.
     pub done: fn(&[Value]) -> bool,
     /// Panics with a message when the events are wrong.
     pub check: fn(&Ctx, &Case, &Value, &[Value]),
@@ -199,7 +200,8 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "connect_econnrefused",
             args: &["connect-refused", "[::1]:0"],
-            done: |e| e.iter().any(|x| x["event"] == "connect"),
+            // the probe listener's close and the refused client's close
+            done: |e| e.iter().any(|x| x["event"] == "connect") && count(e, "close") >= 2,
             check: check_connect_refused,
         },
         Case {
@@ -371,6 +373,12 @@ fn check_bind_in_use(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
 fn check_connect_refused(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
     assert_eq!(report["errno"], libc::ECONNREFUSED);
     let peer = report["peer"].as_str().expect("peer");
+    // the probe listener that picked a free port, then the refused client and its release
+    assert_eq!(
+        kinds(evs),
+        ["bind", "listen", "close", "connect", "close"],
+        "{evs:#?}"
+    );
     let fail = find(evs, "connect", "failure");
     assert_eq!(fail["error"], "ECONNREFUSED");
     assert_eq!(fail["errno"], libc::ECONNREFUSED);
