@@ -1,4 +1,5 @@
 //! Developer and operator tasks: `cargo xtask setup | build | run | test`.
+mod bench;
 mod setup;
 mod vm;
 
@@ -29,6 +30,12 @@ enum Task {
         /// Arguments for `portwatch run`, e.g. `-- --log-file /tmp/events.jsonl`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Measure portwatch against no tracer, bpftrace and auditd (prints a table; never fails on a
+    /// figure). `--smoke` runs each path for a few seconds.
+    Bench {
+        #[arg(long)]
+        smoke: bool,
     },
     /// Boot a stock kernel in qemu and run the scenarios with every attach strategy there.
     VmTest {
@@ -68,6 +75,11 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Bench { smoke } => {
+            setup::run()?;
+            build(&root)?;
+            bench::run(&root, smoke)
+        }
         Task::VmTest { kernel } => {
             setup::run()?;
             build(&root)?;
@@ -95,7 +107,9 @@ fn main() -> Result<()> {
             )?;
             // The fentry and kprobe strategies cannot run on the build machines' kernel: prove them
             // on a stock kernel in a VM, as part of every test run.
-            vm::run(&root, None)
+            vm::run(&root, None)?;
+            // Keep the benchmark harness from rotting: every path for a few seconds, no figures judged.
+            bench::run(&root, true)
         }
     }
 }

@@ -109,6 +109,11 @@ pub fn vm_packages() -> Result<()> {
     install_packages(&["qemu-system-x86", "busybox-static", "cpio"])
 }
 
+/// The peers `bench` measures portwatch against.
+pub fn bench_packages() -> Result<()> {
+    install_packages(&["bpftrace", "auditd"])
+}
+
 fn apt_packages() -> Result<()> {
     install_packages(&APT_PACKAGES)
 }

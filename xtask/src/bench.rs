@@ -1,0 +1,623 @@
+//! `cargo xtask bench`: the load generator's storms with no tracer, with portwatch, with a
+//! bpftrace script on the same tracepoints, and with auditd syscall rules — alternating A B C D A B
+//! C D so machine drift cancels — and the medians side by side. Measures, never fails on a figure.
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::setup;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    None,
+    Portwatch,
+    Bpftrace,
+    Auditd,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::None, Mode::Portwatch, Mode::Bpftrace, Mode::Auditd];
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "no tracer",
+            Mode::Portwatch => "portwatch",
+            Mode::Bpftrace => "bpftrace",
+            Mode::Auditd => "auditd",
+        }
+    }
+}
+
+/// One workload run under one tracer.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    ops_per_sec: f64,
+    /// Events the tracer should have recorded for the generator's process.
+    expected: u64,
+    /// Events it did record.
+    recorded: u64,
+    /// Events it reported as lost (portwatch's loss events, bpftrace's "Lost" lines).
+    reported_lost: u64,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+    /// portwatch only: in-kernel nanoseconds of all its programs per recorded event.
+    kernel_ns_per_event: Option<f64>,
+}
+
+struct Paths {
+    out: PathBuf,
+    portwatch: PathBuf,
+    loadgen: PathBuf,
+}
+
+pub fn run(root: &Path, smoke: bool) -> Result<()> {
+    setup::bench_packages()?;
+    let paths = Paths {
+        out: root.join("target/bench"),
+        portwatch: root.join("target/release/portwatch"),
+        loadgen: root.join("target/release/portwatch-loadgen"),
+    };
+    fs::create_dir_all(&paths.out)?;
+    let stats = BpfStats::enable()?;
+    let (scale, reps) = if smoke { (1u64, 1usize) } else { (50, 5) };
+    let workloads: [(&str, u64); 4] = [
+        ("tcp-bind", 2000 * scale),
+        ("udp-bind", 2000 * scale),
+        ("tcp-connect", 600 * scale),
+        ("listen-churn", 2000 * scale),
+    ];
+    let mut samples: BTreeMap<(&str, Mode), Vec<Sample>> = BTreeMap::new();
+    for rep in 0..reps {
+        for (workload, ops) in workloads {
+            for mode in Mode::ALL {
+                let s = run_one(&paths, mode, workload, ops, None).with_context(|| {
+                    format!("{workload} with {} (round {})", mode.name(), rep + 1)
+                })?;
+                eprintln!(
+                    "bench: round {} {workload:<12} {:<9} {:>9.0} ops/s, {}/{} events, cpu {:.2}s",
+                    rep + 1,
+                    mode.name(),
+                    s.ops_per_sec,
+                    s.recorded,
+                    s.expected,
+                    s.cpu_seconds
+                );
+                samples.entry((workload, mode)).or_default().push(s);
+            }
+        }
+    }
+    let max_rate = max_zero_loss_rate(&paths, smoke)?;
+    let rss = rss_over_time(&paths, if smoke { 20_000 } else { 5_000_000 })?;
+    drop(stats);
+    let report = summarize(&samples, &workloads, max_rate, &rss, reps);
+    fs::write(
+        paths.out.join("results.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    print_table(&report);
+    println!(
+        "bench: raw results in {}",
+        paths.out.join("results.json").display()
+    );
+    Ok(())
+}
+
+/// Runs `loadgen` once under `mode`; waits for the tracer to catch up before reading its figures.
+fn run_one(p: &Paths, mode: Mode, workload: &str, ops: u64, rate: Option<u64>) -> Result<Sample> {
+    let tracer = Tracer::start(p, mode)?;
+    let before = tracer.cpu_ticks();
+    let kernel_before = tracer.kernel_stats();
+    let mut cmd = Command::new(&p.loadgen);
+    cmd.arg(workload).arg(ops.to_string());
+    if let Some(r) = rate {
+        cmd.args(["--rate", &r.to_string()]);
+    }
+    let out = cmd.output().context("running portwatch-loadgen")?;
+    if !out.status.success() {
+        bail!("loadgen failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let pid = report["pid"].as_u64().unwrap_or(0) as u32;
+    let expected = match mode {
+        Mode::None => 0,
+        Mode::Portwatch => report["events"]["total"].as_u64().unwrap_or(0),
+        // Both see syscalls: bind, listen, connect (not releases).
+        Mode::Bpftrace | Mode::Auditd => ["bind", "listen", "connect"]
+            .iter()
+            .map(|k| report["syscalls"][k].as_u64().unwrap_or(0))
+            .sum(),
+    };
+    let (recorded, reported_lost) = tracer.settle(pid, expected)?;
+    let cpu_seconds = (tracer.cpu_ticks() - before) as f64 / ticks_per_second();
+    let kernel_ns_per_event = match (kernel_before, tracer.kernel_stats()) {
+        (Some((t0, _)), Some((t1, _))) if recorded > 0 => Some((t1 - t0) as f64 / recorded as f64),
+        _ => None,
+    };
+    let peak_rss_kib = tracer.peak_rss_kib();
+    tracer.stop()?;
+    Ok(Sample {
+        ops_per_sec: report["ops_per_sec"].as_f64().unwrap_or(0.0),
+        expected,
+        recorded,
+        reported_lost,
+        cpu_seconds,
+        peak_rss_kib,
+        kernel_ns_per_event,
+    })
+}
+
+/// A running tracer process (or none).
+struct Tracer {
+    mode: Mode,
+    child: Option<Child>,
+    /// Where it writes what it saw.
+    log: PathBuf,
+    audit_dir: PathBuf,
+}
+
+const BPFTRACE_SCRIPT: &str = r#"tracepoint:syscalls:sys_exit_bind,
+tracepoint:syscalls:sys_exit_listen,
+tracepoint:syscalls:sys_exit_connect
+{
+  printf("%d %d %d %s %s %d\n", pid, tid, uid, comm, probe, args->ret);
+}
+"#;
+
+const AUDITD_CONF: &str = "log_file = @DIR@/audit.log\nlog_format = RAW\nflush = NONE\nfreq = 0\n\
+max_log_file = 4096\nmax_log_file_action = ROTATE\nnum_logs = 2\nspace_left = 10\n\
+space_left_action = IGNORE\nadmin_space_left = 5\nadmin_space_left_action = IGNORE\n\
+disk_full_action = IGNORE\ndisk_error_action = IGNORE\nwrite_logs = yes\n";
+
+impl Tracer {
+    fn start(p: &Paths, mode: Mode) -> Result<Tracer> {
+        let audit_dir = p.out.join("auditd");
+        let log = match mode {
+            Mode::None => PathBuf::new(),
+            Mode::Portwatch => p.out.join("portwatch.jsonl"),
+            Mode::Bpftrace => p.out.join("bpftrace.out"),
+            Mode::Auditd => audit_dir.join("audit.log"),
+        };
+        if !log.as_os_str().is_empty() {
+            let _ = fs::remove_file(&log);
+        }
+        let child = match mode {
+            Mode::None => None,
+            Mode::Portwatch => {
+                let c = Command::new(&p.portwatch)
+                    .args(["run", "--no-stdout", "--log-file"])
+                    .arg(&log)
+                    .stderr(fs::File::create(p.out.join("portwatch.stderr"))?)
+                    .spawn()?;
+                wait_until(Duration::from_secs(30), || {
+                    fs::read_to_string(&log).is_ok_and(|t| t.contains("\"event\":\"status\""))
+                })
+                .context("portwatch wrote no status line")?;
+                Some(c)
+            }
+            Mode::Bpftrace => {
+                let script = p.out.join("portwatch-equivalent.bt");
+                fs::write(&script, BPFTRACE_SCRIPT)?;
+                let c = Command::new("bpftrace")
+                    .arg("-o")
+                    .arg(&log)
+                    .arg(&script)
+                    .stderr(fs::File::create(p.out.join("bpftrace.stderr"))?)
+                    .spawn()
+                    .context("starting bpftrace")?;
+                wait_until(Duration::from_secs(60), || {
+                    fs::read_to_string(&log).is_ok_and(|t| t.contains("Attaching"))
+                })
+                .context("bpftrace did not attach")?;
+                Some(c)
+            }
+            Mode::Auditd => {
+                fs::create_dir_all(&audit_dir)?;
+                let conf = audit_dir.join("auditd.conf");
+                fs::write(
+                    &conf,
+                    AUDITD_CONF.replace("@DIR@", &audit_dir.display().to_string()),
+                )?;
+                set_mode(&conf, 0o640)?;
+                let c = Command::new("auditd")
+                    .arg("-c")
+                    .arg(&audit_dir)
+                    .arg("-n")
+                    .stdout(Stdio::null())
+                    .stderr(fs::File::create(p.out.join("auditd.stderr"))?)
+                    .spawn()
+                    .context("starting auditd")?;
+                wait_until(Duration::from_secs(10), || log.exists())
+                    .context("auditd did not open its log")?;
+                quiet(Command::new("auditctl").args(["-e", "1"]))?;
+                quiet(Command::new("auditctl").args([
+                    "-a",
+                    "always,exit",
+                    "-F",
+                    "arch=b64",
+                    "-S",
+                    "bind",
+                    "-S",
+                    "connect",
+                    "-S",
+                    "listen",
+                ]))?;
+                Some(c)
+            }
+        };
+        Ok(Tracer {
+            mode,
+            child,
+            log,
+            audit_dir,
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn cpu_ticks(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        let get = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        get(14) + get(15)
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// portwatch only: total run time and count of its programs (kernel.bpf_stats_enabled).
+    fn kernel_stats(&self) -> Option<(u64, u64)> {
+        if self.mode != Mode::Portwatch {
+            return None;
+        }
+        let mut t = (0, 0);
+        for info in aya::programs::loaded_programs().flatten() {
+            if info
+                .name_as_str()
+                .is_some_and(|n| n.starts_with("portwatch_"))
+            {
+                t.0 += info.run_time().as_nanos() as u64;
+                t.1 += info.run_count();
+            }
+        }
+        Some(t)
+    }
+
+    /// Waits until the tracer has written what it is going to write for `pid` (or the expected
+    /// count), then returns (recorded, reported lost).
+    fn settle(&self, pid: u32, expected: u64) -> Result<(u64, u64)> {
+        if self.mode == Mode::None {
+            return Ok((0, 0));
+        }
+        let mut last = (u64::MAX, 0);
+        let mut stable_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let now = self.count(pid);
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            }
+            let quiet_for = stable_since.elapsed();
+            if (now.0 + now.1 >= expected && quiet_for > Duration::from_millis(300))
+                || quiet_for > Duration::from_secs(3)
+                || Instant::now() > deadline
+            {
+                return Ok(now);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn count(&self, pid: u32) -> (u64, u64) {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        match self.mode {
+            Mode::None => (0, 0),
+            Mode::Portwatch => {
+                let needle = format!("\"process\":{{\"pid\":{pid},");
+                let recorded = text.lines().filter(|l| l.contains(&needle)).count() as u64;
+                let lost = text
+                    .lines()
+                    .filter(|l| l.contains("\"event\":\"loss\""))
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .map(|v| v["loss"]["count"].as_u64().unwrap_or(0))
+                    .sum();
+                (recorded, lost)
+            }
+            Mode::Bpftrace => {
+                let prefix = format!("{pid} ");
+                let recorded = text.lines().filter(|l| l.starts_with(&prefix)).count() as u64;
+                let lost = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("Lost "))
+                    .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                    .sum();
+                (recorded, lost)
+            }
+            Mode::Auditd => {
+                let needle = format!(" pid={pid} ");
+                let recorded = text
+                    .lines()
+                    .filter(|l| l.starts_with("type=SYSCALL") && l.contains(&needle))
+                    .count() as u64;
+                (recorded, 0)
+            }
+        }
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        if self.mode == Mode::Auditd {
+            let _ = quiet(Command::new("auditctl").arg("-D"));
+        }
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the tracer we started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.mode == Mode::Auditd {
+            let _ = quiet(Command::new("auditctl").args(["-e", "0"]));
+            let _ = &self.audit_dir;
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Steps the generator's rate up with portwatch attached; the highest rate with nothing lost.
+fn max_zero_loss_rate(p: &Paths, smoke: bool) -> Result<Value> {
+    let rates: &[u64] = if smoke {
+        &[20_000]
+    } else {
+        &[25_000, 50_000, 100_000, 150_000, 200_000, 400_000]
+    };
+    let mut steps = Vec::new();
+    let mut best = None;
+    for &rate in rates {
+        let ops = if smoke { 2_000 } else { rate * 2 };
+        let s = run_one(p, Mode::Portwatch, "udp-bind", ops, Some(rate))?;
+        let lost = s.expected.saturating_sub(s.recorded);
+        eprintln!(
+            "bench: max-rate step {rate}/s target: achieved {:.0} ops/s, {} of {} events, lost {lost}",
+            s.ops_per_sec, s.recorded, s.expected
+        );
+        steps.push(
+            json!({"target_ops_per_sec": rate, "achieved_ops_per_sec": s.ops_per_sec,
+            "events_per_sec": s.ops_per_sec * 2.0, "expected": s.expected, "recorded": s.recorded,
+            "lost": lost, "reported_lost": s.reported_lost}),
+        );
+        if lost == 0 && s.reported_lost == 0 {
+            best = Some(s.ops_per_sec * 2.0);
+        }
+    }
+    Ok(json!({"workload": "udp-bind", "steps": steps, "max_zero_loss_events_per_sec": best}))
+}
+
+/// RSS of the daemon sampled every second while `ops` UDP binds (2 events each) go through it.
+fn rss_over_time(p: &Paths, ops: u64) -> Result<Value> {
+    let tracer = Tracer::start(p, Mode::Portwatch)?;
+    let pid = tracer.pid().unwrap_or(0);
+    let mut child = Command::new(&p.loadgen)
+        .args(["udp-bind", &ops.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let rss = |pid: u32| -> u64 {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    let mut samples = vec![(0.0, rss(pid))];
+    while child.try_wait()?.is_none() {
+        std::thread::sleep(Duration::from_secs(1));
+        samples.push((start.elapsed().as_secs_f64(), rss(pid)));
+    }
+    let out = child.wait_with_output()?;
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let lpid = report["pid"].as_u64().unwrap_or(0) as u32;
+    let (recorded, lost) = tracer.settle(lpid, ops * 2)?;
+    samples.push((start.elapsed().as_secs_f64(), rss(pid)));
+    let hwm = tracer.peak_rss_kib();
+    tracer.stop()?;
+    let first = samples.get(1).map(|s| s.1).unwrap_or(0);
+    let last = samples.last().map(|s| s.1).unwrap_or(0);
+    eprintln!(
+        "bench: rss over {} events: first {first} KiB, last {last} KiB, peak {hwm} KiB",
+        ops * 2
+    );
+    Ok(
+        json!({"events": ops * 2, "recorded": recorded, "reported_lost": lost,
+        "rss_kib_samples": samples.iter().map(|(t, r)| json!([t, r])).collect::<Vec<_>>(),
+        "rss_kib_first": first, "rss_kib_last": last, "peak_rss_kib": hwm}),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn summarize(
+    samples: &BTreeMap<(&str, Mode), Vec<Sample>>,
+    workloads: &[(&str, u64)],
+    max_rate: Value,
+    rss: &Value,
+    reps: usize,
+) -> Value {
+    let mut rows = Vec::new();
+    for (workload, ops) in workloads {
+        let base = median(
+            samples
+                .get(&(*workload, Mode::None))
+                .map(|v| v.iter().map(|s| s.ops_per_sec).collect())
+                .unwrap_or_default(),
+        );
+        for mode in Mode::ALL {
+            let Some(ss) = samples.get(&(*workload, mode)) else {
+                continue;
+            };
+            let m = |f: fn(&Sample) -> f64| median(ss.iter().map(f).collect());
+            let ops_s = m(|s| s.ops_per_sec);
+            let recorded = m(|s| s.recorded as f64);
+            let cpu = m(|s| s.cpu_seconds);
+            let lost: u64 = ss
+                .iter()
+                .map(|s| s.expected.saturating_sub(s.recorded))
+                .sum();
+            let kns: Vec<f64> = ss.iter().filter_map(|s| s.kernel_ns_per_event).collect();
+            rows.push(json!({
+                "workload": workload, "ops_per_run": ops, "tracer": mode.name(),
+                "ops_per_sec": ops_s,
+                "relative_to_no_tracer": if base > 0.0 { ops_s / base } else { 0.0 },
+                "events_recorded_per_run": recorded,
+                "cpu_ms_per_1000_events": if recorded > 0.0 { cpu * 1e6 / recorded } else { 0.0 },
+                "peak_rss_kib": ss.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
+                "events_missing_all_runs": lost,
+                "events_reported_lost_all_runs": ss.iter().map(|s| s.reported_lost).sum::<u64>(),
+                "kernel_ns_per_event": if kns.is_empty() { Value::Null } else { json!(median(kns)) },
+                "runs": ss.len(),
+            }));
+        }
+    }
+    json!({"rounds": reps, "rows": rows, "max_rate": max_rate, "rss": rss,
+        "machine": {"kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+                    "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)}})
+}
+
+fn print_table(report: &Value) {
+    println!(
+        "\n| workload | tracer | ops/s | vs none | events/run | tracer CPU ms/1k ev | peak RSS MiB | missing | in-kernel ns/ev |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in report["rows"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {} | {:.0} | {:.1}% | {:.0} | {:.2} | {:.1} | {} | {} |",
+            r["workload"].as_str().unwrap_or(""),
+            r["tracer"].as_str().unwrap_or(""),
+            r["ops_per_sec"].as_f64().unwrap_or(0.0),
+            r["relative_to_no_tracer"].as_f64().unwrap_or(0.0) * 100.0,
+            r["events_recorded_per_run"].as_f64().unwrap_or(0.0),
+            r["cpu_ms_per_1000_events"].as_f64().unwrap_or(0.0),
+            r["peak_rss_kib"].as_u64().unwrap_or(0) as f64 / 1024.0,
+            r["events_missing_all_runs"],
+            r["kernel_ns_per_event"]
+                .as_f64()
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    println!(
+        "\nmax zero-loss rate (udp-bind, portwatch): {} events/s",
+        report["max_rate"]["max_zero_loss_events_per_sec"]
+            .as_f64()
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or_else(|| "none".into())
+    );
+    println!(
+        "daemon RSS over {} events: first {} KiB, last {} KiB, peak {} KiB",
+        report["rss"]["events"],
+        report["rss"]["rss_kib_first"],
+        report["rss"]["rss_kib_last"],
+        report["rss"]["peak_rss_kib"]
+    );
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {limit:?}")
+}
+
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Turns on kernel.bpf_stats_enabled for the run and restores the old value after.
+struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let old = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.old.trim());
+    }
+}
