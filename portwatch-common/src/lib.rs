@@ -113,13 +113,22 @@ impl PortEvent {
 }
 
 /// An operation seen on syscall entry (or on a cgroup hook that runs before the kernel decides),
-/// kept per thread until the syscall returns and the outcome is known.
+/// kept per thread until the syscall returns and the outcome is known. Only what the entry hook
+/// alone knows is kept; the task's facts are taken at completion, in the same task.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Pending {
-    pub event: PortEvent,
-    /// Kernel address of the `struct sock`, read at syscall exit for the port the kernel chose.
+    /// Kernel address of the `struct sock`, read at completion for the port the kernel chose.
     pub sk: u64,
+    pub cookie: u64,
+    /// The address the call named: local for bind and listen, the peer for connect.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub kind: u8,
+    pub probe: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Per-CPU counters kept by the kernel side, summed by the daemon.
@@ -157,6 +166,8 @@ pub mod globals {
     pub const TP_STATE_SADDR: &str = "TP_STATE_SADDR";
     pub const TP_STATE_SADDR_V6: &str = "TP_STATE_SADDR_V6";
     pub const TP_SYS_EXIT_RET: &str = "TP_SYS_EXIT_RET";
+    /// Bytes waiting in the ring buffer above which a record wakes the reader.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 }
 
 pub const UNKNOWN_OFFSET: u32 = u32::MAX;

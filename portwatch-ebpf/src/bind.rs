@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
-use portwatch_common::{family, kind, probe};
+use portwatch_common::{Pending, family, kind, probe};
 
 use crate::{emit, offsets};
 
@@ -54,25 +54,20 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
 
 #[cgroup_sock_addr(bind4)]
 pub fn portwatch_bind4(ctx: SockAddrContext) -> i32 {
-    park_sock_addr::<false>(&ctx, kind::BIND, probe::CGROUP_BIND4, false);
+    park_sock_addr::<false>(&ctx, kind::BIND, probe::CGROUP_BIND4);
     1
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn portwatch_bind6(ctx: SockAddrContext) -> i32 {
-    park_sock_addr::<true>(&ctx, kind::BIND, probe::CGROUP_BIND6, false);
+    park_sock_addr::<true>(&ctx, kind::BIND, probe::CGROUP_BIND6);
     1
 }
 
-/// Parks a bind or connect seen by a `cgroup/sock_addr` hook. For a bind the user's address is
-/// the local one; for a connect it is the peer. `V6` as for `post_bind`.
+/// Parks a bind or connect seen by a `cgroup/sock_addr` hook: only the address the call named and
+/// the socket. `V6` as for `post_bind`.
 #[inline(always)]
-pub fn park_sock_addr<const V6: bool>(
-    ctx: &SockAddrContext,
-    kind: u8,
-    probe: u8,
-    user_addr_is_peer: bool,
-) {
+pub fn park_sock_addr<const V6: bool>(ctx: &SockAddrContext, kind: u8, probe: u8) {
     let sa = ctx.sock_addr;
     // SAFETY: context reads of `struct bpf_sock_addr`, checked by the verifier.
     unsafe {
@@ -80,10 +75,6 @@ pub fn park_sock_addr<const V6: bool>(
         if !emit::is_inet_transport(protocol) {
             return;
         }
-        let mut ev = emit::task_event(kind, probe);
-        ev.protocol = protocol as u8;
-        ev.family = if V6 { family::INET6 } else { family::INET };
-        let port = u16::from_be((*sa).user_port as u16);
         let mut addr = [0u8; 16];
         if !V6 {
             addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
@@ -96,16 +87,17 @@ pub fn park_sock_addr<const V6: bool>(
                 core::ptr::read_volatile(&ip[3]),
             ]);
         }
-        if user_addr_is_peer {
-            ev.peer_addr = addr;
-            ev.peer_port = port;
-        } else {
-            ev.local_addr = addr;
-            ev.local_port = port;
-        }
-        ev.cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sa as *mut _);
-        let sk = (*sa).__bindgen_anon_1.sk as usize;
-        emit::park(&ev, sk);
+        emit::park(&Pending {
+            sk: (*sa).__bindgen_anon_1.sk as u64,
+            cookie: aya_ebpf::helpers::generated::bpf_get_socket_cookie(sa as *mut _),
+            addr,
+            port: u16::from_be((*sa).user_port as u16),
+            kind,
+            probe,
+            family: if V6 { family::INET6 } else { family::INET },
+            protocol: protocol as u8,
+            _pad: [0; 2],
+        });
     }
 }
 
@@ -119,8 +111,7 @@ pub fn portwatch_sys_exit_bind(ctx: TracePointContext) -> u32 {
     };
     // Successful binds were reported by post_bind with the real port.
     if ret < 0 {
-        let mut ev = pending.event;
-        ev.errno = emit::errno_of(ret);
+        let mut ev = emit::complete(&pending, emit::errno_of(ret));
         emit::submit(&mut ev);
     }
     0

@@ -11,13 +11,13 @@ use crate::{bind, emit};
 
 #[cgroup_sock_addr(connect4)]
 pub fn portwatch_connect4(ctx: SockAddrContext) -> i32 {
-    bind::park_sock_addr::<false>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT4, true);
+    bind::park_sock_addr::<false>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT4);
     1
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn portwatch_connect6(ctx: SockAddrContext) -> i32 {
-    bind::park_sock_addr::<true>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT6, true);
+    bind::park_sock_addr::<true>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT6);
     1
 }
 
@@ -29,12 +29,14 @@ pub fn portwatch_sys_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(pending) = emit::take_parked(kind::CONNECT) else {
         return 0;
     };
-    let mut ev = pending.event;
     // A non-blocking connect that was started is a success here; the handshake goes on.
     const EINPROGRESS: i64 = 115;
-    if ret != -EINPROGRESS {
-        ev.errno = emit::errno_of(ret);
-    }
+    let errno = if ret == -EINPROGRESS {
+        0
+    } else {
+        emit::errno_of(ret)
+    };
+    let mut ev = emit::complete(&pending, errno);
     emit::local_from_sock(&mut ev, pending.sk as usize);
     if ev.local_port == 0 && ev.errno == 0 {
         aya_log_ebpf::warn!(

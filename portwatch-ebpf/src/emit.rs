@@ -124,7 +124,15 @@ pub fn local_from_sock(ev: &mut PortEvent, sk: usize) {
     }
 }
 
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
 /// Stamps the per-CPU sequence number and writes the record, or counts it as lost.
+///
+/// Waking the reader for every record costs an irq_work and a context switch per event. Records
+/// are submitted without a wakeup while little is waiting; once `WAKEUP_BYTES` are queued the
+/// reader is woken, and it also drains on a short timer, so nothing waits longer than that.
 #[inline(always)]
 pub fn submit(ev: &mut PortEvent) {
     // SAFETY: helper without arguments.
@@ -138,10 +146,15 @@ pub fn submit(ev: &mut PortEvent) {
             (*c).next_seq = ev.cpu_seq.wrapping_add(1);
         }
     }
+    let flags = match offsets::wakeup_bytes() {
+        Some(limit) if (EVENTS.query(BPF_RB_AVAIL_DATA) as usize) < limit => BPF_RB_NO_WAKEUP,
+        Some(_) => BPF_RB_FORCE_WAKEUP,
+        None => 0,
+    };
     match EVENTS.reserve::<PortEvent>(0) {
         Some(mut entry) => {
             entry.write(*ev);
-            entry.submit(0);
+            entry.submit(flags);
         }
         None => {
             if let Some(c) = counters {
@@ -160,14 +173,10 @@ pub fn submit(ev: &mut PortEvent) {
     }
 }
 
-/// Remembers an operation until its syscall returns.
+/// Remembers an operation until its call returns.
 #[inline(always)]
-pub fn park(ev: &PortEvent, sk: usize) {
-    let pending = Pending {
-        event: *ev,
-        sk: sk as u64,
-    };
-    let _ = PENDING.insert(ev.tid, pending, 0);
+pub fn park(p: &Pending) {
+    let _ = PENDING.insert(current_tid(), *p, 0);
 }
 
 /// Takes the current thread's parked operation if it is of `kind`. A parked entry of another
@@ -179,7 +188,25 @@ pub fn take_parked(kind: u8) -> Option<Pending> {
     // SAFETY: a valid map value pointer; copied out before the entry is removed.
     let pending = unsafe { *pending };
     let _ = PENDING.remove(tid);
-    (pending.event.kind == kind).then_some(pending)
+    (pending.kind == kind).then_some(pending)
+}
+
+/// The record of a parked call, completed in the calling task once the outcome is known.
+#[inline(always)]
+pub fn complete(p: &Pending, errno: i32) -> PortEvent {
+    let mut ev = task_event(p.kind, p.probe);
+    ev.family = p.family;
+    ev.protocol = p.protocol;
+    ev.cookie = p.cookie;
+    ev.errno = errno;
+    if p.kind == portwatch_common::kind::CONNECT {
+        ev.peer_addr = p.addr;
+        ev.peer_port = p.port;
+    } else {
+        ev.local_addr = p.addr;
+        ev.local_port = p.port;
+    }
+    ev
 }
 
 /// The errno of a syscall return value (0 on success).

@@ -55,48 +55,47 @@ fn sockaddr(uaddr: usize) -> Option<(u8, [u8; 16], u16)> {
     }
 }
 
-/// The record for a bind or connect call, before its outcome is known.
+/// What the entry of a bind or connect call knows: the socket and the address it names.
 #[inline(always)]
 fn call_event(socket: usize, uaddr: usize, kind: u8, probe: u8) -> Option<Pending> {
-    let (sk, proto, sock_family) = sock_of(socket)?;
+    let (sk, protocol, family) = sock_of(socket)?;
     let (_, addr, port) = sockaddr(uaddr)?;
-    let mut ev = emit::task_event(kind, probe);
-    ev.protocol = proto;
-    ev.family = sock_family;
-    if kind == portwatch_common::kind::CONNECT {
-        ev.peer_addr = addr;
-        ev.peer_port = port;
-    } else {
-        ev.local_addr = addr;
-        ev.local_port = port;
-    }
     Some(Pending {
-        event: ev,
         sk: sk as u64,
+        cookie: 0,
+        addr,
+        port,
+        kind,
+        probe,
+        family,
+        protocol,
+        _pad: [0; 2],
     })
 }
 
 /// Completes a bind or connect with the function's return value and submits it.
 #[inline(always)]
-pub fn finish(mut pending: Pending, ret: i32) {
-    let ev = &mut pending.event;
+pub fn finish(pending: Pending, ret: i32) {
     const EINPROGRESS: i32 = 115;
-    if ret < 0 && !(ev.kind == kind::CONNECT && ret == -EINPROGRESS) {
-        ev.errno = -ret;
-    }
+    let errno = if ret < 0 && !(pending.kind == kind::CONNECT && ret == -EINPROGRESS) {
+        -ret
+    } else {
+        0
+    };
+    let mut ev = emit::complete(&pending, errno);
     // On success the socket holds what the kernel chose (port 0 → a real port; a connect's
     // ephemeral port). A failed bind keeps the requested address.
-    if ev.errno == 0 || ev.kind != kind::BIND {
-        emit::local_from_sock(ev, pending.sk as usize);
+    if errno == 0 || pending.kind != kind::BIND {
+        emit::local_from_sock(&mut ev, pending.sk as usize);
     }
-    emit::submit(ev);
+    emit::submit(&mut ev);
 }
 
-/// Entry of a bind or connect (kprobe, or fentry): remember the call until it returns.
+/// Entry of a bind or connect (kprobe): remember the call until it returns.
 #[inline(always)]
 pub fn park_call(socket: usize, uaddr: usize, kind: u8, probe: u8) {
     if let Some(p) = call_event(socket, uaddr, kind, probe) {
-        emit::park(&p.event, p.sk as usize);
+        emit::park(&p);
     }
 }
 
@@ -119,7 +118,7 @@ pub fn call_returned(socket: usize, uaddr: usize, ret: i32, kind: u8, probe: u8)
 /// Entry of `inet_listen`: only a socket that is not yet listening becomes a listener.
 #[inline(always)]
 pub fn listen_entry(socket: usize, probe: u8) {
-    let Some((sk, proto, fam)) = sock_of(socket) else {
+    let Some((sk, protocol, family)) = sock_of(socket) else {
         return;
     };
     // SAFETY: kernel read through bpf_probe_read_kernel.
@@ -130,10 +129,17 @@ pub fn listen_entry(socket: usize, probe: u8) {
     if state == TCP_LISTEN {
         return;
     }
-    let mut ev = emit::task_event(kind::LISTEN, probe);
-    ev.protocol = proto;
-    ev.family = fam;
-    emit::park(&ev, sk);
+    emit::park(&Pending {
+        sk: sk as u64,
+        cookie: 0,
+        addr: [0; 16],
+        port: 0,
+        kind: kind::LISTEN,
+        probe,
+        family,
+        protocol,
+        _pad: [0; 2],
+    });
 }
 
 /// Return of `inet_listen`.
@@ -142,10 +148,7 @@ pub fn listen_return(ret: i32) {
     let Some(p) = emit::take_parked(kind::LISTEN) else {
         return;
     };
-    let mut ev = p.event;
-    if ret < 0 {
-        ev.errno = -ret;
-    }
+    let mut ev = emit::complete(&p, if ret < 0 { -ret } else { 0 });
     emit::local_from_sock(&mut ev, p.sk as usize);
     emit::submit(&mut ev);
 }

@@ -2,7 +2,7 @@
 //! is parked until `sys_exit_listen` tells whether the listen succeeded (on an unbound socket the
 //! port is only chosen after the state change, so it is read from the socket then).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use portwatch_common::{family, kind, probe, protocol};
+use portwatch_common::{Pending, family, kind, probe, protocol};
 
 use crate::{bind, emit, offsets};
 
@@ -26,18 +26,25 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         if proto != protocol::TCP as u16 {
             return None;
         }
-        let mut ev = emit::task_event(kind::LISTEN, probe::TP_INET_SOCK_SET_STATE);
-        ev.protocol = protocol::TCP;
-        ev.family = ctx.read_at::<u16>(offsets::tp_state_family()?).ok()? as u8;
-        ev.local_port = ctx.read_at(offsets::tp_state_sport()?).ok()?;
-        if ev.family == family::INET {
+        let family: u8 = ctx.read_at::<u16>(offsets::tp_state_family()?).ok()? as u8;
+        let mut addr = [0u8; 16];
+        if family == family::INET {
             let a: [u8; 4] = ctx.read_at(offsets::tp_state_saddr()?).ok()?;
-            ev.local_addr[..4].copy_from_slice(&a);
+            addr[..4].copy_from_slice(&a);
         } else {
-            ev.local_addr = ctx.read_at(offsets::tp_state_saddr_v6()?).ok()?;
+            addr = ctx.read_at(offsets::tp_state_saddr_v6()?).ok()?;
         }
-        let sk: u64 = ctx.read_at(offsets::tp_state_skaddr()?).ok()?;
-        emit::park(&ev, sk as usize);
+        emit::park(&Pending {
+            sk: ctx.read_at(offsets::tp_state_skaddr()?).ok()?,
+            cookie: 0,
+            addr,
+            port: ctx.read_at(offsets::tp_state_sport()?).ok()?,
+            kind: kind::LISTEN,
+            probe: probe::TP_INET_SOCK_SET_STATE,
+            family,
+            protocol: protocol::TCP,
+            _pad: [0; 2],
+        });
     }
     Some(())
 }
@@ -50,8 +57,7 @@ pub fn portwatch_sys_exit_listen(ctx: TracePointContext) -> u32 {
     let Some(pending) = emit::take_parked(kind::LISTEN) else {
         return 0;
     };
-    let mut ev = pending.event;
-    ev.errno = emit::errno_of(ret);
+    let mut ev = emit::complete(&pending, emit::errno_of(ret));
     if ev.local_port == 0 {
         emit::local_from_sock(&mut ev, pending.sk as usize);
         if ev.local_port == 0 && ev.errno == 0 {

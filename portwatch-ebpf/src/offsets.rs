@@ -34,6 +34,7 @@ offset_globals!(
     TP_STATE_SADDR,
     TP_STATE_SADDR_V6,
     TP_SYS_EXIT_RET,
+    WAKEUP_BYTES,
 );
 
 /// Reads a global through a volatile load so the compiler cannot fold in the default value.
@@ -106,6 +107,10 @@ pub fn tp_state_saddr() -> Option<usize> {
 }
 pub fn tp_state_saddr_v6() -> Option<usize> {
     get(&TP_STATE_SADDR_V6)
+}
+/// See `emit::submit`; unset means "wake on every record".
+pub fn wakeup_bytes() -> Option<usize> {
+    get(&WAKEUP_BYTES)
 }
 pub fn tp_sys_exit_ret() -> Option<usize> {
     get(&TP_SYS_EXIT_RET)

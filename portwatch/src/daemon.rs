@@ -138,6 +138,9 @@ impl Pipeline {
     }
 }
 
+/// Longest a record waits in the ring buffer before the daemon reads it.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     privileges::check()?;
     let mut attached = attach::attach(&AttachOptions {
@@ -163,11 +166,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(sink);
     pipeline.write_status(&attached);
     pipeline.sink.flush();
+    // Parsing kernel BTF at start-up takes tens of MiB that are free now; give them back.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // The kernel side wakes us only when the ring fills up; this bounds the delay otherwise.
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut clock_refresh = tokio::time::interval(Duration::from_secs(60));
 
     loop {
@@ -176,6 +184,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 r.context("waiting on the ring buffer")?;
                 reader.drain(&mut |b| pipeline.handle(b));
                 pipeline.sink.flush();
+            }
+            _ = drain_tick.tick() => {
+                if reader.drain(&mut |b| pipeline.handle(b)) > 0 {
+                    pipeline.sink.flush();
+                }
             }
             _ = tick.tick() => report_losses(&mut losses, &mut pipeline),
             _ = clock_refresh.tick() => pipeline.refresh_clock(),

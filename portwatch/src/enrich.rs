@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use nix::unistd::{Uid, User};
@@ -21,10 +22,15 @@ pub struct Attribution {
 
 /// User names change rarely; a small cache keeps the user database off the hot path.
 const USER_CACHE_MAX: usize = 4096;
+/// A storm of events from one process should not re-read /proc for each: facts are reused for
+/// the same pid and comm for this long (an exec changes comm, so it is seen at once).
+const PROC_CACHE_TTL: Duration = Duration::from_secs(2);
+const PROC_CACHE_MAX: usize = 4096;
 
 pub struct Enricher {
     proc_root: PathBuf,
     users: HashMap<u32, Option<String>>,
+    procs: HashMap<(u32, Vec<u8>), (Instant, ProcFacts)>,
     /// Records whose process was already gone from /proc.
     pub vanished: u64,
 }
@@ -40,17 +46,35 @@ impl Enricher {
         Self {
             proc_root: proc_root.into(),
             users: HashMap::new(),
+            procs: HashMap::new(),
             vanished: 0,
         }
     }
 
     pub fn attribute(&mut self, ev: &KernelEvent) -> Attribution {
-        let dir = self.proc_root.join(ev.pid.to_string());
-        let proc_info = read_process(&dir);
-        if proc_info.is_none() {
-            self.vanished += 1;
-        }
-        let (ppid, executable, command_line) = proc_info.unwrap_or_default();
+        let key = (ev.pid, ev.comm.clone());
+        let now = Instant::now();
+        let facts = match self.procs.get(&key) {
+            Some((at, facts)) if now.duration_since(*at) < PROC_CACHE_TTL => facts.clone(),
+            _ => match read_process(&self.proc_root.join(ev.pid.to_string())) {
+                Some(facts) => {
+                    if self.procs.len() >= PROC_CACHE_MAX {
+                        self.procs
+                            .retain(|_, (at, _)| now.duration_since(*at) < PROC_CACHE_TTL);
+                        if self.procs.len() >= PROC_CACHE_MAX {
+                            self.procs.clear();
+                        }
+                    }
+                    self.procs.insert(key, (now, facts.clone()));
+                    facts
+                }
+                None => {
+                    self.vanished += 1;
+                    ProcFacts::default()
+                }
+            },
+        };
+        let (ppid, executable, command_line) = facts;
         Attribution {
             ppid,
             executable,

@@ -221,8 +221,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
     let layout = KernelLayout::discover()?;
     let s = &layout.structs;
     let t = &layout.tp_state;
+    // Parsed once: the loader relocates with it and fentry/fexit programs attach by it.
+    let btf = Btf::from_sys_fs().ok();
+    // Wake the reader once a quarter of the ring is queued (it also drains on a timer).
+    let wakeup_bytes = opts.ring_buffer_bytes / 4;
     let mut loader = EbpfLoader::new();
     loader
+        .btf(btf.as_ref())
+        .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(globals::SOCK_NUM, &s.sock_num, true)
         .override_global(globals::INET_SPORT, &s.inet_sport, true)
         .override_global(globals::SOCKET_SK, &s.socket_sk, true)
@@ -251,7 +257,6 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         reason: format!("cannot open {}: {e}", layout.cgroup_root.display()),
     })?;
 
-    let btf = Btf::from_sys_fs().ok();
     let mut families = Vec::new();
     for family in Family::ALL {
         let mut skipped = Vec::new();
