@@ -1,9 +1,9 @@
-//! Command-line interface.
+//! Command-line interface. Flags of `run` override the config file.
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{attach::AttachMode, daemon::RunOptions};
+use crate::{attach::AttachMode, config::Config, daemon::RunOptions, sink::Rotation};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,43 +20,78 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon in the foreground: one JSON line per port event.
     Run(RunArgs),
+    /// Ask the running daemon how it is doing.
+    Status(StatusArgs),
+    /// Configuration file helpers.
+    Config(ConfigArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Config file [default: /etc/portwatch/portwatch.toml when it exists].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Attach strategy: `auto` takes the best that works for each hook family.
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub attach: AttachMode,
+    #[arg(long, value_enum)]
+    pub attach: Option<AttachMode>,
     /// Also append events to this file (JSON Lines, mode 0640).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
-    /// Do not write events to stdout (only to --log-file).
-    #[arg(long, requires = "log_file")]
+    /// Do not write events to stdout.
+    #[arg(long)]
     pub no_stdout: bool,
-    /// Ring buffer size in KiB: a power of two, at least 4.
-    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
-    pub ring_buffer_kib: u32,
+    /// Ring buffer size in KiB: a power of two, 4 to 1048576.
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: Option<u32>,
+    /// Unix socket for `portwatch status`.
+    #[arg(long, value_name = "PATH")]
+    pub status_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's status socket [default: from the config file, else /run/portwatch/status.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Config file to read the socket path from.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print a commented config file holding every default.
+    #[arg(long, required = true)]
+    pub print_defaults: bool,
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a whole number of KiB"))?;
-    if v < 4 || !v.is_power_of_two() || v > 1 << 20 {
-        return Err(format!(
-            "{v} KiB: the ring buffer must be a power of two between 4 and 1048576 KiB"
-        ));
-    }
-    Ok(v)
+    crate::config::valid_ring_kib(v)
 }
 
 impl RunArgs {
-    pub fn options(&self) -> RunOptions {
+    /// The file's settings with this command line's flags on top.
+    pub fn options(&self, config: &Config) -> RunOptions {
+        let log_file = self.log_file.clone().or_else(|| config.log.file.clone());
         RunOptions {
-            attach: self.attach,
-            log_file: self.log_file.clone(),
-            stdout: !self.no_stdout,
-            ring_buffer_bytes: self.ring_buffer_kib * 1024,
+            attach: self.attach.unwrap_or(config.attach),
+            stdout: config.log.stdout && !self.no_stdout,
+            rotation: Some(Rotation {
+                max_bytes: config.log.rotate_size_mib.saturating_mul(1024 * 1024),
+                keep: config.log.rotate_keep,
+            }),
+            log_file,
+            ring_buffer_bytes: self.ring_buffer_kib.unwrap_or(config.ring_buffer_kib) * 1024,
+            status_socket: self
+                .status_socket
+                .clone()
+                .unwrap_or_else(|| config.status.socket.clone()),
         }
     }
 }
@@ -80,5 +115,26 @@ mod tests {
     fn bad_attach_value_is_rejected() {
         let err = Cli::try_parse_from(["portwatch", "run", "--attach", "magic"]).unwrap_err();
         assert!(err.to_string().contains("magic"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let config = Config::parse(
+            "attach = \"kprobe\"\nring_buffer_kib = 64\n[log]\nfile = \"/a\"\nstdout = true\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let Command::Run(args) =
+            Cli::try_parse_from(["portwatch", "run", "--attach", "tracepoint", "--no-stdout"])
+                .unwrap()
+                .command
+        else {
+            panic!("run")
+        };
+        let o = args.options(&config);
+        assert_eq!(o.attach, AttachMode::Tracepoint);
+        assert!(!o.stdout);
+        assert_eq!(o.ring_buffer_bytes, 64 * 1024);
+        assert_eq!(o.log_file.as_deref(), Some(std::path::Path::new("/a")));
     }
 }

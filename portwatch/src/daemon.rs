@@ -1,15 +1,21 @@
 //! `portwatch run`: attach, then read → decode → enrich → sink until SIGINT/SIGTERM, and drain
-//! what the kernel already queued before exiting.
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+//! what the kernel already queued before exiting. Under systemd it reports readiness only after
+//! every program is attached, and pings the watchdog from the event loop itself.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use serde::Serialize;
+use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     attach::{self, AttachMode, AttachOptions, Attached},
     clock::{self, WallClock},
-    decode,
+    decode::{self, Kind},
     enrich::Enricher,
     event::{
         DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord, SCHEMA_VERSION,
@@ -17,7 +23,8 @@ use crate::{
     },
     privileges,
     read::{EventReader, LossCounter},
-    sink::Sink,
+    sink::{Rotation, Sink},
+    status::{self, StatusServer},
 };
 
 #[derive(Debug, Clone)]
@@ -25,19 +32,38 @@ pub struct RunOptions {
     pub attach: AttachMode,
     pub log_file: Option<PathBuf>,
     pub stdout: bool,
+    pub rotation: Option<Rotation>,
     pub ring_buffer_bytes: u32,
+    pub status_socket: PathBuf,
 }
 
-/// decode → enrich → serialize → sink, with the run's sequence numbers.
+/// Longest a record waits in the ring buffer before the daemon reads it.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+/// `status` reports event rates over this window.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// decode → enrich → serialize → sink, with the run's sequence numbers and counters.
 pub struct Pipeline {
     host: String,
     clock: WallClock,
     enricher: Enricher,
     pub sink: Sink,
     seq: u64,
-    pub events: u64,
+    /// Events written, by kind: bind, listen, connect, close.
+    pub counts: [u64; 4],
     pub decode_errors: u64,
 }
+
+fn kind_index(k: Kind) -> usize {
+    match k {
+        Kind::Bind => 0,
+        Kind::Listen => 1,
+        Kind::Connect => 2,
+        Kind::Close => 3,
+    }
+}
+
+const KIND_NAMES: [&str; 4] = ["bind", "listen", "connect", "close"];
 
 impl Pipeline {
     pub fn new(sink: Sink) -> Self {
@@ -50,7 +76,7 @@ impl Pipeline {
             enricher: Enricher::default(),
             sink,
             seq: 0,
-            events: 0,
+            counts: [0; 4],
             decode_errors: 0,
         }
     }
@@ -88,7 +114,7 @@ impl Pipeline {
                 return;
             }
         };
-        self.events += 1;
+        self.counts[kind_index(ev.kind)] += 1;
         let attr = self.enricher.attribute(&ev);
         let ts = clock::rfc3339(self.clock.to_utc(ev.monotonic_ns));
         let header = Self::header(&mut self.seq, &self.host, ev.kind.as_str(), ts);
@@ -97,9 +123,6 @@ impl Pipeline {
     }
 
     pub fn write_status(&mut self, attached: &Attached) {
-        let release = nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default();
         let attach: BTreeMap<String, _> = attached
             .families
             .iter()
@@ -112,7 +135,9 @@ impl Pipeline {
                 version: env!("CARGO_PKG_VERSION"),
                 pid: std::process::id(),
             },
-            kernel: KernelInfo { release },
+            kernel: KernelInfo {
+                release: kernel_release(),
+            },
             attach,
             ring_buffer_bytes: attached.ring_buffer_bytes,
         };
@@ -136,13 +161,85 @@ impl Pipeline {
     pub fn refresh_clock(&mut self) {
         self.clock = WallClock::sample();
     }
+
+    pub fn process_gone(&self) -> u64 {
+        self.enricher.vanished
+    }
 }
 
-/// Longest a record waits in the ring buffer before the daemon reads it.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// What `portwatch status` is told.
+struct StatusView<'a> {
+    started: Instant,
+    attached: &'a Attached,
+    rates: &'a VecDeque<(Instant, [u64; 4])>,
+    lost: u64,
+}
+
+impl StatusView<'_> {
+    fn render(&self, p: &Pipeline) -> Value {
+        let total: u64 = p.counts.iter().sum();
+        let mut events = serde_json::Map::new();
+        let mut per_second = serde_json::Map::new();
+        let (window, oldest) = match self.rates.front() {
+            Some((at, counts)) => (at.elapsed().as_secs_f64(), *counts),
+            None => (0.0, p.counts),
+        };
+        for (i, name) in KIND_NAMES.iter().enumerate() {
+            events.insert((*name).into(), json!(p.counts[i]));
+            let rate = if window > 0.0 {
+                (p.counts[i] - oldest[i]) as f64 / window
+            } else {
+                0.0
+            };
+            per_second.insert((*name).into(), json!(rate));
+        }
+        events.insert("total".into(), json!(total));
+        let oldest_total: u64 = oldest.iter().sum();
+        per_second.insert(
+            "total".into(),
+            json!(if window > 0.0 {
+                (total - oldest_total) as f64 / window
+            } else {
+                0.0
+            }),
+        );
+        let (procs, procs_max, users, users_max) = p.enricher.cache_sizes();
+        let attach: BTreeMap<String, String> = self
+            .attached
+            .families
+            .iter()
+            .map(|f| (f.family.to_string(), f.strategy.to_string()))
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "kernel": kernel_release(),
+            "attach": attach,
+            "events": events,
+            "events_per_second": per_second,
+            "rate_window_seconds": window.round() as u64,
+            "lost": {"ring_buffer": self.lost, "log_write_failed": p.sink.stats.lines_failed,
+                     "undecodable": p.decode_errors},
+            "attribution": {"process_gone": p.process_gone()},
+            "caches": {"processes": {"size": procs, "max": procs_max}, "users": {"size": users, "max": users_max}},
+            "log": {"path": p.sink.log_path(), "bytes": p.sink.log_bytes(), "rotations": p.sink.stats.rotations,
+                    "lines_written": p.sink.stats.lines_written},
+            "ring_buffer_bytes": self.attached.ring_buffer_bytes,
+        })
+    }
+}
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     privileges::check()?;
+    // First: the status socket is also the lock that keeps a second daemon from starting.
+    let status_server = StatusServer::bind(&opts.status_socket)?;
     let mut attached = attach::attach(&AttachOptions {
         mode: opts.attach,
         ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -154,21 +251,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     spawn_ebpf_logger(&mut attached);
     let mut reader = EventReader::new(&mut attached.ebpf)?;
     let mut losses = LossCounter::new(&mut attached.ebpf)?;
-    let sink = Sink::new(opts.stdout, opts.log_file.as_deref()).with_context(|| {
-        format!(
-            "opening the event log {}",
-            opts.log_file
-                .as_deref()
-                .unwrap_or(std::path::Path::new("-"))
-                .display()
-        )
-    })?;
+    let sink =
+        Sink::new(opts.stdout, opts.log_file.as_deref(), opts.rotation).with_context(|| {
+            format!(
+                "opening the event log {}",
+                opts.log_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("-"))
+                    .display()
+            )
+        })?;
     let mut pipeline = Pipeline::new(sink);
     pipeline.write_status(&attached);
     pipeline.sink.flush();
     // Parsing kernel BTF at start-up takes tens of MiB that are free now; give them back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
+    let watchdog = systemd_ready(&attached);
+    tracing::info!(socket = %status_server.path().display(), "ready");
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -176,7 +276,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // The kernel side wakes us only when the ring fills up; this bounds the delay otherwise.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    let mut second = tokio::time::interval(Duration::from_secs(1));
     let mut clock_refresh = tokio::time::interval(Duration::from_secs(60));
+    // Pinged from this loop, so a daemon whose loop hangs stops pinging and is restarted.
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let started = Instant::now();
+    let mut rates: VecDeque<(Instant, [u64; 4])> = VecDeque::new();
 
     loop {
         tokio::select! {
@@ -191,6 +296,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
             }
             _ = tick.tick() => report_losses(&mut losses, &mut pipeline),
+            _ = second.tick() => {
+                rates.push_back((Instant::now(), pipeline.counts));
+                while rates.front().is_some_and(|(at, _)| at.elapsed() > RATE_WINDOW) {
+                    rates.pop_front();
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            conn = status_server.accept() => match conn {
+                Ok(stream) => {
+                    let view = StatusView { started, attached: &attached, rates: &rates, lost: losses.reported() };
+                    status::answer(stream, view.render(&pipeline).to_string().into_bytes());
+                }
+                Err(e) => tracing::warn!(error = %e, "status socket accept failed"),
+            },
             _ = clock_refresh.tick() => pipeline.refresh_clock(),
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reopening the event log");
@@ -200,23 +321,41 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = sigint.recv() => { tracing::info!("SIGINT: draining and exiting"); break; }
         }
     }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let drained = reader.drain(&mut |b| pipeline.handle(b));
     report_losses(&mut losses, &mut pipeline);
     pipeline.sink.flush();
     tracing::info!(
         drained,
-        events = pipeline.events,
+        events = pipeline.counts.iter().sum::<u64>(),
+        lost = losses.reported(),
         lines_failed = pipeline.sink.stats.lines_failed,
-        vanished = pipeline.enricher_vanished(),
+        process_gone = pipeline.process_gone(),
         "stopped"
     );
     Ok(())
 }
 
-impl Pipeline {
-    pub fn enricher_vanished(&self) -> u64 {
-        self.enricher.vanished
+/// Tells systemd (when it started us with Type=notify) that every program is attached, and
+/// returns the watchdog ping interval if it asked for one.
+fn systemd_ready(attached: &Attached) -> Option<Duration> {
+    let strategies: Vec<String> = attached
+        .families
+        .iter()
+        .map(|f| format!("{}={}", f.family, f.strategy))
+        .collect();
+    let status = format!("attached: {}", strategies.join(" "));
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ],
+    ) {
+        tracing::warn!(error = %e, "telling systemd we are ready failed");
     }
+    let mut usec = 0u64;
+    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
 }
 
 fn report_losses(losses: &mut LossCounter, pipeline: &mut Pipeline) {

@@ -83,6 +83,16 @@ impl Enricher {
         }
     }
 
+    /// (process cache entries, its bound, user cache entries, its bound), for `status`.
+    pub fn cache_sizes(&self) -> (usize, usize, usize, usize) {
+        (
+            self.procs.len(),
+            PROC_CACHE_MAX,
+            self.users.len(),
+            USER_CACHE_MAX,
+        )
+    }
+
     pub fn user_name(&mut self, uid: u32) -> Option<String> {
         if let Some(name) = self.users.get(&uid) {
             return name.clone();

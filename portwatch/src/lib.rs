@@ -1,8 +1,10 @@
 //! portwatch: eBPF-traced port events. The modules follow the data flow:
-//! attach → read → decode → enrich → event (schema) → sink, driven by `daemon`.
+//! attach → read → decode → enrich → event (schema) → sink, driven by `daemon`; `config`, `cli`
+//! and `status` are the operator's side.
 pub mod attach;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod enrich;
@@ -11,3 +13,4 @@ pub mod event;
 pub mod privileges;
 pub mod read;
 pub mod sink;
+pub mod status;

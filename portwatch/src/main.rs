@@ -1,26 +1,67 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use portwatch::cli::{Cli, Command};
+use portwatch::{
+    cli::{Cli, Command},
+    config::{self, Config},
+    status,
+};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+/// Diagnostics go to the journal with structured fields when systemd connected us to it, else to
+/// stderr; stdout carries only the event stream.
+fn init_tracing() {
+    let filter =
+        EnvFilter::try_from_env("PORTWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .is_some()
+        .then(|| tracing_journald::layer().ok())
+        .flatten();
+    let registry = tracing_subscriber::registry().with(filter);
+    match journald {
+        Some(j) => registry
+            .with(j.with_syslog_identifier("portwatch".into()))
+            .init(),
+        None => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = Config::load(args.config.as_deref())?;
+            let opts = args.options(&config);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(portwatch::daemon::run(opts))
+        }
+        Command::Status(args) => {
+            let socket = match args.socket {
+                Some(s) => s,
+                None => Config::load(args.config.as_deref())?.status.socket,
+            };
+            let answer = status::query(&socket)?;
+            if args.json {
+                println!("{answer}");
+            } else {
+                print!("{}", status::render(&answer));
+            }
+            Ok(())
+        }
+        Command::Config(_) => {
+            print!("{}", config::DEFAULTS_TOML);
+            Ok(())
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Diagnostics go to stderr; stdout carries only the event stream.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PORTWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let result = match cli.command {
-        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(portwatch::daemon::run(args.options()))),
-    };
-    match result {
+    init_tracing();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portwatch: error: {e:#}");

@@ -101,6 +101,11 @@ impl LossCounter {
             .fold((0, 0), |(a, l), c| (a + c.next_seq, l + c.lost)))
     }
 
+    /// Losses reported so far.
+    pub fn reported(&self) -> u64 {
+        self.reported
+    }
+
     /// Losses not yet reported: `Some((new, total))` when the total grew.
     pub fn poll(&mut self) -> Result<Option<(u64, u64)>, ReadError> {
         let (_, lost) = self.totals()?;

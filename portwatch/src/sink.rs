@@ -12,29 +12,57 @@ pub struct SinkStats {
     pub lines_written: u64,
     /// Lines that could not be written to the log file (disk full, directory gone, ...).
     pub lines_failed: u64,
+    pub rotations: u64,
+}
+
+/// Size-based rotation: `events.jsonl` → `events.jsonl.1` → ... → `events.jsonl.<keep>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    pub keep: u32,
+}
+
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    bytes: u64,
 }
 
 pub struct Sink {
     stdout: Option<io::Stdout>,
-    file: Option<(PathBuf, File)>,
+    file: Option<LogFile>,
+    rotation: Option<Rotation>,
     batch: Vec<u8>,
     batch_lines: u64,
     pub stats: SinkStats,
 }
 
 impl Sink {
-    pub fn new(stdout: bool, log_file: Option<&Path>) -> io::Result<Self> {
+    pub fn new(
+        stdout: bool,
+        log_file: Option<&Path>,
+        rotation: Option<Rotation>,
+    ) -> io::Result<Self> {
         let file = match log_file {
-            Some(p) => Some((p.to_path_buf(), open_log(p)?)),
+            Some(p) => Some(LogFile::open(p)?),
             None => None,
         };
         Ok(Self {
             stdout: stdout.then(io::stdout),
             file,
+            rotation: rotation.filter(|r| r.max_bytes > 0),
             batch: Vec::with_capacity(64 * 1024),
             batch_lines: 0,
             stats: SinkStats::default(),
         })
+    }
+
+    pub fn log_path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|f| f.path.as_path())
+    }
+
+    pub fn log_bytes(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.bytes)
     }
 
     /// Queues one JSON document (without newline).
@@ -58,12 +86,11 @@ impl Sink {
 
     /// Reopens the log file by path (after logrotate moved it away).
     pub fn reopen(&mut self) {
-        if let Some((path, file)) = &mut self.file {
-            match open_log(path) {
-                Ok(f) => *file = f,
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "reopening the event log failed; still writing to the old file")
-                }
+        if let Some(f) = &mut self.file {
+            match LogFile::open(&f.path) {
+                Ok(new) => *f = new,
+                Err(e) => tracing::error!(path = %f.path.display(), error = %e,
+                    "reopening the event log failed; still writing to the old file"),
             }
         }
     }
@@ -79,12 +106,26 @@ impl Sink {
                 tracing::warn!(error = %e, "writing events to stdout failed");
             }
         }
-        if let Some((path, file)) = &mut self.file {
-            match file.write_all(&self.batch) {
-                Ok(()) => self.stats.lines_written += self.batch_lines,
+        if let (Some(f), Some(r)) = (&mut self.file, self.rotation)
+            && f.bytes > 0
+            && f.bytes + self.batch.len() as u64 > r.max_bytes
+        {
+            match f.rotate(r.keep) {
+                Ok(()) => self.stats.rotations += 1,
+                Err(e) => {
+                    tracing::warn!(path = %f.path.display(), error = %e, "rotating the event log failed")
+                }
+            }
+        }
+        if let Some(f) = &mut self.file {
+            match f.file.write_all(&self.batch) {
+                Ok(()) => {
+                    f.bytes += self.batch.len() as u64;
+                    self.stats.lines_written += self.batch_lines;
+                }
                 Err(e) => {
                     self.stats.lines_failed += self.batch_lines;
-                    tracing::warn!(path = %path.display(), error = %e, lines = self.batch_lines,
+                    tracing::warn!(path = %f.path.display(), error = %e, lines = self.batch_lines,
                         total_failed = self.stats.lines_failed, "event log write failed");
                 }
             }
@@ -93,6 +134,37 @@ impl Sink {
         }
         self.batch.clear();
         self.batch_lines = 0;
+    }
+}
+
+impl LogFile {
+    fn open(path: &Path) -> io::Result<LogFile> {
+        let file = open_log(path)?;
+        let bytes = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            bytes,
+        })
+    }
+
+    fn numbered(&self, n: u32) -> PathBuf {
+        let mut s = self.path.clone().into_os_string();
+        s.push(format!(".{n}"));
+        PathBuf::from(s)
+    }
+
+    fn rotate(&mut self, keep: u32) -> io::Result<()> {
+        let _ = std::fs::remove_file(self.numbered(keep));
+        for n in (1..keep).rev() {
+            match std::fs::rename(self.numbered(n), self.numbered(n + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.path, self.numbered(1))?;
+        *self = LogFile::open(&self.path)?;
+        Ok(())
     }
 }
 
@@ -148,11 +220,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.jsonl");
         std::fs::write(&p, b"{\"a\":1}\n{\"b\":").unwrap();
-        let mut s = Sink::new(false, Some(&p)).unwrap();
+        let mut s = Sink::new(false, Some(&p), None).unwrap();
         s.push(b"{\"c\":3}");
         s.flush();
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"c\":3}\n");
         assert_eq!(s.stats.lines_written, 1);
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_n_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.jsonl");
+        let rotation = Rotation {
+            max_bytes: 20,
+            keep: 2,
+        };
+        let mut s = Sink::new(false, Some(&p), Some(rotation)).unwrap();
+        for i in 0..5 {
+            s.push(format!("{{\"n\":{i:08}}}").as_bytes()); // 15 bytes with the newline
+            s.flush();
+        }
+        let read = |q: &Path| std::fs::read_to_string(q).unwrap();
+        assert_eq!(read(&p), "{\"n\":00000004}\n");
+        assert_eq!(read(&dir.path().join("e.jsonl.1")), "{\"n\":00000003}\n");
+        assert_eq!(read(&dir.path().join("e.jsonl.2")), "{\"n\":00000002}\n");
+        assert!(!dir.path().join("e.jsonl.3").exists());
+        assert_eq!(s.stats.rotations, 4);
+        assert_eq!(s.stats.lines_written, 5);
     }
 
     #[test]

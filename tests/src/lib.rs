@@ -55,6 +55,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub log: PathBuf,
     pub stderr: PathBuf,
+    /// Each test daemon has its own status socket (it is also the single-instance lock).
+    pub socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -62,15 +64,23 @@ impl Daemon {
     /// Starts `portwatch run` writing to a fresh log file and waits for its `status` line, which
     /// the daemon writes only once every program is attached.
     pub fn start(extra_args: &[&str]) -> Daemon {
-        require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("events.jsonl");
+        Self::start_with_log(dir, log, extra_args)
+    }
+
+    /// Like `start`, with a log file the caller prepared (in `dir`, which the daemon keeps).
+    pub fn start_with_log(dir: tempfile::TempDir, log: PathBuf, extra_args: &[&str]) -> Daemon {
+        require_root();
+        let socket = dir.path().join("status.sock");
         let stderr = dir.path().join("stderr.log");
         let child = Command::new(daemon_binary())
             .arg("run")
             .arg("--no-stdout")
             .arg("--log-file")
             .arg(&log)
+            .arg("--status-socket")
+            .arg(&socket)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -81,6 +91,7 @@ impl Daemon {
             child: Some(child),
             log,
             stderr,
+            socket,
             _dir: dir,
         };
         d.wait_for(Duration::from_secs(30), |lines| {

@@ -100,8 +100,10 @@ fn status_line_comes_first_and_names_each_family_strategy() {
 #[test]
 fn forced_strategy_that_fails_is_a_clear_error() {
     portwatch_tests::require_root();
+    let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(portwatch_tests::daemon_binary())
-        .args(["run", "--attach", "fentry"])
+        .args(["run", "--attach", "fentry", "--status-socket"])
+        .arg(dir.path().join("status.sock"))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -124,4 +126,120 @@ fn sigint_drains_and_exits_zero() {
     assert_eq!(count(&mine, "bind"), 200, "every bind written before exit");
     assert_eq!(count(&mine, "close"), 200);
     schema::check_log(&lines).unwrap();
+}
+
+#[test]
+fn a_partial_last_line_from_a_crash_is_cut_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let whole = "{\"schema\":1,\"event\":\"bind\"}\n";
+    std::fs::write(&log, format!("{whole}{{\"schema\":1,\"ev")).unwrap();
+    let d = Daemon::start_with_log(dir, log.clone(), &[]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with(whole), "the complete line survives");
+    let second: Value =
+        serde_json::from_str(text.lines().nth(1).unwrap()).expect("the next line is whole JSON");
+    assert_eq!(second["event"], "status");
+    assert!(
+        d.stderr_text().contains("repaired a partial last line"),
+        "{}",
+        d.stderr_text()
+    );
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn status_answers_on_its_socket_and_says_clearly_when_no_daemon_runs() {
+    let d = Daemon::start(&[]);
+    let s = scenario(["udp-bind", "127.0.0.1:0"]);
+    let mut d = d;
+    d.events_of(s.pid, |e| count(e, "close") >= 1);
+    let out = std::process::Command::new(portwatch_tests::daemon_binary())
+        .args(["status", "--json", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["pid"], d.pid());
+    assert!(
+        st["events"]["bind"].as_u64().unwrap() >= 1 && st["events"]["close"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    assert_eq!(st["attach"]["bind"], "tracepoint");
+    assert_eq!(st["lost"]["ring_buffer"], 0);
+    assert_eq!(st["log"]["path"], d.log.display().to_string());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let table = std::process::Command::new(portwatch_tests::daemon_binary())
+        .args(["status", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("events bind"));
+    finish(d);
+
+    let out = std::process::Command::new(portwatch_tests::daemon_binary())
+        .args(["status", "--socket", "/nonexistent/status.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no portwatch daemon answers on /nonexistent/status.sock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_to_start() {
+    let d = Daemon::start(&[]);
+    let out = std::process::Command::new(portwatch_tests::daemon_binary())
+        .args(["run", "--no-stdout", "--status-socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another portwatch is already running"),
+        "{err}"
+    );
+    // The first one is unaffected.
+    let s = scenario(["udp-bind", "127.0.0.1:0"]);
+    let mut d = d;
+    d.events_of(s.pid, |e| count(e, "bind") >= 1);
+    finish(d);
+}
+
+#[test]
+fn config_errors_name_the_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portwatch.toml");
+    std::fs::write(&cfg, "attach = \"auto\"\n[log]\nrotate_keep = \"many\"\n").unwrap();
+    let out = std::process::Command::new(portwatch_tests::daemon_binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&cfg.display().to_string()) && err.contains("line 3, column 15"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let defaults = std::process::Command::new(portwatch_tests::daemon_binary())
+        .args(["config", "--print-defaults"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&defaults.stdout).contains("ring_buffer_kib = 1024"));
 }

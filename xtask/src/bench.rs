@@ -192,6 +192,8 @@ impl Tracer {
                 let c = Command::new(&p.portwatch)
                     .args(["run", "--no-stdout", "--log-file"])
                     .arg(&log)
+                    .arg("--status-socket")
+                    .arg(p.out.join("status.sock"))
                     .stderr(fs::File::create(p.out.join("portwatch.stderr"))?)
                     .spawn()?;
                 wait_until(Duration::from_secs(30), || {

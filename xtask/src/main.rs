@@ -1,5 +1,6 @@
 //! Developer and operator tasks: `cargo xtask setup | build | run | test`.
 mod bench;
+mod install;
 mod setup;
 mod vm;
 
@@ -36,6 +37,21 @@ enum Task {
     Bench {
         #[arg(long)]
         smoke: bool,
+    },
+    /// Install the daemon, its systemd unit, a default config and an empty policy.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage everything under this directory (packaging).
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+    },
+    /// Remove what `install` put in place.
+    Uninstall {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        #[arg(long)]
+        destdir: Option<PathBuf>,
     },
     /// Boot a stock kernel in qemu and run the scenarios with every attach strategy there.
     VmTest {
@@ -74,6 +90,14 @@ fn main() -> Result<()> {
                 bail!("portwatch exited with {status}");
             }
             Ok(())
+        }
+        Task::Install { prefix, destdir } => {
+            setup::run()?;
+            build(&root)?;
+            install::install(&root, &install::Layout::new(&prefix, destdir.as_deref()))
+        }
+        Task::Uninstall { prefix, destdir } => {
+            install::uninstall(&install::Layout::new(&prefix, destdir.as_deref()))
         }
         Task::Bench { smoke } => {
             setup::run()?;

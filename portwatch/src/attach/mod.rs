@@ -70,7 +70,8 @@ impl fmt::Display for Strategy {
 }
 
 /// `--attach`: the ladder, or one strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Auto,
     Fentry,

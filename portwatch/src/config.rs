@@ -1,0 +1,210 @@
+//! `/etc/portwatch/portwatch.toml`: every setting has a default; command-line flags override the
+//! file; unknown keys and wrong types are errors naming the file, line and column.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::attach::AttachMode;
+
+pub const DEFAULT_PATH: &str = "/etc/portwatch/portwatch.toml";
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/portwatch/status.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `auto`, `fentry`, `kprobe` or `tracepoint`.
+    pub attach: AttachMode,
+    /// Ring buffer size in KiB: a power of two from 4 to 1048576.
+    #[serde(deserialize_with = "ring_kib")]
+    pub ring_buffer_kib: u32,
+    pub log: LogConfig,
+    pub status: StatusConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Append events to this file (JSON Lines, mode 0640). Unset: no file.
+    pub file: Option<PathBuf>,
+    /// Also write events to stdout.
+    pub stdout: bool,
+    /// Rotate the file when it would grow past this many MiB (0: never).
+    pub rotate_size_mib: u64,
+    /// Rotated files to keep (`events.jsonl.1` is the newest).
+    #[serde(deserialize_with = "at_least_one")]
+    pub rotate_keep: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// Unix socket `portwatch status` asks (created mode 0600).
+    pub socket: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            attach: AttachMode::Auto,
+            ring_buffer_kib: 1024,
+            log: LogConfig::default(),
+            status: StatusConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            stdout: true,
+            rotate_size_mib: 100,
+            rotate_keep: 5,
+        }
+    }
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
+        }
+    }
+}
+
+pub fn valid_ring_kib(v: u32) -> Result<u32, String> {
+    if (4..=1 << 20).contains(&v) && v.is_power_of_two() {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} KiB: the ring buffer must be a power of two between 4 and 1048576 KiB"
+        ))
+    }
+}
+
+fn ring_kib<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    valid_ring_kib(u32::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        v => Ok(v),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// toml's message names the line and column and quotes the offending line.
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl Config {
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Reads `explicit`, or the default path when it exists, or the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match explicit {
+            Some(p) => p,
+            None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+}
+
+/// `portwatch config --print-defaults`: a commented file that parses to the defaults.
+pub const DEFAULTS_TOML: &str = r#"# portwatch configuration (/etc/portwatch/portwatch.toml).
+# Every key is optional; the values shown are the defaults. Command-line flags of
+# `portwatch run` override what is set here.
+
+# Attach strategy: "auto" (best that works per hook family), "fentry", "kprobe" or "tracepoint".
+attach = "auto"
+
+# Ring buffer between the kernel and the daemon, in KiB (a power of two, 4 to 1048576).
+ring_buffer_kib = 1024
+
+[log]
+# Append events (JSON Lines, mode 0640) to this file. Unset: no file.
+# file = "/var/log/portwatch/events.jsonl"
+# Also write events to stdout.
+stdout = true
+# Rotate the file when it would grow past this many MiB (0: never), keeping this many old files
+# (events.jsonl.1 is the newest). SIGHUP also reopens the file, for logrotate.
+rotate_size_mib = 100
+rotate_keep = 5
+
+[status]
+# Unix socket that `portwatch status` asks (mode 0600: root only).
+socket = "/run/portwatch/status.sock"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("/etc/portwatch/portwatch.toml"))
+    }
+
+    #[test]
+    fn printed_defaults_parse_to_the_defaults() {
+        assert_eq!(parse(DEFAULTS_TOML).unwrap(), Config::default());
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn settings_are_read() {
+        let c =
+            parse("attach = \"tracepoint\"\n[log]\nfile = \"/var/log/p.jsonl\"\nstdout = false\n")
+                .unwrap();
+        assert_eq!(c.attach, AttachMode::Tracepoint);
+        assert_eq!(c.log.file.as_deref(), Some(Path::new("/var/log/p.jsonl")));
+        assert!(!c.log.stdout);
+        assert_eq!(c.log.rotate_keep, 5);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let e = parse("attach = \"auto\"\n[log]\nfiel = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/portwatch/portwatch.toml"), "{e}");
+        assert!(e.contains("line 3, column 1"), "{e}");
+        assert!(e.contains("unknown field `fiel`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values_are_errors_with_position() {
+        let e = parse("ring_buffer_kib = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
+        let e = parse("\n\nring_buffer_kib = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("power of two"), "{e}");
+        let e = parse("attach = \"magic\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("magic"), "{e}");
+        let e = parse("[log]\nrotate_keep = 0\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("at least 1"), "{e}");
+        let e = parse("[log\n").unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}

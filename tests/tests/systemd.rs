@@ -1,0 +1,295 @@
+//! The systemd unit under a real systemd: systemd 252 as PID 1 of a private PID+mount namespace
+//! (the recipe in DESIGN.md: tmpfs over /tmp, /var/tmp, /run and /var/log/journal — here over all
+//! of /var/log and /var/lib, so LogsDirectory= and StateDirectory= never touch the host — and a
+//! minimal target that wants only journald, never the default target). The repository's unit file is
+//! installed into that systemd's /run, with a drop-in that only points it at a test config and
+//! shortens the watchdog.
+use std::{
+    fs,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use portwatch_tests::{daemon_binary, require_root, scenario, split_addr};
+use serde_json::Value;
+
+const TARGET: &str = "portwatch-test.target";
+const LOG: &str = "/var/log/portwatch/events.jsonl";
+
+struct Systemd {
+    unshare: Child,
+    pid1: u32,
+}
+
+impl Systemd {
+    fn boot() -> Systemd {
+        require_root();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let unit = fs::read_to_string(root.join("packaging/systemd/portwatch.service"))
+            .expect("unit file")
+            .replace("@BINDIR@", "/run/portwatch-test/bin");
+        let staging = tempfile::tempdir().expect("tempdir");
+        let stage = |name: &str, text: &str| {
+            let p = staging.path().join(name);
+            fs::write(&p, text).expect("stage file");
+            p
+        };
+        let unit_file = stage("portwatch.service", &unit);
+        let dropin = stage(
+            "test.conf",
+            "[Service]\nExecStart=\nExecStart=/run/portwatch-test/bin/portwatch run --config \
+             /run/portwatch-test/portwatch.toml\nConfigurationDirectory=\nWatchdogSec=3s\nTimeoutAbortSec=2s\nRestartSec=1\n",
+        );
+        let config = stage(
+            "portwatch.toml",
+            &format!(
+                "[log]\nfile = \"{LOG}\"\nstdout = false\n[status]\nsocket = \"/run/portwatch/status.sock\"\n"
+            ),
+        );
+        let target = stage(
+            "target",
+            "[Unit]\nDescription=portwatch test target\nDefaultDependencies=no\nWants=systemd-journald.service\n",
+        );
+        let bin = daemon_binary();
+        // Runs as PID 1 of the new namespaces, then becomes systemd. The staged files are read from
+        // the host's /tmp before our own tmpfs hides it.
+        let script = format!(
+            r#"set -e
+mkdir -p /run/portwatch-stage
+mount -t tmpfs tmpfs /run/portwatch-stage
+cp {unit} {dropin} {config} {target} {bin} /run/portwatch-stage/
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /var/tmp
+mount --move /run/portwatch-stage /tmp
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system/portwatch.service.d /run/portwatch-test/bin
+cp /tmp/portwatch.service /run/systemd/system/portwatch.service
+cp /tmp/test.conf /run/systemd/system/portwatch.service.d/test.conf
+cp /tmp/target /run/systemd/system/{TARGET}
+cp /tmp/portwatch.toml /run/portwatch-test/portwatch.toml
+cp /tmp/portwatch /run/portwatch-test/bin/portwatch
+umount /tmp
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /var/log
+mount -t tmpfs tmpfs /var/lib
+mkdir -p /var/log/journal
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+exec /lib/systemd/systemd --system --unit={TARGET}
+"#,
+            unit = unit_file.display(),
+            dropin = dropin.display(),
+            config = config.display(),
+            target = target.display(),
+            bin = bin.display(),
+        );
+        let unshare = Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--mount",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare");
+        // PID 1 of the namespace is unshare's child.
+        let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid1 = loop {
+            if let Some(pid) = fs::read_to_string(&children)
+                .ok()
+                .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "unshare started no child");
+            thread::sleep(Duration::from_millis(20));
+        };
+        let s = Systemd { unshare, pid1 };
+        s.wait("systemd to come up", Duration::from_secs(60), || {
+            s.ctl(&["is-active", TARGET]).stdout.starts_with(b"active")
+        });
+        drop(staging);
+        s
+    }
+
+    /// Runs a command inside the namespaces.
+    fn enter(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-p", "-m", "--"])
+            .args(args)
+            .output()
+            .expect("nsenter")
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        let mut a = vec!["systemctl", "--no-pager"];
+        a.extend_from_slice(args);
+        self.enter(&a)
+    }
+
+    fn show(&self, prop: &str) -> String {
+        let o = self.ctl(&["show", "-p", prop, "--value", "portwatch"]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn log_lines(&self, path: &str) -> Vec<Value> {
+        let o = self.enter(&["cat", path]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+            .collect()
+    }
+
+    fn journal(&self) -> String {
+        let o = self.enter(&["journalctl", "--no-pager", "-u", "portwatch", "-o", "json"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn wait(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ok() {
+            if Instant::now() > deadline {
+                let status = self.ctl(&["status", "portwatch"]);
+                panic!(
+                    "timed out waiting for {what}\n{}\njournal:\n{}",
+                    String::from_utf8_lossy(&status.stdout),
+                    self.journal()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Systemd {
+    fn drop(&mut self) {
+        // Killing PID 1 of the namespace takes everything in it down.
+        // SAFETY: kill(2) on the namespace's init, which this test started.
+        unsafe { libc::kill(self.pid1 as i32, libc::SIGKILL) };
+        let _ = self.unshare.wait();
+    }
+}
+
+fn has_port(lines: &[Value], kind: &str, port: u16) -> bool {
+    lines
+        .iter()
+        .any(|l| l["event"] == kind && l["network"]["local"]["port"] == port)
+}
+
+#[test]
+fn unit_runs_under_a_real_systemd() {
+    let sd = Systemd::boot();
+
+    // Type=notify: `start` returns once READY=1 came, which is after every program attached.
+    let start = sd.ctl(&["start", "portwatch"]);
+    assert!(
+        start.status.success(),
+        "start failed: {}\n{}",
+        String::from_utf8_lossy(&start.stderr),
+        sd.journal()
+    );
+    assert_eq!(sd.show("ActiveState"), "active");
+    let lines = sd.log_lines(LOG);
+    assert_eq!(
+        lines.first().map(|l| l["event"].clone()),
+        Some("status".into()),
+        "status line first"
+    );
+
+    // Events reach the log file.
+    let s = scenario(["tcp-listen", "127.0.0.1:0"]);
+    let port = split_addr(s.report["local"].as_str().unwrap()).1;
+    drop(s);
+    sd.wait(
+        "the listen event in the log",
+        Duration::from_secs(10),
+        || has_port(&sd.log_lines(LOG), "listen", port),
+    );
+
+    // Diagnostics are in the journal, with structured fields.
+    let journal = sd.journal();
+    let attached = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["MESSAGE"] == "attached")
+        .unwrap_or_else(|| panic!("no 'attached' message in the journal:\n{journal}"));
+    // tracing-journald prefixes custom fields with F_ so they never collide with journald's own.
+    assert!(
+        attached["F_FAMILY"].is_string() && attached["F_STRATEGY"].is_string(),
+        "{attached}"
+    );
+    assert_eq!(attached["SYSLOG_IDENTIFIER"], "portwatch");
+
+    // `portwatch status` answers over the root-only socket.
+    let status = sd.enter(&[
+        "/run/portwatch-test/bin/portwatch",
+        "status",
+        "--json",
+        "--socket",
+        "/run/portwatch/status.sock",
+    ]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let st: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(st["log"]["path"], LOG);
+    assert!(st["events"]["listen"].as_u64().unwrap() >= 1, "{st}");
+    let mode = sd.enter(&["stat", "-c", "%a", "/run/portwatch/status.sock"]);
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600");
+
+    // reload = SIGHUP: the log is reopened (logrotate moved it away).
+    assert!(
+        sd.enter(&["mv", LOG, "/var/log/portwatch/events.jsonl.rotated"])
+            .status
+            .success()
+    );
+    assert!(sd.ctl(&["reload", "portwatch"]).status.success());
+    thread::sleep(Duration::from_millis(300));
+    let s = scenario(["udp-bind", "127.0.0.1:0"]);
+    let port = split_addr(s.report["local"].as_str().unwrap()).1;
+    drop(s);
+    sd.wait(
+        "events in the reopened log",
+        Duration::from_secs(10),
+        || has_port(&sd.log_lines(LOG), "bind", port),
+    );
+
+    // A hung daemon stops pinging the watchdog and is restarted.
+    let main_pid = sd.show("MainPID");
+    assert!(sd.enter(&["kill", "-STOP", &main_pid]).status.success());
+    sd.wait("the watchdog restart", Duration::from_secs(40), || {
+        sd.show("NRestarts") == "1"
+            && sd.show("ActiveState") == "active"
+            && sd.show("MainPID") != main_pid
+    });
+    let journal = sd.journal();
+    assert!(
+        journal.contains("Watchdog timeout"),
+        "no watchdog message in the journal:\n{journal}"
+    );
+
+    // stop drains and flushes: events made just before it are in the file afterwards.
+    let s = scenario(["udp-bind", "127.0.0.1:0"]);
+    let port = split_addr(s.report["local"].as_str().unwrap()).1;
+    drop(s);
+    let stop = sd.ctl(&["stop", "portwatch"]);
+    assert!(stop.status.success());
+    assert_eq!(sd.show("ActiveState"), "inactive");
+    assert_eq!(sd.show("Result"), "success", "clean exit after SIGTERM");
+    assert!(
+        has_port(&sd.log_lines(LOG), "close", port),
+        "events right before stop were flushed"
+    );
+}

@@ -1,0 +1,133 @@
+//! `cargo xtask install | uninstall`: the binary, the systemd unit, a default config and an empty
+//! policy, under `--destdir` (for packaging) and `--prefix` (for the binary).
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+
+pub struct Layout {
+    bin: PathBuf,
+    unit: PathBuf,
+    config: PathBuf,
+    policy: PathBuf,
+    bindir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(prefix: &Path, destdir: Option<&Path>) -> Layout {
+        let under = |p: &Path| match destdir {
+            Some(d) => d.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_path_buf(),
+        };
+        let bindir = prefix.join("bin");
+        Layout {
+            bin: under(&bindir.join("portwatch")),
+            unit: under(Path::new("/etc/systemd/system/portwatch.service")),
+            config: under(Path::new("/etc/portwatch/portwatch.toml")),
+            policy: under(Path::new("/etc/portwatch/policy.toml")),
+            bindir,
+        }
+    }
+}
+
+const EMPTY_POLICY: &str = "# portwatch policy: allow rules for listeners. Empty: no rules yet.\n";
+
+fn write(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        eprintln!("install: kept existing {}", path.display());
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Write beside and rename, so a running binary is replaced rather than modified.
+    let tmp = path.with_extension("portwatch-new");
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))?;
+    eprintln!("install: {} (mode {mode:o})", path.display());
+    Ok(())
+}
+
+pub fn install(root: &Path, layout: &Layout) -> Result<()> {
+    let binary =
+        fs::read(root.join("target/release/portwatch")).context("reading the built daemon")?;
+    write(&layout.bin, &binary, 0o755, true)?;
+    let unit = fs::read_to_string(root.join("packaging/systemd/portwatch.service"))?
+        .replace("@BINDIR@", &layout.bindir.display().to_string());
+    write(&layout.unit, unit.as_bytes(), 0o644, true)?;
+    write(
+        &layout.config,
+        &fs::read(root.join("packaging/portwatch.toml"))?,
+        0o640,
+        false,
+    )?;
+    write(&layout.policy, EMPTY_POLICY.as_bytes(), 0o640, false)?;
+    eprintln!(
+        "install: done. Start it with: systemctl daemon-reload && systemctl enable --now portwatch"
+    );
+    Ok(())
+}
+
+pub fn uninstall(layout: &Layout) -> Result<()> {
+    for p in [&layout.unit, &layout.bin, &layout.config, &layout.policy] {
+        match fs::remove_file(p) {
+            Ok(()) => eprintln!("uninstall: removed {}", p.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("uninstall: {} was not there", p.display())
+            }
+            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+    }
+    if let Some(dir) = layout.config.parent() {
+        let _ = fs::remove_dir(dir); // only if empty
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_under_destdir_and_uninstalls() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        if !root.join("target/release/portwatch").exists() {
+            panic!("build the daemon first (cargo xtask build)");
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Path::new("/usr/local"), Some(dest.path()));
+        install(root, &layout).unwrap();
+        let unit =
+            fs::read_to_string(dest.path().join("etc/systemd/system/portwatch.service")).unwrap();
+        assert!(unit.contains(
+            "ExecStart=/usr/local/bin/portwatch run --config /etc/portwatch/portwatch.toml"
+        ));
+        let mode = |p: &str| {
+            fs::metadata(dest.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("usr/local/bin/portwatch"), 0o755);
+        assert_eq!(mode("etc/portwatch/portwatch.toml"), 0o640);
+        // A second install keeps an edited config.
+        fs::write(
+            dest.path().join("etc/portwatch/portwatch.toml"),
+            "attach = \"kprobe\"\n",
+        )
+        .unwrap();
+        install(root, &layout).unwrap();
+        assert_eq!(
+            fs::read_to_string(dest.path().join("etc/portwatch/portwatch.toml")).unwrap(),
+            "attach = \"kprobe\"\n"
+        );
+        uninstall(&layout).unwrap();
+        assert!(!dest.path().join("usr/local/bin/portwatch").exists());
+        assert!(!dest.path().join("etc/portwatch").exists());
+    }
+}
