@@ -92,6 +92,7 @@ impl RunArgs {
                 .status_socket
                 .clone()
                 .unwrap_or_else(|| config.status.socket.clone()),
+            cache: config.cache,
         }
     }
 }

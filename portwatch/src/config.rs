@@ -19,6 +19,27 @@ pub struct Config {
     pub ring_buffer_kib: u32,
     pub log: LogConfig,
     pub status: StatusConfig,
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Processes whose /proc facts are remembered (each for 2 s) so storms do not re-read /proc.
+    #[serde(deserialize_with = "at_least_one_usize")]
+    pub processes: usize,
+    /// User names remembered from the user database.
+    #[serde(deserialize_with = "at_least_one_usize")]
+    pub users: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            processes: 4096,
+            users: 4096,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -49,6 +70,7 @@ impl Default for Config {
             ring_buffer_kib: 1024,
             log: LogConfig::default(),
             status: StatusConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -84,6 +106,13 @@ pub fn valid_ring_kib(v: u32) -> Result<u32, String> {
 
 fn ring_kib<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     valid_ring_kib(u32::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn at_least_one_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        v => Ok(v),
+    }
 }
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -153,6 +182,12 @@ rotate_keep = 5
 [status]
 # Unix socket that `portwatch status` asks (mode 0600: root only).
 socket = "/run/portwatch/status.sock"
+
+[cache]
+# Bounded caches; their sizes show in `portwatch status`. Processes' /proc facts are reused for
+# 2 s per pid and comm, so a storm from one process does not re-read /proc for every event.
+processes = 4096
+users = 4096
 "#;
 
 #[cfg(test)]
@@ -204,6 +239,9 @@ mod tests {
         assert!(e.contains("line 1") && e.contains("magic"), "{e}");
         let e = parse("[log]\nrotate_keep = 0\n").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("at least 1"), "{e}");
+        let e = parse("[cache]\nprocesses = 0\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("at least 1"), "{e}");
+        assert_eq!(parse("[cache]\nusers = 16\n").unwrap().cache.users, 16);
         let e = parse("[log\n").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
     }

@@ -35,6 +35,7 @@ pub struct RunOptions {
     pub rotation: Option<Rotation>,
     pub ring_buffer_bytes: u32,
     pub status_socket: PathBuf,
+    pub cache: crate::config::CacheConfig,
 }
 
 /// Longest a record waits in the ring buffer before the daemon reads it.
@@ -66,14 +67,14 @@ fn kind_index(k: Kind) -> usize {
 const KIND_NAMES: [&str; 4] = ["bind", "listen", "connect", "close"];
 
 impl Pipeline {
-    pub fn new(sink: Sink) -> Self {
+    pub fn new(sink: Sink, cache: crate::config::CacheConfig) -> Self {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         Self {
             host,
             clock: WallClock::sample(),
-            enricher: Enricher::default(),
+            enricher: Enricher::new("/proc", cache.processes, cache.users),
             sink,
             seq: 0,
             counts: [0; 4],
@@ -261,7 +262,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     .display()
             )
         })?;
-    let mut pipeline = Pipeline::new(sink);
+    let mut pipeline = Pipeline::new(sink, opts.cache);
     pipeline.write_status(&attached);
     pipeline.sink.flush();
     // Parsing kernel BTF at start-up takes tens of MiB that are free now; give them back.

@@ -20,7 +20,8 @@ pub struct Attribution {
     pub user_name: Option<String>,
 }
 
-/// User names change rarely; a small cache keeps the user database off the hot path.
+/// Default bounds (the config's `[cache]` section sets them). User names change rarely; a small
+/// cache keeps the user database off the hot path.
 const USER_CACHE_MAX: usize = 4096;
 /// A storm of events from one process should not re-read /proc for each: facts are reused for
 /// the same pid and comm for this long (an exec changes comm, so it is seen at once).
@@ -29,6 +30,8 @@ const PROC_CACHE_MAX: usize = 4096;
 
 pub struct Enricher {
     proc_root: PathBuf,
+    procs_max: usize,
+    users_max: usize,
     users: HashMap<u32, Option<String>>,
     procs: HashMap<(u32, Vec<u8>), (Instant, ProcFacts)>,
     /// Records whose process was already gone from /proc.
@@ -37,14 +40,16 @@ pub struct Enricher {
 
 impl Default for Enricher {
     fn default() -> Self {
-        Self::new("/proc")
+        Self::new("/proc", PROC_CACHE_MAX, USER_CACHE_MAX)
     }
 }
 
 impl Enricher {
-    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+    pub fn new(proc_root: impl Into<PathBuf>, procs_max: usize, users_max: usize) -> Self {
         Self {
             proc_root: proc_root.into(),
+            procs_max: procs_max.max(1),
+            users_max: users_max.max(1),
             users: HashMap::new(),
             procs: HashMap::new(),
             vanished: 0,
@@ -58,10 +63,10 @@ impl Enricher {
             Some((at, facts)) if now.duration_since(*at) < PROC_CACHE_TTL => facts.clone(),
             _ => match read_process(&self.proc_root.join(ev.pid.to_string())) {
                 Some(facts) => {
-                    if self.procs.len() >= PROC_CACHE_MAX {
+                    if self.procs.len() >= self.procs_max {
                         self.procs
                             .retain(|_, (at, _)| now.duration_since(*at) < PROC_CACHE_TTL);
-                        if self.procs.len() >= PROC_CACHE_MAX {
+                        if self.procs.len() >= self.procs_max {
                             self.procs.clear();
                         }
                     }
@@ -87,9 +92,9 @@ impl Enricher {
     pub fn cache_sizes(&self) -> (usize, usize, usize, usize) {
         (
             self.procs.len(),
-            PROC_CACHE_MAX,
+            self.procs_max,
             self.users.len(),
-            USER_CACHE_MAX,
+            self.users_max,
         )
     }
 
@@ -101,7 +106,7 @@ impl Enricher {
             .ok()
             .flatten()
             .map(|u| u.name);
-        if self.users.len() >= USER_CACHE_MAX {
+        if self.users.len() >= self.users_max {
             self.users.clear();
         }
         self.users.insert(uid, name.clone());
