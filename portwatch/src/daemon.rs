@@ -145,18 +145,47 @@ impl Pipeline {
         Self::push(&mut self.sink, &rec);
     }
 
-    pub fn write_loss(&mut self, count: u64, total: u64) {
-        tracing::warn!(count, total, "ring buffer full: kernel records lost");
+    pub fn write_loss(&mut self, count: u64, total: u64, reason: &'static str) {
+        tracing::warn!(count, total, reason, "events lost");
         let header = Self::header(&mut self.seq, &self.host, "loss", clock::now_rfc3339());
         let rec = LossRecord {
             header,
             loss: Loss {
                 count,
                 total,
-                reason: "ring_buffer_full",
+                reason,
             },
         };
         Self::push(&mut self.sink, &rec);
+    }
+
+    /// Writes the queued lines; once writing works again after failures, says in the log itself
+    /// how many lines it could not write (tried on every flush and every second until it lands).
+    pub fn flush(&mut self) {
+        // One stat per batch: a log whose path no longer names it must not swallow lines.
+        self.sink.check_path();
+        self.sink.flush();
+        let count = self.sink.unreported_failed();
+        if count > 0 {
+            let total = self.sink.stats.lines_failed;
+            let header = Self::header(&mut self.seq, &self.host, "loss", clock::now_rfc3339());
+            let rec = LossRecord {
+                header,
+                loss: Loss {
+                    count,
+                    total,
+                    reason: "log_write_failed",
+                },
+            };
+            Self::push(&mut self.sink, &rec);
+            if self.sink.flush_notice(count) {
+                tracing::warn!(
+                    count,
+                    total,
+                    "event log writable again; lost lines reported in it"
+                );
+            }
+        }
     }
 
     pub fn refresh_clock(&mut self) {
@@ -264,7 +293,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         })?;
     let mut pipeline = Pipeline::new(sink, opts.cache);
     pipeline.write_status(&attached);
-    pipeline.sink.flush();
+    pipeline.flush();
     // Parsing kernel BTF at start-up takes tens of MiB that are free now; give them back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
@@ -289,15 +318,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             r = reader.wait() => {
                 r.context("waiting on the ring buffer")?;
                 reader.drain(&mut |b| pipeline.handle(b));
-                pipeline.sink.flush();
+                pipeline.flush();
             }
             _ = drain_tick.tick() => {
                 if reader.drain(&mut |b| pipeline.handle(b)) > 0 {
-                    pipeline.sink.flush();
+                    pipeline.flush();
                 }
             }
             _ = tick.tick() => report_losses(&mut losses, &mut pipeline),
             _ = second.tick() => {
+                pipeline.flush();
                 rates.push_back((Instant::now(), pipeline.counts));
                 while rates.front().is_some_and(|(at, _)| at.elapsed() > RATE_WINDOW) {
                     rates.pop_front();
@@ -325,7 +355,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let drained = reader.drain(&mut |b| pipeline.handle(b));
     report_losses(&mut losses, &mut pipeline);
-    pipeline.sink.flush();
+    pipeline.flush();
     tracing::info!(
         drained,
         events = pipeline.counts.iter().sum::<u64>(),
@@ -362,8 +392,8 @@ fn systemd_ready(attached: &Attached) -> Option<Duration> {
 fn report_losses(losses: &mut LossCounter, pipeline: &mut Pipeline) {
     match losses.poll() {
         Ok(Some((count, total))) => {
-            pipeline.write_loss(count, total);
-            pipeline.sink.flush();
+            pipeline.write_loss(count, total, "ring_buffer_full");
+            pipeline.flush();
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "reading the loss counters failed"),

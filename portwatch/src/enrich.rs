@@ -17,8 +17,14 @@ pub struct Attribution {
     pub ppid: Option<u32>,
     pub executable: Option<String>,
     pub command_line: Option<Vec<String>>,
+    /// The command line was longer than `MAX_CMDLINE_BYTES` and is cut there.
+    pub command_line_truncated: bool,
     pub user_name: Option<String>,
 }
+
+/// Longest command line written into an event (bytes of /proc/PID/cmdline); longer ones are cut
+/// and marked, so one process cannot make a multi-megabyte log line.
+pub const MAX_CMDLINE_BYTES: usize = 8192;
 
 /// Default bounds (the config's `[cache]` section sets them). User names change rarely; a small
 /// cache keeps the user database off the hot path.
@@ -79,11 +85,12 @@ impl Enricher {
                 }
             },
         };
-        let (ppid, executable, command_line) = facts;
+        let (ppid, executable, command_line, command_line_truncated) = facts;
         Attribution {
             ppid,
             executable,
             command_line,
+            command_line_truncated,
             user_name: self.user_name(ev.uid),
         }
     }
@@ -114,7 +121,7 @@ impl Enricher {
     }
 }
 
-type ProcFacts = (Option<u32>, Option<String>, Option<Vec<String>>);
+type ProcFacts = (Option<u32>, Option<String>, Option<Vec<String>>, bool);
 
 /// Reads what /proc still has of a process; `None` when its directory is gone.
 fn read_process(dir: &Path) -> Option<ProcFacts> {
@@ -123,10 +130,15 @@ fn read_process(dir: &Path) -> Option<ProcFacts> {
     let executable = fs::read_link(dir.join("exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
-    let command_line = fs::read(dir.join("cmdline"))
-        .ok()
-        .and_then(|b| split_cmdline(&b));
-    Some((ppid, executable, command_line))
+    let (command_line, truncated) = match fs::read(dir.join("cmdline")) {
+        Ok(mut b) => {
+            let truncated = b.len() > MAX_CMDLINE_BYTES;
+            b.truncate(MAX_CMDLINE_BYTES);
+            (split_cmdline(&b), truncated)
+        }
+        Err(_) => (None, false),
+    };
+    Some((ppid, executable, command_line, truncated))
 }
 
 /// The parent pid from /proc/PID/stat. comm (field 2) may hold spaces and parentheses, so parse
@@ -181,8 +193,8 @@ mod tests {
     fn own_process_is_attributed_and_a_gone_one_is_not() {
         let mut e = Enricher::default();
         let me = std::process::id();
-        let (ppid, exe, argv) = read_process(&PathBuf::from(format!("/proc/{me}"))).unwrap();
-        assert!(ppid.is_some() && exe.is_some() && argv.is_some());
+        let (ppid, exe, argv, cut) = read_process(&PathBuf::from(format!("/proc/{me}"))).unwrap();
+        assert!(ppid.is_some() && exe.is_some() && argv.is_some() && !cut);
         assert!(read_process(Path::new("/proc/999999999")).is_none());
         assert_eq!(e.user_name(0).as_deref(), Some("root"));
     }

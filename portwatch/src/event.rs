@@ -78,6 +78,9 @@ pub struct Process {
     pub comm: String,
     pub executable: Option<String>,
     pub command_line: Option<Vec<String>>,
+    /// Present (true) only when the command line was cut at `MAX_CMDLINE_BYTES`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub command_line_truncated: bool,
     pub user: User,
     pub group: Group,
 }
@@ -129,6 +132,8 @@ pub struct Loss {
     pub count: u64,
     /// Records lost since the programs were loaded.
     pub total: u64,
+    /// `ring_buffer_full` (the kernel could not queue records) or `log_write_failed` (the daemon
+    /// could not write lines to the log file: disk full, directory gone).
     pub reason: &'static str,
 }
 
@@ -160,6 +165,7 @@ impl<'a> PortRecord<'a> {
                 comm: String::from_utf8_lossy(&ev.comm).into_owned(),
                 executable: attr.executable,
                 command_line: attr.command_line,
+                command_line_truncated: attr.command_line_truncated,
                 user: User {
                     id: ev.uid,
                     name: attr.user_name,

@@ -3,7 +3,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read, Seek, SeekFrom, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -26,11 +26,17 @@ struct LogFile {
     path: PathBuf,
     file: File,
     bytes: u64,
+    /// (device, inode) of the open file, to notice when the path stops naming it.
+    id: (u64, u64),
 }
 
 pub struct Sink {
     stdout: Option<io::Stdout>,
+    /// The log file; `None` inside while it could not be (re)opened.
     file: Option<LogFile>,
+    path: Option<PathBuf>,
+    /// Lines lost since the last successful write, not yet reported in the log.
+    unreported_failed: u64,
     rotation: Option<Rotation>,
     batch: Vec<u8>,
     batch_lines: u64,
@@ -49,6 +55,8 @@ impl Sink {
         };
         Ok(Self {
             stdout: stdout.then(io::stdout),
+            path: log_file.map(Path::to_path_buf),
+            unreported_failed: 0,
             file,
             rotation: rotation.filter(|r| r.max_bytes > 0),
             batch: Vec::with_capacity(64 * 1024),
@@ -58,7 +66,70 @@ impl Sink {
     }
 
     pub fn log_path(&self) -> Option<&Path> {
-        self.file.as_ref().map(|f| f.path.as_path())
+        self.path.as_deref()
+    }
+
+    /// Lines lost to failed writes that the log itself does not yet say it lost.
+    pub fn unreported_failed(&self) -> u64 {
+        self.unreported_failed
+    }
+
+    /// Writes the queued lines (a loss notice) to the log file only; on success the backlog of
+    /// unreported failures is cleared, on failure the notice is dropped without being counted as
+    /// an event line and is tried again later.
+    pub fn flush_notice(&mut self, covers: u64) -> bool {
+        let written = match &mut self.file {
+            Some(f) => match f.file.write_all(&self.batch) {
+                Ok(()) => {
+                    f.bytes += self.batch.len() as u64;
+                    true
+                }
+                Err(_) => {
+                    let _ = f.file.set_len(f.bytes);
+                    false
+                }
+            },
+            None => false,
+        };
+        if written {
+            self.unreported_failed -= covers.min(self.unreported_failed);
+            self.stats.lines_written += self.batch_lines;
+        }
+        self.batch.clear();
+        self.batch_lines = 0;
+        written
+    }
+
+    /// Notices a log file whose path no longer names it (deleted, moved, its directory removed):
+    /// writes would vanish into an unlinked inode. Reopens by path, or stops writing (and counts
+    /// the lines) until the path can be created again.
+    pub fn check_path(&mut self) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let current = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+        match (&self.file, current) {
+            (Some(f), Some(id)) if f.id == id => {}
+            (Some(_), _) => {
+                tracing::warn!(path = %path.display(), "the event log is no longer at its path; reopening");
+                self.file = None;
+                self.try_reopen();
+            }
+            (None, _) => self.try_reopen(),
+        }
+    }
+
+    fn try_reopen(&mut self) {
+        let Some(path) = &self.path else { return };
+        match LogFile::open(path) {
+            Ok(f) => {
+                tracing::info!(path = %path.display(), "event log (re)opened");
+                self.file = Some(f);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open the event log; counting lines lost")
+            }
+        }
     }
 
     pub fn log_bytes(&self) -> u64 {
@@ -86,12 +157,11 @@ impl Sink {
 
     /// Reopens the log file by path (after logrotate moved it away).
     pub fn reopen(&mut self) {
-        if let Some(f) = &mut self.file {
-            match LogFile::open(&f.path) {
-                Ok(new) => *f = new,
-                Err(e) => tracing::error!(path = %f.path.display(), error = %e,
-                    "reopening the event log failed; still writing to the old file"),
-            }
+        let Some(path) = &self.path else { return };
+        match LogFile::open(path) {
+            Ok(new) => self.file = Some(new),
+            Err(e) => tracing::error!(path = %path.display(), error = %e,
+                "reopening the event log failed; still writing to the old file"),
         }
     }
 
@@ -124,11 +194,17 @@ impl Sink {
                     self.stats.lines_written += self.batch_lines;
                 }
                 Err(e) => {
+                    // A short write (disk full) must not leave half a line behind.
+                    let _ = f.file.set_len(f.bytes);
                     self.stats.lines_failed += self.batch_lines;
+                    self.unreported_failed += self.batch_lines;
                     tracing::warn!(path = %f.path.display(), error = %e, lines = self.batch_lines,
                         total_failed = self.stats.lines_failed, "event log write failed");
                 }
             }
+        } else if self.path.is_some() {
+            self.stats.lines_failed += self.batch_lines;
+            self.unreported_failed += self.batch_lines;
         } else {
             self.stats.lines_written += self.batch_lines;
         }
@@ -140,11 +216,12 @@ impl Sink {
 impl LogFile {
     fn open(path: &Path) -> io::Result<LogFile> {
         let file = open_log(path)?;
-        let bytes = file.metadata()?.len();
+        let meta = file.metadata()?;
         Ok(LogFile {
             path: path.to_path_buf(),
             file,
-            bytes,
+            bytes: meta.len(),
+            id: (meta.dev(), meta.ino()),
         })
     }
 

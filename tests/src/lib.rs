@@ -94,12 +94,17 @@ impl Daemon {
             socket,
             _dir: dir,
         };
-        d.wait_for(Duration::from_secs(30), |lines| {
-            lines.iter().any(|l| l["event"] == "status")
+        let limit = scaled(Duration::from_secs(30));
+        let pid = d.pid();
+        // A reused log holds earlier runs' status lines: wait for this daemon's.
+        d.wait_for(limit, |lines| {
+            lines
+                .iter()
+                .any(|l| l["event"] == "status" && l["daemon"]["pid"] == pid)
         })
         .unwrap_or_else(|| {
             panic!(
-                "daemon wrote no status line within 30 s; stderr:\n{}",
+                "daemon wrote no status line within {limit:?}; stderr:\n{}",
                 d.stderr_text()
             )
         });
@@ -248,14 +253,19 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    use std::io::BufRead as _;
-    let mut child = Command::new(scenario_binary())
+    let child = Command::new(scenario_binary())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run portwatch-scenario");
+    read_report(child)
+}
+
+/// Reads the first line a started scenario client prints: its report.
+pub fn read_report(mut child: Child) -> Scenario {
+    use std::io::BufRead as _;
     let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout");
     std::io::BufReader::new(stdout)

@@ -18,6 +18,15 @@ fn errno_of(e: &std::io::Error) -> i32 {
 }
 
 fn run(args: &[String]) -> Result<Value, String> {
+    // `after-line OP ...`: wait for one line on stdin first (the test changes something, e.g.
+    // deletes this executable, before the socket calls happen).
+    if args.first().map(String::as_str) == Some("after-line") {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        return run(&args[1..]);
+    }
     let op = args.first().map(String::as_str).unwrap_or("");
     let arg = args.get(1).map(String::as_str).unwrap_or("");
     let io = |e: std::io::Error| e.to_string();
@@ -132,6 +141,11 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(mut v) => {
             v["pid"] = json!(std::process::id());
+            v["netns"] = json!(
+                std::fs::metadata("/proc/self/ns/net")
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                    .unwrap_or(0)
+            );
             println!("{v}");
             // Every socket is closed by now. Stay alive until stdin closes, so the test decides
             // when this process disappears from /proc.

@@ -1,0 +1,278 @@
+//! Faults injected into a running daemon: it keeps running, counts what it could not do, says so
+//! in the log once it can, and never leaves an invalid line behind.
+use std::{
+    io::Write as _,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use portwatch_tests::{
+    Daemon, count, daemon_binary, of_pid, read_report, scenario, scenario_binary, schema,
+};
+use serde_json::Value;
+
+fn status(d: &Daemon) -> Value {
+    let out = Command::new(daemon_binary())
+        .args(["status", "--json", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .expect("portwatch status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs at {}", at.display());
+        SmallFs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_is_counted_reported_and_recovered_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let _fs = SmallFs::mount(&logs, "256k");
+    let log = logs.join("events.jsonl");
+    let mut d = Daemon::start_with_log(tempfile::tempdir().unwrap(), log.clone(), &[]);
+    // Leave a little room, then flood it.
+    let filler = logs.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let _ = f.write_all(&vec![b'x'; 200 * 1024]);
+    drop(f);
+    let storm = scenario(["udp-storm", "1500"]);
+    wait("lines to fail", Duration::from_secs(20), || {
+        status(&d)["lost"]["log_write_failed"].as_u64().unwrap() > 0
+    });
+    // Still running, still reading: every record of the storm gets through the pipeline.
+    wait("the storm to be processed", Duration::from_secs(20), || {
+        status(&d)["events"]["bind"].as_u64().unwrap() >= 1500
+    });
+    drop(storm);
+
+    // Space returns: the next lines land, and loss lines say how many did not.
+    std::fs::remove_file(&filler).unwrap();
+    let s = scenario(["udp-bind", "127.0.0.1:0"]);
+    let evs = d.events_of(s.pid, |e| count(e, "close") >= 1);
+    assert_eq!(count(&evs, "bind"), 1);
+    // Small notices can land between big batches that still fail: together they account for
+    // every line that could not be written, and the last one carries the running total.
+    let lines = d.lines();
+    let notices: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "loss" && l["loss"]["reason"] == "log_write_failed")
+        .collect();
+    assert!(!notices.is_empty(), "a log_write_failed loss line");
+    let failed = status(&d)["lost"]["log_write_failed"].as_u64().unwrap();
+    let counted: u64 = notices
+        .iter()
+        .map(|n| n["loss"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, failed, "{notices:?}");
+    assert_eq!(notices.last().unwrap()["loss"]["total"], failed);
+    let (exit, lines) = d.stop();
+    assert!(exit.success());
+    schema::check_log(&lines).unwrap();
+}
+
+#[test]
+fn log_directory_removed_while_running_is_noticed_and_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let log = sub.join("events.jsonl");
+    let d = Daemon::start_with_log(tempfile::tempdir().unwrap(), log.clone(), &[]);
+    std::fs::remove_dir_all(&sub).unwrap();
+    let s = scenario(["udp-bind", "127.0.0.1:0"]);
+    drop(s);
+    wait(
+        "the lost lines to be counted",
+        Duration::from_secs(10),
+        || status(&d)["lost"]["log_write_failed"].as_u64().unwrap() >= 2,
+    );
+    std::fs::create_dir(&sub).unwrap();
+    let s = scenario(["udp-bind", "127.0.0.1:0"]);
+    wait("the recreated log", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| count(&of_pid(&parse(&t), s.pid), "close") >= 1)
+    });
+    // The recreated file says what was lost while there was no file.
+    let lines = parse(&std::fs::read_to_string(&log).unwrap());
+    let loss = lines
+        .iter()
+        .find(|l| l["event"] == "loss")
+        .unwrap_or_else(|| panic!("no loss line in the recreated log: {lines:#?}"));
+    assert_eq!(loss["loss"]["reason"], "log_write_failed");
+    assert!(loss["loss"]["count"].as_u64().unwrap() >= 2, "{loss}");
+    for l in &lines {
+        schema::check(l).unwrap();
+    }
+    let (exit, _) = d.stop();
+    assert!(exit.success());
+}
+
+fn parse(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect()
+}
+
+#[test]
+fn sigkill_during_a_storm_never_leaves_an_invalid_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let runs = 8;
+    for i in 0..runs {
+        let d = Daemon::start_with_log(tempfile::tempdir().unwrap(), log.clone(), &[]);
+        let storm = Command::new(scenario_binary())
+            .args(["udp-storm", "5000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Pseudo-random kill points between 20 and 400 ms into the storm.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        std::thread::sleep(Duration::from_millis(
+            20 + u64::from(nanos % 380) + i * 7 % 50,
+        ));
+        d.signal(libc::SIGKILL);
+        let mut storm = storm;
+        let _ = storm.wait();
+        drop(d);
+    }
+    // One more, stopped cleanly: the whole file must be valid JSON Lines.
+    let d = Daemon::start_with_log(tempfile::tempdir().unwrap(), log.clone(), &[]);
+    let (exit, _) = d.stop();
+    assert!(exit.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.ends_with('\n'));
+    let lines = parse(&text);
+    assert_eq!(
+        lines.iter().filter(|l| l["event"] == "status").count(),
+        runs as usize + 1
+    );
+    for l in &lines {
+        schema::check(l).unwrap();
+    }
+}
+
+#[test]
+fn without_the_capabilities_it_names_what_is_missing() {
+    // A copy the unprivileged user can execute wherever the checkout lives.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("portwatch");
+    std::fs::copy(daemon_binary(), &bin).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&bin)
+        .args(["run", "--status-socket", "/nonexistent/s.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing capabilities: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn deleted_executable_other_network_namespace_and_huge_argv() {
+    let mut d = Daemon::start(&[]);
+
+    // An executable deleted after exec is reported as the kernel shows it.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("portwatch-scenario");
+    std::fs::copy(scenario_binary(), &copy).unwrap();
+    let mut child = Command::new(&copy)
+        .args(["after-line", "tcp-listen", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let s = read_report(child);
+    let evs = d.events_of(s.pid, |e| count(e, "listen") >= 1);
+    let exe = evs[0]["process"]["executable"].as_str().unwrap();
+    assert!(exe.ends_with("/portwatch-scenario (deleted)"), "{exe}");
+
+    // A process in its own network namespace: its events carry that namespace.
+    let out = Command::new("unshare")
+        .arg("-n")
+        .arg(scenario_binary())
+        .args(["tcp-listen", "0.0.0.0:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = report["pid"].as_u64().unwrap() as u32;
+    let host_netns = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    assert_ne!(report["netns"], host_netns);
+    let evs = d.events_of(pid, |e| count(e, "close") >= 1);
+    for e in &evs {
+        assert_eq!(e["network"]["netns"], report["netns"], "{e}");
+    }
+
+    // A huge command line is cut and marked, not written whole (Linux caps one argument at
+    // 128 KiB, so four of 50 KB).
+    let big = "x".repeat(50_000);
+    let s = scenario(["udp-bind", "127.0.0.1:0", &big, &big, &big, &big]);
+    let evs = d.events_of(s.pid, |e| count(e, "close") >= 1);
+    let p = &evs[0]["process"];
+    assert_eq!(p["command_line_truncated"], true, "{p}");
+    let args = p["command_line"].as_array().unwrap();
+    // The arguments plus the NULs between them.
+    let total: usize = args
+        .iter()
+        .map(|a| a.as_str().unwrap().len())
+        .sum::<usize>()
+        + args.len()
+        - 1;
+    assert!(total <= 8192, "{total} bytes of command line written");
+    drop(s);
+    let (exit, lines) = d.stop();
+    assert!(exit.success());
+    schema::check_log(&lines).unwrap();
+}
