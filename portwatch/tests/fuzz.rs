@@ -1,0 +1,87 @@
+//! Property tests ("fuzzing") for every parser of untrusted input: ring-buffer records, the config
+//! file, tracefs format files, /proc contents. None may panic, whatever the bytes. The suite runs
+//! 512 cases each (a few seconds); `PROPTEST_CASES=100000 cargo test -p portwatch --test fuzz`
+//! runs longer.
+use std::path::Path;
+
+use portwatch::{
+    attach::tracefs::parse_format,
+    config::{Config, DEFAULTS_TOML},
+    decode::{decode, decode_record},
+    enrich::{parse_stat_ppid, split_cmdline},
+    errno,
+};
+use portwatch_common::PortEvent;
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(512),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn decoder_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn decoder_handles_every_record_sized_input(bytes in proptest::collection::vec(any::<u8>(), size_of::<PortEvent>())) {
+        match decode(&bytes) {
+            // A record that decodes names its kind, transport and a printable probe.
+            Ok(ev) => prop_assert!(!ev.probe.is_empty() && ev.comm.len() <= 16),
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn decoder_accepts_valid_codes_with_any_payload(
+        kind in 1u8..=4, fam in prop_oneof![Just(2u8), Just(10u8)], proto in prop_oneof![Just(6u8), Just(17u8)],
+        probe in prop_oneof![1u8..=8, 20u8..=25, 40u8..=45], comm in any::<[u8; 16]>(),
+        addr in any::<[u8; 16]>(), port in any::<u16>(), errno in any::<i32>(),
+    ) {
+        let mut r = PortEvent::ZERO;
+        (r.kind, r.family, r.protocol, r.probe, r.comm, r.local_addr, r.local_port, r.errno) =
+            (kind, fam, proto, probe, comm, addr, port, errno);
+        let ev = decode_record(&r).expect("valid codes decode");
+        prop_assert_eq!(ev.local.port(), port);
+        let _ = errno::name(errno);
+    }
+
+    #[test]
+    fn config_parser_never_panics(text in "\\PC{0,400}") {
+        let _ = Config::parse(&text, Path::new("fuzz.toml"));
+    }
+
+    #[test]
+    fn config_parser_survives_mutated_defaults(at in 0usize..DEFAULTS_TOML.len(), junk in "\\PC{0,20}") {
+        let mut text = DEFAULTS_TOML.to_string();
+        let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.insert_str(at, &junk);
+        if let Err(e) = Config::parse(&text, Path::new("fuzz.toml")) {
+            // Errors always say where.
+            prop_assert!(e.to_string().contains("fuzz.toml"));
+        }
+    }
+
+    #[test]
+    fn tracefs_format_parser_never_panics(text in "\\PC{0,400}") {
+        let _ = parse_format(&text);
+    }
+
+    #[test]
+    fn proc_parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = parse_stat_ppid(&bytes);
+        if let Some(args) = split_cmdline(&bytes) {
+            prop_assert!(!args.is_empty());
+        }
+    }
+}
