@@ -21,6 +21,7 @@ use crate::{
         DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord, SCHEMA_VERSION,
         StatusRecord,
     },
+    ports::EphemeralRange,
     privileges,
     read::{EventReader, LossCounter},
     sink::{Rotation, Sink},
@@ -48,6 +49,7 @@ pub struct Pipeline {
     host: String,
     clock: WallClock,
     enricher: Enricher,
+    ephemeral: EphemeralRange,
     pub sink: Sink,
     seq: u64,
     /// Events written, by kind: bind, listen, connect, close.
@@ -75,6 +77,7 @@ impl Pipeline {
             host,
             clock: WallClock::sample(),
             enricher: Enricher::new("/proc", cache.processes, cache.users),
+            ephemeral: EphemeralRange::read(),
             sink,
             seq: 0,
             counts: [0; 4],
@@ -119,7 +122,8 @@ impl Pipeline {
         let attr = self.enricher.attribute(&ev);
         let ts = clock::rfc3339(self.clock.to_utc(ev.monotonic_ns));
         let header = Self::header(&mut self.seq, &self.host, ev.kind.as_str(), ts);
-        let rec = PortRecord::new(header, &ev, attr);
+        let port = self.ephemeral.info(ev.local.port());
+        let rec = PortRecord::new(header, &ev, attr, port);
         Self::push(&mut self.sink, &rec);
     }
 
@@ -188,8 +192,11 @@ impl Pipeline {
         }
     }
 
-    pub fn refresh_clock(&mut self) {
+    /// Re-samples what can change under a long-running daemon: the clock offset (NTP steps) and
+    /// the ephemeral port range (sysctl).
+    pub fn refresh(&mut self) {
         self.clock = WallClock::sample();
+        self.ephemeral = EphemeralRange::read();
     }
 
     pub fn process_gone(&self) -> u64 {
@@ -343,7 +350,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
                 Err(e) => tracing::warn!(error = %e, "status socket accept failed"),
             },
-            _ = clock_refresh.tick() => pipeline.refresh_clock(),
+            _ = clock_refresh.tick() => pipeline.refresh(),
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reopening the event log");
                 pipeline.sink.reopen();

@@ -10,7 +10,7 @@ use std::{
 
 use nix::unistd::{Uid, User};
 
-use crate::decode::KernelEvent;
+use crate::{cgroup, decode::KernelEvent};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Attribution {
@@ -19,6 +19,10 @@ pub struct Attribution {
     pub command_line: Option<Vec<String>>,
     /// The command line was longer than `MAX_CMDLINE_BYTES` and is cut there.
     pub command_line_truncated: bool,
+    /// cgroup v2 path, and the systemd unit and container it names.
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub container: Option<cgroup::Container>,
     pub user_name: Option<String>,
 }
 
@@ -85,12 +89,19 @@ impl Enricher {
                 }
             },
         };
-        let (ppid, executable, command_line, command_line_truncated) = facts;
+        let cg = facts
+            .cgroup
+            .as_deref()
+            .map(cgroup::parse)
+            .unwrap_or_default();
         Attribution {
-            ppid,
-            executable,
-            command_line,
-            command_line_truncated,
+            ppid: facts.ppid,
+            executable: facts.executable,
+            command_line: facts.command_line,
+            command_line_truncated: facts.command_line_truncated,
+            cgroup: facts.cgroup,
+            unit: cg.unit,
+            container: cg.container,
             user_name: self.user_name(ev.uid),
         }
     }
@@ -121,7 +132,15 @@ impl Enricher {
     }
 }
 
-type ProcFacts = (Option<u32>, Option<String>, Option<Vec<String>>, bool);
+/// What /proc tells about a process at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ProcFacts {
+    ppid: Option<u32>,
+    executable: Option<String>,
+    command_line: Option<Vec<String>>,
+    command_line_truncated: bool,
+    cgroup: Option<String>,
+}
 
 /// Reads what /proc still has of a process; `None` when its directory is gone.
 fn read_process(dir: &Path) -> Option<ProcFacts> {
@@ -138,7 +157,16 @@ fn read_process(dir: &Path) -> Option<ProcFacts> {
         }
         Err(_) => (None, false),
     };
-    Some((ppid, executable, command_line, truncated))
+    let cgroup = fs::read_to_string(dir.join("cgroup"))
+        .ok()
+        .and_then(|t| cgroup::v2_path(&t));
+    Some(ProcFacts {
+        ppid,
+        executable,
+        command_line,
+        command_line_truncated: truncated,
+        cgroup,
+    })
 }
 
 /// The parent pid from /proc/PID/stat. comm (field 2) may hold spaces and parentheses, so parse
@@ -193,7 +221,14 @@ mod tests {
     fn own_process_is_attributed_and_a_gone_one_is_not() {
         let mut e = Enricher::default();
         let me = std::process::id();
-        let (ppid, exe, argv, cut) = read_process(&PathBuf::from(format!("/proc/{me}"))).unwrap();
+        let f = read_process(&PathBuf::from(format!("/proc/{me}"))).unwrap();
+        let (ppid, exe, argv, cut) = (
+            f.ppid,
+            f.executable,
+            f.command_line,
+            f.command_line_truncated,
+        );
+        assert!(f.cgroup.is_some());
         assert!(ppid.is_some() && exe.is_some() && argv.is_some() && !cut);
         assert!(read_process(Path::new("/proc/999999999")).is_none());
         assert_eq!(e.user_name(0).as_deref(), Some("root"));

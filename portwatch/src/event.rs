@@ -6,9 +6,11 @@ use serde::Serialize;
 
 use crate::{
     attach::FamilyAttachment,
+    cgroup::Container,
     decode::{KernelEvent, Transport},
     enrich::Attribution,
     errno,
+    ports::PortInfo,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -39,6 +41,8 @@ pub struct PortRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
     pub network: Network,
+    /// Class of the local port.
+    pub port: PortInfo,
     pub process: Process,
     pub probe: &'static str,
 }
@@ -81,6 +85,9 @@ pub struct Process {
     /// Present (true) only when the command line was cut at `MAX_CMDLINE_BYTES`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub command_line_truncated: bool,
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub container: Option<Container>,
     pub user: User,
     pub group: Group,
 }
@@ -138,7 +145,7 @@ pub struct Loss {
 }
 
 impl<'a> PortRecord<'a> {
-    pub fn new(header: Header<'a>, ev: &KernelEvent, attr: Attribution) -> Self {
+    pub fn new(header: Header<'a>, ev: &KernelEvent, attr: Attribution, port: PortInfo) -> Self {
         PortRecord {
             header,
             outcome: if ev.errno.is_some() {
@@ -158,6 +165,7 @@ impl<'a> PortRecord<'a> {
                 peer: ev.peer.map(Endpoint::from),
                 netns: (ev.netns != 0).then_some(ev.netns),
             },
+            port,
             process: Process {
                 pid: ev.pid,
                 tid: ev.tid,
@@ -166,6 +174,9 @@ impl<'a> PortRecord<'a> {
                 executable: attr.executable,
                 command_line: attr.command_line,
                 command_line_truncated: attr.command_line_truncated,
+                cgroup: attr.cgroup,
+                unit: attr.unit,
+                container: attr.container,
                 user: User {
                     id: ev.uid,
                     name: attr.user_name,
@@ -192,6 +203,10 @@ mod tests {
         }
     }
 
+    fn port() -> PortInfo {
+        crate::ports::EphemeralRange::default().info(5000)
+    }
+
     fn kernel_event() -> KernelEvent {
         KernelEvent {
             monotonic_ns: 1,
@@ -216,7 +231,7 @@ mod tests {
 
     #[test]
     fn failure_record_has_error_name_number_and_peer() {
-        let rec = PortRecord::new(header(), &kernel_event(), Attribution::default());
+        let rec = PortRecord::new(header(), &kernel_event(), Attribution::default(), port());
         let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
         assert_eq!(v["schema"], 1);
         assert_eq!(v["event"], "connect");
@@ -233,7 +248,7 @@ mod tests {
 
     #[test]
     fn hostile_comm_stays_one_valid_json_line() {
-        let rec = PortRecord::new(header(), &kernel_event(), Attribution::default());
+        let rec = PortRecord::new(header(), &kernel_event(), Attribution::default(), port());
         let line = serde_json::to_string(&rec).unwrap();
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -244,8 +259,13 @@ mod tests {
     fn success_record_omits_error_fields() {
         let mut ev = kernel_event();
         ev.errno = None;
-        let v =
-            serde_json::to_value(PortRecord::new(header(), &ev, Attribution::default())).unwrap();
+        let v = serde_json::to_value(PortRecord::new(
+            header(),
+            &ev,
+            Attribution::default(),
+            port(),
+        ))
+        .unwrap();
         assert_eq!(v["outcome"], "success");
         assert!(v.get("error").is_none() && v.get("errno").is_none());
     }

@@ -2,6 +2,7 @@
 //! attach → read → decode → enrich → event (schema) → sink, driven by `daemon`; `config`, `cli`
 //! and `status` are the operator's side.
 pub mod attach;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod decode;
 pub mod enrich;
 pub mod errno;
 pub mod event;
+pub mod ports;
 pub mod privileges;
 pub mod read;
 pub mod sink;

@@ -90,14 +90,45 @@ pub fn probe(strategy: Strategy, op: Op) -> &'static str {
     }
 }
 
+/// This process's cgroup v2 path.
+pub fn own_cgroup() -> Option<String> {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// Whether `port` is ephemeral on this host, as the daemon should say.
+fn ephemeral(port: u16) -> bool {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let reserved =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
+    let mut it = range
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u16>().ok());
+    let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
+    let in_reserved = reserved
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .any(|s| match s.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap_or(1)..=b.parse().unwrap_or(0)).contains(&port),
+            None => s.parse::<u16>() == Ok(port),
+        });
+    (lo..=hi).contains(&port) && !in_reserved
+}
+
 /// What the checks need to know about where the scenario ran.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ctx {
     pub strategy: Strategy,
     /// The pid that spawned the scenario client (its expected ppid).
     pub parent_pid: u32,
     /// Inode of the network namespace the client ran in.
     pub netns: u64,
+    /// The cgroup v2 path the client inherited from its parent.
+    pub cgroup: Option<String>,
 }
 
 impl Ctx {
@@ -110,6 +141,7 @@ impl Ctx {
             netns: std::fs::metadata("/proc/self/ns/net")
                 .map(|m| m.ino())
                 .unwrap_or(0),
+            cgroup: own_cgroup(),
         }
     }
 }
@@ -264,6 +296,9 @@ pub fn assert_process(ctx: &Ctx, ev: &Value, pid: u32, args: &[&str]) {
     assert!(argv[0].ends_with("portwatch-scenario"), "{ev}");
     assert_eq!(&argv[1..], args, "{ev}");
     assert_eq!(ev["network"]["netns"], ctx.netns, "{ev}");
+    assert_eq!(ev["process"]["cgroup"], json!(ctx.cgroup), "{ev}");
+    let port = ev["network"]["local"]["port"].as_u64().unwrap_or(0) as u16;
+    assert_eq!(ev["port"]["ephemeral"], ephemeral(port), "{ev}");
 }
 
 pub fn assert_net(ev: &Value, transport: &str, local: &str, peer: Option<&str>) {

@@ -108,7 +108,9 @@ pub fn check(v: &Value) -> R {
         "bind" | "listen" | "connect" | "close" => {
             only_keys(
                 m,
-                &with(&["outcome", "error", "errno", "network", "process", "probe"]),
+                &with(&[
+                    "outcome", "error", "errno", "network", "port", "process", "probe",
+                ]),
                 event,
             )?;
             port_event(v, event)
@@ -211,6 +213,9 @@ fn port_event(v: &Value, event: &str) -> R {
             "executable",
             "command_line",
             "command_line_truncated",
+            "cgroup",
+            "unit",
+            "container",
             "user",
             "group",
         ],
@@ -234,6 +239,50 @@ fn port_event(v: &Value, event: &str) -> R {
             .map(drop)
             .ok_or_else(|| format!("process.command_line is not an array of strings: {a}"))
     })?;
+    nullable(&pr["cgroup"], |s| {
+        string(s, "process.cgroup").and_then(|s| {
+            if s.starts_with('/') {
+                Ok(())
+            } else {
+                Err(format!("process.cgroup is not a path: {s}"))
+            }
+        })
+    })?;
+    nullable(&pr["unit"], |s| string(s, "process.unit").map(drop))?;
+    nullable(&pr["container"], |c| {
+        only_keys(
+            obj(c, "process.container")?,
+            &["id", "runtime"],
+            "process.container",
+        )?;
+        string(&c["id"], "process.container.id")?;
+        match string(&c["runtime"], "process.container.runtime")? {
+            "docker" | "containerd" | "cri-o" | "podman" | "lxc" | "cri" => Ok(()),
+            r => Err(format!("unknown container runtime {r}")),
+        }
+    })?;
+    for key in ["cgroup", "unit", "container"] {
+        if pr.get(key).is_none() {
+            return Err(format!("process.{key} missing (null when unknown)"));
+        }
+    }
+    let port = obj(&v["port"], "port")?;
+    only_keys(port, &["class", "ephemeral"], "port")?;
+    let class = string(&v["port"]["class"], "port.class")?;
+    let local_port = v["network"]["local"]["port"].as_u64().unwrap_or(0);
+    let expected = match local_port {
+        0..=1023 => "well-known",
+        1024..=49151 => "registered",
+        _ => "dynamic",
+    };
+    if class != expected {
+        return Err(format!(
+            "port.class {class} for port {local_port}, expected {expected}"
+        ));
+    }
+    if !v["port"]["ephemeral"].is_boolean() {
+        return Err("port.ephemeral is not a boolean".into());
+    }
     if let Some(t) = pr.get("command_line_truncated")
         && t != &Value::Bool(true)
     {
@@ -297,7 +346,9 @@ mod tests {
         json!({"schema":1,"timestamp":"2026-11-27T04:51:23.521035472Z","seq":2,"host":{"name":"vm"},
             "event":"bind","outcome":"success",
             "network":{"transport":"tcp","type":"ipv4","local":{"address":"127.0.0.1","port":51899},"netns":4026531833u32},
+            "port":{"class":"dynamic","ephemeral":true},
             "process":{"pid":8552,"tid":8552,"ppid":8412,"comm":"python3","executable":"/usr/bin/python3",
+                "cgroup":"/system.slice/a.service","unit":"a.service","container":null,
                 "command_line":["python3"],"user":{"id":0,"name":"root"},"group":{"id":0}},
             "probe":"cgroup:post_bind4"})
     }

@@ -311,6 +311,7 @@ fn check(results: &[Value]) -> Result<()> {
                     let ctx = Ctx {
                         strategy: expect,
                         parent_pid: r["parent_pid"].as_u64().unwrap_or(0) as u32,
+                        cgroup: r["parent_cgroup"].as_str().map(str::to_string),
                         // The runner and its clients share the VM's one network namespace.
                         netns: events
                             .first()

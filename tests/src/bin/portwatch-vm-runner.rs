@@ -57,7 +57,8 @@ fn main() {
                 Ok((report, events)) => emit(
                     &mut out,
                     json!({"strategy": strategy, "case": case.name, "report": report, "events": events,
-                           "parent_pid": std::process::id()}),
+                           "parent_pid": std::process::id(),
+                           "parent_cgroup": portwatch_tests::scenarios::own_cgroup()}),
                 ),
                 Err(e) => emit(
                     &mut out,

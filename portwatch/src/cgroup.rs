@@ -1,0 +1,190 @@
+//! What a cgroup v2 path says about a process: its systemd unit and, when it runs in one, its
+//! container. Pure string work on paths like `/system.slice/nginx.service` or
+//! `/kubepods.slice/…/cri-containerd-<id>.scope`.
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub id: String,
+    /// `docker`, `containerd`, `cri-o`, `podman`, `lxc`, or `cri` (a Kubernetes pod whose
+    /// runtime the path does not name).
+    pub runtime: &'static str,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupFacts {
+    pub unit: Option<String>,
+    pub container: Option<Container>,
+}
+
+const UNIT_SUFFIXES: [&str; 5] = [".service", ".scope", ".socket", ".mount", ".swap"];
+
+fn is_container_id(s: &str) -> bool {
+    s.len() >= 12 && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `prefix<id>.scope` → id.
+fn scoped_id<'a>(component: &'a str, prefix: &str) -> Option<&'a str> {
+    let id = component.strip_prefix(prefix)?.strip_suffix(".scope")?;
+    is_container_id(id).then_some(id)
+}
+
+fn container(components: &[&str]) -> Option<Container> {
+    for (i, c) in components.iter().enumerate().rev() {
+        let found = if let Some(id) = scoped_id(c, "docker-") {
+            Some((id, "docker"))
+        } else if let Some(id) = scoped_id(c, "cri-containerd-") {
+            Some((id, "containerd"))
+        } else if let Some(id) = scoped_id(c, "crio-") {
+            Some((id, "cri-o"))
+        } else if let Some(id) = scoped_id(c, "libpod-") {
+            Some((id, "podman"))
+        } else if let Some(name) = c.strip_prefix("lxc.payload.") {
+            Some((name, "lxc"))
+        } else if is_container_id(c) && i > 0 {
+            // cgroupfs drivers: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>, /libpod_parent/…
+            components[..i]
+                .iter()
+                .find_map(|p| match *p {
+                    "docker" => Some("docker"),
+                    p if p.starts_with("kubepods") => Some("cri"),
+                    p if p.starts_with("libpod") || p.starts_with("machine.slice") => {
+                        Some("podman")
+                    }
+                    _ => None,
+                })
+                .map(|runtime| (*c, runtime))
+        } else {
+            None
+        };
+        if let Some((id, runtime)) = found {
+            return Some(Container {
+                id: id.to_string(),
+                runtime,
+            });
+        }
+    }
+    None
+}
+
+/// The unit a process belongs to: the innermost unit in its path. Under a user's service manager
+/// (`user@1000.service/…`) that is the user unit.
+fn unit(components: &[&str]) -> Option<String> {
+    components
+        .iter()
+        .rev()
+        .find(|c| UNIT_SUFFIXES.iter().any(|s| c.ends_with(s)) && c.len() > 6)
+        .map(|c| c.to_string())
+}
+
+pub fn parse(path: &str) -> CgroupFacts {
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    CgroupFacts {
+        unit: unit(&components),
+        container: container(&components),
+    }
+}
+
+/// The cgroup v2 path from the contents of /proc/PID/cgroup (its `0::` line).
+pub fn v2_path(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_end().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f8a2b1c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+
+    fn c(id: &str, runtime: &'static str) -> Option<Container> {
+        Some(Container {
+            id: id.into(),
+            runtime,
+        })
+    }
+
+    #[test]
+    fn system_service_and_scopes() {
+        let f = parse("/system.slice/nginx.service");
+        assert_eq!(f.unit.as_deref(), Some("nginx.service"));
+        assert_eq!(f.container, None);
+        assert_eq!(
+            parse("/user.slice/user-1000.slice/session-3.scope")
+                .unit
+                .as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(parse("/init.scope").unit.as_deref(), Some("init.scope"));
+        assert_eq!(parse("/"), CgroupFacts::default());
+        assert_eq!(parse("/system.slice").unit, None);
+    }
+
+    #[test]
+    fn user_units_under_the_user_manager() {
+        let f = parse("/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo@1.service");
+        assert_eq!(f.unit.as_deref(), Some("app-foo@1.service"));
+        let f = parse("/user.slice/user-1000.slice/user@1000.service/init.scope");
+        assert_eq!(f.unit.as_deref(), Some("init.scope"));
+    }
+
+    #[test]
+    fn docker_systemd_and_cgroupfs_drivers() {
+        let f = parse(&format!("/system.slice/docker-{ID}.scope"));
+        assert_eq!(f.container, c(ID, "docker"));
+        assert_eq!(f.unit, Some(format!("docker-{ID}.scope")));
+        assert_eq!(parse(&format!("/docker/{ID}")).container, c(ID, "docker"));
+    }
+
+    #[test]
+    fn kubernetes_containerd_and_crio() {
+        let p = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f.slice/cri-containerd-{ID}.scope"
+        );
+        assert_eq!(parse(&p).container, c(ID, "containerd"));
+        let p = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice/crio-{ID}.scope"
+        );
+        assert_eq!(parse(&p).container, c(ID, "cri-o"));
+        let p = format!("/kubepods/burstable/pod1a2b3c4d-5e6f-7081-92a3-b4c5d6e7f809/{ID}");
+        assert_eq!(parse(&p).container, c(ID, "cri"));
+    }
+
+    #[test]
+    fn podman_rootful_and_rootless() {
+        assert_eq!(
+            parse(&format!("/machine.slice/libpod-{ID}.scope")).container,
+            c(ID, "podman")
+        );
+        let p = format!(
+            "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+        );
+        assert_eq!(parse(&p).container, c(ID, "podman"));
+        assert_eq!(
+            parse(&format!("/libpod_parent/{ID}")).container,
+            c(ID, "podman")
+        );
+    }
+
+    #[test]
+    fn lxc_and_look_alikes() {
+        assert_eq!(
+            parse("/lxc.payload.web1/system.slice/sshd.service").container,
+            c("web1", "lxc")
+        );
+        // A hex-looking directory outside any container hierarchy is not a container.
+        assert_eq!(parse(&format!("/system.slice/{ID}")).container, None);
+        assert_eq!(parse("/system.slice/docker-nothex.scope").container, None);
+    }
+
+    #[test]
+    fn v2_line_from_proc() {
+        assert_eq!(
+            v2_path("12:pids:/x\n0::/system.slice/a.service\n").as_deref(),
+            Some("/system.slice/a.service")
+        );
+        assert_eq!(v2_path("4:memory:/x\n"), None);
+    }
+}
