@@ -141,6 +141,51 @@ pub struct CpuCounters {
     pub lost: u64,
 }
 
+/// Process lineage records (`sched:sched_process_exec/fork/exit`), in the same ring buffer as
+/// port events; the record's size tells the kinds apart.
+pub mod lineage {
+    pub const EXEC: u8 = 10;
+    pub const FORK: u8 = 11;
+    pub const EXIT: u8 = 12;
+    pub const FILENAME_LEN: usize = 256;
+    pub const ARGS_LEN: usize = 1024;
+}
+
+/// A process image started: what it runs and with which arguments, captured in the kernel so a
+/// process that exits a millisecond later is still attributable.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub ts_ns: u64,
+    pub kind: u8,
+    /// Set when argv was longer than `ARGS_LEN` and cut.
+    pub args_truncated: u8,
+    pub filename_len: u16,
+    pub args_len: u32,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    /// As passed to execve (after PATH search by the caller).
+    pub filename: [u8; lineage::FILENAME_LEN],
+    /// argv, NUL-separated, as the new image sees it.
+    pub args: [u8; lineage::ARGS_LEN],
+}
+
+/// A fork (`pid` is the child, which may be a thread) or a process exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub ts_ns: u64,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub pid: u32,
+    /// fork: the parent's thread group id; exit: 0.
+    pub ppid: u32,
+    pub _pad2: u32,
+}
+
 /// Names of the globals the daemon fills in at load time (struct offsets from BTF and tracepoint
 /// field offsets from tracefs). An offset of `u32::MAX` means "unknown; do not read".
 pub mod globals {
@@ -153,6 +198,13 @@ pub mod globals {
     pub const SOCK_DADDR: &str = "OFF_SOCK_DADDR";
     pub const SOCK_DPORT: &str = "OFF_SOCK_DPORT";
     pub const SOCK_V6_DADDR: &str = "OFF_SOCK_V6_DADDR";
+    pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
+    pub const TASK_TGID: &str = "OFF_TASK_TGID";
+    pub const TASK_MM: &str = "OFF_TASK_MM";
+    pub const MM_ARG_START: &str = "OFF_MM_ARG_START";
+    pub const MM_ARG_END: &str = "OFF_MM_ARG_END";
+    pub const TP_EXEC_FILENAME: &str = "TP_EXEC_FILENAME";
+    pub const TP_FORK_CHILD_PID: &str = "TP_FORK_CHILD_PID";
     pub const SOCK_RCV_SADDR: &str = "OFF_SOCK_RCV_SADDR";
     pub const SOCK_V6_RCV_SADDR: &str = "OFF_SOCK_V6_RCV_SADDR";
     pub const TASK_NSPROXY: &str = "OFF_TASK_NSPROXY";
@@ -178,4 +230,6 @@ mod pod {
     unsafe impl aya::Pod for super::PortEvent {}
     unsafe impl aya::Pod for super::Pending {}
     unsafe impl aya::Pod for super::CpuCounters {}
+    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ProcEvent {}
 }

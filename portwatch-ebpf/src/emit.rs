@@ -146,30 +146,38 @@ pub fn submit(ev: &mut PortEvent) {
             (*c).next_seq = ev.cpu_seq.wrapping_add(1);
         }
     }
-    let flags = match offsets::wakeup_bytes() {
-        Some(limit) if (EVENTS.query(BPF_RB_AVAIL_DATA) as usize) < limit => BPF_RB_NO_WAKEUP,
-        Some(_) => BPF_RB_FORCE_WAKEUP,
-        None => 0,
-    };
     match EVENTS.reserve::<PortEvent>(0) {
         Some(mut entry) => {
             entry.write(*ev);
-            entry.submit(flags);
+            entry.submit(wake_flags());
         }
-        None => {
-            if let Some(c) = counters {
-                // SAFETY: as above. The loss count must be exact even if a program on this CPU
-                // preempts us mid-update, hence an atomic add (BPF_XADD; `core::sync::atomic`
-                // offers no 64-bit read-modify-write on the BPF target).
-                unsafe {
-                    core::intrinsics::atomic_xadd::<
-                        u64,
-                        u64,
-                        { core::intrinsics::AtomicOrdering::Relaxed },
-                    >(&raw mut (*c).lost, 1)
-                };
-            }
-        }
+        None => count_loss(),
+    }
+}
+
+/// Submit flags: wake the reader only once `WAKEUP_BYTES` are queued.
+#[inline(always)]
+pub fn wake_flags() -> u64 {
+    match offsets::wakeup_bytes() {
+        Some(limit) if (EVENTS.query(BPF_RB_AVAIL_DATA) as usize) < limit => BPF_RB_NO_WAKEUP,
+        Some(_) => BPF_RB_FORCE_WAKEUP,
+        None => 0,
+    }
+}
+
+/// Counts a record the ring buffer had no room for.
+#[inline(always)]
+pub fn count_loss() {
+    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot. The loss count must be exact even if a program on this CPU
+        // preempts us mid-update, hence an atomic add (BPF_XADD; `core::sync::atomic` offers no
+        // 64-bit read-modify-write on the BPF target).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*c).lost,
+                1,
+            )
+        };
     }
 }
 

@@ -13,6 +13,7 @@ mod emit;
 mod fentry;
 mod kfunc;
 mod kprobe;
+mod lineage;
 mod listen;
 mod offsets;
 mod release;

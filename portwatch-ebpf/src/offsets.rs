@@ -21,6 +21,13 @@ offset_globals!(
     OFF_SOCK_DADDR,
     OFF_SOCK_DPORT,
     OFF_SOCK_V6_DADDR,
+    OFF_TASK_REAL_PARENT,
+    OFF_TASK_TGID,
+    OFF_TASK_MM,
+    OFF_MM_ARG_START,
+    OFF_MM_ARG_END,
+    TP_EXEC_FILENAME,
+    TP_FORK_CHILD_PID,
     OFF_SOCK_RCV_SADDR,
     OFF_SOCK_V6_RCV_SADDR,
     OFF_TASK_NSPROXY,
@@ -71,6 +78,27 @@ pub fn sock_dport() -> Option<usize> {
 }
 pub fn sock_v6_daddr() -> Option<usize> {
     get(&OFF_SOCK_V6_DADDR)
+}
+pub fn task_real_parent() -> Option<usize> {
+    get(&OFF_TASK_REAL_PARENT)
+}
+pub fn task_tgid() -> Option<usize> {
+    get(&OFF_TASK_TGID)
+}
+pub fn task_mm() -> Option<usize> {
+    get(&OFF_TASK_MM)
+}
+pub fn mm_arg_start() -> Option<usize> {
+    get(&OFF_MM_ARG_START)
+}
+pub fn mm_arg_end() -> Option<usize> {
+    get(&OFF_MM_ARG_END)
+}
+pub fn tp_exec_filename() -> Option<usize> {
+    get(&TP_EXEC_FILENAME)
+}
+pub fn tp_fork_child_pid() -> Option<usize> {
+    get(&TP_FORK_CHILD_PID)
 }
 pub fn sock_rcv_saddr() -> Option<usize> {
     get(&OFF_SOCK_RCV_SADDR)

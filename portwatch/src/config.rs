@@ -31,6 +31,10 @@ pub struct CacheConfig {
     /// User names remembered from the user database.
     #[serde(deserialize_with = "at_least_one_usize")]
     pub users: usize,
+    /// Processes the lineage table remembers (from exec records and the start-up scan), so
+    /// events of processes already gone are still attributed.
+    #[serde(deserialize_with = "at_least_one_usize")]
+    pub process_table: usize,
 }
 
 impl Default for CacheConfig {
@@ -38,6 +42,7 @@ impl Default for CacheConfig {
         Self {
             processes: 4096,
             users: 4096,
+            process_table: 32768,
         }
     }
 }
@@ -188,6 +193,9 @@ socket = "/run/portwatch/status.sock"
 # 2 s per pid and comm, so a storm from one process does not re-read /proc for every event.
 processes = 4096
 users = 4096
+# Processes remembered from exec records (and the start-up /proc scan) for attributing events of
+# processes that have already exited.
+process_table = 32768
 "#;
 
 #[cfg(test)]

@@ -15,12 +15,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     attach::{self, AttachMode, AttachOptions, Attached},
     clock::{self, WallClock},
-    decode::{self, Kind},
+    decode::{self, Kind, Record},
     enrich::Enricher,
     event::{
         DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord, SCHEMA_VERSION,
         StatusRecord,
     },
+    lineage::ProcessTable,
     ports::EphemeralRange,
     privileges,
     read::{EventReader, LossCounter},
@@ -49,6 +50,7 @@ pub struct Pipeline {
     host: String,
     clock: WallClock,
     enricher: Enricher,
+    pub processes: ProcessTable,
     ephemeral: EphemeralRange,
     pub sink: Sink,
     seq: u64,
@@ -77,6 +79,7 @@ impl Pipeline {
             host,
             clock: WallClock::sample(),
             enricher: Enricher::new("/proc", cache.processes, cache.users),
+            processes: ProcessTable::new(cache.process_table),
             ephemeral: EphemeralRange::read(),
             sink,
             seq: 0,
@@ -110,8 +113,17 @@ impl Pipeline {
 
     /// One ring-buffer record.
     pub fn handle(&mut self, bytes: &[u8]) {
-        let ev = match decode::decode(bytes) {
-            Ok(ev) => ev,
+        let ev = match decode::decode_any(bytes) {
+            Ok(Record::Port(ev)) => ev,
+            Ok(Record::Exec(r)) => return self.processes.exec(&r),
+            Ok(Record::Fork {
+                child,
+                parent,
+                monotonic_ns,
+            }) => return self.processes.fork(child, parent, monotonic_ns),
+            Ok(Record::Exit { pid, monotonic_ns }) => {
+                return self.processes.exit(pid, monotonic_ns);
+            }
             Err(e) => {
                 self.decode_errors += 1;
                 tracing::warn!(error = %e, total = self.decode_errors, "undecodable record dropped");
@@ -119,7 +131,7 @@ impl Pipeline {
             }
         };
         self.counts[kind_index(ev.kind)] += 1;
-        let attr = self.enricher.attribute(&ev);
+        let attr = self.enricher.attribute(&ev, &self.processes);
         let ts = clock::rfc3339(self.clock.to_utc(ev.monotonic_ns));
         let header = Self::header(&mut self.seq, &self.host, ev.kind.as_str(), ts);
         let port = self.ephemeral.info(ev.local.port());
@@ -264,8 +276,10 @@ impl StatusView<'_> {
             "rate_window_seconds": window.round() as u64,
             "lost": {"ring_buffer": self.lost, "log_write_failed": p.sink.stats.lines_failed,
                      "undecodable": p.decode_errors},
-            "attribution": {"process_gone": p.process_gone()},
-            "caches": {"processes": {"size": procs, "max": procs_max}, "users": {"size": users, "max": users_max}},
+            "attribution": {"process_gone": p.process_gone(), "from_process_table": p.enricher.from_table},
+            "caches": {"processes": {"size": procs, "max": procs_max}, "users": {"size": users, "max": users_max},
+                       "process_table": {"size": p.processes.len(), "max": p.processes.max(),
+                                         "evictions": p.processes.evictions}},
             "log": {"path": p.sink.log_path(), "bytes": p.sink.log_bytes(), "rotations": p.sink.stats.rotations,
                     "lines_written": p.sink.stats.lines_written},
             "ring_buffer_bytes": self.attached.ring_buffer_bytes,
@@ -299,6 +313,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             )
         })?;
     let mut pipeline = Pipeline::new(sink, opts.cache);
+    // After attaching: a process started since is in the ring buffer's exec records.
+    pipeline
+        .processes
+        .seed_from_proc(std::path::Path::new("/proc"));
     pipeline.write_status(&attached);
     pipeline.flush();
     // Parsing kernel BTF at start-up takes tens of MiB that are free now; give them back.

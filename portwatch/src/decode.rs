@@ -1,7 +1,7 @@
 //! Turn the kernel's fixed-layout record into typed values. Pure: no I/O, no clocks.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portwatch_common::{PortEvent, family, kind, probe, protocol};
+use portwatch_common::{ExecEvent, PortEvent, ProcEvent, family, kind, lineage, probe, protocol};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -59,6 +59,81 @@ pub struct KernelEvent {
     /// `task->comm` as the kernel had it: up to 15 bytes, not necessarily UTF-8.
     pub comm: Vec<u8>,
     pub probe: &'static str,
+}
+
+/// An exec captured in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub monotonic_ns: u64,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub filename: Vec<u8>,
+    /// argv, NUL-separated.
+    pub args: Vec<u8>,
+    pub args_truncated: bool,
+}
+
+/// Anything the ring buffer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Port(KernelEvent),
+    Exec(ExecRecord),
+    Fork {
+        child: u32,
+        parent: u32,
+        monotonic_ns: u64,
+    },
+    Exit {
+        pid: u32,
+        monotonic_ns: u64,
+    },
+}
+
+/// Decodes any ring-buffer record; the kinds have distinct sizes.
+pub fn decode_any(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() == size_of::<PortEvent>() {
+        return decode(bytes).map(Record::Port);
+    }
+    if bytes.len() == size_of::<ExecEvent>() {
+        // SAFETY: length checked; plain data valid for any bit pattern.
+        let e: ExecEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let flen = usize::from(e.filename_len).min(e.filename.len());
+        let alen = (e.args_len as usize).min(e.args.len());
+        return Ok(Record::Exec(ExecRecord {
+            monotonic_ns: e.ts_ns,
+            pid: e.pid,
+            ppid: e.ppid,
+            uid: e.uid,
+            filename: e.filename[..flen]
+                .split(|&b| b == 0)
+                .next()
+                .unwrap_or(&[])
+                .to_vec(),
+            args: e.args[..alen].to_vec(),
+            args_truncated: e.args_truncated != 0,
+        }));
+    }
+    if bytes.len() == size_of::<ProcEvent>() {
+        // SAFETY: as above.
+        let e: ProcEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        return match e.kind {
+            lineage::FORK => Ok(Record::Fork {
+                child: e.pid,
+                parent: e.ppid,
+                monotonic_ns: e.ts_ns,
+            }),
+            lineage::EXIT => Ok(Record::Exit {
+                pid: e.pid,
+                monotonic_ns: e.ts_ns,
+            }),
+            k => Err(DecodeError::Kind(k)),
+        };
+    }
+    Err(DecodeError::Size {
+        got: bytes.len(),
+        expected: size_of::<PortEvent>(),
+    })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

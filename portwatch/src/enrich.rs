@@ -10,7 +10,7 @@ use std::{
 
 use nix::unistd::{Uid, User};
 
-use crate::{cgroup, decode::KernelEvent};
+use crate::{cgroup, decode::KernelEvent, lineage::ProcessTable};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Attribution {
@@ -46,6 +46,8 @@ pub struct Enricher {
     procs: HashMap<(u32, Vec<u8>), (Instant, ProcFacts)>,
     /// Records whose process was already gone from /proc.
     pub vanished: u64,
+    /// Of those, the ones the process table still attributed.
+    pub from_table: u64,
 }
 
 impl Default for Enricher {
@@ -63,10 +65,13 @@ impl Enricher {
             users: HashMap::new(),
             procs: HashMap::new(),
             vanished: 0,
+            from_table: 0,
         }
     }
 
-    pub fn attribute(&mut self, ev: &KernelEvent) -> Attribution {
+    /// Facts from /proc while the process lives; from the process table (exec records) once it
+    /// is gone.
+    pub fn attribute(&mut self, ev: &KernelEvent, table: &ProcessTable) -> Attribution {
         let key = (ev.pid, ev.comm.clone());
         let now = Instant::now();
         let facts = match self.procs.get(&key) {
@@ -89,6 +94,22 @@ impl Enricher {
                 }
             },
         };
+        // Gone, or a zombie whose exe and cmdline are already empty: the exec record says what it
+        // ran.
+        let mut facts = facts;
+        if (facts.executable.is_none() || facts.command_line.is_none())
+            && let Some(e) = table.lookup(ev.pid, ev.monotonic_ns)
+        {
+            self.from_table += 1;
+            facts.ppid = facts.ppid.or(e.ppid);
+            if facts.executable.is_none() {
+                facts.executable = e.executable.clone();
+            }
+            if facts.command_line.is_none() {
+                facts.command_line = e.command_line.clone();
+                facts.command_line_truncated = e.command_line_truncated;
+            }
+        }
         let cg = facts
             .cgroup
             .as_deref()
@@ -134,12 +155,17 @@ impl Enricher {
 
 /// What /proc tells about a process at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct ProcFacts {
-    ppid: Option<u32>,
-    executable: Option<String>,
-    command_line: Option<Vec<String>>,
-    command_line_truncated: bool,
-    cgroup: Option<String>,
+pub struct ProcFacts {
+    pub ppid: Option<u32>,
+    pub executable: Option<String>,
+    pub command_line: Option<Vec<String>>,
+    pub command_line_truncated: bool,
+    pub cgroup: Option<String>,
+}
+
+/// /proc/PID's facts, for the process table's start-up scan.
+pub fn read_process_facts(dir: &Path) -> Option<ProcFacts> {
+    read_process(dir)
 }
 
 /// Reads what /proc still has of a process; `None` when its directory is gone.

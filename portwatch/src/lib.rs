@@ -11,6 +11,7 @@ pub mod decode;
 pub mod enrich;
 pub mod errno;
 pub mod event;
+pub mod lineage;
 pub mod ports;
 pub mod privileges;
 pub mod read;

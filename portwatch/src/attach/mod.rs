@@ -98,15 +98,25 @@ pub enum Family {
     Listen,
     Connect,
     Release,
+    /// exec/fork/exit: only ever tracepoints, whatever `--attach` says.
+    Lineage,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [
+    pub const ALL: [Family; 5] = [
         Family::Bind,
         Family::Listen,
         Family::Connect,
         Family::Release,
+        Family::Lineage,
     ];
+
+    fn ladder(self, mode: AttachMode) -> &'static [Strategy] {
+        match self {
+            Family::Lineage => &[Strategy::Tracepoint],
+            _ => mode.ladder(),
+        }
+    }
 }
 
 impl fmt::Display for Family {
@@ -116,6 +126,7 @@ impl fmt::Display for Family {
             Family::Listen => "listen",
             Family::Connect => "connect",
             Family::Release => "release",
+            Family::Lineage => "lineage",
         })
     }
 }
@@ -155,6 +166,8 @@ struct KernelLayout {
     structs: StructOffsets,
     tp_state: [u32; 7],
     tp_sys_exit_ret: u32,
+    tp_exec_filename: u32,
+    tp_fork_child_pid: u32,
     cgroup_root: PathBuf,
 }
 
@@ -189,12 +202,19 @@ impl KernelLayout {
                 }
             }
         }
+        let tp_exec_filename =
+            tracefs::field_offsets(&tracefs, "sched", "sched_process_exec", &[("filename", 4)])?[0];
+        let tp_fork_child_pid =
+            tracefs::field_offsets(&tracefs, "sched", "sched_process_fork", &[("child_pid", 4)])?
+                [0];
         let mut tp_state = [0u32; 7];
         tp_state.copy_from_slice(&state);
         Ok(Self {
             structs,
             tp_state,
             tp_sys_exit_ret: ret.unwrap_or(16),
+            tp_exec_filename,
+            tp_fork_child_pid,
             cgroup_root: cgroup2_mount()?,
         })
     }
@@ -239,6 +259,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         .override_global(globals::SOCK_DADDR, &s.sock_daddr, true)
         .override_global(globals::SOCK_DPORT, &s.sock_dport, true)
         .override_global(globals::SOCK_V6_DADDR, &s.sock_v6_daddr, true)
+        .override_global(globals::TASK_REAL_PARENT, &s.task_real_parent, true)
+        .override_global(globals::TASK_TGID, &s.task_tgid, true)
+        .override_global(globals::TASK_MM, &s.task_mm, true)
+        .override_global(globals::MM_ARG_START, &s.mm_arg_start, true)
+        .override_global(globals::MM_ARG_END, &s.mm_arg_end, true)
+        .override_global(globals::TP_EXEC_FILENAME, &layout.tp_exec_filename, true)
+        .override_global(globals::TP_FORK_CHILD_PID, &layout.tp_fork_child_pid, true)
         .override_global(globals::SOCK_RCV_SADDR, &s.sock_rcv_saddr, true)
         .override_global(globals::SOCK_V6_RCV_SADDR, &s.sock_v6_rcv_saddr, true)
         .override_global(globals::TASK_NSPROXY, &s.task_nsproxy, true)
@@ -262,7 +289,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
     for family in Family::ALL {
         let mut skipped = Vec::new();
         let mut attached = None;
-        for &strategy in opts.mode.ladder() {
+        for &strategy in family.ladder(opts.mode) {
             match attach_family(&mut ebpf, &cgroup, btf.as_ref(), family, strategy) {
                 Ok(hooks) => {
                     attached = Some(FamilyAttachment {
@@ -273,7 +300,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
                     });
                     break;
                 }
-                Err(e) if opts.mode != AttachMode::Auto => return Err(e),
+                Err(e) if family.ladder(opts.mode).len() == 1 => return Err(e),
                 Err(e) => {
                     tracing::info!(%family, %strategy, reason = %e, "attach strategy passed over");
                     skipped.push(Skipped {
@@ -360,7 +387,16 @@ fn tracepoint_hooks(family: Family) -> Vec<Hook> {
             Hook::TracePoint("portwatch_sys_exit_connect", "syscalls", "sys_exit_connect"),
         ],
         Family::Release => vec![Hook::CgroupSock("portwatch_sock_release")],
+        Family::Lineage => lineage_hooks(),
     }
+}
+
+fn lineage_hooks() -> Vec<Hook> {
+    vec![
+        Hook::TracePoint("portwatch_sched_exec", "sched", "sched_process_exec"),
+        Hook::TracePoint("portwatch_sched_fork", "sched", "sched_process_fork"),
+        Hook::TracePoint("portwatch_sched_exit", "sched", "sched_process_exit"),
+    ]
 }
 
 /// The socket-layer functions. Connect hooks `inet_stream_connect`/`inet_dgram_connect` rather
@@ -390,6 +426,7 @@ fn kprobe_hooks(family: Family) -> Vec<Hook> {
             "portwatch_kprobe_inet_release",
             "inet_release",
         )],
+        Family::Lineage => lineage_hooks(),
     }
 }
 
@@ -411,6 +448,7 @@ fn fentry_hooks(family: Family) -> Vec<Hook> {
             "portwatch_fentry_inet_release",
             "inet_release",
         )],
+        Family::Lineage => lineage_hooks(),
     }
 }
 

@@ -1,0 +1,213 @@
+//! The process table: what each process runs, from `exec` records captured in the kernel (and a
+//! /proc scan at start), inherited across `fork`, kept a while after `exit`. Attribution falls
+//! back to it when a process is already gone from /proc. Bounded; guarded against pid reuse by
+//! start time.
+use std::{collections::HashMap, fs, path::Path};
+
+use crate::{decode::ExecRecord, enrich};
+
+/// How long after its exit a process's entry still attributes events (its releases during exit
+/// can arrive after the exit record).
+const EXIT_GRACE_NS: u64 = 5_000_000_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Monotonic time of the exec or fork that started this image; 0 for processes found at start.
+    pub started_ns: u64,
+    pub exited_ns: Option<u64>,
+    pub ppid: Option<u32>,
+    pub executable: Option<String>,
+    pub command_line: Option<Vec<String>>,
+    pub command_line_truncated: bool,
+}
+
+pub struct ProcessTable {
+    entries: HashMap<u32, Entry>,
+    max: usize,
+    pub evictions: u64,
+}
+
+impl ProcessTable {
+    pub fn new(max: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            max: max.max(16),
+            evictions: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    fn insert(&mut self, pid: u32, e: Entry) {
+        if self.entries.len() >= self.max && !self.entries.contains_key(&pid) {
+            self.evict();
+        }
+        self.entries.insert(pid, e);
+    }
+
+    /// Makes room: exited processes first, then the oldest eighth.
+    fn evict(&mut self) {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| e.exited_ns.is_none());
+        if self.entries.len() >= self.max {
+            let mut starts: Vec<u64> = self.entries.values().map(|e| e.started_ns).collect();
+            starts.sort_unstable();
+            let cut = starts[starts.len() / 8];
+            self.entries.retain(|_, e| e.started_ns > cut);
+        }
+        self.evictions += (before - self.entries.len()) as u64;
+    }
+
+    pub fn exec(&mut self, r: &ExecRecord) {
+        let executable =
+            (!r.filename.is_empty()).then(|| String::from_utf8_lossy(&r.filename).into_owned());
+        self.insert(
+            r.pid,
+            Entry {
+                started_ns: r.monotonic_ns,
+                exited_ns: None,
+                ppid: (r.ppid != 0).then_some(r.ppid),
+                executable,
+                command_line: enrich::split_cmdline(&r.args),
+                command_line_truncated: r.args_truncated,
+            },
+        );
+    }
+
+    /// A fork copies the parent's image. For a new thread `child` is a thread id that no event
+    /// will ask about; it ages out like any entry.
+    pub fn fork(&mut self, child: u32, parent: u32, at_ns: u64) {
+        if child == parent {
+            return;
+        }
+        if let Some(p) = self.entries.get(&parent).cloned() {
+            self.insert(
+                child,
+                Entry {
+                    started_ns: at_ns,
+                    exited_ns: None,
+                    ppid: Some(parent),
+                    ..p
+                },
+            );
+        }
+    }
+
+    pub fn exit(&mut self, pid: u32, at_ns: u64) {
+        if let Some(e) = self.entries.get_mut(&pid) {
+            e.exited_ns = Some(at_ns);
+        }
+    }
+
+    /// The process `pid` was at monotonic time `at_ns`: not one that started later (pid reuse),
+    /// nor one that had exited well before.
+    pub fn lookup(&self, pid: u32, at_ns: u64) -> Option<&Entry> {
+        self.entries.get(&pid).filter(|e| {
+            e.started_ns <= at_ns && e.exited_ns.is_none_or(|x| at_ns <= x + EXIT_GRACE_NS)
+        })
+    }
+
+    /// Every process running now, from /proc.
+    pub fn seed_from_proc(&mut self, proc_root: &Path) {
+        let Ok(dir) = fs::read_dir(proc_root) else {
+            return;
+        };
+        for d in dir.flatten() {
+            let Some(pid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(f) = enrich::read_process_facts(&d.path()) {
+                self.insert(
+                    pid,
+                    Entry {
+                        started_ns: 0,
+                        exited_ns: None,
+                        ppid: f.ppid,
+                        executable: f.executable,
+                        command_line: f.command_line,
+                        command_line_truncated: f.command_line_truncated,
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(pid: u32, at: u64, exe: &str) -> ExecRecord {
+        ExecRecord {
+            monotonic_ns: at,
+            pid,
+            ppid: 1,
+            uid: 0,
+            filename: exe.as_bytes().to_vec(),
+            args: b"prog\0-x\0".to_vec(),
+            args_truncated: false,
+        }
+    }
+
+    #[test]
+    fn exec_fork_exit_and_pid_reuse() {
+        let mut t = ProcessTable::new(100);
+        t.exec(&exec(10, 100, "/bin/a"));
+        assert_eq!(
+            t.lookup(10, 150).unwrap().executable.as_deref(),
+            Some("/bin/a")
+        );
+        assert_eq!(
+            t.lookup(10, 150).unwrap().command_line,
+            Some(vec!["prog".into(), "-x".into()])
+        );
+        assert!(
+            t.lookup(10, 50).is_none(),
+            "an event before the exec belongs to an older process"
+        );
+        t.fork(11, 10, 200);
+        assert_eq!(t.lookup(11, 250).unwrap().ppid, Some(10));
+        assert_eq!(
+            t.lookup(11, 250).unwrap().executable.as_deref(),
+            Some("/bin/a")
+        );
+        t.exit(10, 300);
+        assert!(t.lookup(10, 300 + EXIT_GRACE_NS).is_some());
+        assert!(t.lookup(10, 301 + EXIT_GRACE_NS).is_none());
+        // The pid comes back as another program.
+        t.exec(&exec(10, 400, "/bin/b"));
+        assert_eq!(
+            t.lookup(10, 450).unwrap().executable.as_deref(),
+            Some("/bin/b")
+        );
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let mut t = ProcessTable::new(64);
+        for pid in 0..10_000 {
+            t.exec(&exec(pid, u64::from(pid), "/bin/x"));
+        }
+        assert!(t.len() <= 64);
+        assert!(t.evictions > 0);
+        assert!(t.lookup(9_999, 10_000).is_some(), "the newest survive");
+    }
+
+    #[test]
+    fn seeds_from_proc() {
+        let mut t = ProcessTable::new(100_000);
+        t.seed_from_proc(Path::new("/proc"));
+        let me = t.lookup(std::process::id(), 1).expect("this process");
+        assert!(me.executable.is_some());
+    }
+}
