@@ -198,6 +198,7 @@ pub mod globals {
     pub const SOCK_DADDR: &str = "OFF_SOCK_DADDR";
     pub const SOCK_DPORT: &str = "OFF_SOCK_DPORT";
     pub const SOCK_V6_DADDR: &str = "OFF_SOCK_V6_DADDR";
+    pub const SOCK_NET: &str = "OFF_SOCK_NET";
     pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
     pub const TASK_TGID: &str = "OFF_TASK_TGID";
     pub const TASK_MM: &str = "OFF_TASK_MM";

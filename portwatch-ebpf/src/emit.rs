@@ -81,6 +81,22 @@ fn current_netns() -> u32 {
     }
 }
 
+/// The network namespace a socket lives in: `sk->__sk_common.skc_net.net->ns.inum`. Unlike the
+/// task's, it is still there while a process's sockets are released during exit.
+#[inline(always)]
+pub fn sock_netns(sk: usize) -> u32 {
+    let (Some(net_off), Some(inum_off)) = (offsets::sock_net(), offsets::net_ns_inum()) else {
+        return 0;
+    };
+    // SAFETY: kernel reads through bpf_probe_read_kernel.
+    unsafe {
+        match read_kernel::<usize>(sk, net_off) {
+            Some(net) if net != 0 => read_kernel::<u32>(net, inum_off).unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
 /// # Safety
 /// `base + off` is a kernel address; the helper validates it.
 #[inline(always)]

@@ -166,6 +166,10 @@ pub fn release(socket: usize, probe: u8) {
     if ev.local_port == 0 {
         return;
     }
+    let netns = emit::sock_netns(sk);
+    if netns != 0 {
+        ev.netns = netns;
+    }
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
         if let Some(off) = offsets::sock_dport()

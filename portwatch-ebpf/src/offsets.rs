@@ -21,6 +21,7 @@ offset_globals!(
     OFF_SOCK_DADDR,
     OFF_SOCK_DPORT,
     OFF_SOCK_V6_DADDR,
+    OFF_SOCK_NET,
     OFF_TASK_REAL_PARENT,
     OFF_TASK_TGID,
     OFF_TASK_MM,
@@ -99,6 +100,9 @@ pub fn tp_exec_filename() -> Option<usize> {
 }
 pub fn tp_fork_child_pid() -> Option<usize> {
     get(&TP_FORK_CHILD_PID)
+}
+pub fn sock_net() -> Option<usize> {
+    get(&OFF_SOCK_NET)
 }
 pub fn sock_rcv_saddr() -> Option<usize> {
     get(&OFF_SOCK_RCV_SADDR)

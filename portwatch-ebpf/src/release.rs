@@ -26,6 +26,10 @@ pub fn portwatch_sock_release(ctx: SockContext) -> i32 {
         if ev.local_port == 0 {
             return 1;
         }
+        let netns = emit::sock_netns(sk as usize);
+        if netns != 0 {
+            ev.netns = netns;
+        }
         ev.peer_port = u16::from_be(core::ptr::read_volatile(&(*sk).dst_port));
         if ev.family == family::INET {
             ev.peer_addr[..4].copy_from_slice(&(*sk).dst_ip4.to_ne_bytes());

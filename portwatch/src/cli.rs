@@ -24,6 +24,36 @@ pub enum Command {
     Status(StatusArgs),
     /// Configuration file helpers.
     Config(ConfigArgs),
+    /// Who holds PORT now, and who held it before.
+    Who(WhoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WhoArgs {
+    /// The port.
+    pub port: String,
+    /// Who held it at this time (RFC 3339, or an age like 10m, 2h).
+    #[arg(long, value_name = "TIME", conflicts_with = "since")]
+    pub at: Option<String>,
+    /// Everyone who held it since this time.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportArg>,
+    /// One JSON object per holding.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the daemon keeps its history [default: from the config file].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +76,9 @@ pub struct RunArgs {
     /// Unix socket for `portwatch status`.
     #[arg(long, value_name = "PATH")]
     pub status_socket: Option<PathBuf>,
+    /// Directory of the tenancy history.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +126,16 @@ impl RunArgs {
                 .clone()
                 .unwrap_or_else(|| config.status.socket.clone()),
             cache: config.cache,
+            state_dir: self
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| config.store.state_dir.clone()),
+            retention: crate::store::Retention {
+                max_age: std::time::Duration::from_secs(
+                    u64::from(config.store.max_age_days) * 86_400,
+                ),
+                max_rows: config.store.max_rows,
+            },
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::attach::AttachMode;
 
 pub const DEFAULT_PATH: &str = "/etc/portwatch/portwatch.toml";
 pub const DEFAULT_STATUS_SOCKET: &str = "/run/portwatch/status.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/portwatch";
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -20,6 +21,37 @@ pub struct Config {
     pub log: LogConfig,
     pub status: StatusConfig,
     pub cache: CacheConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Where the tenancy history (history.sqlite) lives.
+    pub state_dir: PathBuf,
+    /// Closed intervals older than this many days are deleted.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_age_days: u32,
+    /// At most this many intervals are kept (the oldest go first).
+    #[serde(deserialize_with = "at_least_one_u64")]
+    pub max_rows: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            max_age_days: 30,
+            max_rows: 1_000_000,
+        }
+    }
+}
+
+fn at_least_one_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        v => Ok(v),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -76,6 +108,7 @@ impl Default for Config {
             log: LogConfig::default(),
             status: StatusConfig::default(),
             cache: CacheConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -196,6 +229,12 @@ users = 4096
 # Processes remembered from exec records (and the start-up /proc scan) for attributing events of
 # processes that have already exited.
 process_table = 32768
+
+[store]
+# Tenancy history for `portwatch who`: which process held which port, from when to when.
+state_dir = "/var/lib/portwatch"
+max_age_days = 30
+max_rows = 1000000
 "#;
 
 #[cfg(test)]

@@ -27,9 +27,10 @@ use crate::{
     read::{EventReader, LossCounter},
     sink::{Rotation, Sink},
     status::{self, StatusServer},
+    tenancy::Tenancy,
 };
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunOptions {
     pub attach: AttachMode,
     pub log_file: Option<PathBuf>,
@@ -38,6 +39,8 @@ pub struct RunOptions {
     pub ring_buffer_bytes: u32,
     pub status_socket: PathBuf,
     pub cache: crate::config::CacheConfig,
+    pub state_dir: PathBuf,
+    pub retention: crate::store::Retention,
 }
 
 /// Longest a record waits in the ring buffer before the daemon reads it.
@@ -51,6 +54,7 @@ pub struct Pipeline {
     clock: WallClock,
     enricher: Enricher,
     pub processes: ProcessTable,
+    pub tenancy: Option<Tenancy>,
     ephemeral: EphemeralRange,
     pub sink: Sink,
     seq: u64,
@@ -80,6 +84,7 @@ impl Pipeline {
             clock: WallClock::sample(),
             enricher: Enricher::new("/proc", cache.processes, cache.users),
             processes: ProcessTable::new(cache.process_table),
+            tenancy: None,
             ephemeral: EphemeralRange::read(),
             sink,
             seq: 0,
@@ -132,7 +137,11 @@ impl Pipeline {
         };
         self.counts[kind_index(ev.kind)] += 1;
         let attr = self.enricher.attribute(&ev, &self.processes);
-        let ts = clock::rfc3339(self.clock.to_utc(ev.monotonic_ns));
+        let wall = self.clock.to_utc(ev.monotonic_ns);
+        if let Some(t) = &mut self.tenancy {
+            t.observe(&ev, &attr, wall.timestamp_nanos_opt().unwrap_or(i64::MAX));
+        }
+        let ts = clock::rfc3339(wall);
         let header = Self::header(&mut self.seq, &self.host, ev.kind.as_str(), ts);
         let port = self.ephemeral.info(ev.local.port());
         let rec = PortRecord::new(header, &ev, attr, port);
@@ -283,6 +292,8 @@ impl StatusView<'_> {
             "log": {"path": p.sink.log_path(), "bytes": p.sink.log_bytes(), "rotations": p.sink.stats.rotations,
                     "lines_written": p.sink.stats.lines_written},
             "ring_buffer_bytes": self.attached.ring_buffer_bytes,
+            "store": p.tenancy.as_ref().map(|t| json!({"open_sockets": t.open_count(),
+                "writes_dropped": t.store.dropped, "forgotten": t.forgotten})),
         })
     }
 }
@@ -291,6 +302,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     privileges::check()?;
     // First: the status socket is also the lock that keeps a second daemon from starting.
     let status_server = StatusServer::bind(&opts.status_socket)?;
+    // Before attaching: a store that cannot be opened (corrupt, unwritable) is a clear error now.
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let (store, store_path) = crate::store::start(&opts.state_dir, opts.retention, now_ns)?;
+    tracing::info!(path = %store_path.display(), "tenancy store open");
     let mut attached = attach::attach(&AttachOptions {
         mode: opts.attach,
         ring_buffer_bytes: opts.ring_buffer_bytes,
@@ -313,6 +328,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             )
         })?;
     let mut pipeline = Pipeline::new(sink, opts.cache);
+    pipeline.tenancy = Some(Tenancy::new(store));
     // After attaching: a process started since is in the ring buffer's exec records.
     pipeline
         .processes
@@ -381,6 +397,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let drained = reader.drain(&mut |b| pipeline.handle(b));
     report_losses(&mut losses, &mut pipeline);
     pipeline.flush();
+    if let Some(t) = &mut pipeline.tenancy {
+        t.store.finish();
+    }
     tracing::info!(
         drained,
         events = pipeline.counts.iter().sum::<u64>(),

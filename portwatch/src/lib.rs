@@ -17,3 +17,6 @@ pub mod privileges;
 pub mod read;
 pub mod sink;
 pub mod status;
+pub mod store;
+pub mod tenancy;
+pub mod who;

@@ -51,11 +51,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Who(args) => who(args),
         Command::Config(_) => {
             print!("{}", config::DEFAULTS_TOML);
             Ok(())
         }
     }
+}
+
+fn who(args: portwatch::cli::WhoArgs) -> anyhow::Result<()> {
+    use portwatch::who;
+    let port = who::parse_port(&args.port)?;
+    let now = chrono::Utc::now();
+    let ns = |t: chrono::DateTime<chrono::Utc>| t.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let window = match (&args.at, &args.since) {
+        (Some(at), _) => {
+            let t = ns(who::parse_time(at, now)?);
+            Some((t, t))
+        }
+        (None, Some(since)) => Some((ns(who::parse_time(since, now)?), ns(now))),
+        (None, None) => None,
+    };
+    let state_dir = match args.state_dir {
+        Some(d) => d,
+        None => Config::load(args.config.as_deref())?.store.state_dir,
+    };
+    let transport = args.transport.map(|t| match t {
+        portwatch::cli::TransportArg::Tcp => "tcp",
+        portwatch::cli::TransportArg::Udp => "udp",
+    });
+    let q = who::Query {
+        port,
+        transport,
+        window,
+        include_now: args.at.is_none(),
+    };
+    let (rows, note) = who::holdings(&q, &state_dir)?;
+    if args.json {
+        for r in &rows {
+            println!("{r}");
+        }
+    } else if rows.is_empty() {
+        println!("nobody holds port {port} now, and the history knows no holder");
+    } else {
+        print!("{}", who::render(&rows));
+    }
+    if let Some(n) = note {
+        eprintln!("portwatch: {n}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -57,6 +57,8 @@ pub struct Daemon {
     pub stderr: PathBuf,
     /// Each test daemon has its own status socket (it is also the single-instance lock).
     pub socket: PathBuf,
+    /// ... and its own tenancy store.
+    pub state_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -69,8 +71,25 @@ impl Daemon {
         Self::start_with_log(dir, log, extra_args)
     }
 
+    /// A daemon on an existing state directory (a restart).
+    pub fn start_with_state(state_dir: &Path) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("events.jsonl");
+        Self::spawn(dir, log, state_dir.to_path_buf(), &[])
+    }
+
     /// Like `start`, with a log file the caller prepared (in `dir`, which the daemon keeps).
     pub fn start_with_log(dir: tempfile::TempDir, log: PathBuf, extra_args: &[&str]) -> Daemon {
+        let state_dir = dir.path().join("state");
+        Self::spawn(dir, log, state_dir, extra_args)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        log: PathBuf,
+        state_dir: PathBuf,
+        extra_args: &[&str],
+    ) -> Daemon {
         require_root();
         let socket = dir.path().join("status.sock");
         let stderr = dir.path().join("stderr.log");
@@ -81,6 +100,8 @@ impl Daemon {
             .arg(&log)
             .arg("--status-socket")
             .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -92,6 +113,7 @@ impl Daemon {
             log,
             stderr,
             socket,
+            state_dir,
             _dir: dir,
         };
         let limit = scaled(Duration::from_secs(30));

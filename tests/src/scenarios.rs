@@ -454,6 +454,8 @@ fn check_exit_fast(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
         assert!(argv[0].ends_with("portwatch-scenario"), "{ev}");
         assert_eq!(&argv[1..], case.args, "{ev}");
         assert_net(ev, "tcp", local, None);
+        // Released during exit, when the task's namespaces are gone: read from the socket.
+        assert_eq!(ev["network"]["netns"], ctx.netns, "{ev}");
     }
     assert_eq!(
         evs[0]["probe"],

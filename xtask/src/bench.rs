@@ -194,6 +194,8 @@ impl Tracer {
                     .arg(&log)
                     .arg("--status-socket")
                     .arg(p.out.join("status.sock"))
+                    .arg("--state-dir")
+                    .arg(p.out.join("state"))
                     .stderr(fs::File::create(p.out.join("portwatch.stderr"))?)
                     .spawn()?;
                 wait_until(Duration::from_secs(30), || {

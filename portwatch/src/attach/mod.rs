@@ -259,6 +259,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         .override_global(globals::SOCK_DADDR, &s.sock_daddr, true)
         .override_global(globals::SOCK_DPORT, &s.sock_dport, true)
         .override_global(globals::SOCK_V6_DADDR, &s.sock_v6_daddr, true)
+        .override_global(globals::SOCK_NET, &s.sock_net, true)
         .override_global(globals::TASK_REAL_PARENT, &s.task_real_parent, true)
         .override_global(globals::TASK_TGID, &s.task_tgid, true)
         .override_global(globals::TASK_MM, &s.task_mm, true)

@@ -98,6 +98,13 @@ fn run(args: &[String]) -> Result<Value, String> {
             let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
             json!({"local": l.local_addr().map_err(io)?.to_string()})
         }
+        "hold-listen" => {
+            // The listener stays open until the process exits (when stdin closes).
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let v = json!({"local": l.local_addr().map_err(io)?.to_string()});
+            std::mem::forget(l);
+            v
+        }
         "exit-fast" => {
             let l = TcpListener::bind(addr(arg)?).map_err(io)?;
             let v = json!({"pid": std::process::id(), "local": l.local_addr().map_err(io)?.to_string()});

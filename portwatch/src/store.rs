@@ -1,0 +1,424 @@
+//! Tenancy history: which process held which port, from when to when. SQLite in WAL mode under
+//! the state directory: the daemon writes from its own thread in batches (the event path only
+//! queues, and counts what it could not queue), and `portwatch who` reads at the same time.
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    time::{Duration, Instant},
+};
+
+use rusqlite::{Connection, OpenFlags, params};
+use serde::Serialize;
+
+pub const FILE_NAME: &str = "history.sqlite";
+
+/// One holding of a port by a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Interval {
+    pub id: i64,
+    pub netns: Option<u32>,
+    pub transport: String,
+    pub address: String,
+    pub port: u16,
+    /// `listening`, `bound` or `connected`.
+    pub role: String,
+    pub peer_address: Option<String>,
+    pub peer_port: Option<u16>,
+    pub pid: u32,
+    pub executable: Option<String>,
+    pub command_line: Option<Vec<String>>,
+    pub user_id: u32,
+    pub user_name: Option<String>,
+    pub unit: Option<String>,
+    pub container_id: Option<String>,
+    pub container_runtime: Option<String>,
+    /// Unix nanoseconds.
+    pub opened_ns: i64,
+    pub closed_ns: Option<i64>,
+    /// Why `closed_ns` is what it is when it is not a release the kernel reported.
+    pub close_note: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("tenancy store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("tenancy store {path}: cannot create its directory: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS intervals (
+    id INTEGER PRIMARY KEY,
+    netns INTEGER, transport TEXT NOT NULL, address TEXT NOT NULL, port INTEGER NOT NULL,
+    role TEXT NOT NULL, peer_address TEXT, peer_port INTEGER,
+    pid INTEGER NOT NULL, executable TEXT, command_line TEXT,
+    user_id INTEGER NOT NULL, user_name TEXT, unit TEXT, container_id TEXT, container_runtime TEXT,
+    opened_ns INTEGER NOT NULL, closed_ns INTEGER, close_note TEXT
+);
+CREATE INDEX IF NOT EXISTS intervals_port ON intervals (port, opened_ns);
+CREATE INDEX IF NOT EXISTS intervals_opened ON intervals (opened_ns);
+";
+
+fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Opens (creating) the store for writing.
+pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let c = Connection::open(path).map_err(err(path))?;
+    c.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err(path))?;
+    c.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err(path))?;
+    c.execute_batch(SCHEMA).map_err(err(path))?;
+    Ok(c)
+}
+
+/// Opens the store for reading; a file that is not a store is an error naming it.
+pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err(path))?;
+    c.query_row("SELECT count(*) FROM intervals", [], |_| Ok(()))
+        .map_err(err(path))?;
+    Ok(c)
+}
+
+pub fn insert(c: &Connection, i: &Interval) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR REPLACE INTO intervals (id, netns, transport, address, port, role, peer_address, peer_port, pid,
+            executable, command_line, user_id, user_name, unit, container_id, container_runtime, opened_ns,
+            closed_ns, close_note)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+        params![
+            i.id,
+            i.netns,
+            i.transport,
+            i.address,
+            i.port,
+            i.role,
+            i.peer_address,
+            i.peer_port,
+            i.pid,
+            i.executable,
+            i.command_line.as_ref().and_then(|a| serde_json::to_string(a).ok()),
+            i.user_id,
+            i.user_name,
+            i.unit,
+            i.container_id,
+            i.container_runtime,
+            i.opened_ns,
+            i.closed_ns,
+            i.close_note,
+        ],
+    )?;
+    Ok(())
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
+    let argv: Option<String> = r.get(10)?;
+    Ok(Interval {
+        id: r.get(0)?,
+        netns: r.get(1)?,
+        transport: r.get(2)?,
+        address: r.get(3)?,
+        port: r.get(4)?,
+        role: r.get(5)?,
+        peer_address: r.get(6)?,
+        peer_port: r.get(7)?,
+        pid: r.get(8)?,
+        executable: r.get(9)?,
+        command_line: argv.and_then(|a| serde_json::from_str(&a).ok()),
+        user_id: r.get(11)?,
+        user_name: r.get(12)?,
+        unit: r.get(13)?,
+        container_id: r.get(14)?,
+        container_runtime: r.get(15)?,
+        opened_ns: r.get(16)?,
+        closed_ns: r.get(17)?,
+        close_note: r.get(18)?,
+    })
+}
+
+/// Holdings of `port` that overlap [`from`, `to`] (Unix ns), newest first.
+pub fn holdings(
+    c: &Connection,
+    port: u16,
+    transport: Option<&str>,
+    from: i64,
+    to: i64,
+    limit: u32,
+) -> rusqlite::Result<Vec<Interval>> {
+    let mut stmt = c.prepare(
+        "SELECT id, netns, transport, address, port, role, peer_address, peer_port, pid, executable, command_line,
+                user_id, user_name, unit, container_id, container_runtime, opened_ns, closed_ns, close_note
+         FROM intervals
+         WHERE port = ?1 AND (?2 IS NULL OR transport = ?2) AND opened_ns <= ?4
+               AND (closed_ns IS NULL OR closed_ns >= ?3)
+         ORDER BY opened_ns DESC LIMIT ?5",
+    )?;
+    stmt.query_map(params![port, transport, from, to, limit], row)?
+        .collect()
+}
+
+/// Retention: drop closed intervals older than `max_age`, then the oldest beyond `max_rows`.
+pub fn prune(
+    c: &Connection,
+    now_ns: i64,
+    max_age: Duration,
+    max_rows: u64,
+) -> rusqlite::Result<usize> {
+    let cutoff = now_ns - max_age.as_nanos().min(i64::MAX as u128) as i64;
+    let mut n = c.execute(
+        "DELETE FROM intervals WHERE closed_ns IS NOT NULL AND closed_ns < ?1",
+        [cutoff],
+    )?;
+    n += c.execute(
+        "DELETE FROM intervals WHERE id IN (SELECT id FROM intervals ORDER BY opened_ns DESC LIMIT -1 OFFSET ?1)",
+        [max_rows as i64],
+    )?;
+    Ok(n)
+}
+
+/// What the event path hands the writer.
+#[derive(Debug, Clone)]
+pub enum StoreOp {
+    Put(Interval),
+}
+
+/// The event path's end of the writer: never blocks; what does not fit is counted.
+pub struct StoreHandle {
+    tx: Option<SyncSender<StoreOp>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    pub dropped: u64,
+    pub next_id: i64,
+}
+
+impl StoreHandle {
+    /// Lets the writer commit everything queued, then stops it (shutdown).
+    pub fn finish(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take()
+            && w.join().is_err()
+        {
+            tracing::error!("the tenancy store writer panicked");
+        }
+    }
+
+    pub fn put(&mut self, i: Interval) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(StoreOp::Put(i)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped += 1;
+                if self.dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = self.dropped,
+                        "tenancy store writer behind; intervals not recorded"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_rows: u64,
+}
+
+/// Opens the store, closes intervals a previous run left open, and starts the writer thread.
+pub fn start(
+    dir: &Path,
+    retention: Retention,
+    now_ns: i64,
+) -> Result<(StoreHandle, PathBuf), StoreError> {
+    let path = dir.join(FILE_NAME);
+    let c = open_rw(&path)?;
+    c.execute(
+        "UPDATE intervals SET closed_ns = ?1, close_note = 'open when the daemon stopped; end unknown'
+         WHERE closed_ns IS NULL",
+        [now_ns],
+    )
+    .map_err(err(&path))?;
+    let next_id: i64 = c
+        .query_row("SELECT coalesce(max(id), 0) + 1 FROM intervals", [], |r| {
+            r.get(0)
+        })
+        .map_err(err(&path))?;
+    let (tx, rx) = sync_channel(65_536);
+    let p = path.clone();
+    let writer = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer(c, rx, retention, p))
+        .map_err(|source| StoreError::Dir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok((
+        StoreHandle {
+            tx: Some(tx),
+            writer: Some(writer),
+            dropped: 0,
+            next_id,
+        },
+        path,
+    ))
+}
+
+fn writer(mut c: Connection, rx: Receiver<StoreOp>, retention: Retention, path: PathBuf) {
+    let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(op) => Some(op),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch: Vec<StoreOp> = first.into_iter().collect();
+        while batch.len() < 10_000 {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            let r = c.transaction().and_then(|tx| {
+                for StoreOp::Put(i) in &batch {
+                    insert(&tx, i)?;
+                }
+                tx.commit()
+            });
+            if let Err(e) = r {
+                tracing::error!(path = %path.display(), error = %e, lost = batch.len(), "writing the tenancy store failed");
+            }
+        }
+        if last_prune.elapsed() > Duration::from_secs(600) {
+            last_prune = Instant::now();
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            match prune(&c, now, retention.max_age, retention.max_rows) {
+                Ok(n) if n > 0 => tracing::info!(rows = n, "tenancy store pruned"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning the tenancy store failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iv(id: i64, port: u16, opened: i64, closed: Option<i64>) -> Interval {
+        Interval {
+            id,
+            netns: Some(1),
+            transport: "tcp".into(),
+            address: "127.0.0.1".into(),
+            port,
+            role: "listening".into(),
+            peer_address: None,
+            peer_port: None,
+            pid: 42,
+            executable: Some("/bin/x".into()),
+            command_line: Some(vec!["x".into(), "-l".into()]),
+            user_id: 0,
+            user_name: Some("root".into()),
+            unit: None,
+            container_id: None,
+            container_runtime: None,
+            opened_ns: opened,
+            closed_ns: closed,
+            close_note: None,
+        }
+    }
+
+    #[test]
+    fn holdings_overlap_the_window_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
+        insert(&c, &iv(1, 80, 100, Some(200))).unwrap();
+        insert(&c, &iv(2, 80, 300, None)).unwrap();
+        insert(&c, &iv(3, 81, 100, None)).unwrap();
+        let at = |t| {
+            holdings(&c, 80, None, t, t, 10)
+                .unwrap()
+                .iter()
+                .map(|i| i.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(150), vec![1]);
+        assert_eq!(at(250), Vec::<i64>::new());
+        assert_eq!(at(1000), vec![2]);
+        let all = holdings(&c, 80, Some("tcp"), 0, i64::MAX, 10).unwrap();
+        assert_eq!(all.iter().map(|i| i.id).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(
+            all[1].command_line,
+            Some(vec!["x".to_string(), "-l".to_string()])
+        );
+        assert!(
+            holdings(&c, 80, Some("udp"), 0, i64::MAX, 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn retention_by_age_and_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
+        for id in 0..10 {
+            insert(
+                &c,
+                &iv(id, 80, id * 1_000_000_000, Some(id * 1_000_000_000 + 1)),
+            )
+            .unwrap();
+        }
+        // Older than 5 s at t = 10 s: ids 0..=4 go.
+        assert_eq!(
+            prune(&c, 10_000_000_000, Duration::from_secs(5), 100).unwrap(),
+            5
+        );
+        assert_eq!(
+            prune(&c, 10_000_000_000, Duration::from_secs(5), 2).unwrap(),
+            3
+        );
+        let left = holdings(&c, 80, None, 0, i64::MAX, 10).unwrap();
+        assert_eq!(left.iter().map(|i| i.id).collect::<Vec<_>>(), vec![9, 8]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(FILE_NAME);
+        std::fs::write(&p, vec![0x42u8; 8192]).unwrap();
+        let e = match open_ro(&p) {
+            Ok(_) => panic!("garbage opened as a store"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("not a database"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The live port table: which sockets hold which local ports right now, built from bind, listen,
+//! connect and close events, and written to the store as intervals (opened, upgraded to
+//! listening, closed).
+use std::collections::HashMap;
+
+use crate::{
+    decode::{KernelEvent, Kind},
+    enrich::Attribution,
+    store::{Interval, StoreHandle},
+};
+
+/// A socket's identity as the events show it: the peer tells a connected socket from the
+/// listener it was accepted on, which shares its local address and port.
+type Key = (
+    Option<u32>,
+    &'static str,
+    String,
+    u16,
+    Option<(String, u16)>,
+);
+
+/// Beyond this many open sockets (releases lost), the oldest are forgotten.
+const MAX_OPEN: usize = 200_000;
+
+pub struct Tenancy {
+    open: HashMap<Key, Interval>,
+    pub store: StoreHandle,
+    pub forgotten: u64,
+}
+
+impl Tenancy {
+    pub fn new(store: StoreHandle) -> Self {
+        Self {
+            open: HashMap::new(),
+            store,
+            forgotten: 0,
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Applies one successful port event; `wall_ns` is its time in Unix nanoseconds.
+    pub fn observe(&mut self, ev: &KernelEvent, attr: &Attribution, wall_ns: i64) {
+        if ev.errno.is_some() {
+            return;
+        }
+        let netns = (ev.netns != 0).then_some(ev.netns);
+        let local = (
+            netns,
+            ev.transport.as_str(),
+            ev.local.ip().to_string(),
+            ev.local.port(),
+        );
+        let peer = ev.peer.map(|p| (p.ip().to_string(), p.port()));
+        let key = |peer: Option<(String, u16)>| -> Key {
+            (local.0, local.1, local.2.clone(), local.3, peer)
+        };
+        match ev.kind {
+            Kind::Bind => self.open_interval(key(None), "bound", ev, attr, wall_ns),
+            Kind::Listen => match self.open.get_mut(&key(None)) {
+                Some(i) => {
+                    i.role = "listening".into();
+                    let i = i.clone();
+                    self.store.put(i);
+                }
+                None => self.open_interval(key(None), "listening", ev, attr, wall_ns),
+            },
+            Kind::Connect => self.open_interval(key(peer), "connected", ev, attr, wall_ns),
+            Kind::Close => {
+                self.close(&key(peer.clone()), wall_ns);
+                // bind() then connect(): the bound interval ends with the connected one.
+                if peer.is_some()
+                    && self
+                        .open
+                        .get(&key(None))
+                        .is_some_and(|i| i.role == "bound" && i.pid == ev.pid)
+                {
+                    self.close(&key(None), wall_ns);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, key: &Key, wall_ns: i64) {
+        if let Some(mut i) = self.open.remove(key) {
+            i.closed_ns = Some(wall_ns);
+            self.store.put(i);
+        }
+    }
+
+    fn open_interval(
+        &mut self,
+        key: Key,
+        role: &str,
+        ev: &KernelEvent,
+        attr: &Attribution,
+        wall_ns: i64,
+    ) {
+        if self.open.len() >= MAX_OPEN {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, i)| i.opened_ns)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.open.remove(&k);
+                self.forgotten += 1;
+            }
+        }
+        let id = self.store.next_id;
+        self.store.next_id += 1;
+        let i = Interval {
+            id,
+            netns: key.0,
+            transport: key.1.to_string(),
+            address: key.2.clone(),
+            port: key.3,
+            role: role.to_string(),
+            peer_address: key.4.as_ref().map(|p| p.0.clone()),
+            peer_port: key.4.as_ref().map(|p| p.1),
+            pid: ev.pid,
+            executable: attr.executable.clone(),
+            command_line: attr.command_line.clone(),
+            user_id: ev.uid,
+            user_name: attr.user_name.clone(),
+            unit: attr.unit.clone(),
+            container_id: attr.container.as_ref().map(|c| c.id.clone()),
+            container_runtime: attr.container.as_ref().map(|c| c.runtime.to_string()),
+            opened_ns: wall_ns,
+            closed_ns: None,
+            close_note: None,
+        };
+        self.store.put(i.clone());
+        if let Some(mut old) = self.open.insert(key, i) {
+            // The same address again without a release in between (a lost event): the old one
+            // ended no later than now.
+            old.closed_ns = Some(wall_ns);
+            old.close_note = Some("superseded; its release was not seen".into());
+            self.store.put(old);
+        }
+    }
+}

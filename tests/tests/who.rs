@@ -1,0 +1,178 @@
+//! `portwatch who`: who holds a port now, and who held it before — after the process is gone and
+//! after the daemon restarted.
+use std::{
+    net::TcpListener,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use portwatch_tests::{Daemon, count, daemon_binary, find, scenario};
+use serde_json::Value;
+
+fn who(args: &[&str], state_dir: &std::path::Path) -> (i32, Vec<Value>, String) {
+    let out = Command::new(daemon_binary())
+        .arg("who")
+        .args(args)
+        .arg("--json")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    let rows = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("who --json prints JSON objects"))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        rows,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `who` until a history row satisfies `ok` (the store commits in batches).
+fn history(args: &[&str], d: &std::path::Path, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, rows, err) = who(args, d);
+        assert_eq!(code, 0, "{err}");
+        if let Some(r) = rows.into_iter().find(|r| r["source"] == "history" && ok(r)) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no matching history for who {args:?}: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_listener_that_lived_milliseconds_is_named_after_it_exited_and_after_a_restart() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // The state outlives both daemons.
+    let state_tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_with_state(state_tmp.path());
+    let s = scenario(["exit-fast", addr.as_str()]);
+    d.events_of(s.pid, |e| count(e, "close") >= 1);
+    let p = port.to_string();
+    let row = history(&[&p], &d.state_dir, |r| r["process"]["pid"] == s.pid);
+    assert_eq!(row["role"], "listening");
+    assert_eq!(row["transport"], "tcp");
+    assert_eq!(row["local"]["address"], "127.0.0.1");
+    assert!(
+        row["process"]["executable"]
+            .as_str()
+            .unwrap()
+            .ends_with("/portwatch-scenario"),
+        "{row}"
+    );
+    let argv = row["process"]["command_line"].as_array().unwrap();
+    assert_eq!(argv[1], "exit-fast");
+    assert_eq!(argv[2], addr.as_str());
+    let (from, to) = (row["from"].as_str().unwrap(), row["to"].as_str().unwrap());
+    assert!(from <= to, "{row}");
+    // The process is gone; the daemon restarts; the history stays.
+    let state = d.state_dir.clone();
+    let (exit, _) = d.stop();
+    assert!(exit.success());
+    let d2 = portwatch_tests::Daemon::start_with_state(&state);
+    let row = history(&[&p, "--since", "10m"], &state, |r| {
+        r["process"]["pid"] == s.pid
+    });
+    assert_eq!(row["from"], from);
+    drop(d2);
+}
+
+#[test]
+fn a_connects_ephemeral_port_names_the_client_and_its_peer_at_that_time() {
+    let mut d = Daemon::start(&[]);
+    let s = scenario(["tcp-connect", "127.0.0.1:0"]);
+    let evs = d.events_of(s.pid, |e| count(e, "close") >= 3);
+    let connect = find(&evs, "connect", "success");
+    let local_port = connect["network"]["local"]["port"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let at = connect["timestamp"].as_str().unwrap();
+    let row = history(&[&local_port, "--at", at], &d.state_dir, |r| {
+        r["role"] == "connected"
+    });
+    assert_eq!(row["process"]["pid"], s.pid);
+    assert_eq!(row["peer"]["address"], "127.0.0.1");
+    assert_eq!(row["peer"]["port"], connect["network"]["peer"]["port"]);
+    // Long before it, nobody held that ephemeral port in this history.
+    let (_, rows, _) = who(&[&local_port, "--at", "2000-01-01T00:00:00Z"], &d.state_dir);
+    assert!(
+        rows.iter().all(|r| r["process"]["pid"] != s.pid),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn a_listener_opened_before_any_daemon_is_found_now_from_the_kernel() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = scenario(["hold-listen", addr.as_str()]);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, rows, err) = who(&[&port.to_string()], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("no tenancy history"),
+        "says there is no history: {err}"
+    );
+    let now = rows
+        .iter()
+        .find(|r| r["source"] == "now")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(now["role"], "listening");
+    assert_eq!(now["process"]["pid"], s.pid);
+    assert!(
+        now["process"]["executable"]
+            .as_str()
+            .unwrap()
+            .ends_with("/portwatch-scenario")
+    );
+    assert_eq!(now["process"]["user"]["name"], "root");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = who(&["http"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("`http` is not a port number"), "{err}");
+    let (code, _, err) = who(&["80", "--at", "yesterday-ish"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("`yesterday-ish` is not a time"), "{err}");
+    std::fs::write(dir.path().join("history.sqlite"), vec![7u8; 4096]).unwrap();
+    let (code, _, err) = who(&["80"], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("history.sqlite") && err.contains("not a database"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The daemon refuses a corrupt store at start, naming it, before attaching anything.
+    let out = Command::new(daemon_binary())
+        .args(["run", "--no-stdout", "--status-socket"])
+        .arg(dir.path().join("s.sock"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("history.sqlite") && err.contains("not a database"),
+        "{err}"
+    );
+}
