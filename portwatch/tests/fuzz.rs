@@ -1,5 +1,5 @@
 //! Property tests ("fuzzing") for every parser of untrusted input: ring-buffer records, the config
-//! file, tracefs format files, /proc contents. None may panic, whatever the bytes. The suite runs
+//! file, tracefs format files, /proc contents, `who`'s arguments. None may panic, whatever the bytes. The suite runs
 //! 512 cases each (a few seconds); `PROPTEST_CASES=100000 cargo test -p portwatch --test fuzz`
 //! runs longer.
 use std::path::Path;
@@ -10,6 +10,7 @@ use portwatch::{
     decode::{decode, decode_record},
     enrich::{parse_stat_ppid, split_cmdline},
     errno,
+    who::{parse_port, parse_socket_line, parse_time},
 };
 use portwatch_common::PortEvent;
 use proptest::prelude::*;
@@ -83,5 +84,22 @@ proptest! {
         if let Some(args) = split_cmdline(&bytes) {
             prop_assert!(!args.is_empty());
         }
+    }
+
+    #[test]
+    fn who_arguments_never_panic(text in "\\PC{0,40}") {
+        let now = chrono::Utc::now();
+        match parse_port(&text) {
+            Ok(p) => prop_assert_eq!(text.trim().parse::<u16>().ok(), Some(p)),
+            Err(e) => prop_assert!(e.to_string().contains("is not a port")),
+        }
+        if let Err(e) = parse_time(&text, now) {
+            prop_assert!(e.to_string().contains("is not a time"));
+        }
+    }
+
+    #[test]
+    fn proc_net_lines_never_panic(line in "\\PC{0,200}", v6 in any::<bool>()) {
+        let _ = parse_socket_line(&line, v6);
     }
 }
