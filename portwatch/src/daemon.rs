@@ -170,8 +170,9 @@ impl Pipeline {
         Self::push(&mut self.sink, &rec);
     }
 
-    pub fn write_loss(&mut self, count: u64, total: u64, reason: &'static str) {
-        tracing::warn!(count, total, reason, "events lost");
+    /// Queues a `loss` line (ring-buffer losses are logged at once; log-write losses are logged
+    /// by `flush` once the notice actually lands).
+    fn push_loss(&mut self, count: u64, total: u64, reason: &'static str) {
         let header = Self::header(&mut self.seq, &self.host, "loss", clock::now_rfc3339());
         let rec = LossRecord {
             header,
@@ -184,6 +185,11 @@ impl Pipeline {
         Self::push(&mut self.sink, &rec);
     }
 
+    pub fn write_loss(&mut self, count: u64, total: u64, reason: &'static str) {
+        tracing::warn!(count, total, reason, "events lost");
+        self.push_loss(count, total, reason);
+    }
+
     /// Writes the queued lines; once writing works again after failures, says in the log itself
     /// how many lines it could not write (tried on every flush and every second until it lands).
     pub fn flush(&mut self) {
@@ -193,16 +199,7 @@ impl Pipeline {
         let count = self.sink.unreported_failed();
         if count > 0 {
             let total = self.sink.stats.lines_failed;
-            let header = Self::header(&mut self.seq, &self.host, "loss", clock::now_rfc3339());
-            let rec = LossRecord {
-                header,
-                loss: Loss {
-                    count,
-                    total,
-                    reason: "log_write_failed",
-                },
-            };
-            Self::push(&mut self.sink, &rec);
+            self.push_loss(count, total, "log_write_failed");
             if self.sink.flush_notice(count) {
                 tracing::warn!(
                     count,

@@ -198,6 +198,21 @@ impl Daemon {
         }
     }
 
+    /// `portwatch status --json` against this daemon.
+    pub fn status(&self) -> Value {
+        let out = Command::new(daemon_binary())
+            .args(["status", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("portwatch status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the daemon we started.
         unsafe { libc::kill(self.pid() as i32, sig) };
@@ -305,6 +320,15 @@ pub fn read_report(mut child: Child) -> Scenario {
         report,
         child: Some(child),
     }
+}
+
+/// The last `n` bytes of `s` (at a character boundary), for quoting long diagnostics.
+pub fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    &s[start..]
 }
 
 /// Splits "127.0.0.1:80" / "[::1]:80" into the address text and port the log uses.

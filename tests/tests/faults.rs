@@ -13,20 +13,6 @@ use portwatch_tests::{
 };
 use serde_json::Value;
 
-fn status(d: &Daemon) -> Value {
-    let out = Command::new(daemon_binary())
-        .args(["status", "--json", "--socket"])
-        .arg(&d.socket)
-        .output()
-        .expect("portwatch status");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status JSON")
-}
-
 fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
@@ -72,11 +58,11 @@ fn disk_full_is_counted_reported_and_recovered_from() {
     drop(f);
     let storm = scenario(["udp-storm", "1500"]);
     wait("lines to fail", Duration::from_secs(20), || {
-        status(&d)["lost"]["log_write_failed"].as_u64().unwrap() > 0
+        d.status()["lost"]["log_write_failed"].as_u64().unwrap() > 0
     });
     // Still running, still reading: every record of the storm gets through the pipeline.
     wait("the storm to be processed", Duration::from_secs(20), || {
-        status(&d)["events"]["bind"].as_u64().unwrap() >= 1500
+        d.status()["events"]["bind"].as_u64().unwrap() >= 1500
     });
     drop(storm);
 
@@ -93,7 +79,7 @@ fn disk_full_is_counted_reported_and_recovered_from() {
         .filter(|l| l["event"] == "loss" && l["loss"]["reason"] == "log_write_failed")
         .collect();
     assert!(!notices.is_empty(), "a log_write_failed loss line");
-    let failed = status(&d)["lost"]["log_write_failed"].as_u64().unwrap();
+    let failed = d.status()["lost"]["log_write_failed"].as_u64().unwrap();
     let counted: u64 = notices
         .iter()
         .map(|n| n["loss"]["count"].as_u64().unwrap())
@@ -118,7 +104,7 @@ fn log_directory_removed_while_running_is_noticed_and_recreated() {
     wait(
         "the lost lines to be counted",
         Duration::from_secs(10),
-        || status(&d)["lost"]["log_write_failed"].as_u64().unwrap() >= 2,
+        || d.status()["lost"]["log_write_failed"].as_u64().unwrap() >= 2,
     );
     std::fs::create_dir(&sub).unwrap();
     let s = scenario(["udp-bind", "127.0.0.1:0"]);

@@ -155,17 +155,7 @@ fn status_answers_on_its_socket_and_says_clearly_when_no_daemon_runs() {
     let s = scenario(["udp-bind", "127.0.0.1:0"]);
     let mut d = d;
     d.events_of(s.pid, |e| count(e, "close") >= 1);
-    let out = std::process::Command::new(portwatch_tests::daemon_binary())
-        .args(["status", "--json", "--socket"])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = d.status();
     assert_eq!(st["pid"], d.pid());
     assert!(
         st["events"]["bind"].as_u64().unwrap() >= 1 && st["events"]["close"].as_u64().unwrap() >= 1,

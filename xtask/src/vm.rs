@@ -227,7 +227,7 @@ fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
             let _ = child.wait();
             bail!(
                 "the VM did not finish within {VM_TIMEOUT:?}; console tail:\n{}",
-                tail(&fs::read_to_string(&console).unwrap_or_default(), 3000)
+                portwatch_tests::tail(&fs::read_to_string(&console).unwrap_or_default(), 3000)
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -241,18 +241,10 @@ fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
     if !lines.iter().any(|l| l["done"] == true) {
         bail!(
             "the VM runner did not finish; console tail:\n{}",
-            tail(&fs::read_to_string(&console).unwrap_or_default(), 3000)
+            portwatch_tests::tail(&fs::read_to_string(&console).unwrap_or_default(), 3000)
         );
     }
     Ok(lines)
-}
-
-fn tail(s: &str, n: usize) -> &str {
-    let start = s.len().saturating_sub(n);
-    let start = (start..s.len())
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(s.len());
-    &s[start..]
 }
 
 /// Checks every (strategy, scenario) result with the shared assertions, checks that the strategies

@@ -72,16 +72,8 @@ fn main() {
         emit(
             &mut out,
             json!({"strategy": strategy, "status": status, "exit_ok": exit.success(),
-                   "schema_error": schema_error, "lines": lines.len(), "stderr_tail": tail(&stderr, 4000)}),
+                   "schema_error": schema_error, "lines": lines.len(), "stderr_tail": portwatch_tests::tail(&stderr, 4000)}),
         );
     }
     emit(&mut out, json!({"done": true}));
-}
-
-fn tail(s: &str, n: usize) -> &str {
-    let start = s.len().saturating_sub(n);
-    let start = (start..s.len())
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(s.len());
-    &s[start..]
 }
