@@ -366,6 +366,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = tick.tick() => report_losses(&mut losses, &mut pipeline),
             _ = second.tick() => {
                 pipeline.flush();
+                if let Some(t) = &mut pipeline.tenancy {
+                    t.store_open(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX), false);
+                }
                 rates.push_back((Instant::now(), pipeline.counts));
                 while rates.front().is_some_and(|(at, _)| at.elapsed() > RATE_WINDOW) {
                     rates.pop_front();
@@ -395,6 +398,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     report_losses(&mut losses, &mut pipeline);
     pipeline.flush();
     if let Some(t) = &mut pipeline.tenancy {
+        t.store_open(0, true);
         t.store.finish();
     }
     tracing::info!(

@@ -22,8 +22,18 @@ type Key = (
 /// Beyond this many open sockets (releases lost), the oldest are forgotten.
 const MAX_OPEN: usize = 200_000;
 
+/// An open interval and whether the store already has it.
+struct Open {
+    interval: Interval,
+    stored: bool,
+}
+
+/// Intervals still open after this long are written (so `who` shows them as still open); shorter
+/// ones are written once, at their close — most sockets in a storm never cost a second write.
+const STORE_OPEN_AFTER_NS: i64 = 1_000_000_000;
+
 pub struct Tenancy {
-    open: HashMap<Key, Interval>,
+    open: HashMap<Key, Open>,
     pub store: StoreHandle,
     pub forgotten: u64,
 }
@@ -60,10 +70,12 @@ impl Tenancy {
         match ev.kind {
             Kind::Bind => self.open_interval(key(None), "bound", ev, attr, wall_ns),
             Kind::Listen => match self.open.get_mut(&key(None)) {
-                Some(i) => {
-                    i.role = "listening".into();
-                    let i = i.clone();
-                    self.store.put(i);
+                Some(o) => {
+                    o.interval.role = "listening".into();
+                    if o.stored {
+                        let i = o.interval.clone();
+                        self.store.put(i);
+                    }
                 }
                 None => self.open_interval(key(None), "listening", ev, attr, wall_ns),
             },
@@ -75,7 +87,7 @@ impl Tenancy {
                     && self
                         .open
                         .get(&key(None))
-                        .is_some_and(|i| i.role == "bound" && i.pid == ev.pid)
+                        .is_some_and(|o| o.interval.role == "bound" && o.interval.pid == ev.pid)
                 {
                     self.close(&key(None), wall_ns);
                 }
@@ -84,9 +96,20 @@ impl Tenancy {
     }
 
     fn close(&mut self, key: &Key, wall_ns: i64) {
-        if let Some(mut i) = self.open.remove(key) {
-            i.closed_ns = Some(wall_ns);
-            self.store.put(i);
+        if let Some(mut o) = self.open.remove(key) {
+            o.interval.closed_ns = Some(wall_ns);
+            self.store.put(o.interval);
+        }
+    }
+
+    /// Writes intervals open longer than a second that the store does not have yet (called every
+    /// second), or all of them (at shutdown, so `who` knows they were open).
+    pub fn store_open(&mut self, now_ns: i64, all: bool) {
+        for o in self.open.values_mut() {
+            if !o.stored && (all || o.interval.opened_ns <= now_ns - STORE_OPEN_AFTER_NS) {
+                o.stored = true;
+                self.store.put(o.interval.clone());
+            }
         }
     }
 
@@ -102,7 +125,7 @@ impl Tenancy {
             let oldest = self
                 .open
                 .iter()
-                .min_by_key(|(_, i)| i.opened_ns)
+                .min_by_key(|(_, o)| o.interval.opened_ns)
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 self.open.remove(&k);
@@ -132,13 +155,16 @@ impl Tenancy {
             closed_ns: None,
             close_note: None,
         };
-        self.store.put(i.clone());
-        if let Some(mut old) = self.open.insert(key, i) {
+        let new = Open {
+            interval: i,
+            stored: false,
+        };
+        if let Some(mut old) = self.open.insert(key, new) {
             // The same address again without a release in between (a lost event): the old one
             // ended no later than now.
-            old.closed_ns = Some(wall_ns);
-            old.close_note = Some("superseded; its release was not seen".into());
-            self.store.put(old);
+            old.interval.closed_ns = Some(wall_ns);
+            old.interval.close_note = Some("superseded; its release was not seen".into());
+            self.store.put(old.interval);
         }
     }
 }

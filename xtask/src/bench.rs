@@ -189,6 +189,9 @@ impl Tracer {
         let child = match mode {
             Mode::None => None,
             Mode::Portwatch => {
+                // A fresh tenancy store per run: a history grown over earlier runs would make
+                // later runs pay for it.
+                let _ = fs::remove_dir_all(p.out.join("state"));
                 let c = Command::new(&p.portwatch)
                     .args(["run", "--no-stdout", "--log-file"])
                     .arg(&log)
