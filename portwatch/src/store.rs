@@ -11,6 +11,8 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
 pub const FILE_NAME: &str = "history.sqlite";
+/// Intervals waiting for the writer.
+const QUEUE: usize = 4096;
 
 /// One holding of a port by a process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -77,16 +79,31 @@ fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 
 /// Opens (creating) the store for writing.
 pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir_err = |dir: &Path| {
+        let dir = dir.display().to_string();
+        move |source| StoreError::Dir { path: dir, source }
+    };
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_err(dir))?;
     }
     let c = Connection::open(path).map_err(err(path))?;
+    // Command lines can hold secrets: the history is as private as the event log (SQLite gives
+    // its -wal and -shm files the same mode).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))
+        .map_err(dir_err(path))?;
     c.pragma_update(None, "journal_mode", "WAL")
         .map_err(err(path))?;
     c.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err(path))?;
+    // 2 MiB of page cache (negative: KiB): the daemon's memory stays bounded.
+    c.pragma_update(None, "cache_size", -2048)
         .map_err(err(path))?;
     c.execute_batch(SCHEMA).map_err(err(path))?;
     Ok(c)
@@ -267,7 +284,9 @@ pub fn start(
             r.get(0)
         })
         .map_err(err(&path))?;
-    let (tx, rx) = sync_channel(65_536);
+    // Small on purpose: when the writer lags, intervals are dropped (and counted) instead of
+    // piling up in memory.
+    let (tx, rx) = sync_channel(QUEUE);
     let p = path.clone();
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
@@ -388,6 +407,24 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_history_file_is_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state").join(FILE_NAME);
+        open_rw(&p).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let d = std::fs::metadata(p.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(d, 0o700);
     }
 
     #[test]

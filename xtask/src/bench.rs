@@ -185,6 +185,9 @@ impl Tracer {
         };
         if !log.as_os_str().is_empty() {
             let _ = fs::remove_file(&log);
+            for r in rotated(&log) {
+                let _ = fs::remove_file(r);
+            }
         }
         let child = match mode {
             Mode::None => None,
@@ -192,8 +195,13 @@ impl Tracer {
                 // A fresh tenancy store per run: a history grown over earlier runs would make
                 // later runs pay for it.
                 let _ = fs::remove_dir_all(p.out.join("state"));
+                // No size rotation while measuring: every line a run writes stays countable.
+                let config = p.out.join("portwatch.toml");
+                fs::write(&config, "[log]\nrotate_size_mib = 0\n")?;
                 let c = Command::new(&p.portwatch)
-                    .args(["run", "--no-stdout", "--log-file"])
+                    .args(["run", "--no-stdout", "--config"])
+                    .arg(&config)
+                    .arg("--log-file")
                     .arg(&log)
                     .arg("--status-socket")
                     .arg(p.out.join("status.sock"))
@@ -338,7 +346,16 @@ impl Tracer {
     }
 
     fn count(&self, pid: u32) -> (u64, u64) {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        // portwatch rotates its log by size: a run's lines may span the rotated files too.
+        let text: String = if self.mode == Mode::Portwatch {
+            rotated(&self.log)
+                .iter()
+                .chain(std::iter::once(&self.log))
+                .map(|p| fs::read_to_string(p).unwrap_or_default())
+                .collect()
+        } else {
+            fs::read_to_string(&self.log).unwrap_or_default()
+        };
         match self.mode {
             Mode::None => (0, 0),
             Mode::Portwatch => {
@@ -406,6 +423,18 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// `events.jsonl.1` … `.9` beside `log` (portwatch's size rotation).
+fn rotated(log: &Path) -> Vec<PathBuf> {
+    (1..10)
+        .map(|n| {
+            let mut s = log.as_os_str().to_owned();
+            s.push(format!(".{n}"));
+            PathBuf::from(s)
+        })
+        .filter(|p| p.exists())
+        .collect()
 }
 
 /// Steps the generator's rate up with portwatch attached; the highest rate with nothing lost.
