@@ -13,6 +13,7 @@ pub mod errno;
 pub mod event;
 pub mod lineage;
 pub mod ports;
+pub mod private_dir;
 pub mod privileges;
 pub mod read;
 pub mod sink;

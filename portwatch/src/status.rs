@@ -3,7 +3,7 @@
 //! second daemon finds it answering and refuses to start.
 use std::{
     io::Read as _,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -49,15 +49,7 @@ impl StatusServer {
             // Left behind by a daemon that died: nobody answers on it.
             std::fs::remove_file(path).map_err(io)?;
         }
-        if let Some(dir) = path.parent()
-            && !dir.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
-        }
+        crate::private_dir::ensure_parent(path).map_err(io)?;
         let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         Ok(Self {

@@ -79,20 +79,12 @@ fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 
 /// Opens (creating) the store for writing.
 pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    use std::os::unix::fs::PermissionsExt as _;
     let dir_err = |dir: &Path| {
         let dir = dir.display().to_string();
         move |source| StoreError::Dir { path: dir, source }
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(dir_err(dir))?;
-    }
+    crate::private_dir::ensure_parent(path).map_err(dir_err(path.parent().unwrap_or(path)))?;
     let c = Connection::open(path).map_err(err(path))?;
     // Command lines can hold secrets: the history is as private as the event log (SQLite gives
     // its -wal and -shm files the same mode).

@@ -292,13 +292,7 @@ impl Tracer {
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        let Some(pid) = self.pid() else { return 0 };
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        self.pid().map_or(0, |pid| status_kib(pid, "VmHWM:"))
     }
 
     /// portwatch only: total run time and count of its programs (kernel.bpf_stats_enabled).
@@ -474,14 +468,7 @@ fn rss_over_time(p: &Paths, ops: u64) -> Result<Value> {
         .args(["udp-bind", &ops.to_string()])
         .stdout(Stdio::piped())
         .spawn()?;
-    let rss = |pid: u32| -> u64 {
-        fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let rss = |pid: u32| status_kib(pid, "VmRSS:");
     let start = Instant::now();
     let mut samples = vec![(0.0, rss(pid))];
     while child.try_wait()?.is_none() {
@@ -604,6 +591,16 @@ fn print_table(report: &Value) {
         report["rss"]["rss_kib_last"],
         report["rss"]["peak_rss_kib"]
     );
+}
+
+/// A `… kB` field of /proc/PID/status (VmRSS:, VmHWM:), 0 when unreadable.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn ticks_per_second() -> f64 {

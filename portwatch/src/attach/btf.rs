@@ -2,7 +2,7 @@
 //! aya-ebpf has no CO-RE, so the programs read these as globals set at load time.
 use std::path::Path;
 
-use btf_rs::{Btf, BtfType, Type};
+use btf_rs::{Btf, Type};
 
 use super::AttachError;
 
@@ -134,9 +134,6 @@ fn resolve_aggregate(btf: &Btf, mut ty: Type) -> Type {
     }
     ty
 }
-
-#[allow(dead_code)]
-fn _assert_btf_type_used(_: &dyn BtfType) {}
 
 #[cfg(test)]
 mod tests {
