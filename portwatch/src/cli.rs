@@ -126,6 +126,7 @@ impl RunArgs {
                 .clone()
                 .unwrap_or_else(|| config.status.socket.clone()),
             cache: config.cache,
+            status_interval_seconds: config.status.event_interval_seconds,
             state_dir: self
                 .state_dir
                 .clone()

@@ -15,6 +15,11 @@ fn now_ns(clock: ClockId) -> i128 {
         .unwrap_or(0)
 }
 
+/// CLOCK_MONOTONIC now, in the kernel records' unit.
+pub fn monotonic_now() -> u64 {
+    now_ns(ClockId::CLOCK_MONOTONIC).max(0) as u64
+}
+
 impl WallClock {
     pub fn sample() -> Self {
         let mono = now_ns(ClockId::CLOCK_MONOTONIC);

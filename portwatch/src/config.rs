@@ -98,6 +98,9 @@ pub struct LogConfig {
 pub struct StatusConfig {
     /// Unix socket `portwatch status` asks (created mode 0600).
     pub socket: PathBuf,
+    /// A `status` line with the daemon's counters goes into the event log this often (seconds);
+    /// 0: only at start and stop.
+    pub event_interval_seconds: u64,
 }
 
 impl Default for Config {
@@ -128,6 +131,7 @@ impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
+            event_interval_seconds: 300,
         }
     }
 }
@@ -220,9 +224,12 @@ rotate_keep = 5
 [status]
 # Unix socket that `portwatch status` asks (mode 0600: root only).
 socket = "/run/portwatch/status.sock"
+# Seconds between `status` lines in the event log (counters: events, losses, cache sizes and
+# evictions, store); 0: only at start and stop.
+event_interval_seconds = 300
 
 [cache]
-# Bounded caches; their sizes show in `portwatch status`. Processes' /proc facts are reused for
+# Bounded LRU caches; their sizes and evictions show in `portwatch status` and `status` lines. Processes' /proc facts are reused for
 # 2 s per pid and comm, so a storm from one process does not re-read /proc for every event.
 processes = 4096
 users = 4096

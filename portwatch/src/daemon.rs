@@ -3,7 +3,7 @@
 //! every program is attached, and pings the watchdog from the event loop itself.
 use std::{
     collections::{BTreeMap, VecDeque},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -15,8 +15,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     attach::{self, AttachMode, AttachOptions, Attached},
     clock::{self, WallClock},
-    decode::{self, Kind, Record},
-    enrich::Enricher,
+    decode::{self, KernelEvent, Kind, Record},
+    enrich::{Attribution, Enricher},
     event::{
         DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord, SCHEMA_VERSION,
         StatusRecord,
@@ -26,6 +26,7 @@ use crate::{
     privileges,
     read::{EventReader, LossCounter},
     sink::{Rotation, Sink},
+    sockets,
     status::{self, StatusServer},
     tenancy::Tenancy,
 };
@@ -41,6 +42,8 @@ pub struct RunOptions {
     pub cache: crate::config::CacheConfig,
     pub state_dir: PathBuf,
     pub retention: crate::store::Retention,
+    /// Seconds between periodic `status` lines; 0: only at start and stop.
+    pub status_interval_seconds: u64,
 }
 
 /// Longest a record waits in the ring buffer before the daemon reads it.
@@ -61,6 +64,8 @@ pub struct Pipeline {
     /// Events written, by kind: bind, listen, connect, close.
     pub counts: [u64; 4],
     pub decode_errors: u64,
+    /// Events written by the start-up socket scan.
+    pub snapshot_events: u64,
 }
 
 fn kind_index(k: Kind) -> usize {
@@ -90,6 +95,7 @@ impl Pipeline {
             seq: 0,
             counts: [0; 4],
             decode_errors: 0,
+            snapshot_events: 0,
         }
     }
 
@@ -136,19 +142,45 @@ impl Pipeline {
             }
         };
         self.counts[kind_index(ev.kind)] += 1;
-        let attr = self.enricher.attribute(&ev, &self.processes);
+        self.emit_port(&ev, "kernel");
+    }
+
+    /// Attributes, records in the live table and writes one port event.
+    fn emit_port(&mut self, ev: &KernelEvent, origin: &'static str) {
+        // pid 0: a socket no process holds (a kernel socket); /proc has nothing to say.
+        let attr = if ev.pid == 0 {
+            Attribution::default()
+        } else {
+            self.enricher.attribute(ev, &self.processes)
+        };
         let wall = self.clock.to_utc(ev.monotonic_ns);
         if let Some(t) = &mut self.tenancy {
-            t.observe(&ev, &attr, wall.timestamp_nanos_opt().unwrap_or(i64::MAX));
+            t.observe(ev, &attr, wall.timestamp_nanos_opt().unwrap_or(i64::MAX));
         }
         let ts = clock::rfc3339(wall);
         let header = Self::header(&mut self.seq, &self.host, ev.kind.as_str(), ts);
         let port = self.ephemeral.info(ev.local.port());
-        let rec = PortRecord::new(header, &ev, attr, port);
+        let rec = PortRecord::new(header, ev, attr, port, origin);
         Self::push(&mut self.sink, &rec);
     }
 
-    pub fn write_status(&mut self, attached: &Attached) {
+    /// The start-up seed: one `origin: snapshot` event per socket the kernel already had, so
+    /// listeners started before the daemon are known.
+    pub fn write_snapshot(&mut self, events: &[KernelEvent]) {
+        for ev in events {
+            self.snapshot_events += 1;
+            self.emit_port(ev, "snapshot");
+        }
+    }
+
+    /// A `status` line: at start (`reason` "start"), every `[status] event_interval_seconds`
+    /// ("periodic") and at shutdown ("stop"), with the counters `portwatch status` shows.
+    pub fn write_status(
+        &mut self,
+        attached: &Attached,
+        reason: &'static str,
+        ring_buffer_lost: u64,
+    ) {
         let attach: BTreeMap<String, _> = attached
             .families
             .iter()
@@ -166,6 +198,8 @@ impl Pipeline {
             },
             attach,
             ring_buffer_bytes: attached.ring_buffer_bytes,
+            reason,
+            counters: self.counters(ring_buffer_lost),
         };
         Self::push(&mut self.sink, &rec);
     }
@@ -220,6 +254,57 @@ impl Pipeline {
     pub fn process_gone(&self) -> u64 {
         self.enricher.vanished
     }
+
+    /// What the daemon did and could not do, for `portwatch status` and the periodic `status`
+    /// event; `ring_buffer_lost` comes from the kernel's loss counters.
+    pub fn counters(&self, ring_buffer_lost: u64) -> Value {
+        let mut events = serde_json::Map::new();
+        for (i, name) in KIND_NAMES.iter().enumerate() {
+            events.insert((*name).into(), json!(self.counts[i]));
+        }
+        events.insert("total".into(), json!(self.counts.iter().sum::<u64>()));
+        events.insert("snapshot".into(), json!(self.snapshot_events));
+        let (procs, procs_max, users, users_max) = self.enricher.cache_sizes();
+        let ev = self.enricher.evictions;
+        json!({
+            "events": events,
+            "lost": {"ring_buffer": ring_buffer_lost, "log_write_failed": self.sink.stats.lines_failed,
+                     "undecodable": self.decode_errors},
+            "attribution": {"process_gone": self.process_gone(), "from_process_table": self.enricher.from_table},
+            "caches": {"processes": {"size": procs, "max": procs_max, "evictions": ev.processes},
+                       "users": {"size": users, "max": users_max, "evictions": ev.users},
+                       "process_table": {"size": self.processes.len(), "max": self.processes.max(),
+                                         "evictions": self.processes.evictions}},
+            "log": {"path": self.sink.log_path(), "bytes": self.sink.log_bytes(),
+                    "rotations": self.sink.stats.rotations, "lines_written": self.sink.stats.lines_written},
+            "store": self.tenancy.as_ref().map(|t| json!({"open_sockets": t.open_count(),
+                "writes_dropped": t.store.dropped, "forgotten": t.forgotten})),
+        })
+    }
+}
+
+/// Every socket the kernel has now, as port events of their holders.
+fn scan_sockets() -> Vec<KernelEvent> {
+    let found = match sockets::dump_all() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up socket snapshot failed; sockets opened before the daemon are unknown");
+            return Vec::new();
+        }
+    };
+    let owners = sockets::owners(Path::new("/proc"));
+    let netns = sockets::own_netns();
+    let now = clock::monotonic_now();
+    let events: Vec<KernelEvent> = found
+        .iter()
+        .map(|s| {
+            let pid = owners.get(&s.inode).copied().unwrap_or(0);
+            sockets::to_event(s, pid, netns, Path::new("/proc"), now)
+        })
+        .collect();
+    let unowned = events.iter().filter(|e| e.pid == 0).count();
+    tracing::info!(sockets = events.len(), unowned, "start-up socket snapshot");
+    events
 }
 
 fn kernel_release() -> String {
@@ -239,14 +324,12 @@ struct StatusView<'a> {
 impl StatusView<'_> {
     fn render(&self, p: &Pipeline) -> Value {
         let total: u64 = p.counts.iter().sum();
-        let mut events = serde_json::Map::new();
         let mut per_second = serde_json::Map::new();
         let (window, oldest) = match self.rates.front() {
             Some((at, counts)) => (at.elapsed().as_secs_f64(), *counts),
             None => (0.0, p.counts),
         };
         for (i, name) in KIND_NAMES.iter().enumerate() {
-            events.insert((*name).into(), json!(p.counts[i]));
             let rate = if window > 0.0 {
                 (p.counts[i] - oldest[i]) as f64 / window
             } else {
@@ -254,7 +337,6 @@ impl StatusView<'_> {
             };
             per_second.insert((*name).into(), json!(rate));
         }
-        events.insert("total".into(), json!(total));
         let oldest_total: u64 = oldest.iter().sum();
         per_second.insert(
             "total".into(),
@@ -264,34 +346,26 @@ impl StatusView<'_> {
                 0.0
             }),
         );
-        let (procs, procs_max, users, users_max) = p.enricher.cache_sizes();
         let attach: BTreeMap<String, String> = self
             .attached
             .families
             .iter()
             .map(|f| (f.family.to_string(), f.strategy.to_string()))
             .collect();
-        json!({
+        let mut v = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "kernel": kernel_release(),
             "attach": attach,
-            "events": events,
             "events_per_second": per_second,
             "rate_window_seconds": window.round() as u64,
-            "lost": {"ring_buffer": self.lost, "log_write_failed": p.sink.stats.lines_failed,
-                     "undecodable": p.decode_errors},
-            "attribution": {"process_gone": p.process_gone(), "from_process_table": p.enricher.from_table},
-            "caches": {"processes": {"size": procs, "max": procs_max}, "users": {"size": users, "max": users_max},
-                       "process_table": {"size": p.processes.len(), "max": p.processes.max(),
-                                         "evictions": p.processes.evictions}},
-            "log": {"path": p.sink.log_path(), "bytes": p.sink.log_bytes(), "rotations": p.sink.stats.rotations,
-                    "lines_written": p.sink.stats.lines_written},
             "ring_buffer_bytes": self.attached.ring_buffer_bytes,
-            "store": p.tenancy.as_ref().map(|t| json!({"open_sockets": t.open_count(),
-                "writes_dropped": t.store.dropped, "forgotten": t.forgotten})),
-        })
+        });
+        if let (Some(m), Value::Object(c)) = (v.as_object_mut(), p.counters(self.lost)) {
+            m.extend(c);
+        }
+        v
     }
 }
 
@@ -330,7 +404,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     pipeline
         .processes
         .seed_from_proc(std::path::Path::new("/proc"));
-    pipeline.write_status(&attached);
+    // After attaching, so a socket opened meanwhile is in the ring buffer, the scan, or both;
+    // before the status line, so whoever waits for that line knows the scan is over.
+    let snapshot = scan_sockets();
+    pipeline.write_status(&attached, "start", 0);
+    pipeline.write_snapshot(&snapshot);
     pipeline.flush();
     // Parsing kernel BTF at start-up takes tens of MiB that are free now; give them back.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -346,6 +424,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut second = tokio::time::interval(Duration::from_secs(1));
     let mut clock_refresh = tokio::time::interval(Duration::from_secs(60));
+    let status_every = Duration::from_secs(opts.status_interval_seconds.max(1));
+    let mut status_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + status_every, status_every);
     // Pinged from this loop, so a daemon whose loop hangs stops pinging and is restarted.
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let started = Instant::now();
@@ -385,6 +466,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "status socket accept failed"),
             },
             _ = clock_refresh.tick() => pipeline.refresh(),
+            _ = status_tick.tick(), if opts.status_interval_seconds > 0 => {
+                pipeline.write_status(&attached, "periodic", losses.reported());
+                pipeline.flush();
+            }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reopening the event log");
                 pipeline.sink.reopen();
@@ -396,6 +481,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let drained = reader.drain(&mut |b| pipeline.handle(b));
     report_losses(&mut losses, &mut pipeline);
+    pipeline.write_status(&attached, "stop", losses.reported());
     pipeline.flush();
     if let Some(t) = &mut pipeline.tenancy {
         t.store_open(0, true);

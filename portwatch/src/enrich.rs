@@ -2,11 +2,13 @@
 //! the user name from the user database. What cannot be read (the process is gone) stays None;
 //! nothing is guessed.
 use std::{
-    collections::HashMap,
     fs,
+    num::NonZeroUsize,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use lru::LruCache;
 
 use nix::unistd::{Uid, User};
 
@@ -15,6 +17,8 @@ use crate::{cgroup, decode::KernelEvent, lineage::ProcessTable};
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Attribution {
     pub ppid: Option<u32>,
+    /// The parent's comm (from /proc, or the process table once the parent is gone).
+    pub parent_comm: Option<String>,
     pub executable: Option<String>,
     pub command_line: Option<Vec<String>>,
     /// The command line was longer than `MAX_CMDLINE_BYTES` and is cut there.
@@ -38,12 +42,18 @@ const USER_CACHE_MAX: usize = 4096;
 const PROC_CACHE_TTL: Duration = Duration::from_secs(2);
 const PROC_CACHE_MAX: usize = 4096;
 
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CacheEvictions {
+    pub processes: u64,
+    pub users: u64,
+}
+
 pub struct Enricher {
     proc_root: PathBuf,
-    procs_max: usize,
-    users_max: usize,
-    users: HashMap<u32, Option<String>>,
-    procs: HashMap<(u32, Vec<u8>), (Instant, ProcFacts)>,
+    users: LruCache<u32, Option<String>>,
+    procs: LruCache<(u32, Vec<u8>), (Instant, ProcFacts)>,
+    /// Entries pushed out of each cache by newer ones.
+    pub evictions: CacheEvictions,
     /// Records whose process was already gone from /proc.
     pub vanished: u64,
     /// Of those, the ones the process table still attributed.
@@ -60,10 +70,9 @@ impl Enricher {
     pub fn new(proc_root: impl Into<PathBuf>, procs_max: usize, users_max: usize) -> Self {
         Self {
             proc_root: proc_root.into(),
-            procs_max: procs_max.max(1),
-            users_max: users_max.max(1),
-            users: HashMap::new(),
-            procs: HashMap::new(),
+            users: LruCache::new(NonZeroUsize::new(users_max).unwrap_or(NonZeroUsize::MIN)),
+            procs: LruCache::new(NonZeroUsize::new(procs_max).unwrap_or(NonZeroUsize::MIN)),
+            evictions: CacheEvictions::default(),
             vanished: 0,
             from_table: 0,
         }
@@ -78,14 +87,11 @@ impl Enricher {
             Some((at, facts)) if now.duration_since(*at) < PROC_CACHE_TTL => facts.clone(),
             _ => match read_process(&self.proc_root.join(ev.pid.to_string())) {
                 Some(facts) => {
-                    if self.procs.len() >= self.procs_max {
-                        self.procs
-                            .retain(|_, (at, _)| now.duration_since(*at) < PROC_CACHE_TTL);
-                        if self.procs.len() >= self.procs_max {
-                            self.procs.clear();
-                        }
+                    if let Some((old, _)) = self.procs.push(key.clone(), (now, facts.clone()))
+                        && old != key
+                    {
+                        self.evictions.processes += 1;
                     }
-                    self.procs.insert(key, (now, facts.clone()));
                     facts
                 }
                 None => {
@@ -110,6 +116,13 @@ impl Enricher {
                 facts.command_line_truncated = e.command_line_truncated;
             }
         }
+        if facts.parent_comm.is_none()
+            && let Some(ppid) = facts.ppid
+        {
+            facts.parent_comm = table
+                .lookup(ppid, ev.monotonic_ns)
+                .and_then(|p| p.comm.clone());
+        }
         let cg = facts
             .cgroup
             .as_deref()
@@ -117,6 +130,7 @@ impl Enricher {
             .unwrap_or_default();
         Attribution {
             ppid: facts.ppid,
+            parent_comm: facts.parent_comm,
             executable: facts.executable,
             command_line: facts.command_line,
             command_line_truncated: facts.command_line_truncated,
@@ -131,9 +145,9 @@ impl Enricher {
     pub fn cache_sizes(&self) -> (usize, usize, usize, usize) {
         (
             self.procs.len(),
-            self.procs_max,
+            self.procs.cap().get(),
             self.users.len(),
-            self.users_max,
+            self.users.cap().get(),
         )
     }
 
@@ -145,10 +159,9 @@ impl Enricher {
             .ok()
             .flatten()
             .map(|u| u.name);
-        if self.users.len() >= self.users_max {
-            self.users.clear();
+        if self.users.push(uid, name.clone()).is_some() {
+            self.evictions.users += 1;
         }
-        self.users.insert(uid, name.clone());
         name
     }
 }
@@ -157,6 +170,8 @@ impl Enricher {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcFacts {
     pub ppid: Option<u32>,
+    pub comm: Option<String>,
+    pub parent_comm: Option<String>,
     pub executable: Option<String>,
     pub command_line: Option<Vec<String>>,
     pub command_line_truncated: bool,
@@ -172,6 +187,11 @@ pub fn read_process_facts(dir: &Path) -> Option<ProcFacts> {
 fn read_process(dir: &Path) -> Option<ProcFacts> {
     let stat = fs::read(dir.join("stat")).ok()?;
     let ppid = parse_stat_ppid(&stat);
+    let comm = read_comm(dir);
+    let parent_comm = ppid.and_then(|p| {
+        dir.parent()
+            .and_then(|root| read_comm(&root.join(p.to_string())))
+    });
     let executable = fs::read_link(dir.join("exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
@@ -188,11 +208,19 @@ fn read_process(dir: &Path) -> Option<ProcFacts> {
         .and_then(|t| cgroup::v2_path(&t));
     Some(ProcFacts {
         ppid,
+        comm,
+        parent_comm,
         executable,
         command_line,
         command_line_truncated: truncated,
         cgroup,
     })
+}
+
+fn read_comm(dir: &Path) -> Option<String> {
+    let c = fs::read(dir.join("comm")).ok()?;
+    let c = c.strip_suffix(b"\n").unwrap_or(&c);
+    Some(String::from_utf8_lossy(c).into_owned())
 }
 
 /// The parent pid from /proc/PID/stat. comm (field 2) may hold spaces and parentheses, so parse

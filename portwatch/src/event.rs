@@ -45,6 +45,8 @@ pub struct PortRecord<'a> {
     pub port: PortInfo,
     pub process: Process,
     pub probe: &'static str,
+    /// `kernel` (a live eBPF record) or `snapshot` (found by the start-up socket scan).
+    pub origin: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +81,7 @@ pub struct Process {
     pub pid: u32,
     pub tid: u32,
     pub ppid: Option<u32>,
+    pub parent_comm: Option<String>,
     pub comm: String,
     pub executable: Option<String>,
     pub command_line: Option<Vec<String>>,
@@ -112,6 +115,10 @@ pub struct StatusRecord<'a> {
     pub kernel: KernelInfo,
     pub attach: BTreeMap<String, &'a FamilyAttachment>,
     pub ring_buffer_bytes: u32,
+    /// `start`, `periodic` or `stop`.
+    pub reason: &'static str,
+    /// Events written and lost, cache sizes and evictions, store and log figures.
+    pub counters: serde_json::Value,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,7 +152,13 @@ pub struct Loss {
 }
 
 impl<'a> PortRecord<'a> {
-    pub fn new(header: Header<'a>, ev: &KernelEvent, attr: Attribution, port: PortInfo) -> Self {
+    pub fn new(
+        header: Header<'a>,
+        ev: &KernelEvent,
+        attr: Attribution,
+        port: PortInfo,
+        origin: &'static str,
+    ) -> Self {
         PortRecord {
             header,
             outcome: if ev.errno.is_some() {
@@ -170,6 +183,7 @@ impl<'a> PortRecord<'a> {
                 pid: ev.pid,
                 tid: ev.tid,
                 ppid: attr.ppid,
+                parent_comm: attr.parent_comm,
                 comm: String::from_utf8_lossy(&ev.comm).into_owned(),
                 executable: attr.executable,
                 command_line: attr.command_line,
@@ -184,6 +198,7 @@ impl<'a> PortRecord<'a> {
                 group: Group { id: ev.gid },
             },
             probe: ev.probe,
+            origin,
         }
     }
 }
@@ -231,7 +246,13 @@ mod tests {
 
     #[test]
     fn failure_record_has_error_name_number_and_peer() {
-        let rec = PortRecord::new(header(), &kernel_event(), Attribution::default(), port());
+        let rec = PortRecord::new(
+            header(),
+            &kernel_event(),
+            Attribution::default(),
+            port(),
+            "kernel",
+        );
         let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
         assert_eq!(v["schema"], 1);
         assert_eq!(v["event"], "connect");
@@ -248,7 +269,13 @@ mod tests {
 
     #[test]
     fn hostile_comm_stays_one_valid_json_line() {
-        let rec = PortRecord::new(header(), &kernel_event(), Attribution::default(), port());
+        let rec = PortRecord::new(
+            header(),
+            &kernel_event(),
+            Attribution::default(),
+            port(),
+            "kernel",
+        );
         let line = serde_json::to_string(&rec).unwrap();
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -264,6 +291,7 @@ mod tests {
             &ev,
             Attribution::default(),
             port(),
+            "kernel",
         ))
         .unwrap();
         assert_eq!(v["outcome"], "success");

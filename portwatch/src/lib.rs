@@ -17,6 +17,7 @@ pub mod private_dir;
 pub mod privileges;
 pub mod read;
 pub mod sink;
+pub mod sockets;
 pub mod status;
 pub mod store;
 pub mod tenancy;

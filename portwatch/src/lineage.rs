@@ -16,6 +16,8 @@ pub struct Entry {
     pub started_ns: u64,
     pub exited_ns: Option<u64>,
     pub ppid: Option<u32>,
+    /// The kernel's comm: the executable's base name cut to 15 bytes.
+    pub comm: Option<String>,
     pub executable: Option<String>,
     pub command_line: Option<Vec<String>>,
     pub command_line_truncated: bool,
@@ -77,6 +79,7 @@ impl ProcessTable {
                 started_ns: r.monotonic_ns,
                 exited_ns: None,
                 ppid: (r.ppid != 0).then_some(r.ppid),
+                comm: (!r.filename.is_empty()).then(|| comm_of(&r.filename)),
                 executable,
                 command_line: enrich::split_cmdline(&r.args),
                 command_line_truncated: r.args_truncated,
@@ -133,6 +136,7 @@ impl ProcessTable {
                         started_ns: 0,
                         exited_ns: None,
                         ppid: f.ppid,
+                        comm: f.comm,
                         executable: f.executable,
                         command_line: f.command_line,
                         command_line_truncated: f.command_line_truncated,
@@ -141,6 +145,12 @@ impl ProcessTable {
             }
         }
     }
+}
+
+/// What the kernel sets comm to at exec: the file's base name, at most 15 bytes.
+fn comm_of(filename: &[u8]) -> String {
+    let base = filename.rsplit(|&b| b == b'/').next().unwrap_or(filename);
+    String::from_utf8_lossy(&base[..base.len().min(15)]).into_owned()
 }
 
 #[cfg(test)]

@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS intervals (
 );
 CREATE INDEX IF NOT EXISTS intervals_port ON intervals (port, opened_ns);
 CREATE INDEX IF NOT EXISTS intervals_opened ON intervals (opened_ns);
+-- Stretches of time in which intervals were not recorded (the writer fell behind).
+CREATE TABLE IF NOT EXISTS gaps (from_ns INTEGER NOT NULL, to_ns INTEGER NOT NULL, intervals INTEGER NOT NULL);
 ";
 
 fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -190,6 +192,38 @@ pub fn holdings(
         .collect()
 }
 
+/// Unrecorded stretches overlapping [`from`, `to`]: (from_ns, to_ns, intervals lost), oldest
+/// first.
+pub fn gaps(c: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<(i64, i64, u64)>> {
+    // A store written by an older daemon has no gaps table: no known gaps.
+    let has: bool = c.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'gaps'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        return Ok(Vec::new());
+    }
+    let mut stmt = c.prepare(
+        "SELECT from_ns, to_ns, intervals FROM gaps WHERE from_ns <= ?2 AND to_ns >= ?1 ORDER BY from_ns",
+    )?;
+    stmt.query_map(params![from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect()
+}
+
+/// Drops not yet written down as a gap: (first, last time, count).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PendingGap(Option<(i64, i64, u64)>);
+
+impl PendingGap {
+    pub fn note(&mut self, at_ns: i64) {
+        self.0 = Some(match self.0 {
+            Some((a, b, n)) => (a.min(at_ns), b.max(at_ns), n + 1),
+            None => (at_ns, at_ns, 1),
+        });
+    }
+}
+
 /// Retention: drop closed intervals older than `max_age`, then the oldest beyond `max_rows`.
 pub fn prune(
     c: &Connection,
@@ -202,6 +236,7 @@ pub fn prune(
         "DELETE FROM intervals WHERE closed_ns IS NOT NULL AND closed_ns < ?1",
         [cutoff],
     )?;
+    c.execute("DELETE FROM gaps WHERE to_ns < ?1", [cutoff])?;
     n += c.execute(
         "DELETE FROM intervals WHERE id IN (SELECT id FROM intervals ORDER BY opened_ns DESC LIMIT -1 OFFSET ?1)",
         [max_rows as i64],
@@ -212,7 +247,9 @@ pub fn prune(
 /// What the event path hands the writer.
 #[derive(Debug, Clone)]
 pub enum StoreOp {
-    Put(Interval),
+    Put(Box<Interval>),
+    /// (from_ns, to_ns, intervals) that could not be queued.
+    Gap(i64, i64, u64),
 }
 
 /// The event path's end of the writer: never blocks; what does not fit is counted.
@@ -221,11 +258,16 @@ pub struct StoreHandle {
     writer: Option<std::thread::JoinHandle<()>>,
     pub dropped: u64,
     pub next_id: i64,
+    gap: PendingGap,
 }
 
 impl StoreHandle {
     /// Lets the writer commit everything queued, then stops it (shutdown).
     pub fn finish(&mut self) {
+        if let (Some(tx), PendingGap(Some((a, b, n)))) = (&self.tx, self.gap) {
+            // Shutdown may wait for the writer.
+            let _ = tx.send(StoreOp::Gap(a, b, n));
+        }
         drop(self.tx.take());
         if let Some(w) = self.writer.take()
             && w.join().is_err()
@@ -236,9 +278,18 @@ impl StoreHandle {
 
     pub fn put(&mut self, i: Interval) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(StoreOp::Put(i)) {
-            Ok(()) => {}
+        let at = i.closed_ns.unwrap_or(i.opened_ns);
+        match tx.try_send(StoreOp::Put(Box::new(i))) {
+            Ok(()) => {
+                // Room again: the store itself says what it is missing, so `who` can warn.
+                if let PendingGap(Some((a, b, n))) = self.gap
+                    && tx.try_send(StoreOp::Gap(a, b, n)).is_ok()
+                {
+                    self.gap = PendingGap::default();
+                }
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.gap.note(at);
                 self.dropped += 1;
                 if self.dropped.is_power_of_two() {
                     tracing::warn!(
@@ -293,6 +344,7 @@ pub fn start(
             writer: Some(writer),
             dropped: 0,
             next_id,
+            gap: PendingGap::default(),
         },
         path,
     ))
@@ -322,8 +374,16 @@ fn writer(mut c: Connection, rx: Receiver<StoreOp>, retention: Retention, path: 
         }
         if !batch.is_empty() {
             let r = c.transaction().and_then(|tx| {
-                for StoreOp::Put(i) in &batch {
-                    insert(&tx, i)?;
+                for op in &batch {
+                    match op {
+                        StoreOp::Put(i) => insert(&tx, i)?,
+                        StoreOp::Gap(a, b, n) => {
+                            tx.prepare_cached(
+                                "INSERT INTO gaps (from_ns, to_ns, intervals) VALUES (?1, ?2, ?3)",
+                            )?
+                            .execute(params![a, b, *n as i64])?;
+                        }
+                    }
                 }
                 tx.commit()
             });
@@ -417,6 +477,23 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(d, 0o700);
+    }
+
+    #[test]
+    fn gaps_are_found_by_overlap_and_pruned_with_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
+        let mut g = PendingGap::default();
+        for t in [500, 100, 300] {
+            g.note(t);
+        }
+        assert_eq!(g, PendingGap(Some((100, 500, 3))));
+        c.execute("INSERT INTO gaps VALUES (100, 500, 3)", [])
+            .unwrap();
+        assert_eq!(gaps(&c, 0, 99).unwrap(), vec![]);
+        assert_eq!(gaps(&c, 400, 1000).unwrap(), vec![(100, 500, 3)]);
+        prune(&c, 10_000, Duration::from_nanos(1000), 100).unwrap();
+        assert_eq!(gaps(&c, 0, i64::MAX).unwrap(), vec![]);
     }
 
     #[test]

@@ -1,16 +1,11 @@
 //! `portwatch who PORT`: who holds the port now (from the kernel's socket tables, no daemon
 //! needed) and who held it before (from the tenancy store).
-use std::{
-    collections::HashMap,
-    fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
-};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::{clock, enrich, store};
+use crate::{cgroup, clock, enrich, sockets, store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WhoError {
@@ -24,6 +19,8 @@ pub enum WhoError {
     Store(#[from] store::StoreError),
     #[error("reading the tenancy store: {0}")]
     Query(#[from] rusqlite::Error),
+    #[error("reading the kernel's socket table: {0}")]
+    Sockets(#[from] sockets::SockDiagError),
 }
 
 pub fn parse_port(s: &str) -> Result<u16, WhoError> {
@@ -55,7 +52,7 @@ pub struct Query<'a> {
 pub fn holdings(q: &Query<'_>, state_dir: &Path) -> Result<(Vec<Value>, Option<String>), WhoError> {
     let mut out = Vec::new();
     if q.include_now {
-        out.extend(now(q.port, q.transport));
+        out.extend(now(q.port, q.transport)?);
     }
     let path = state_dir.join(store::FILE_NAME);
     if !path.exists() {
@@ -69,8 +66,17 @@ pub fn holdings(q: &Query<'_>, state_dir: &Path) -> Result<(Vec<Value>, Option<S
     }
     let c = store::open_ro(&path)?;
     let (from, to) = q.window.unwrap_or((0, i64::MAX));
+    let ts = |ns: i64| clock::rfc3339(DateTime::from_timestamp_nanos(ns));
+    let gaps = store::gaps(&c, from, to)?;
+    let warning = (!gaps.is_empty()).then(|| {
+        let lost: u64 = gaps.iter().map(|g| g.2).sum();
+        format!(
+            "warning: this history is incomplete: {lost} socket intervals between {} and {} were not recorded (the daemon's store writer fell behind)",
+            ts(gaps[0].0),
+            ts(gaps.iter().map(|g| g.1).max().unwrap_or(gaps[0].1))
+        )
+    });
     for i in store::holdings(&c, q.port, q.transport, from, to, 200)? {
-        let ts = |ns: i64| clock::rfc3339(DateTime::from_timestamp_nanos(ns));
         out.push(json!({
             "source": "history",
             "port": i.port, "transport": i.transport,
@@ -86,129 +92,42 @@ pub fn holdings(q: &Query<'_>, state_dir: &Path) -> Result<(Vec<Value>, Option<S
             "note": i.close_note,
         }));
     }
-    Ok((out, None))
+    Ok((out, warning))
 }
 
-/// Current sockets on `port` from /proc/net/{tcp,tcp6,udp,udp6}, with their processes.
-fn now(port: u16, transport: Option<&str>) -> Vec<Value> {
-    let mut found = Vec::new();
-    for (file, proto, v6) in [
-        ("tcp", "tcp", false),
-        ("tcp6", "tcp", true),
-        ("udp", "udp", false),
-        ("udp6", "udp", true),
-    ] {
-        if transport.is_some_and(|t| t != proto) {
-            continue;
-        }
-        let Ok(text) = fs::read_to_string(format!("/proc/net/{file}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            if let Some(s) = parse_socket_line(line, v6)
-                && s.local.1 == port
-            {
-                found.push((proto, s));
-            }
-        }
-    }
-    if found.is_empty() {
-        return Vec::new();
-    }
-    let owners = socket_owners();
-    found
+/// Current sockets on `port`, from the kernel over sock_diag, with their processes. The
+/// network namespace is the caller's.
+fn now(port: u16, transport: Option<&str>) -> Result<Vec<Value>, WhoError> {
+    let found: Vec<_> = sockets::dump_all()?
         .into_iter()
-        .map(|(proto, s)| {
+        .filter(|s| s.local.port() == port && transport.is_none_or(|t| t == s.transport.as_str()))
+        .collect();
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let owners = sockets::owners(Path::new("/proc"));
+    let netns = sockets::own_netns();
+    Ok(found
+        .into_iter()
+        .map(|s| {
             let pid = owners.get(&s.inode).copied();
             let facts = pid.and_then(|p| enrich::read_process_facts(&Path::new("/proc").join(p.to_string())));
-            let role = match (proto, s.state) {
-                ("tcp", 0x0A) => "listening",
-                ("tcp", _) => "connected",
-                (_, 0x01) => "connected",
-                _ => "bound",
-            };
+            let cg = facts.as_ref().and_then(|f| f.cgroup.as_deref()).map(cgroup::parse).unwrap_or_default();
             json!({
                 "source": "now",
-                "port": port, "transport": proto,
-                "local": {"address": s.local.0.to_string(), "port": s.local.1},
-                "role": role,
-                "peer": (s.remote.1 != 0).then(|| json!({"address": s.remote.0.to_string(), "port": s.remote.1})),
+                "port": port, "transport": s.transport.as_str(),
+                "local": {"address": s.local.ip().to_string(), "port": s.local.port()},
+                "role": s.role(),
+                "peer": s.peer.map(|p| json!({"address": p.ip().to_string(), "port": p.port()})),
+                "netns": netns,
                 "process": {"pid": pid, "executable": facts.as_ref().and_then(|f| f.executable.clone()),
                             "command_line": facts.as_ref().and_then(|f| f.command_line.clone()),
-                            "user": {"id": s.uid, "name": nix::unistd::User::from_uid(s.uid.into()).ok().flatten().map(|u| u.name)}},
+                            "user": {"id": s.uid, "name": nix::unistd::User::from_uid(s.uid.into()).ok().flatten().map(|u| u.name)},
+                            "unit": cg.unit, "container": cg.container},
                 "from": Value::Null, "to": Value::Null,
             })
         })
-        .collect()
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub struct SocketLine {
-    pub local: (IpAddr, u16),
-    pub remote: (IpAddr, u16),
-    pub state: u8,
-    pub uid: u32,
-    pub inode: u64,
-}
-
-/// One line of /proc/net/tcp (or tcp6, udp, udp6).
-pub fn parse_socket_line(line: &str, v6: bool) -> Option<SocketLine> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let addr = |s: &str| -> Option<(IpAddr, u16)> {
-        let (a, p) = s.split_once(':')?;
-        let port = u16::from_str_radix(p, 16).ok()?;
-        let ip = if v6 {
-            if a.len() != 32 {
-                return None;
-            }
-            let mut bytes = [0u8; 16];
-            for w in 0..4 {
-                let word = u32::from_str_radix(&a[w * 8..w * 8 + 8], 16).ok()?;
-                bytes[w * 4..w * 4 + 4].copy_from_slice(&word.to_le_bytes());
-            }
-            IpAddr::V6(Ipv6Addr::from(bytes))
-        } else {
-            IpAddr::V4(Ipv4Addr::from(
-                u32::from_str_radix(a, 16).ok()?.to_le_bytes(),
-            ))
-        };
-        Some((ip, port))
-    };
-    Some(SocketLine {
-        local: addr(f.get(1)?)?,
-        remote: addr(f.get(2)?)?,
-        state: u8::from_str_radix(f.get(3)?, 16).ok()?,
-        uid: f.get(7)?.parse().ok()?,
-        inode: f.get(9)?.parse().ok()?,
-    })
-}
-
-/// Socket inode → pid, from /proc/*/fd.
-fn socket_owners() -> HashMap<u64, u32> {
-    let mut owners = HashMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return owners;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(target) = fs::read_link(fd.path())
-                && let Some(inode) = target
-                    .to_str()
-                    .and_then(|t| t.strip_prefix("socket:["))
-                    .and_then(|t| t.strip_suffix(']'))
-                    .and_then(|t| t.parse().ok())
-            {
-                owners.entry(inode).or_insert(pid);
-            }
-        }
-    }
-    owners
+        .collect())
 }
 
 /// The readable table.
@@ -270,19 +189,6 @@ pub fn render(rows: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_proc_net_lines() {
-        let l = "   0: 0100007F:EC41 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 100 0 0 10 0";
-        let s = parse_socket_line(l, false).unwrap();
-        assert_eq!(s.local, ("127.0.0.1".parse().unwrap(), 60481));
-        assert_eq!((s.state, s.uid, s.inode), (0x0A, 0, 123456));
-        let l6 = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 42 1";
-        let s = parse_socket_line(l6, true).unwrap();
-        assert_eq!(s.local, ("::1".parse().unwrap(), 8080));
-        assert_eq!(s.uid, 1000);
-        assert!(parse_socket_line("garbage", false).is_none());
-    }
 
     #[test]
     fn ports_and_times() {

@@ -109,7 +109,7 @@ pub fn check(v: &Value) -> R {
             only_keys(
                 m,
                 &with(&[
-                    "outcome", "error", "errno", "network", "port", "process", "probe",
+                    "outcome", "error", "errno", "network", "port", "process", "probe", "origin",
                 ]),
                 event,
             )?;
@@ -118,9 +118,41 @@ pub fn check(v: &Value) -> R {
         "status" => {
             only_keys(
                 m,
-                &with(&["daemon", "kernel", "attach", "ring_buffer_bytes"]),
+                &with(&[
+                    "daemon",
+                    "kernel",
+                    "attach",
+                    "ring_buffer_bytes",
+                    "reason",
+                    "counters",
+                ]),
                 event,
             )?;
+            match string(&v["reason"], "reason")? {
+                "start" | "periodic" | "stop" => {}
+                r => return Err(format!("unknown status reason {r}")),
+            }
+            let c = obj(&v["counters"], "counters")?;
+            only_keys(
+                c,
+                &["events", "lost", "attribution", "caches", "log", "store"],
+                "counters",
+            )?;
+            for k in ["bind", "listen", "connect", "close", "total", "snapshot"] {
+                uint(&v["counters"]["events"][k], "counters.events", u64::MAX)?;
+            }
+            for k in ["ring_buffer", "log_write_failed", "undecodable"] {
+                uint(&v["counters"]["lost"][k], "counters.lost", u64::MAX)?;
+            }
+            for cache in ["processes", "users", "process_table"] {
+                for k in ["size", "max", "evictions"] {
+                    uint(
+                        &v["counters"]["caches"][cache][k],
+                        "counters.caches",
+                        u64::MAX,
+                    )?;
+                }
+            }
             string(&v["daemon"]["version"], "daemon.version")?;
             uint(&v["daemon"]["pid"], "daemon.pid", u32::MAX as u64)?;
             string(&v["kernel"]["release"], "kernel.release")?;
@@ -209,6 +241,7 @@ fn port_event(v: &Value, event: &str) -> R {
             "pid",
             "tid",
             "ppid",
+            "parent_comm",
             "comm",
             "executable",
             "command_line",
@@ -222,9 +255,20 @@ fn port_event(v: &Value, event: &str) -> R {
         "process",
     )?;
     let pr = &v["process"];
-    if uint(&pr["pid"], "process.pid", u32::MAX as u64)? == 0 {
+    let origin = string(&v["origin"], "origin")?;
+    if !["kernel", "snapshot"].contains(&origin) {
+        return Err(format!("unknown origin {origin}"));
+    }
+    // pid 0 is how a snapshot says no process holds the socket; the kernel always knows.
+    if uint(&pr["pid"], "process.pid", u32::MAX as u64)? == 0 && origin != "snapshot" {
         return Err("process.pid is 0".into());
     }
+    if (origin == "snapshot") != (v["probe"] == "sock_diag") {
+        return Err("probe sock_diag goes with origin snapshot, and only with it".into());
+    }
+    nullable(&pr["parent_comm"], |s| {
+        string(s, "process.parent_comm").map(drop)
+    })?;
     uint(&pr["tid"], "process.tid", u32::MAX as u64)?;
     nullable(&pr["ppid"], |n| {
         uint(n, "process.ppid", u32::MAX as u64).map(drop)
@@ -261,7 +305,7 @@ fn port_event(v: &Value, event: &str) -> R {
             r => Err(format!("unknown container runtime {r}")),
         }
     })?;
-    for key in ["cgroup", "unit", "container"] {
+    for key in ["ppid", "parent_comm", "cgroup", "unit", "container"] {
         if pr.get(key).is_none() {
             return Err(format!("process.{key} missing (null when unknown)"));
         }
@@ -347,10 +391,10 @@ mod tests {
             "event":"bind","outcome":"success",
             "network":{"transport":"tcp","type":"ipv4","local":{"address":"127.0.0.1","port":51899},"netns":4026531833u32},
             "port":{"class":"dynamic","ephemeral":true},
-            "process":{"pid":8552,"tid":8552,"ppid":8412,"comm":"python3","executable":"/usr/bin/python3",
+            "process":{"pid":8552,"tid":8552,"ppid":8412,"parent_comm":"bash","comm":"python3","executable":"/usr/bin/python3",
                 "cgroup":"/system.slice/a.service","unit":"a.service","container":null,
                 "command_line":["python3"],"user":{"id":0,"name":"root"},"group":{"id":0}},
-            "probe":"cgroup:post_bind4"})
+            "probe":"cgroup:post_bind4","origin":"kernel"})
     }
 
     #[test]
@@ -375,5 +419,12 @@ mod tests {
         let mut v = bind_line();
         v["event"] = json!("connect");
         assert!(check(&v).unwrap_err().contains("without network.peer"));
+        let mut v = bind_line();
+        v["process"]["pid"] = json!(0);
+        assert!(check(&v).unwrap_err().contains("pid is 0"));
+        v["origin"] = json!("snapshot");
+        assert!(check(&v).unwrap_err().contains("sock_diag"));
+        v["probe"] = json!("sock_diag");
+        check(&v).unwrap();
     }
 }

@@ -145,6 +145,67 @@ fn a_listener_opened_before_any_daemon_is_found_now_from_the_kernel() {
 }
 
 #[test]
+fn sockets_opened_before_the_daemon_are_snapshot_events_and_in_history() {
+    let port = free_port();
+    let addr = format!("[::1]:{port}");
+    let listener = scenario(["hold-listen", addr.as_str()]);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    let d = Daemon::start(&[]);
+    // The scan is over once the status line is written, so its events are already in the log.
+    let lines = d.lines();
+    let snap: Vec<&Value> = lines.iter().filter(|l| l["origin"] == "snapshot").collect();
+    let l = snap
+        .iter()
+        .find(|l| l["network"]["local"]["port"] == port)
+        .unwrap_or_else(|| panic!("no snapshot event for port {port}: {snap:?}"));
+    assert_eq!(l["event"], "listen");
+    assert_eq!(l["probe"], "sock_diag");
+    assert_eq!(l["network"]["transport"], "tcp");
+    assert_eq!(l["network"]["type"], "ipv6");
+    assert_eq!(l["network"]["local"]["address"], "::1");
+    assert_eq!(l["process"]["pid"], listener.pid);
+    assert_eq!(l["process"]["comm"], "portwatch-scena");
+    assert!(
+        l["process"]["ppid"].is_u64() && l["process"]["parent_comm"].is_string(),
+        "{l}"
+    );
+    let u = snap
+        .iter()
+        .find(|l| l["network"]["local"]["port"] == udp_port)
+        .unwrap_or_else(|| panic!("no snapshot event for UDP port {udp_port}"));
+    assert_eq!(
+        (&u["event"], &u["network"]["transport"]),
+        (&"bind".into(), &"udp".into())
+    );
+    assert_eq!(u["process"]["pid"], std::process::id());
+    // Live events say where they came from too.
+    let p = port.to_string();
+    let row = history(&[&p], &d.state_dir, |r| r["process"]["pid"] == listener.pid);
+    assert_eq!(row["role"], "listening");
+    assert!(row["to"].is_null(), "still open: {row}");
+    let start = &lines[0];
+    assert_eq!(
+        (&start["event"], &start["reason"]),
+        (&"status".into(), &"start".into())
+    );
+    let (exit, lines) = d.stop();
+    assert!(exit.success());
+    let stop = lines.last().unwrap();
+    assert_eq!(
+        (&stop["event"], &stop["reason"]),
+        (&"status".into(), &"stop".into())
+    );
+    assert!(
+        stop["counters"]["events"]["snapshot"].as_u64().unwrap() >= 2,
+        "{stop}"
+    );
+    assert!(stop["counters"]["caches"]["processes"]["evictions"].is_u64());
+    portwatch_tests::schema::check_log(&lines).unwrap();
+    drop(udp);
+}
+
+#[test]
 fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = who(&["http"], dir.path());

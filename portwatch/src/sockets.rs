@@ -1,0 +1,290 @@
+//! The kernel's socket tables right now, read over sock_diag netlink (as `ss` does), and which
+//! process holds each socket (socket inode → pid through /proc/*/fd). Used for the start-up
+//! snapshot, `who`'s "now", policy reconciliation and `baseline`. Sees the network namespace the
+//! caller runs in.
+use std::{
+    collections::HashMap,
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
+
+use crate::decode::{KernelEvent, Kind, Transport};
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h).
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_LISTEN: u8 = 10;
+pub const TCP_TIME_WAIT: u8 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SockDiagError {
+    #[error("sock_diag netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("sock_diag answered with error {0}")]
+    Kernel(i32),
+    #[error("undecodable sock_diag message: {0}")]
+    Decode(String),
+}
+
+/// One socket as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSocket {
+    pub transport: Transport,
+    pub local: SocketAddr,
+    /// None when not connected (listeners, unconnected UDP).
+    pub peer: Option<SocketAddr>,
+    pub state: u8,
+    pub uid: u32,
+    pub inode: u32,
+    pub cookie: u64,
+}
+
+impl KernelSocket {
+    pub fn is_tcp_listener(&self) -> bool {
+        self.transport == Transport::Tcp && self.state == TCP_LISTEN
+    }
+
+    /// What the socket does, in the words the store and `who` use.
+    pub fn role(&self) -> &'static str {
+        match (self.transport, self.state) {
+            (Transport::Tcp, TCP_LISTEN) => "listening",
+            (_, _) if self.peer.is_some() => "connected",
+            _ => "bound",
+        }
+    }
+}
+
+/// Every TCP and UDP socket, IPv4 and IPv6, that holds a local port. TIME_WAIT sockets (no
+/// owner, already closed by their process) are left out.
+pub fn dump_all() -> Result<Vec<KernelSocket>, SockDiagError> {
+    let mut out = Vec::new();
+    for transport in [Transport::Tcp, Transport::Udp] {
+        for family in [AF_INET, AF_INET6] {
+            dump(family, transport, &mut out)?;
+        }
+    }
+    out.retain(|s| s.local.port() != 0 && s.state != TCP_TIME_WAIT);
+    Ok(out)
+}
+
+fn dump(
+    family: u8,
+    transport: Transport,
+    out: &mut Vec<KernelSocket>,
+) -> Result<(), SockDiagError> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NlAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: match transport {
+                Transport::Tcp => IPPROTO_TCP,
+                Transport::Udp => IPPROTO_UDP,
+            },
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+
+    let mut rx = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        let mut offset = 0;
+        while offset < n {
+            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
+                .map_err(|e| SockDiagError::Decode(e.to_string()))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    let id = &r.header.socket_id;
+                    let peer = SocketAddr::new(id.destination_address, id.destination_port);
+                    let connected = id.destination_port != 0 || !is_unspecified(peer.ip());
+                    out.push(KernelSocket {
+                        transport,
+                        local: SocketAddr::new(id.source_address, id.source_port),
+                        peer: connected.then_some(peer),
+                        state: r.header.state,
+                        uid: r.header.uid,
+                        inode: r.header.inode,
+                        cookie: u64::from_ne_bytes(id.cookie),
+                    });
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => {
+                    return Err(SockDiagError::Kernel(e.code.map(|c| c.get()).unwrap_or(0)));
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn is_unspecified(ip: IpAddr) -> bool {
+    ip.is_unspecified()
+}
+
+/// Socket inode → pid of a process holding it, from /proc/*/fd. A socket shared by several
+/// processes (a forked server) is given to the lowest pid, usually the parent.
+pub fn owners(proc_root: &Path) -> HashMap<u32, u32> {
+    let mut owners: HashMap<u32, u32> = HashMap::new();
+    let Ok(procs) = fs::read_dir(proc_root) else {
+        return owners;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse().ok())
+            {
+                owners
+                    .entry(inode)
+                    .and_modify(|o| *o = (*o).min(pid))
+                    .or_insert(pid);
+            }
+        }
+    }
+    owners
+}
+
+/// The socket as a port event (`probe` "sock_diag"), held by `pid` (0: no process holds it, or
+/// it closed during the scan).
+pub fn to_event(
+    s: &KernelSocket,
+    pid: u32,
+    netns: Option<u32>,
+    proc_root: &Path,
+    monotonic_ns: u64,
+) -> KernelEvent {
+    let dir = proc_root.join(pid.to_string());
+    let comm = if pid == 0 {
+        Vec::new()
+    } else {
+        fs::read(dir.join("comm"))
+            .map(|mut c| {
+                if c.last() == Some(&b'\n') {
+                    c.pop();
+                }
+                c
+            })
+            .unwrap_or_default()
+    };
+    let gid = (pid != 0)
+        .then(|| fs::read_to_string(dir.join("status")).ok())
+        .flatten()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("Gid:"))
+                .and_then(|g| g.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0);
+    KernelEvent {
+        monotonic_ns,
+        cpu: 0,
+        cpu_seq: 0,
+        cookie: s.cookie,
+        cgroup_id: 0,
+        pid,
+        tid: pid,
+        uid: s.uid,
+        gid,
+        netns: netns.unwrap_or(0),
+        errno: None,
+        kind: match s.role() {
+            "listening" => Kind::Listen,
+            "connected" => Kind::Connect,
+            _ => Kind::Bind,
+        },
+        transport: s.transport,
+        local: s.local,
+        peer: s.peer,
+        comm,
+        probe: "sock_diag",
+    }
+}
+
+/// Inode of this process's network namespace: the one sock_diag lists.
+pub fn own_netns() -> Option<u32> {
+    let link = fs::read_link("/proc/self/ns/net").ok()?;
+    link.to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    #[test]
+    fn lists_own_tcp_listener_connection_and_udp_socket_with_owner() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let u = UdpSocket::bind("[::1]:0").unwrap();
+        let all = dump_all().unwrap();
+        let owners = owners(Path::new("/proc"));
+        let me = std::process::id();
+        let listener = all
+            .iter()
+            .find(|s| s.is_tcp_listener() && s.local.port() == port)
+            .unwrap();
+        assert_eq!(listener.role(), "listening");
+        assert_eq!(owners.get(&listener.inode), Some(&me));
+        let client = all
+            .iter()
+            .find(|s| s.local == c.local_addr().unwrap())
+            .unwrap();
+        assert_eq!(client.peer, Some(c.peer_addr().unwrap()));
+        assert_eq!(client.role(), "connected");
+        let udp = all
+            .iter()
+            .find(|s| s.transport == Transport::Udp && s.local == u.local_addr().unwrap())
+            .unwrap();
+        assert_eq!((udp.role(), udp.peer), ("bound", None));
+        assert_eq!(owners.get(&udp.inode), Some(&me));
+        assert!(own_netns().is_some());
+    }
+}
