@@ -26,6 +26,16 @@ pub enum Command {
     Config(ConfigArgs),
     /// Who holds PORT now, and who held it before.
     Who(WhoArgs),
+    /// Validate a policy file; every problem is named with its line and column.
+    CheckPolicy(CheckPolicyArgs),
+    /// Print a commented policy that allows what listens now (review it before installing).
+    Baseline,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckPolicyArgs {
+    /// The policy file.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +89,10 @@ pub struct RunArgs {
     /// Directory of the tenancy history.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Listener policy [default: from the config file, else /etc/portwatch/policy.toml when it
+    /// exists; with none, no alerts].
+    #[arg(long, value_name = "PATH")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +140,10 @@ impl RunArgs {
                 .clone()
                 .unwrap_or_else(|| config.status.socket.clone()),
             cache: config.cache,
+            policy: self.policy.clone().or_else(|| config.policy.file.clone()).or_else(|| {
+                let default = std::path::Path::new(crate::policy::DEFAULT_PATH);
+                default.exists().then(|| default.to_path_buf())
+            }),
             status_interval_seconds: config.status.event_interval_seconds,
             state_dir: self
                 .state_dir

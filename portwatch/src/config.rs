@@ -22,6 +22,14 @@ pub struct Config {
     pub status: StatusConfig,
     pub cache: CacheConfig,
     pub store: StoreConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The listener policy. Unset: /etc/portwatch/policy.toml when it exists, else no alerts.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -112,6 +120,7 @@ impl Default for Config {
             status: StatusConfig::default(),
             cache: CacheConfig::default(),
             store: StoreConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -242,6 +251,11 @@ process_table = 32768
 state_dir = "/var/lib/portwatch"
 max_age_days = 30
 max_rows = 1000000
+
+[policy]
+# The listener policy (docs/policy.md); SIGHUP reloads it. Unset: /etc/portwatch/policy.toml when
+# it exists, else no alerts.
+# file = "/etc/portwatch/policy.toml"
 "#;
 
 #[cfg(test)]

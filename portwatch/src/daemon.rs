@@ -2,7 +2,9 @@
 //! what the kernel already queued before exiting. Under systemd it reports readiness only after
 //! every program is attached, and pings the watchdog from the event loop itself.
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -15,11 +17,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     attach::{self, AttachMode, AttachOptions, Attached},
     clock::{self, WallClock},
-    decode::{self, KernelEvent, Kind, Record},
+    alert::{Alert, AlertEngine, ListenerFacts, Subject},
+    decode::{self, KernelEvent, Kind, Record, Transport},
+    hook::{self, HookCounters},
     enrich::{Attribution, Enricher},
     event::{
-        DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord, SCHEMA_VERSION,
-        StatusRecord,
+        AlertRecord, DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, Network, PortRecord,
+        Process, SCHEMA_VERSION, StatusRecord,
     },
     lineage::ProcessTable,
     ports::EphemeralRange,
@@ -42,6 +46,8 @@ pub struct RunOptions {
     pub cache: crate::config::CacheConfig,
     pub state_dir: PathBuf,
     pub retention: crate::store::Retention,
+    /// The listener policy; None: no alerts.
+    pub policy: Option<PathBuf>,
     /// Seconds between periodic `status` lines; 0: only at start and stop.
     pub status_interval_seconds: u64,
 }
@@ -66,6 +72,13 @@ pub struct Pipeline {
     pub decode_errors: u64,
     /// Events written by the start-up socket scan.
     pub snapshot_events: u64,
+    /// The policy and its alert state; None: no policy, no alerts.
+    pub alerts: Option<AlertEngine>,
+    pub hook: Arc<HookCounters>,
+    /// Where the alert dedup state lives.
+    pub state_dir: PathBuf,
+    pub policy_reloads: u64,
+    pub policy_reload_failures: u64,
 }
 
 fn kind_index(k: Kind) -> usize {
@@ -96,6 +109,11 @@ impl Pipeline {
             counts: [0; 4],
             decode_errors: 0,
             snapshot_events: 0,
+            alerts: None,
+            hook: Arc::default(),
+            state_dir: PathBuf::new(),
+            policy_reloads: 0,
+            policy_reload_failures: 0,
         }
     }
 
@@ -157,11 +175,166 @@ impl Pipeline {
         if let Some(t) = &mut self.tenancy {
             t.observe(ev, &attr, wall.timestamp_nanos_opt().unwrap_or(i64::MAX));
         }
+        let wall_ns = wall.timestamp_nanos_opt().unwrap_or(i64::MAX);
         let ts = clock::rfc3339(wall);
         let header = Self::header(&mut self.seq, &self.host, ev.kind.as_str(), ts);
         let port = self.ephemeral.info(ev.local.port());
         let rec = PortRecord::new(header, ev, attr, port, origin);
+        let alerts = match &mut self.alerts {
+            Some(engine) => judge_event(engine, ev, &rec, origin, wall_ns),
+            None => Vec::new(),
+        };
         Self::push(&mut self.sink, &rec);
+        for a in alerts {
+            self.write_alert(&a);
+        }
+    }
+
+    /// An `alert` line, a WARN diagnostic (journald priority warning under systemd), and the
+    /// exec hook.
+    pub fn write_alert(&mut self, a: &Alert) {
+        let header = Self::header(&mut self.seq, &self.host, "alert", clock::now_rfc3339());
+        let rec = AlertRecord {
+            header,
+            alert: &a.body,
+            network: &a.subject.network,
+            port: &a.subject.port,
+            process: &a.subject.process,
+            origin: a.origin,
+        };
+        let line = match serde_json::to_string(&rec) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "serializing an alert failed");
+                return;
+            }
+        };
+        tracing::warn!(
+            kind = a.body.kind,
+            severity = a.body.severity,
+            count = a.body.count,
+            summary = a.body.summary,
+            pid = ?a.subject.process.get("pid"),
+            executable = ?a.subject.process.get("executable"),
+            local = ?a.subject.network.get("local"),
+            origin = a.origin,
+            "ALERT: {}",
+            a.body.rule
+        );
+        let mut bytes = line.clone().into_bytes();
+        bytes.push(b'\n');
+        self.sink.push(&bytes);
+        if let Some(hook) = self.alerts.as_ref().and_then(|e| e.policy.hook.as_ref()) {
+            hook::dispatch(hook, &self.hook, line);
+        }
+    }
+
+    /// Compares the policy with a fresh scan of the kernel's sockets (every
+    /// `reconcile_interval_seconds`, and after a policy reload), so a listener whose events were
+    /// lost still alerts.
+    pub fn reconcile(&mut self) {
+        if self.alerts.is_none() {
+            return;
+        }
+        let found = match sockets::dump_all() {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(engine) = &mut self.alerts {
+                    engine.counters.reconcile_failed += 1;
+                }
+                tracing::error!(error = %e, "reconciliation scan failed; listeners whose events were lost go unnoticed until the next one");
+                return;
+            }
+        };
+        let owners = sockets::owners(Path::new("/proc"));
+        let netns = sockets::own_netns();
+        let mono = clock::monotonic_now();
+        let wall_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let mut listeners = Vec::new();
+        let mut per_destination: HashMap<(&'static str, SocketAddr), u64> = HashMap::new();
+        for s in &found {
+            let ephemeral = self.ephemeral.info(s.local.port()).ephemeral;
+            if let Some(peer) = s.peer {
+                if ephemeral {
+                    *per_destination.entry((s.transport.as_str(), peer)).or_default() += 1;
+                }
+                continue;
+            }
+            if !(s.is_tcp_listener() || (s.transport == Transport::Udp && !ephemeral)) {
+                continue;
+            }
+            let pid = owners.get(&s.inode).copied().unwrap_or(0);
+            let ev = sockets::to_event(s, pid, netns, Path::new("/proc"), mono);
+            let attr = if pid == 0 {
+                Attribution::default()
+            } else {
+                self.enricher.attribute(&ev, &self.processes)
+            };
+            let network = Network::of(&ev);
+            let process = Process::of(&ev, attr);
+            listeners.push(listener_facts(&network, self.ephemeral.info(s.local.port()), &process));
+        }
+        let size = self.ephemeral.size();
+        let alerts = match &mut self.alerts {
+            Some(engine) => engine.reconcile(netns, listeners, &per_destination, size, wall_ns),
+            None => Vec::new(),
+        };
+        for a in alerts {
+            self.write_alert(&a);
+        }
+    }
+
+    /// Summaries of counted repeats; then the dedup state goes to disk.
+    pub fn summarise_alerts(&mut self) {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let alerts = match &mut self.alerts {
+            Some(engine) => engine.summarise(now),
+            None => Vec::new(),
+        };
+        for a in alerts {
+            self.write_alert(&a);
+        }
+        self.save_alerts();
+    }
+
+    pub fn save_alerts(&mut self) {
+        if let Some(engine) = &mut self.alerts {
+            engine.save();
+        }
+    }
+
+    /// SIGHUP: re-reads the policy file. A file that does not parse leaves the running policy in
+    /// place (logged at error level). True when a new policy was installed.
+    pub fn reload_policy(&mut self, path: Option<&Path>) -> bool {
+        let Some(path) = path else { return false };
+        match crate::policy::Policy::load(path) {
+            Ok(p) => {
+                tracing::info!(path = %path.display(), rules = p.rules.len(), "policy reloaded");
+                match &mut self.alerts {
+                    Some(engine) => engine.policy = p,
+                    None => self.alerts = Some(AlertEngine::new(p, &self.state_dir)),
+                }
+                self.policy_reloads += 1;
+                true
+            }
+            Err(e) => {
+                self.policy_reload_failures += 1;
+                tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+                false
+            }
+        }
+    }
+
+    /// Required listeners missing right after the start-up snapshot.
+    pub fn check_required(&mut self) {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let alerts = match &mut self.alerts {
+            Some(engine) => engine.check_required("snapshot", now),
+            None => Vec::new(),
+        };
+        for a in alerts {
+            self.write_alert(&a);
+        }
     }
 
     /// The start-up seed: one `origin: snapshot` event per socket the kernel already had, so
@@ -279,8 +452,82 @@ impl Pipeline {
                     "rotations": self.sink.stats.rotations, "lines_written": self.sink.stats.lines_written},
             "store": self.tenancy.as_ref().map(|t| json!({"open_sockets": t.open_count(),
                 "writes_dropped": t.store.dropped, "forgotten": t.forgotten})),
+            "alerts": self.alerts.as_ref().map(|e| json!({
+                "policy": e.policy.path, "rules": e.policy.rules.len(),
+                "reloads": self.policy_reloads, "reload_failures": self.policy_reload_failures,
+                "listeners": e.listener_count(), "remembered": e.remembered(),
+                "counters": e.counters, "hook": self.hook.figures()})),
         })
     }
+}
+
+/// A listener is a TCP socket in LISTEN, or a UDP socket bound to a fixed port: one outside the
+/// ephemeral range, where the kernel never auto-assigns (a UDP bind inside it cannot be told from
+/// `bind(…, 0)`; see docs/policy.md).
+fn is_listener(ev: &KernelEvent, port: crate::ports::PortInfo) -> bool {
+    ev.errno.is_none()
+        && ev.local.port() != 0
+        && match ev.kind {
+            Kind::Listen => true,
+            Kind::Bind => ev.transport == Transport::Udp && !port.ephemeral,
+            _ => false,
+        }
+}
+
+fn listener_facts(network: &Network, port: crate::ports::PortInfo, process: &Process) -> ListenerFacts {
+    let local: SocketAddr = SocketAddr::new(
+        network.local.address.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        network.local.port,
+    );
+    ListenerFacts {
+        netns: network.netns,
+        transport: network.transport,
+        local,
+        executable: process.executable.clone(),
+        comm: process.comm.clone(),
+        user_id: process.user.id,
+        user_name: process.user.name.clone(),
+        unit: process.unit.clone(),
+        container_id: process.container.as_ref().map(|c| c.id.clone()),
+        ephemeral_port: port.ephemeral,
+        subject: Subject {
+            network: serde_json::to_value(network).unwrap_or(Value::Null),
+            port: serde_json::to_value(port).unwrap_or(Value::Null),
+            process: serde_json::to_value(process).unwrap_or(Value::Null),
+        },
+    }
+}
+
+/// What one port event means to the policy.
+fn judge_event(
+    engine: &mut AlertEngine,
+    ev: &KernelEvent,
+    rec: &PortRecord<'_>,
+    origin: &'static str,
+    wall_ns: i64,
+) -> Vec<Alert> {
+    const EADDRNOTAVAIL: i32 = 99;
+    if ev.kind == Kind::Connect && ev.errno == Some(EADDRNOTAVAIL) {
+        let subject = Subject {
+            network: serde_json::to_value(&rec.network).unwrap_or(Value::Null),
+            port: serde_json::to_value(rec.port).unwrap_or(Value::Null),
+            process: serde_json::to_value(&rec.process).unwrap_or(Value::Null),
+        };
+        let exe = rec.process.executable.as_deref().unwrap_or(&rec.process.comm);
+        let dest = ev.peer.unwrap_or(ev.local);
+        return engine
+            .connect_exhausted(subject, dest, ev.transport.as_str(), exe, wall_ns)
+            .into_iter()
+            .collect();
+    }
+    if is_listener(ev, rec.port) {
+        return engine.listener(listener_facts(&rec.network, rec.port, &rec.process), origin, wall_ns);
+    }
+    if ev.kind == Kind::Close && ev.errno.is_none() && ev.peer.is_none() {
+        let netns = (ev.netns != 0).then_some(ev.netns);
+        return engine.closed(netns, ev.transport.as_str(), ev.local, wall_ns);
+    }
+    Vec::new()
 }
 
 /// Every socket the kernel has now, as port events of their holders.
@@ -371,6 +618,14 @@ impl StatusView<'_> {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     privileges::check()?;
+    // A bad policy is a clear error before anything is attached.
+    let policy = match &opts.policy {
+        Some(path) => Some(crate::policy::Policy::load(path)?),
+        None => {
+            tracing::info!("no policy file; listeners are logged but not judged (no alerts)");
+            None
+        }
+    };
     // First: the status socket is also the lock that keeps a second daemon from starting.
     let status_server = StatusServer::bind(&opts.status_socket)?;
     // Before attaching: a store that cannot be opened (corrupt, unwritable) is a clear error now.
@@ -400,6 +655,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         })?;
     let mut pipeline = Pipeline::new(sink, opts.cache);
     pipeline.tenancy = Some(Tenancy::new(store));
+    pipeline.state_dir = opts.state_dir.clone();
+    if let Some(p) = policy {
+        tracing::info!(path = %p.path.display(), rules = p.rules.len(), "policy loaded");
+        pipeline.alerts = Some(AlertEngine::new(p, &opts.state_dir));
+    }
     // After attaching: a process started since is in the ring buffer's exec records.
     pipeline
         .processes
@@ -409,6 +669,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let snapshot = scan_sockets();
     pipeline.write_status(&attached, "start", 0);
     pipeline.write_snapshot(&snapshot);
+    pipeline.check_required();
     pipeline.flush();
     // Parsing kernel BTF at start-up takes tens of MiB that are free now; give them back.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -429,6 +690,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::time::interval_at(tokio::time::Instant::now() + status_every, status_every);
     // Pinged from this loop, so a daemon whose loop hangs stops pinging and is restarted.
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let (mut reconcile_tick, mut summary_tick) = policy_ticks(&pipeline);
     let started = Instant::now();
     let mut rates: VecDeque<(Instant, [u64; 4])> = VecDeque::new();
 
@@ -447,6 +709,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = tick.tick() => report_losses(&mut losses, &mut pipeline),
             _ = second.tick() => {
                 pipeline.flush();
+                pipeline.save_alerts();
                 if let Some(t) = &mut pipeline.tenancy {
                     t.store_open(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX), false);
                 }
@@ -466,6 +729,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "status socket accept failed"),
             },
             _ = clock_refresh.tick() => pipeline.refresh(),
+            _ = reconcile_tick.tick(), if pipeline.alerts.is_some() => {
+                pipeline.reconcile();
+                pipeline.flush();
+            }
+            _ = summary_tick.tick(), if pipeline.alerts.is_some() => {
+                pipeline.summarise_alerts();
+                pipeline.flush();
+            }
             _ = status_tick.tick(), if opts.status_interval_seconds > 0 => {
                 pipeline.write_status(&attached, "periodic", losses.reported());
                 pipeline.flush();
@@ -473,6 +744,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reopening the event log");
                 pipeline.sink.reopen();
+                if pipeline.reload_policy(opts.policy.as_deref()) {
+                    (reconcile_tick, summary_tick) = policy_ticks(&pipeline);
+                    pipeline.reconcile();
+                    pipeline.flush();
+                }
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: draining and exiting"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: draining and exiting"); break; }
@@ -483,6 +759,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     report_losses(&mut losses, &mut pipeline);
     pipeline.write_status(&attached, "stop", losses.reported());
     pipeline.flush();
+    pipeline.save_alerts();
     if let Some(t) = &mut pipeline.tenancy {
         t.store_open(0, true);
         t.store.finish();
@@ -496,6 +773,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
+}
+
+/// Reconciliation and summary intervals from the policy (first tick one interval from now).
+fn policy_ticks(p: &Pipeline) -> (tokio::time::Interval, tokio::time::Interval) {
+    let s = p
+        .alerts
+        .as_ref()
+        .map(|e| e.policy.settings)
+        .unwrap_or_default();
+    let every = |secs: u64| {
+        let d = Duration::from_secs(secs.max(1));
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    (every(s.reconcile_interval_seconds), every(s.summary_interval_seconds))
 }
 
 /// Tells systemd (when it started us with Type=notify) that every program is attached, and

@@ -168,39 +168,65 @@ impl<'a> PortRecord<'a> {
             },
             error: ev.errno.map(errno::name),
             errno: ev.errno,
-            network: Network {
-                transport: match ev.transport {
-                    Transport::Tcp => "tcp",
-                    Transport::Udp => "udp",
-                },
-                ip_type: if ev.local.is_ipv4() { "ipv4" } else { "ipv6" },
-                local: ev.local.into(),
-                peer: ev.peer.map(Endpoint::from),
-                netns: (ev.netns != 0).then_some(ev.netns),
-            },
+            network: Network::of(ev),
             port,
-            process: Process {
-                pid: ev.pid,
-                tid: ev.tid,
-                ppid: attr.ppid,
-                parent_comm: attr.parent_comm,
-                comm: String::from_utf8_lossy(&ev.comm).into_owned(),
-                executable: attr.executable,
-                command_line: attr.command_line,
-                command_line_truncated: attr.command_line_truncated,
-                cgroup: attr.cgroup,
-                unit: attr.unit,
-                container: attr.container,
-                user: User {
-                    id: ev.uid,
-                    name: attr.user_name,
-                },
-                group: Group { id: ev.gid },
-            },
+            process: Process::of(ev, attr),
             probe: ev.probe,
             origin,
         }
     }
+}
+
+impl Network {
+    pub fn of(ev: &KernelEvent) -> Self {
+        Network {
+            transport: match ev.transport {
+                Transport::Tcp => "tcp",
+                Transport::Udp => "udp",
+            },
+            ip_type: if ev.local.is_ipv4() { "ipv4" } else { "ipv6" },
+            local: ev.local.into(),
+            peer: ev.peer.map(Endpoint::from),
+            netns: (ev.netns != 0).then_some(ev.netns),
+        }
+    }
+}
+
+impl Process {
+    pub fn of(ev: &KernelEvent, attr: Attribution) -> Self {
+        Process {
+            pid: ev.pid,
+            tid: ev.tid,
+            ppid: attr.ppid,
+            parent_comm: attr.parent_comm,
+            comm: String::from_utf8_lossy(&ev.comm).into_owned(),
+            executable: attr.executable,
+            command_line: attr.command_line,
+            command_line_truncated: attr.command_line_truncated,
+            cgroup: attr.cgroup,
+            unit: attr.unit,
+            container: attr.container,
+            user: User {
+                id: ev.uid,
+                name: attr.user_name,
+            },
+            group: Group { id: ev.gid },
+        }
+    }
+}
+
+/// An alert (docs/schema.md): what was found, and the socket and process it is about (null for
+/// alerts about an absence, like a required listener that is gone).
+#[derive(Debug, Serialize)]
+pub struct AlertRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub alert: &'a crate::alert::AlertBody,
+    pub network: &'a serde_json::Value,
+    pub port: &'a serde_json::Value,
+    pub process: &'a serde_json::Value,
+    /// `kernel`, `snapshot` (start-up scan) or `reconcile` (periodic scan).
+    pub origin: &'static str,
 }
 
 #[cfg(test)]

@@ -52,6 +52,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Who(args) => who(args),
+        Command::CheckPolicy(args) => {
+            let p = portwatch::policy::Policy::load(&args.file)?;
+            let required = p.rules.iter().filter(|r| r.required).count();
+            println!(
+                "{}: valid; {} allow rules ({required} required), reconciliation every {} s{}",
+                args.file.display(),
+                p.rules.len(),
+                p.settings.reconcile_interval_seconds,
+                if p.hook.is_some() { ", exec hook set" } else { "" }
+            );
+            Ok(())
+        }
+        Command::Baseline => {
+            let range = portwatch::ports::EphemeralRange::read();
+            let found = portwatch::baseline::listeners(&range)?;
+            let host = nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            print!(
+                "{}",
+                portwatch::baseline::render(&found, std::path::Path::new("/proc"), &host, &portwatch::clock::now_rfc3339())
+            );
+            Ok(())
+        }
         Command::Config(_) => {
             print!("{}", config::DEFAULTS_TOML);
             Ok(())

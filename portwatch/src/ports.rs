@@ -70,6 +70,20 @@ impl EphemeralRange {
         }
     }
 
+    /// Ports the kernel may pick from.
+    pub fn size(&self) -> u64 {
+        let all = u64::from(self.high.saturating_sub(self.low)) + 1;
+        let reserved: u64 = self
+            .reserved
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.max(self.low), b.min(self.high));
+                if a <= b { u64::from(b - a) + 1 } else { 0 }
+            })
+            .sum();
+        all.saturating_sub(reserved).max(1)
+    }
+
     /// `range`: "32768\t60999"; `reserved`: "" or "8080,9000-9010".
     pub fn parse(range: &str, reserved: &str) -> Option<Self> {
         let mut it = range.split_whitespace().map(|v| v.parse::<u16>().ok());

@@ -1,0 +1,640 @@
+//! Alerts: the policy applied to listeners as they appear (events), as they are found (start-up
+//! snapshot, periodic reconciliation) and as they go; with dedup that survives restarts, a rate
+//! limit, and summaries of what was counted instead of alerted.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    clock,
+    policy::{self, Listener, Policy, Verdict},
+};
+
+pub const STATE_FILE: &str = "alerts.json";
+const NS: i64 = 1_000_000_000;
+
+/// The `alert` object of an alert line.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertBody {
+    pub kind: &'static str,
+    pub severity: &'static str,
+    /// The rule that matched (and why it is not enough), or why nothing did.
+    pub rule: String,
+    /// When this alert was first raised (RFC 3339); kept across restarts.
+    pub first_seen: String,
+    /// Occurrences since `first_seen`.
+    pub count: u64,
+    /// True on a line that summarises repeats counted instead of alerted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub summary: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+/// An alert to write: body, the socket and process it is about, and how it was found.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub body: AlertBody,
+    pub subject: Subject,
+    pub origin: &'static str,
+}
+
+/// `network`, `port` and `process` as the alert line carries them (null when not about a socket).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Subject {
+    pub network: Value,
+    pub port: Value,
+    pub process: Value,
+}
+
+/// A listener as the engine tracks it.
+#[derive(Debug, Clone)]
+pub struct ListenerFacts {
+    pub netns: Option<u32>,
+    pub transport: &'static str,
+    pub local: SocketAddr,
+    pub executable: Option<String>,
+    pub comm: String,
+    pub user_id: u32,
+    pub user_name: Option<String>,
+    pub unit: Option<String>,
+    pub container_id: Option<String>,
+    pub ephemeral_port: bool,
+    pub subject: Subject,
+}
+
+impl ListenerFacts {
+    fn view(&self) -> Listener<'_> {
+        Listener {
+            transport: self.transport,
+            address: self.local.ip(),
+            port: self.local.port(),
+            executable: self.executable.as_deref(),
+            comm: &self.comm,
+            user_id: self.user_id,
+            user_name: self.user_name.as_deref(),
+            unit: self.unit.as_deref(),
+            container_id: self.container_id.as_deref(),
+        }
+    }
+
+    fn key(&self) -> SockKey {
+        (self.netns, self.transport, self.local.ip(), self.local.port())
+    }
+
+    /// Dedup identity: (executable, transport, port, address scope).
+    fn dedup_key(&self, kind: &str) -> String {
+        format!(
+            "{kind}|{}|{}|{}|{}",
+            self.executable.as_deref().unwrap_or(&self.comm),
+            self.transport,
+            self.local.port(),
+            policy::scope(self.local.ip())
+        )
+    }
+}
+
+type SockKey = (Option<u32>, &'static str, IpAddr, u16);
+
+/// One deduplicated alert, as kept in `alerts.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Entry {
+    kind: String,
+    severity: String,
+    rule: String,
+    first_seen: String,
+    last_seen_ns: i64,
+    count: u64,
+    /// `count` as of the last line written about it.
+    reported: u64,
+    #[serde(default)]
+    detail: Option<Value>,
+    subject: Subject,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct AlertCounters {
+    /// Alert lines written when first seen.
+    pub raised: u64,
+    /// Occurrences counted into an existing alert instead of alerting again.
+    pub repeats: u64,
+    /// Alerts held back by the rate limit (summarised later).
+    pub rate_limited: u64,
+    pub summaries: u64,
+    pub reconciliations: u64,
+    pub reconcile_failed: u64,
+    pub state_write_failed: u64,
+}
+
+pub struct AlertEngine {
+    pub policy: Policy,
+    state_path: PathBuf,
+    entries: BTreeMap<String, Entry>,
+    dirty: bool,
+    /// Listeners known from events and scans.
+    listeners: HashMap<SockKey, ListenerFacts>,
+    rate_window_start_ns: i64,
+    rate_count: u64,
+    pub counters: AlertCounters,
+}
+
+/// A kind's dedup key, severity and rule text, before dedup decides whether it is written.
+struct Finding {
+    key: String,
+    kind: &'static str,
+    severity: &'static str,
+    rule: String,
+    detail: Option<Value>,
+    subject: Subject,
+}
+
+impl AlertEngine {
+    /// Loads the dedup state from `state_dir`; an unreadable state file is moved aside (logged)
+    /// and alerting starts afresh rather than not at all.
+    pub fn new(policy: Policy, state_dir: &Path) -> Self {
+        let state_path = state_dir.join(STATE_FILE);
+        let entries = match fs::read(&state_path) {
+            Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
+                Ok(s) if s.version == 1 => s.entries,
+                Ok(s) => {
+                    tracing::warn!(path = %state_path.display(), version = s.version, "alert state of an unknown version ignored");
+                    BTreeMap::new()
+                }
+                Err(e) => {
+                    let aside = state_path.with_extension("json.corrupt");
+                    let _ = fs::rename(&state_path, &aside);
+                    tracing::error!(path = %state_path.display(), moved_to = %aside.display(), error = %e,
+                        "alert state unreadable; starting with no remembered alerts");
+                    BTreeMap::new()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                tracing::error!(path = %state_path.display(), error = %e, "alert state unreadable; starting with no remembered alerts");
+                BTreeMap::new()
+            }
+        };
+        Self {
+            policy,
+            state_path,
+            entries,
+            dirty: false,
+            listeners: HashMap::new(),
+            rate_window_start_ns: 0,
+            rate_count: 0,
+            counters: AlertCounters::default(),
+        }
+    }
+
+    pub fn remembered(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn listener_count(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// A listener appeared (`kernel`) or was found (`snapshot`, `reconcile`).
+    pub fn listener(&mut self, l: ListenerFacts, origin: &'static str, now_ns: i64) -> Vec<Alert> {
+        let mut findings = Vec::new();
+        let a = self.policy.alerts;
+        match self.policy.judge(&l.view()) {
+            Verdict::Allowed(_) => {}
+            Verdict::WildcardWhereLoopback(i) if a.wildcard_listener => findings.push(Finding {
+                key: l.dedup_key("wildcard_listener"),
+                kind: "wildcard_listener",
+                severity: "high",
+                rule: format!(
+                    "{} allows this listener on loopback only; it listens on {}",
+                    self.policy.rules[i].describe(i),
+                    l.local.ip()
+                ),
+                detail: None,
+                subject: l.subject.clone(),
+            }),
+            Verdict::WildcardWhereLoopback(_) => {}
+            Verdict::Unexpected if a.unexpected_listener => findings.push(Finding {
+                key: l.dedup_key("unexpected_listener"),
+                kind: "unexpected_listener",
+                severity: "high",
+                rule: format!(
+                    "no rule in {} allows {} port {} on {} by {}",
+                    self.policy.path.display(),
+                    l.transport,
+                    l.local.port(),
+                    l.local.ip(),
+                    l.executable.as_deref().unwrap_or(&l.comm)
+                ),
+                detail: None,
+                subject: l.subject.clone(),
+            }),
+            Verdict::Unexpected => {}
+        }
+        if a.ephemeral_port_listener && l.ephemeral_port {
+            findings.push(Finding {
+                key: l.dedup_key("ephemeral_port_listener"),
+                kind: "ephemeral_port_listener",
+                severity: "medium",
+                rule: format!(
+                    "port {} lies in this host's ephemeral port range, where the kernel picks ports for outbound connections",
+                    l.local.port()
+                ),
+                detail: None,
+                subject: l.subject.clone(),
+            });
+        }
+        // A required listener that is back ends its "missing" alert, so a next loss alerts anew.
+        for (i, r) in self.policy.rules.iter().enumerate() {
+            if r.required && self.policy.rule_matches(i, &l.view()) {
+                self.dirty |= self.entries.remove(&required_key(i, r.line)).is_some();
+            }
+        }
+        self.listeners.insert(l.key(), l);
+        let repeat = origin == "kernel";
+        findings
+            .into_iter()
+            .filter_map(|f| self.raise(f, origin, now_ns, repeat))
+            .collect()
+    }
+
+    /// A socket closed: if it was a listener, forget it, and check the required rules.
+    pub fn closed(
+        &mut self,
+        netns: Option<u32>,
+        transport: &'static str,
+        local: SocketAddr,
+        now_ns: i64,
+    ) -> Vec<Alert> {
+        if self
+            .listeners
+            .remove(&(netns, transport, local.ip(), local.port()))
+            .is_none()
+        {
+            return Vec::new();
+        }
+        self.required_missing("kernel", now_ns)
+    }
+
+    /// A connect failed with EADDRNOTAVAIL: no local port was free for it.
+    pub fn connect_exhausted(&mut self, subject: Subject, dest: SocketAddr, transport: &str, exe: &str, now_ns: i64) -> Option<Alert> {
+        if !self.policy.alerts.ephemeral_port_exhaustion {
+            return None;
+        }
+        let f = Finding {
+            key: format!("ephemeral_port_exhaustion|connect|{exe}|{transport}|{dest}"),
+            kind: "ephemeral_port_exhaustion",
+            severity: "high",
+            rule: format!("connect to {dest} failed with EADDRNOTAVAIL: no free local port in the ephemeral range"),
+            detail: Some(json!({"destination": {"address": dest.ip().to_string(), "port": dest.port()}})),
+            subject,
+        };
+        self.raise(f, "kernel", now_ns, true)
+    }
+
+    /// Compares the policy with a fresh scan: `listeners` are every listener in the daemon's
+    /// network namespace `netns`, `per_destination` the sockets holding ephemeral ports per
+    /// (transport, destination).
+    pub fn reconcile(
+        &mut self,
+        netns: Option<u32>,
+        listeners: Vec<ListenerFacts>,
+        per_destination: &HashMap<(&'static str, SocketAddr), u64>,
+        ephemeral_size: u64,
+        now_ns: i64,
+    ) -> Vec<Alert> {
+        self.counters.reconciliations += 1;
+        // The scan is the truth for its namespace; listeners in others are known from events.
+        self.listeners.retain(|k, _| k.0 != netns);
+        let mut out = Vec::new();
+        for l in listeners {
+            out.extend(self.listener(l, "reconcile", now_ns));
+        }
+        out.extend(self.required_missing("reconcile", now_ns));
+        if self.policy.alerts.ephemeral_port_exhaustion {
+            let limit = self.policy.settings.exhaustion_share * ephemeral_size as f64;
+            for (&(transport, dest), &n) in per_destination {
+                if n as f64 > limit {
+                    let f = Finding {
+                        key: format!("ephemeral_port_exhaustion|share|{transport}|{dest}"),
+                        kind: "ephemeral_port_exhaustion",
+                        severity: "medium",
+                        rule: format!(
+                            "{n} {transport} sockets to {dest} hold more than {} of the {ephemeral_size} ephemeral ports",
+                            self.policy.settings.exhaustion_share
+                        ),
+                        detail: Some(json!({"destination": {"address": dest.ip().to_string(), "port": dest.port()},
+                            "sockets": n, "ephemeral_ports": ephemeral_size,
+                            "share": self.policy.settings.exhaustion_share})),
+                        subject: Subject::default(),
+                    };
+                    out.extend(self.raise(f, "reconcile", now_ns, false));
+                }
+            }
+        }
+        out
+    }
+
+    /// Required rules no known listener satisfies (after the start-up snapshot).
+    pub fn check_required(&mut self, origin: &'static str, now_ns: i64) -> Vec<Alert> {
+        self.required_missing(origin, now_ns)
+    }
+
+    /// Required rules no known listener satisfies.
+    fn required_missing(&mut self, origin: &'static str, now_ns: i64) -> Vec<Alert> {
+        if !self.policy.alerts.required_listener_missing {
+            return Vec::new();
+        }
+        let mut findings = Vec::new();
+        for (i, r) in self.policy.rules.iter().enumerate() {
+            if !r.required {
+                continue;
+            }
+            let present = self
+                .listeners
+                .values()
+                .any(|l| self.policy.rule_matches(i, &l.view()));
+            if !present {
+                findings.push(Finding {
+                    key: required_key(i, r.line),
+                    kind: "required_listener_missing",
+                    severity: "high",
+                    rule: format!("{} is required and no listener satisfies it", r.describe(i)),
+                    detail: Some(json!({"transport": r.transport.map(|t| t.as_str()),
+                        "ports": r.port.as_ref().map(|p| p.0.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>())})),
+                    subject: Subject::default(),
+                });
+            }
+        }
+        findings
+            .into_iter()
+            .filter_map(|f| self.raise(f, origin, now_ns, false))
+            .collect()
+    }
+
+    /// Dedup and rate limit: a first sighting is written (if the rate allows); a sighting within
+    /// the dedup window is counted (`repeat`) or just keeps the alert alive.
+    fn raise(&mut self, f: Finding, origin: &'static str, now_ns: i64, repeat: bool) -> Option<Alert> {
+        let window = self.policy.settings.dedup_window_seconds as i64 * NS;
+        self.dirty = true;
+        if let Some(e) = self.entries.get_mut(&f.key)
+            && now_ns - e.last_seen_ns <= window
+        {
+            e.last_seen_ns = now_ns;
+            if repeat {
+                e.count += 1;
+                self.counters.repeats += 1;
+            }
+            return None;
+        }
+        let first_seen = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(now_ns));
+        let allowed = self.rate_allows(now_ns);
+        let entry = Entry {
+            kind: f.kind.to_string(),
+            severity: f.severity.to_string(),
+            rule: f.rule.clone(),
+            first_seen: first_seen.clone(),
+            last_seen_ns: now_ns,
+            count: 1,
+            reported: u64::from(allowed),
+            detail: f.detail.clone(),
+            subject: f.subject.clone(),
+        };
+        self.entries.insert(f.key, entry);
+        if !allowed {
+            self.counters.rate_limited += 1;
+            if self.counters.rate_limited.is_power_of_two() {
+                tracing::warn!(held_back = self.counters.rate_limited, "alert rate limit reached; further alerts are counted and summarised");
+            }
+            return None;
+        }
+        self.counters.raised += 1;
+        Some(Alert {
+            body: AlertBody {
+                kind: f.kind,
+                severity: f.severity,
+                rule: f.rule,
+                first_seen,
+                count: 1,
+                summary: false,
+                detail: f.detail,
+            },
+            subject: f.subject,
+            origin,
+        })
+    }
+
+    fn rate_allows(&mut self, now_ns: i64) -> bool {
+        if now_ns - self.rate_window_start_ns >= 60 * NS {
+            self.rate_window_start_ns = now_ns;
+            self.rate_count = 0;
+        }
+        self.rate_count += 1;
+        self.rate_count <= self.policy.settings.rate_limit_per_minute
+    }
+
+    /// Summaries of counted repeats (and of alerts the rate limit held back), then forgets
+    /// alerts not seen for a dedup window. Called every `summary_interval_seconds`.
+    pub fn summarise(&mut self, now_ns: i64) -> Vec<Alert> {
+        let window = self.policy.settings.dedup_window_seconds as i64 * NS;
+        let mut out = Vec::new();
+        for e in self.entries.values_mut() {
+            if e.count > e.reported {
+                e.reported = e.count;
+                self.dirty = true;
+                self.counters.summaries += 1;
+                out.push(Alert {
+                    body: AlertBody {
+                        kind: leak_kind(&e.kind),
+                        severity: leak_severity(&e.severity),
+                        rule: e.rule.clone(),
+                        first_seen: e.first_seen.clone(),
+                        count: e.count,
+                        summary: true,
+                        detail: e.detail.clone(),
+                    },
+                    subject: e.subject.clone(),
+                    origin: "summary",
+                });
+            }
+        }
+        let before = self.entries.len();
+        self.entries.retain(|_, e| now_ns - e.last_seen_ns <= window);
+        self.dirty |= self.entries.len() != before;
+        out
+    }
+
+    /// Writes the dedup state if it changed (atomically: a crash leaves the old or the new file).
+    pub fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let state = StateFile {
+            version: 1,
+            entries: self.entries.clone(),
+        };
+        match write_atomic(&self.state_path, &state) {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                self.counters.state_write_failed += 1;
+                tracing::warn!(path = %self.state_path.display(), error = %e, "saving the alert state failed; will retry");
+            }
+        }
+    }
+}
+
+fn required_key(i: usize, line: usize) -> String {
+    format!("required_listener_missing|allow[{i}]|line {line}")
+}
+
+/// Kinds and severities are a closed set; map stored strings back to them.
+fn leak_kind(s: &str) -> &'static str {
+    [
+        "unexpected_listener",
+        "wildcard_listener",
+        "ephemeral_port_listener",
+        "required_listener_missing",
+        "ephemeral_port_exhaustion",
+    ]
+    .into_iter()
+    .find(|k| *k == s)
+    .unwrap_or("unexpected_listener")
+}
+
+fn leak_severity(s: &str) -> &'static str {
+    if s == "medium" { "medium" } else { "high" }
+}
+
+fn write_atomic(path: &Path, state: &StateFile) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    crate::private_dir::ensure_parent(path)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    serde_json::to_writer(&mut f, state)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        Policy::parse(text, Path::new("policy.toml")).unwrap()
+    }
+
+    fn listener(addr: &str, exe: &str) -> ListenerFacts {
+        ListenerFacts {
+            netns: Some(1),
+            transport: "tcp",
+            local: addr.parse().unwrap(),
+            executable: Some(exe.into()),
+            comm: "x".into(),
+            user_id: 0,
+            user_name: Some("root".into()),
+            unit: None,
+            container_id: None,
+            ephemeral_port: false,
+            subject: Subject::default(),
+        }
+    }
+
+    #[test]
+    fn one_alert_per_key_repeats_counted_summarised_and_remembered_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
+        assert!(e.listener(listener("127.0.0.1:22", "/a"), "kernel", NS).is_empty());
+        let a = e.listener(listener("0.0.0.0:8080", "/a"), "kernel", NS);
+        assert_eq!(a.len(), 1);
+        assert_eq!((a[0].body.kind, a[0].body.count), ("unexpected_listener", 1));
+        assert!(e.listener(listener("0.0.0.0:8080", "/a"), "kernel", 2 * NS).is_empty());
+        // Another executable, or another scope, is another alert.
+        assert_eq!(e.listener(listener("0.0.0.0:8080", "/b"), "kernel", 3 * NS).len(), 1);
+        assert_eq!(e.listener(listener("127.0.0.1:8080", "/a"), "kernel", 3 * NS).len(), 1);
+        let s = e.summarise(4 * NS);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].body.count, s[0].body.summary), (2, true));
+        e.save();
+        let mut again = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
+        assert_eq!(again.remembered(), 3);
+        assert!(again.listener(listener("0.0.0.0:8080", "/a"), "snapshot", 5 * NS).is_empty());
+        assert!(again.summarise(6 * NS).is_empty(), "a snapshot sighting is not a repeat");
+    }
+
+    #[test]
+    fn rate_limit_holds_back_and_the_summary_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = AlertEngine::new(
+            policy("[settings]\nrate_limit_per_minute = 2\n"),
+            dir.path(),
+        );
+        let mut written = 0;
+        for port in 1000..1005 {
+            written += e.listener(listener(&format!("0.0.0.0:{port}"), "/a"), "kernel", NS).len();
+        }
+        assert_eq!((written, e.counters.rate_limited), (2, 3));
+        assert_eq!(e.summarise(2 * NS).len(), 3);
+    }
+
+    #[test]
+    fn required_rule_alerts_when_its_listener_goes_and_again_after_it_came_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = AlertEngine::new(policy("[[allow]]\nport = 22\nrequired = true\n"), dir.path());
+        let none = HashMap::new();
+        let a = e.reconcile(Some(1), vec![], &none, 28232, NS);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].body.kind, "required_listener_missing");
+        assert!(e.listener(listener("0.0.0.0:22", "/sshd"), "kernel", 2 * NS).is_empty());
+        let gone = e.closed(Some(1), "tcp", "0.0.0.0:22".parse().unwrap(), 3 * NS);
+        assert_eq!(gone.len(), 1, "missing again after it came back");
+    }
+
+    #[test]
+    fn wildcard_ephemeral_and_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = AlertEngine::new(
+            policy("[settings]\nexhaustion_share = 0.01\n[[allow]]\naddress = \"loopback\"\nport = 60481\n"),
+            dir.path(),
+        );
+        let mut l = listener("[::]:60481", "/a");
+        l.ephemeral_port = true;
+        let kinds: Vec<_> = e.listener(l, "kernel", NS).iter().map(|a| a.body.kind).collect();
+        assert_eq!(kinds, ["wildcard_listener", "ephemeral_port_listener"]);
+        let mut per = HashMap::new();
+        per.insert(("tcp", "127.0.0.1:80".parse().unwrap()), 300);
+        per.insert(("tcp", "127.0.0.1:81".parse().unwrap()), 2);
+        let a = e.reconcile(Some(1), vec![], &per, 28232, 2 * NS);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].body.detail.as_ref().unwrap()["sockets"], 300);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_moved_aside_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        let mut e = AlertEngine::new(Policy::default(), dir.path());
+        assert_eq!(e.remembered(), 0);
+        assert!(dir.path().join("alerts.json.corrupt").exists());
+        assert_eq!(e.listener(listener("0.0.0.0:1", "/a"), "kernel", NS).len(), 1);
+        e.save();
+        assert!(dir.path().join(STATE_FILE).exists());
+    }
+}

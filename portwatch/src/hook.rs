@@ -1,0 +1,121 @@
+//! The alert exec hook: runs the configured argv (no shell) with the alert line on stdin, off the
+//! event path, with a timeout after which it is killed. Failures are counted and logged.
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::{io::AsyncWriteExt as _, process::Command};
+
+use crate::policy::HookConfig;
+
+#[derive(Debug, Default)]
+pub struct HookCounters {
+    pub running: AtomicU64,
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    /// Exited non-zero, killed by a signal, or could not be started.
+    pub failed: AtomicU64,
+    pub timed_out: AtomicU64,
+    /// Not started because `max_running` hooks were still running.
+    pub skipped: AtomicU64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HookFigures {
+    pub running: u64,
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub skipped: u64,
+}
+
+impl HookCounters {
+    pub fn figures(&self) -> HookFigures {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HookFigures {
+            running: g(&self.running),
+            started: g(&self.started),
+            succeeded: g(&self.succeeded),
+            failed: g(&self.failed),
+            timed_out: g(&self.timed_out),
+            skipped: g(&self.skipped),
+        }
+    }
+}
+
+/// Starts the hook for one alert line; returns at once.
+pub fn dispatch(cfg: &HookConfig, counters: &Arc<HookCounters>, line: String) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    if counters.running.load(Ordering::Relaxed) >= cfg.max_running {
+        let n = counters.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(skipped = n, max_running = cfg.max_running, "alert hook not run: too many still running");
+        return;
+    }
+    counters.running.fetch_add(1, Ordering::Relaxed);
+    counters.started.fetch_add(1, Ordering::Relaxed);
+    let argv = cfg.argv.clone();
+    let timeout = Duration::from_secs(cfg.timeout_seconds);
+    let counters = Arc::clone(counters);
+    tokio::spawn(async move {
+        let outcome = run(&argv, timeout, line).await;
+        counters.running.fetch_sub(1, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => {
+                counters.succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(HookFailure::TimedOut) => {
+                counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(hook = %argv[0], timeout_seconds = timeout.as_secs(), "alert hook killed at its timeout");
+            }
+            Err(HookFailure::Failed(why)) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(hook = %argv[0], error = %why, "alert hook failed");
+            }
+        }
+    });
+}
+
+enum HookFailure {
+    TimedOut,
+    Failed(String),
+}
+
+async fn run(argv: &[String], timeout: Duration, line: String) -> Result<(), HookFailure> {
+    let failed = |what: &str, e: std::io::Error| HookFailure::Failed(format!("{what}: {e}"));
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed("starting it", e))?;
+    let mut stdin = child.stdin.take();
+    let work = async {
+        if let Some(s) = &mut stdin {
+            // A hook that does not read its stdin is not a failure.
+            let _ = s.write_all(line.as_bytes()).await;
+            let _ = s.write_all(b"\n").await;
+        }
+        drop(stdin);
+        child.wait().await
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(HookFailure::Failed(format!("exited with {status}"))),
+        Ok(Err(e)) => Err(failed("waiting for it", e)),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(HookFailure::TimedOut)
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! The listener policy (`/etc/portwatch/policy.toml`): allow rules, which alert kinds are on,
+//! and the alerting settings. Parse errors name the file, line and column; a listener is judged
+//! by `Policy::judge`.
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, SeqAccess, Visitor},
+};
+
+pub const DEFAULT_PATH: &str = "/etc/portwatch/policy.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// One message per problem, each naming the line and column.
+    #[error("policy {path}: {}", .problems.join("\n"))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+/// Which alert kinds are raised (all on by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSwitches {
+    /// A listener no rule allows.
+    pub unexpected_listener: bool,
+    /// A listener on a wildcard address where its rule allows only loopback.
+    pub wildcard_listener: bool,
+    /// A listener on a port inside the ephemeral range.
+    pub ephemeral_port_listener: bool,
+    /// A `required = true` rule that no listener satisfies.
+    pub required_listener_missing: bool,
+    /// connect() failing with EADDRNOTAVAIL, or one destination holding too much of the range.
+    pub ephemeral_port_exhaustion: bool,
+}
+
+impl Default for AlertSwitches {
+    fn default() -> Self {
+        Self {
+            unexpected_listener: true,
+            wildcard_listener: true,
+            ephemeral_port_listener: true,
+            required_listener_missing: true,
+            ephemeral_port_exhaustion: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Seconds between comparisons of the policy with a fresh socket snapshot.
+    #[serde(deserialize_with = "positive_u64")]
+    pub reconcile_interval_seconds: u64,
+    /// Connects to one destination holding more than this share of the ephemeral range alert.
+    #[serde(deserialize_with = "share")]
+    pub exhaustion_share: f64,
+    /// Repeats of an alert within this many seconds of its last sighting are counted, not
+    /// alerted again.
+    #[serde(deserialize_with = "positive_u64")]
+    pub dedup_window_seconds: u64,
+    /// How often counted repeats are summarised in an `alert` line with `summary: true`.
+    #[serde(deserialize_with = "positive_u64")]
+    pub summary_interval_seconds: u64,
+    /// At most this many alert lines per minute; beyond it they are counted and summarised.
+    #[serde(deserialize_with = "positive_u64")]
+    pub rate_limit_per_minute: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            reconcile_interval_seconds: 60,
+            exhaustion_share: 0.5,
+            dedup_window_seconds: 86_400,
+            summary_interval_seconds: 3_600,
+            rate_limit_per_minute: 60,
+        }
+    }
+}
+
+/// A program run for every alert: argv (never a shell string), the alert JSON on stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    #[serde(deserialize_with = "hook_argv")]
+    pub argv: Vec<String>,
+    /// Killed when it runs longer than this.
+    #[serde(default = "hook_timeout", deserialize_with = "positive_u64")]
+    pub timeout_seconds: u64,
+    /// Hooks running at once; alerts beyond it skip the hook (counted).
+    #[serde(default = "hook_max_running", deserialize_with = "positive_u64")]
+    pub max_running: u64,
+}
+
+fn hook_timeout() -> u64 {
+    10
+}
+
+fn hook_max_running() -> u64 {
+    4
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// Inclusive port ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports(pub Vec<(u16, u16)>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressPattern {
+    Loopback,
+    Wildcard,
+    Net(IpNet),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses(pub Vec<AddressPattern>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserPattern {
+    Id(u32),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerPattern {
+    /// In some container.
+    Any,
+    /// In no container.
+    None,
+    /// A container whose id starts with this.
+    Id(String),
+}
+
+/// One `[[allow]]` entry; every field given must match.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub transport: Option<Transport>,
+    pub port: Option<Ports>,
+    pub address: Option<Addresses>,
+    pub executable: Option<String>,
+    pub comm: Option<String>,
+    pub user: Option<UserPattern>,
+    pub unit: Option<String>,
+    pub container: Option<ContainerPattern>,
+    pub note: Option<String>,
+    #[serde(default)]
+    pub required: bool,
+    /// Filled in after parsing: where the rule is, for messages.
+    #[serde(skip)]
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub alerts: AlertSwitches,
+    pub settings: Settings,
+    pub hook: Option<HookConfig>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    alerts: AlertSwitches,
+    #[serde(default)]
+    settings: Settings,
+    hook: Option<HookConfig>,
+    #[serde(default)]
+    allow: Vec<toml::Spanned<Rule>>,
+}
+
+/// What a listener looks like to the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Listener<'a> {
+    pub transport: &'a str,
+    pub address: IpAddr,
+    pub port: u16,
+    pub executable: Option<&'a str>,
+    pub comm: &'a str,
+    pub user_id: u32,
+    pub user_name: Option<&'a str>,
+    pub unit: Option<&'a str>,
+    pub container_id: Option<&'a str>,
+}
+
+/// The policy's verdict on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed by this rule (index).
+    Allowed(usize),
+    /// Everything but the address matches this rule, which allows only loopback, and the
+    /// listener is on a wildcard address.
+    WildcardWhereLoopback(usize),
+    Unexpected,
+}
+
+/// Address scope of a listener, as alerts and dedup keys name it.
+pub fn scope(ip: IpAddr) -> &'static str {
+    let ip = ip.to_canonical();
+    if ip.is_unspecified() {
+        "wildcard"
+    } else if ip.is_loopback() {
+        "loopback"
+    } else {
+        "specific"
+    }
+}
+
+impl AddressPattern {
+    fn matches(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match self {
+            AddressPattern::Loopback => ip.is_loopback(),
+            AddressPattern::Wildcard => ip.is_unspecified(),
+            AddressPattern::Net(n) => n.contains(&ip),
+        }
+    }
+}
+
+impl Rule {
+    /// (everything but the address matches, the address matches too).
+    fn check(&self, l: &Listener<'_>) -> (bool, bool) {
+        let rest = self.transport.is_none_or(|t| t.as_str() == l.transport)
+            && self
+                .port
+                .as_ref()
+                .is_none_or(|p| p.0.iter().any(|&(a, b)| (a..=b).contains(&l.port)))
+            && self
+                .executable
+                .as_deref()
+                .is_none_or(|e| l.executable == Some(e))
+            && self.comm.as_deref().is_none_or(|c| l.comm == c)
+            && self.user.as_ref().is_none_or(|u| match u {
+                UserPattern::Id(id) => *id == l.user_id,
+                UserPattern::Name(n) => l.user_name == Some(n.as_str()),
+            })
+            && self.unit.as_deref().is_none_or(|u| l.unit == Some(u))
+            && self.container.as_ref().is_none_or(|c| match c {
+                ContainerPattern::Any => l.container_id.is_some(),
+                ContainerPattern::None => l.container_id.is_none(),
+                ContainerPattern::Id(id) => l.container_id.is_some_and(|c| c.starts_with(id.as_str())),
+            });
+        let addr = self
+            .address
+            .as_ref()
+            .is_none_or(|a| a.0.iter().any(|p| p.matches(l.address)));
+        (rest, rest && addr)
+    }
+
+    fn loopback_only(&self) -> bool {
+        self.address.as_ref().is_some_and(|a| {
+            a.0.iter().all(|p| match p {
+                AddressPattern::Loopback => true,
+                AddressPattern::Wildcard => false,
+                AddressPattern::Net(n) => n.network().to_canonical().is_loopback(),
+            })
+        })
+    }
+
+    /// How alerts name the rule: `allow[2] (line 14) "ssh from anywhere"`.
+    pub fn describe(&self, index: usize) -> String {
+        match &self.note {
+            Some(n) => format!("allow[{index}] (line {}) {n:?}", self.line),
+            None => format!("allow[{index}] (line {})", self.line),
+        }
+    }
+}
+
+impl Policy {
+    pub fn judge(&self, l: &Listener<'_>) -> Verdict {
+        let mut partial = None;
+        for (i, r) in self.rules.iter().enumerate() {
+            match r.check(l) {
+                (_, true) => return Verdict::Allowed(i),
+                (true, false) if partial.is_none() && r.loopback_only() => partial = Some(i),
+                _ => {}
+            }
+        }
+        match partial {
+            Some(i) if scope(l.address) == "wildcard" => Verdict::WildcardWhereLoopback(i),
+            _ => Verdict::Unexpected,
+        }
+    }
+
+    /// Does rule `i` allow this listener?
+    pub fn rule_matches(&self, i: usize, l: &Listener<'_>) -> bool {
+        self.rules.get(i).is_some_and(|r| r.check(l).1)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+        let invalid = |problems| PolicyError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            invalid(vec![e.to_string().trim_end().to_string()])
+        })?;
+        let mut problems = Vec::new();
+        let mut rules = Vec::new();
+        for (i, spanned) in raw.allow.into_iter().enumerate() {
+            let (line, col) = line_col(text, spanned.span().start);
+            let mut r = spanned.into_inner();
+            r.line = line;
+            let empty = r.transport.is_none()
+                && r.port.is_none()
+                && r.address.is_none()
+                && r.executable.is_none()
+                && r.comm.is_none()
+                && r.user.is_none()
+                && r.unit.is_none()
+                && r.container.is_none();
+            if empty {
+                problems.push(format!(
+                    "line {line}, column {col}: allow[{i}] matches nothing in particular, so it would allow every listener; give at least one of transport, port, address, executable, comm, user, unit, container"
+                ));
+            }
+            if r.required && r.port.is_none() {
+                problems.push(format!(
+                    "line {line}, column {col}: allow[{i}] is required but names no port; a required listener needs a port to look for"
+                ));
+            }
+            rules.push(r);
+        }
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        Ok(Policy {
+            path: path.to_path_buf(),
+            alerts: raw.alerts,
+            settings: raw.settings,
+            hook: raw.hook,
+            rules,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Policy::parse(&text, path)
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(de::Error::custom("must be at least 1")),
+        v => Ok(v),
+    }
+}
+
+fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(de::Error::custom(format!(
+            "{v} is not a share: give a number above 0 and at most 1 (0.5 = half the ephemeral range)"
+        )))
+    }
+}
+
+fn hook_argv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let argv = Vec::<String>::deserialize(d)?;
+    match argv.first() {
+        None => Err(de::Error::custom("argv is empty: give the program and its arguments")),
+        Some(p) if !p.starts_with('/') => Err(de::Error::custom(format!(
+            "argv[0] {p:?} is not an absolute path; the hook runs without a shell or PATH lookup"
+        ))),
+        _ => Ok(argv),
+    }
+}
+
+/// "8000", "8000-8100" (inclusive).
+fn port_range<E: de::Error>(s: &str) -> Result<(u16, u16), E> {
+    let bad = || {
+        E::custom(format!(
+            "{s:?} is not a port or range: use 8080, \"8000-8100\" or a list of them"
+        ))
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a > b {
+        return Err(E::custom(format!(
+            "port range {s:?} runs backwards: the first port must not be above the last"
+        )));
+    }
+    Ok((a, b))
+}
+
+fn port_number<E: de::Error>(v: i64) -> Result<(u16, u16), E> {
+    u16::try_from(v)
+        .map(|p| (p, p))
+        .map_err(|_| E::custom(format!("{v} is not a port number (0-65535)")))
+}
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Ports;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port (8080), a range (\"8000-8100\") or a list of them")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ports, E> {
+                Ok(Ports(vec![port_number(v)?]))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ports, E> {
+                Ok(Ports(vec![port_range(v)?]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ports, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<PortItem>()? {
+                    out.push(item.0);
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom("the port list is empty"));
+                }
+                Ok(Ports(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct PortItem((u16, u16));
+
+impl<'de> Deserialize<'de> for PortItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortItem;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port (8080) or a range (\"8000-8100\")")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortItem, E> {
+                port_number(v).map(PortItem)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortItem, E> {
+                port_range(v).map(PortItem)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn address_pattern<E: de::Error>(s: &str) -> Result<AddressPattern, E> {
+    match s {
+        "loopback" => Ok(AddressPattern::Loopback),
+        "wildcard" => Ok(AddressPattern::Wildcard),
+        _ => {
+            if let Ok(net) = s.parse::<IpNet>() {
+                return Ok(AddressPattern::Net(net));
+            }
+            s.parse::<IpAddr>().map(|ip| AddressPattern::Net(IpNet::from(ip))).map_err(|_| {
+                E::custom(format!(
+                    "{s:?} is not an address: use \"loopback\", \"wildcard\", an IP address or a CIDR like \"10.0.0.0/8\""
+                ))
+            })
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Addresses;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"loopback\", \"wildcard\", an address or CIDR, or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Addresses, E> {
+                Ok(Addresses(vec![address_pattern(v)?]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Addresses, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(address_pattern(&s)?);
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom("the address list is empty"));
+                }
+                Ok(Addresses(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = UserPattern;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a user name or a numeric uid")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<UserPattern, E> {
+                u32::try_from(v)
+                    .map(UserPattern::Id)
+                    .map_err(|_| E::custom(format!("{v} is not a uid")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UserPattern, E> {
+                if v.is_empty() {
+                    return Err(E::custom("the user name is empty"));
+                }
+                Ok(UserPattern::Name(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainerPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "any" => ContainerPattern::Any,
+            "none" => ContainerPattern::None,
+            "" => return Err(de::Error::custom("container is empty: use \"any\", \"none\" or an id")),
+            _ => ContainerPattern::Id(s),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Policy, String> {
+        Policy::parse(s, Path::new("/etc/portwatch/policy.toml")).map_err(|e| e.to_string())
+    }
+
+    fn listener(addr: &str, port: u16) -> Listener<'static> {
+        Listener {
+            transport: "tcp",
+            address: addr.parse().unwrap(),
+            port,
+            executable: Some("/usr/sbin/sshd"),
+            comm: "sshd",
+            user_id: 0,
+            user_name: Some("root"),
+            unit: Some("ssh.service"),
+            container_id: None,
+        }
+    }
+
+    const GOOD: &str = r#"
+[settings]
+reconcile_interval_seconds = 5
+
+[[allow]]
+note = "ssh"
+transport = "tcp"
+port = 22
+executable = "/usr/sbin/sshd"
+user = "root"
+unit = "ssh.service"
+container = "none"
+required = true
+
+[[allow]]
+port = ["8000-8100", 9000]
+address = "loopback"
+
+[[allow]]
+address = ["10.0.0.0/8", "::1"]
+user = 1000
+"#;
+
+    #[test]
+    fn rules_match_on_every_field_given() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.settings.reconcile_interval_seconds, 5);
+        assert_eq!(p.rules[0].line, 5);
+        assert_eq!(p.judge(&listener("0.0.0.0", 22)), Verdict::Allowed(0));
+        let mut l = listener("0.0.0.0", 22);
+        l.executable = Some("/tmp/sshd");
+        assert_eq!(p.judge(&l), Verdict::Unexpected);
+        l = listener("0.0.0.0", 22);
+        l.container_id = Some("abc");
+        assert_eq!(p.judge(&l), Verdict::Unexpected);
+        assert_eq!(p.judge(&listener("127.0.0.1", 8050)), Verdict::Allowed(1));
+        assert_eq!(p.judge(&listener("::ffff:127.0.0.1", 9000)), Verdict::Allowed(1));
+        assert_eq!(p.judge(&listener("::", 8050)), Verdict::WildcardWhereLoopback(1));
+        assert_eq!(p.judge(&listener("192.168.1.1", 8050)), Verdict::Unexpected);
+        let mut l = listener("10.1.2.3", 5555);
+        assert_eq!(p.judge(&l), Verdict::Unexpected);
+        l.user_id = 1000;
+        assert_eq!(p.judge(&l), Verdict::Allowed(2));
+        assert_eq!(p.rules[0].describe(0), "allow[0] (line 5) \"ssh\"");
+    }
+
+    #[test]
+    fn errors_name_line_and_column_and_say_what_is_wrong() {
+        let cases = [
+            ("[[allow]]\nport = \"9000-8000\"\n", "runs backwards"),
+            ("[[allow]]\nport = 70000\n", "not a port number"),
+            ("[[allow]]\nport = \"http\"\n", "not a port or range"),
+            ("[[allow]]\naddress = \"10.0.0.0/33\"\n", "not an address"),
+            ("[[allow]]\naddress = \"localhost\"\n", "not an address"),
+            ("[[allow]]\ncolour = \"red\"\nport = 22\n", "unknown field `colour`"),
+            ("[[allow]]\nrequired = \"yes\"\nport = 22\n", "invalid type"),
+            ("[settings]\nexhaustion_share = 2.0\n", "not a share"),
+            ("[hook]\nargv = [\"notify-send\"]\n", "not an absolute path"),
+            ("[alerts]\nunexpected_listener = 1\n", "invalid type"),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(e.contains("line 2"), "{text:?} names the line: {e}");
+            assert!(e.contains("column"), "{text:?} names the column: {e}");
+        }
+    }
+
+    #[test]
+    fn every_rule_problem_is_reported_at_once() {
+        let e = parse("[[allow]]\nnote = \"x\"\n\n[[allow]]\nrequired = true\ntransport = \"tcp\"\n")
+            .unwrap_err();
+        assert!(e.contains("line 1, column 1: allow[0] matches nothing"), "{e}");
+        assert!(e.contains("line 4, column 1: allow[1] is required but names no port"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_policy_allows_nothing() {
+        let p = parse("").unwrap();
+        assert_eq!(p.judge(&listener("127.0.0.1", 22)), Verdict::Unexpected);
+        assert!(p.alerts.unexpected_listener && p.hook.is_none());
+    }
+}
