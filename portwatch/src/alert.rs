@@ -85,8 +85,22 @@ impl ListenerFacts {
         }
     }
 
+    /// How messages name the holder.
+    fn holder(&self) -> String {
+        match (&self.executable, self.comm.as_str()) {
+            (Some(e), _) => e.clone(),
+            (None, "") => "no process (a kernel socket, or its holder is out of sight)".into(),
+            (None, c) => format!("comm {c:?}"),
+        }
+    }
+
     fn key(&self) -> SockKey {
-        (self.netns, self.transport, self.local.ip(), self.local.port())
+        (
+            self.netns,
+            self.transport,
+            self.local.ip(),
+            self.local.port(),
+        )
     }
 
     /// Dedup identity: (executable, transport, port, address scope).
@@ -236,7 +250,7 @@ impl AlertEngine {
                     l.transport,
                     l.local.port(),
                     l.local.ip(),
-                    l.executable.as_deref().unwrap_or(&l.comm)
+                    l.holder()
                 ),
                 detail: None,
                 subject: l.subject.clone(),
@@ -289,7 +303,14 @@ impl AlertEngine {
     }
 
     /// A connect failed with EADDRNOTAVAIL: no local port was free for it.
-    pub fn connect_exhausted(&mut self, subject: Subject, dest: SocketAddr, transport: &str, exe: &str, now_ns: i64) -> Option<Alert> {
+    pub fn connect_exhausted(
+        &mut self,
+        subject: Subject,
+        dest: SocketAddr,
+        transport: &str,
+        exe: &str,
+        now_ns: i64,
+    ) -> Option<Alert> {
         if !self.policy.alerts.ephemeral_port_exhaustion {
             return None;
         }
@@ -297,8 +318,12 @@ impl AlertEngine {
             key: format!("ephemeral_port_exhaustion|connect|{exe}|{transport}|{dest}"),
             kind: "ephemeral_port_exhaustion",
             severity: "high",
-            rule: format!("connect to {dest} failed with EADDRNOTAVAIL: no free local port in the ephemeral range"),
-            detail: Some(json!({"destination": {"address": dest.ip().to_string(), "port": dest.port()}})),
+            rule: format!(
+                "connect to {dest} failed with EADDRNOTAVAIL: no free local port in the ephemeral range"
+            ),
+            detail: Some(
+                json!({"destination": {"address": dest.ip().to_string(), "port": dest.port()}}),
+            ),
             subject,
         };
         self.raise(f, "kernel", now_ns, true)
@@ -335,9 +360,11 @@ impl AlertEngine {
                             "{n} {transport} sockets to {dest} hold more than {} of the {ephemeral_size} ephemeral ports",
                             self.policy.settings.exhaustion_share
                         ),
-                        detail: Some(json!({"destination": {"address": dest.ip().to_string(), "port": dest.port()},
+                        detail: Some(
+                            json!({"destination": {"address": dest.ip().to_string(), "port": dest.port()},
                             "sockets": n, "ephemeral_ports": ephemeral_size,
-                            "share": self.policy.settings.exhaustion_share})),
+                            "share": self.policy.settings.exhaustion_share}),
+                        ),
                         subject: Subject::default(),
                     };
                     out.extend(self.raise(f, "reconcile", now_ns, false));
@@ -386,7 +413,13 @@ impl AlertEngine {
 
     /// Dedup and rate limit: a first sighting is written (if the rate allows); a sighting within
     /// the dedup window is counted (`repeat`) or just keeps the alert alive.
-    fn raise(&mut self, f: Finding, origin: &'static str, now_ns: i64, repeat: bool) -> Option<Alert> {
+    fn raise(
+        &mut self,
+        f: Finding,
+        origin: &'static str,
+        now_ns: i64,
+        repeat: bool,
+    ) -> Option<Alert> {
         let window = self.policy.settings.dedup_window_seconds as i64 * NS;
         self.dirty = true;
         if let Some(e) = self.entries.get_mut(&f.key)
@@ -416,7 +449,10 @@ impl AlertEngine {
         if !allowed {
             self.counters.rate_limited += 1;
             if self.counters.rate_limited.is_power_of_two() {
-                tracing::warn!(held_back = self.counters.rate_limited, "alert rate limit reached; further alerts are counted and summarised");
+                tracing::warn!(
+                    held_back = self.counters.rate_limited,
+                    "alert rate limit reached; further alerts are counted and summarised"
+                );
             }
             return None;
         }
@@ -471,7 +507,8 @@ impl AlertEngine {
             }
         }
         let before = self.entries.len();
-        self.entries.retain(|_, e| now_ns - e.last_seen_ns <= window);
+        self.entries
+            .retain(|_, e| now_ns - e.last_seen_ns <= window);
         self.dirty |= self.entries.len() != before;
         out
     }
@@ -561,22 +598,46 @@ mod tests {
     fn one_alert_per_key_repeats_counted_summarised_and_remembered_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
-        assert!(e.listener(listener("127.0.0.1:22", "/a"), "kernel", NS).is_empty());
+        assert!(
+            e.listener(listener("127.0.0.1:22", "/a"), "kernel", NS)
+                .is_empty()
+        );
         let a = e.listener(listener("0.0.0.0:8080", "/a"), "kernel", NS);
         assert_eq!(a.len(), 1);
-        assert_eq!((a[0].body.kind, a[0].body.count), ("unexpected_listener", 1));
-        assert!(e.listener(listener("0.0.0.0:8080", "/a"), "kernel", 2 * NS).is_empty());
+        assert_eq!(
+            (a[0].body.kind, a[0].body.count),
+            ("unexpected_listener", 1)
+        );
+        assert!(
+            e.listener(listener("0.0.0.0:8080", "/a"), "kernel", 2 * NS)
+                .is_empty()
+        );
         // Another executable, or another scope, is another alert.
-        assert_eq!(e.listener(listener("0.0.0.0:8080", "/b"), "kernel", 3 * NS).len(), 1);
-        assert_eq!(e.listener(listener("127.0.0.1:8080", "/a"), "kernel", 3 * NS).len(), 1);
+        assert_eq!(
+            e.listener(listener("0.0.0.0:8080", "/b"), "kernel", 3 * NS)
+                .len(),
+            1
+        );
+        assert_eq!(
+            e.listener(listener("127.0.0.1:8080", "/a"), "kernel", 3 * NS)
+                .len(),
+            1
+        );
         let s = e.summarise(4 * NS);
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].body.count, s[0].body.summary), (2, true));
         e.save();
         let mut again = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
         assert_eq!(again.remembered(), 3);
-        assert!(again.listener(listener("0.0.0.0:8080", "/a"), "snapshot", 5 * NS).is_empty());
-        assert!(again.summarise(6 * NS).is_empty(), "a snapshot sighting is not a repeat");
+        assert!(
+            again
+                .listener(listener("0.0.0.0:8080", "/a"), "snapshot", 5 * NS)
+                .is_empty()
+        );
+        assert!(
+            again.summarise(6 * NS).is_empty(),
+            "a snapshot sighting is not a repeat"
+        );
     }
 
     #[test]
@@ -588,7 +649,9 @@ mod tests {
         );
         let mut written = 0;
         for port in 1000..1005 {
-            written += e.listener(listener(&format!("0.0.0.0:{port}"), "/a"), "kernel", NS).len();
+            written += e
+                .listener(listener(&format!("0.0.0.0:{port}"), "/a"), "kernel", NS)
+                .len();
         }
         assert_eq!((written, e.counters.rate_limited), (2, 3));
         assert_eq!(e.summarise(2 * NS).len(), 3);
@@ -597,12 +660,18 @@ mod tests {
     #[test]
     fn required_rule_alerts_when_its_listener_goes_and_again_after_it_came_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = AlertEngine::new(policy("[[allow]]\nport = 22\nrequired = true\n"), dir.path());
+        let mut e = AlertEngine::new(
+            policy("[[allow]]\nport = 22\nrequired = true\n"),
+            dir.path(),
+        );
         let none = HashMap::new();
         let a = e.reconcile(Some(1), vec![], &none, 28232, NS);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].body.kind, "required_listener_missing");
-        assert!(e.listener(listener("0.0.0.0:22", "/sshd"), "kernel", 2 * NS).is_empty());
+        assert!(
+            e.listener(listener("0.0.0.0:22", "/sshd"), "kernel", 2 * NS)
+                .is_empty()
+        );
         let gone = e.closed(Some(1), "tcp", "0.0.0.0:22".parse().unwrap(), 3 * NS);
         assert_eq!(gone.len(), 1, "missing again after it came back");
     }
@@ -611,12 +680,18 @@ mod tests {
     fn wildcard_ephemeral_and_share() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = AlertEngine::new(
-            policy("[settings]\nexhaustion_share = 0.01\n[[allow]]\naddress = \"loopback\"\nport = 60481\n"),
+            policy(
+                "[settings]\nexhaustion_share = 0.01\n[[allow]]\naddress = \"loopback\"\nport = 60481\n",
+            ),
             dir.path(),
         );
         let mut l = listener("[::]:60481", "/a");
         l.ephemeral_port = true;
-        let kinds: Vec<_> = e.listener(l, "kernel", NS).iter().map(|a| a.body.kind).collect();
+        let kinds: Vec<_> = e
+            .listener(l, "kernel", NS)
+            .iter()
+            .map(|a| a.body.kind)
+            .collect();
         assert_eq!(kinds, ["wildcard_listener", "ephemeral_port_listener"]);
         let mut per = HashMap::new();
         per.insert(("tcp", "127.0.0.1:80".parse().unwrap()), 300);
@@ -633,7 +708,10 @@ mod tests {
         let mut e = AlertEngine::new(Policy::default(), dir.path());
         assert_eq!(e.remembered(), 0);
         assert!(dir.path().join("alerts.json.corrupt").exists());
-        assert_eq!(e.listener(listener("0.0.0.0:1", "/a"), "kernel", NS).len(), 1);
+        assert_eq!(
+            e.listener(listener("0.0.0.0:1", "/a"), "kernel", NS).len(),
+            1
+        );
         e.save();
         assert!(dir.path().join(STATE_FILE).exists());
     }

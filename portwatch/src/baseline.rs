@@ -1,10 +1,6 @@
 //! `portwatch baseline`: a commented policy that allows exactly what listens now, one rule per
 //! unit (or executable, outside systemd) and transport, to review and install as policy.toml.
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    path::Path,
-};
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use crate::{
     cgroup,
@@ -36,7 +32,9 @@ pub fn listeners(range: &EphemeralRange) -> Result<Vec<KernelSocket>, sockets::S
         .into_iter()
         .filter(|s| {
             s.is_tcp_listener()
-                || (s.transport == Transport::Udp && s.peer.is_none() && !range.info(s.local.port()).ephemeral)
+                || (s.transport == Transport::Udp
+                    && s.peer.is_none()
+                    && !range.info(s.local.port()).ephemeral)
         })
         .collect())
 }
@@ -136,7 +134,8 @@ mod tests {
         let range = EphemeralRange::read();
         let found = listeners(&range).unwrap();
         let text = render(&found, Path::new("/proc"), "h\"ost", "2026-11-27T00:00:00Z");
-        let p = Policy::parse(&text, Path::new("baseline.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let p = Policy::parse(&text, Path::new("baseline.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
         let me = enrich::read_process_facts(Path::new("/proc/self")).unwrap();
         let unit = me.cgroup.as_deref().and_then(|c| cgroup::parse(c).unit);
         let view = Listener {

@@ -140,10 +140,14 @@ impl RunArgs {
                 .clone()
                 .unwrap_or_else(|| config.status.socket.clone()),
             cache: config.cache,
-            policy: self.policy.clone().or_else(|| config.policy.file.clone()).or_else(|| {
-                let default = std::path::Path::new(crate::policy::DEFAULT_PATH);
-                default.exists().then(|| default.to_path_buf())
-            }),
+            policy: self
+                .policy
+                .clone()
+                .or_else(|| config.policy.file.clone())
+                .or_else(|| {
+                    let default = std::path::Path::new(crate::policy::DEFAULT_PATH);
+                    default.exists().then(|| default.to_path_buf())
+                }),
             status_interval_seconds: config.status.event_interval_seconds,
             state_dir: self
                 .state_dir

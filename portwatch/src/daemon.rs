@@ -4,8 +4,8 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
-    sync::Arc,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,16 +15,16 @@ use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    alert::{Alert, AlertEngine, ListenerFacts, Subject},
     attach::{self, AttachMode, AttachOptions, Attached},
     clock::{self, WallClock},
-    alert::{Alert, AlertEngine, ListenerFacts, Subject},
     decode::{self, KernelEvent, Kind, Record, Transport},
-    hook::{self, HookCounters},
     enrich::{Attribution, Enricher},
     event::{
         AlertRecord, DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, Network, PortRecord,
         Process, SCHEMA_VERSION, StatusRecord,
     },
+    hook::{self, HookCounters},
     lineage::ProcessTable,
     ports::EphemeralRange,
     privileges,
@@ -214,16 +214,14 @@ impl Pipeline {
             severity = a.body.severity,
             count = a.body.count,
             summary = a.body.summary,
-            pid = ?a.subject.process.get("pid"),
-            executable = ?a.subject.process.get("executable"),
-            local = ?a.subject.network.get("local"),
+            pid = %a.subject.process["pid"],
+            executable = %a.subject.process["executable"],
+            local = %a.subject.network["local"],
             origin = a.origin,
             "ALERT: {}",
             a.body.rule
         );
-        let mut bytes = line.clone().into_bytes();
-        bytes.push(b'\n');
-        self.sink.push(&bytes);
+        self.sink.push(line.as_bytes());
         if let Some(hook) = self.alerts.as_ref().and_then(|e| e.policy.hook.as_ref()) {
             hook::dispatch(hook, &self.hook, line);
         }
@@ -256,7 +254,9 @@ impl Pipeline {
             let ephemeral = self.ephemeral.info(s.local.port()).ephemeral;
             if let Some(peer) = s.peer {
                 if ephemeral {
-                    *per_destination.entry((s.transport.as_str(), peer)).or_default() += 1;
+                    *per_destination
+                        .entry((s.transport.as_str(), peer))
+                        .or_default() += 1;
                 }
                 continue;
             }
@@ -272,7 +272,11 @@ impl Pipeline {
             };
             let network = Network::of(&ev);
             let process = Process::of(&ev, attr);
-            listeners.push(listener_facts(&network, self.ephemeral.info(s.local.port()), &process));
+            listeners.push(listener_facts(
+                &network,
+                self.ephemeral.info(s.local.port()),
+                &process,
+            ));
         }
         let size = self.ephemeral.size();
         let alerts = match &mut self.alerts {
@@ -474,9 +478,17 @@ fn is_listener(ev: &KernelEvent, port: crate::ports::PortInfo) -> bool {
         }
 }
 
-fn listener_facts(network: &Network, port: crate::ports::PortInfo, process: &Process) -> ListenerFacts {
+fn listener_facts(
+    network: &Network,
+    port: crate::ports::PortInfo,
+    process: &Process,
+) -> ListenerFacts {
     let local: SocketAddr = SocketAddr::new(
-        network.local.address.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        network
+            .local
+            .address
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
         network.local.port,
     );
     ListenerFacts {
@@ -513,7 +525,11 @@ fn judge_event(
             port: serde_json::to_value(rec.port).unwrap_or(Value::Null),
             process: serde_json::to_value(&rec.process).unwrap_or(Value::Null),
         };
-        let exe = rec.process.executable.as_deref().unwrap_or(&rec.process.comm);
+        let exe = rec
+            .process
+            .executable
+            .as_deref()
+            .unwrap_or(&rec.process.comm);
         let dest = ev.peer.unwrap_or(ev.local);
         return engine
             .connect_exhausted(subject, dest, ev.transport.as_str(), exe, wall_ns)
@@ -521,7 +537,11 @@ fn judge_event(
             .collect();
     }
     if is_listener(ev, rec.port) {
-        return engine.listener(listener_facts(&rec.network, rec.port, &rec.process), origin, wall_ns);
+        return engine.listener(
+            listener_facts(&rec.network, rec.port, &rec.process),
+            origin,
+            wall_ns,
+        );
     }
     if ev.kind == Kind::Close && ev.errno.is_none() && ev.peer.is_none() {
         let netns = (ev.netns != 0).then_some(ev.netns);
@@ -788,7 +808,10 @@ fn policy_ticks(p: &Pipeline) -> (tokio::time::Interval, tokio::time::Interval) 
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     };
-    (every(s.reconcile_interval_seconds), every(s.summary_interval_seconds))
+    (
+        every(s.reconcile_interval_seconds),
+        every(s.summary_interval_seconds),
+    )
 }
 
 /// Tells systemd (when it started us with Type=notify) that every program is attached, and

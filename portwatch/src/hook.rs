@@ -57,7 +57,11 @@ pub fn dispatch(cfg: &HookConfig, counters: &Arc<HookCounters>, line: String) {
     }
     if counters.running.load(Ordering::Relaxed) >= cfg.max_running {
         let n = counters.skipped.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(skipped = n, max_running = cfg.max_running, "alert hook not run: too many still running");
+        tracing::warn!(
+            skipped = n,
+            max_running = cfg.max_running,
+            "alert hook not run: too many still running"
+        );
         return;
     }
     counters.running.fetch_add(1, Ordering::Relaxed);
@@ -102,9 +106,10 @@ async fn run(argv: &[String], timeout: Duration, line: String) -> Result<(), Hoo
     let mut stdin = child.stdin.take();
     let work = async {
         if let Some(s) = &mut stdin {
-            // A hook that does not read its stdin is not a failure.
-            let _ = s.write_all(line.as_bytes()).await;
-            let _ = s.write_all(b"\n").await;
+            // One write: the line arrives whole. A hook that does not read it is not a failure.
+            let mut bytes = line.into_bytes();
+            bytes.push(b'\n');
+            let _ = s.write_all(&bytes).await;
         }
         drop(stdin);
         child.wait().await

@@ -60,7 +60,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 args.file.display(),
                 p.rules.len(),
                 p.settings.reconcile_interval_seconds,
-                if p.hook.is_some() { ", exec hook set" } else { "" }
+                if p.hook.is_some() {
+                    ", exec hook set"
+                } else {
+                    ""
+                }
             );
             Ok(())
         }
@@ -72,7 +76,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_default();
             print!(
                 "{}",
-                portwatch::baseline::render(&found, std::path::Path::new("/proc"), &host, &portwatch::clock::now_rfc3339())
+                portwatch::baseline::render(
+                    &found,
+                    std::path::Path::new("/proc"),
+                    &host,
+                    &portwatch::clock::now_rfc3339()
+                )
             );
             Ok(())
         }

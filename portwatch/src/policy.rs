@@ -267,7 +267,9 @@ impl Rule {
             && self.container.as_ref().is_none_or(|c| match c {
                 ContainerPattern::Any => l.container_id.is_some(),
                 ContainerPattern::None => l.container_id.is_none(),
-                ContainerPattern::Id(id) => l.container_id.is_some_and(|c| c.starts_with(id.as_str())),
+                ContainerPattern::Id(id) => {
+                    l.container_id.is_some_and(|c| c.starts_with(id.as_str()))
+                }
             });
         let addr = self
             .address
@@ -321,9 +323,8 @@ impl Policy {
             path: path.display().to_string(),
             problems,
         };
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            invalid(vec![e.to_string().trim_end().to_string()])
-        })?;
+        let raw: RawPolicy = toml::from_str(text)
+            .map_err(|e| invalid(vec![e.to_string().trim_end().to_string()]))?;
         let mut problems = Vec::new();
         let mut rules = Vec::new();
         for (i, spanned) in raw.allow.into_iter().enumerate() {
@@ -375,7 +376,10 @@ impl Policy {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, col)
 }
 
@@ -400,7 +404,9 @@ fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 fn hook_argv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let argv = Vec::<String>::deserialize(d)?;
     match argv.first() {
-        None => Err(de::Error::custom("argv is empty: give the program and its arguments")),
+        None => Err(de::Error::custom(
+            "argv is empty: give the program and its arguments",
+        )),
         Some(p) if !p.starts_with('/') => Err(de::Error::custom(format!(
             "argv[0] {p:?} is not an absolute path; the hook runs without a shell or PATH lookup"
         ))),
@@ -557,7 +563,11 @@ impl<'de> Deserialize<'de> for ContainerPattern {
         Ok(match s.as_str() {
             "any" => ContainerPattern::Any,
             "none" => ContainerPattern::None,
-            "" => return Err(de::Error::custom("container is empty: use \"any\", \"none\" or an id")),
+            "" => {
+                return Err(de::Error::custom(
+                    "container is empty: use \"any\", \"none\" or an id",
+                ));
+            }
             _ => ContainerPattern::Id(s),
         })
     }
@@ -621,8 +631,14 @@ user = 1000
         l.container_id = Some("abc");
         assert_eq!(p.judge(&l), Verdict::Unexpected);
         assert_eq!(p.judge(&listener("127.0.0.1", 8050)), Verdict::Allowed(1));
-        assert_eq!(p.judge(&listener("::ffff:127.0.0.1", 9000)), Verdict::Allowed(1));
-        assert_eq!(p.judge(&listener("::", 8050)), Verdict::WildcardWhereLoopback(1));
+        assert_eq!(
+            p.judge(&listener("::ffff:127.0.0.1", 9000)),
+            Verdict::Allowed(1)
+        );
+        assert_eq!(
+            p.judge(&listener("::", 8050)),
+            Verdict::WildcardWhereLoopback(1)
+        );
         assert_eq!(p.judge(&listener("192.168.1.1", 8050)), Verdict::Unexpected);
         let mut l = listener("10.1.2.3", 5555);
         assert_eq!(p.judge(&l), Verdict::Unexpected);
@@ -639,7 +655,10 @@ user = 1000
             ("[[allow]]\nport = \"http\"\n", "not a port or range"),
             ("[[allow]]\naddress = \"10.0.0.0/33\"\n", "not an address"),
             ("[[allow]]\naddress = \"localhost\"\n", "not an address"),
-            ("[[allow]]\ncolour = \"red\"\nport = 22\n", "unknown field `colour`"),
+            (
+                "[[allow]]\ncolour = \"red\"\nport = 22\n",
+                "unknown field `colour`",
+            ),
             ("[[allow]]\nrequired = \"yes\"\nport = 22\n", "invalid type"),
             ("[settings]\nexhaustion_share = 2.0\n", "not a share"),
             ("[hook]\nargv = [\"notify-send\"]\n", "not an absolute path"),
@@ -655,10 +674,17 @@ user = 1000
 
     #[test]
     fn every_rule_problem_is_reported_at_once() {
-        let e = parse("[[allow]]\nnote = \"x\"\n\n[[allow]]\nrequired = true\ntransport = \"tcp\"\n")
-            .unwrap_err();
-        assert!(e.contains("line 1, column 1: allow[0] matches nothing"), "{e}");
-        assert!(e.contains("line 4, column 1: allow[1] is required but names no port"), "{e}");
+        let e =
+            parse("[[allow]]\nnote = \"x\"\n\n[[allow]]\nrequired = true\ntransport = \"tcp\"\n")
+                .unwrap_err();
+        assert!(
+            e.contains("line 1, column 1: allow[0] matches nothing"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 4, column 1: allow[1] is required but names no port"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl Daemon {
         Self::spawn(dir, log, state_dir.to_path_buf(), &[])
     }
 
+    /// A daemon on an existing state directory, with more flags.
+    pub fn start_with_state_args(state_dir: &Path, extra_args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("events.jsonl");
+        Self::spawn(dir, log, state_dir.to_path_buf(), extra_args)
+    }
+
     /// Like `start`, with a log file the caller prepared (in `dir`, which the daemon keeps).
     pub fn start_with_log(dir: tempfile::TempDir, log: PathBuf, extra_args: &[&str]) -> Daemon {
         let state_dir = dir.path().join("state");

@@ -135,7 +135,15 @@ pub fn check(v: &Value) -> R {
             let c = obj(&v["counters"], "counters")?;
             only_keys(
                 c,
-                &["events", "lost", "attribution", "caches", "log", "store"],
+                &[
+                    "events",
+                    "lost",
+                    "attribution",
+                    "caches",
+                    "log",
+                    "store",
+                    "alerts",
+                ],
                 "counters",
             )?;
             for k in ["bind", "listen", "connect", "close", "total", "snapshot"] {
@@ -176,6 +184,14 @@ pub fn check(v: &Value) -> R {
             }
             Ok(())
         }
+        "alert" => {
+            only_keys(
+                m,
+                &with(&["alert", "network", "port", "process", "origin"]),
+                event,
+            )?;
+            alert_event(v)
+        }
         "loss" => {
             only_keys(m, &with(&["loss"]), event)?;
             let count = uint(&v["loss"]["count"], "loss.count", u64::MAX)?;
@@ -210,6 +226,22 @@ fn port_event(v: &Value, event: &str) -> R {
         }
         o => return Err(format!("unknown outcome {o}")),
     }
+    let origin = string(&v["origin"], "origin")?;
+    if !["kernel", "snapshot"].contains(&origin) {
+        return Err(format!("unknown origin {origin}"));
+    }
+    if (origin == "snapshot") != (v["probe"] == "sock_diag") {
+        return Err("probe sock_diag goes with origin snapshot, and only with it".into());
+    }
+    if string(&v["probe"], "probe")?.is_empty() {
+        return Err("probe is empty".into());
+    }
+    // pid 0 is how a scan says no process holds the socket; the kernel always knows.
+    subject(v, event, origin != "kernel")
+}
+
+/// `network`, `port` and `process`, as port events and alerts carry them.
+fn subject(v: &Value, event: &str, pid0_allowed: bool) -> R {
     let net = obj(&v["network"], "network")?;
     only_keys(
         net,
@@ -255,16 +287,8 @@ fn port_event(v: &Value, event: &str) -> R {
         "process",
     )?;
     let pr = &v["process"];
-    let origin = string(&v["origin"], "origin")?;
-    if !["kernel", "snapshot"].contains(&origin) {
-        return Err(format!("unknown origin {origin}"));
-    }
-    // pid 0 is how a snapshot says no process holds the socket; the kernel always knows.
-    if uint(&pr["pid"], "process.pid", u32::MAX as u64)? == 0 && origin != "snapshot" {
+    if uint(&pr["pid"], "process.pid", u32::MAX as u64)? == 0 && !pid0_allowed {
         return Err("process.pid is 0".into());
-    }
-    if (origin == "snapshot") != (v["probe"] == "sock_diag") {
-        return Err("probe sock_diag goes with origin snapshot, and only with it".into());
     }
     nullable(&pr["parent_comm"], |s| {
         string(s, "process.parent_comm").map(drop)
@@ -349,10 +373,69 @@ fn port_event(v: &Value, event: &str) -> R {
         "process.group",
     )?;
     uint(&pr["group"]["id"], "process.group.id", u32::MAX as u64)?;
-    if string(&v["probe"], "probe")?.is_empty() {
-        return Err("probe is empty".into());
-    }
     Ok(())
+}
+
+const ALERT_KINDS: [&str; 5] = [
+    "unexpected_listener",
+    "wildcard_listener",
+    "ephemeral_port_listener",
+    "required_listener_missing",
+    "ephemeral_port_exhaustion",
+];
+
+fn alert_event(v: &Value) -> R {
+    let a = obj(&v["alert"], "alert")?;
+    only_keys(
+        a,
+        &[
+            "kind",
+            "severity",
+            "rule",
+            "first_seen",
+            "count",
+            "summary",
+            "detail",
+        ],
+        "alert",
+    )?;
+    let kind = string(&v["alert"]["kind"], "alert.kind")?;
+    if !ALERT_KINDS.contains(&kind) {
+        return Err(format!("unknown alert kind {kind}"));
+    }
+    match string(&v["alert"]["severity"], "alert.severity")? {
+        "high" | "medium" => {}
+        s => return Err(format!("unknown alert severity {s}")),
+    }
+    if string(&v["alert"]["rule"], "alert.rule")?.is_empty() {
+        return Err("alert.rule is empty".into());
+    }
+    timestamp(&v["alert"]["first_seen"]).map_err(|e| format!("alert.first_seen: {e}"))?;
+    if uint(&v["alert"]["count"], "alert.count", u64::MAX)? == 0 {
+        return Err("alert.count is 0".into());
+    }
+    if let Some(s) = a.get("summary")
+        && s != &Value::Bool(true)
+    {
+        return Err(format!("alert.summary is only ever true: {s}"));
+    }
+    nullable(&v["alert"]["detail"], |d| obj(d, "alert.detail").map(drop))?;
+    let origin = string(&v["origin"], "origin")?;
+    if !["kernel", "snapshot", "reconcile", "summary"].contains(&origin) {
+        return Err(format!("unknown alert origin {origin}"));
+    }
+    // A busy destination (exhaustion found by a scan) is about many sockets, not one.
+    let busy_destination = kind == "ephemeral_port_exhaustion" && v["network"].is_null();
+    let about_a_socket = kind != "required_listener_missing" && !busy_destination;
+    if about_a_socket {
+        subject(v, "alert", origin != "kernel")
+    } else if v["network"].is_null() && v["port"].is_null() && v["process"].is_null() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} alert carries no socket: network, port and process are null"
+        ))
+    }
 }
 
 /// Checks every line, and that `seq` goes up by one from 1 — or, when the log says it lost lines
@@ -426,5 +509,24 @@ mod tests {
         assert!(check(&v).unwrap_err().contains("sock_diag"));
         v["probe"] = json!("sock_diag");
         check(&v).unwrap();
+    }
+
+    #[test]
+    fn alerts_about_a_socket_and_about_an_absence() {
+        let b = bind_line();
+        let mut a = json!({"schema":1,"timestamp":"2026-11-27T04:51:23.521035472Z","seq":3,"host":{"name":"vm"},
+            "event":"alert","alert":{"kind":"unexpected_listener","severity":"high","rule":"no rule",
+            "first_seen":"2026-11-27T04:51:23.521035472Z","count":1},
+            "network":b["network"],"port":b["port"],"process":b["process"],"origin":"kernel"});
+        check(&a).unwrap();
+        a["alert"]["kind"] = json!("made_up");
+        assert!(check(&a).unwrap_err().contains("unknown alert kind"));
+        a["alert"]["kind"] = json!("required_listener_missing");
+        assert!(check(&a).unwrap_err().contains("carries no socket"));
+        for k in ["network", "port", "process"] {
+            a[k] = Value::Null;
+        }
+        a["alert"]["detail"] = json!({"ports": ["22"]});
+        check(&a).unwrap();
     }
 }

@@ -105,6 +105,36 @@ fn run(args: &[String]) -> Result<Value, String> {
             std::mem::forget(l);
             v
         }
+        "exhaust-ports" => {
+            // A network namespace of our own with an ephemeral range of two ports: the third
+            // connect to one destination finds no free local port (EADDRNOTAVAIL).
+            // SAFETY: unshare(2) on this single-threaded process.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+            }
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .map_err(io)?;
+            if !up.success() {
+                return Err("ip link set lo up failed".into());
+            }
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40001").map_err(io)?;
+            let l = TcpListener::bind("127.0.0.1:5000").map_err(io)?;
+            let mut held = Vec::new();
+            let mut failed = None;
+            for _ in 0..5 {
+                match TcpStream::connect("127.0.0.1:5000") {
+                    Ok(c) => held.push(c),
+                    Err(e) => {
+                        failed = Some(errno_of(&e));
+                        break;
+                    }
+                }
+            }
+            drop(l);
+            json!({"connected": held.len(), "errno": failed, "peer": "127.0.0.1:5000"})
+        }
         "exit-fast" => {
             let l = TcpListener::bind(addr(arg)?).map_err(io)?;
             let v = json!({"pid": std::process::id(), "local": l.local_addr().map_err(io)?.to_string()});
