@@ -45,9 +45,11 @@ impl Systemd {
         let config = stage(
             "portwatch.toml",
             &format!(
-                "[log]\nfile = \"{LOG}\"\nstdout = false\n[status]\nsocket = \"/run/portwatch/status.sock\"\n"
+                "[log]\nfile = \"{LOG}\"\nstdout = false\n[status]\nsocket = \"/run/portwatch/status.sock\"\n[policy]\nfile = \"/run/portwatch-test/policy.toml\"\n"
             ),
         );
+        // Allows nothing the tests open: every listener of theirs alerts.
+        let policy = stage("policy.toml", "[[allow]]\nport = 1\n");
         let target = stage(
             "target",
             "[Unit]\nDescription=portwatch test target\nDefaultDependencies=no\nWants=systemd-journald.service\n",
@@ -59,7 +61,7 @@ impl Systemd {
             r#"set -e
 mkdir -p /run/portwatch-stage
 mount -t tmpfs tmpfs /run/portwatch-stage
-cp {unit} {dropin} {config} {target} {bin} /run/portwatch-stage/
+cp {unit} {dropin} {config} {policy} {target} {bin} /run/portwatch-stage/
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /var/tmp
 mount --move /run/portwatch-stage /tmp
@@ -69,6 +71,7 @@ cp /tmp/portwatch.service /run/systemd/system/portwatch.service
 cp /tmp/test.conf /run/systemd/system/portwatch.service.d/test.conf
 cp /tmp/target /run/systemd/system/{TARGET}
 cp /tmp/portwatch.toml /run/portwatch-test/portwatch.toml
+cp /tmp/policy.toml /run/portwatch-test/policy.toml
 cp /tmp/portwatch /run/portwatch-test/bin/portwatch
 umount /tmp
 mount -t tmpfs tmpfs /tmp
@@ -81,6 +84,7 @@ exec /lib/systemd/systemd --system --unit={TARGET}
             unit = unit_file.display(),
             dropin = dropin.display(),
             config = config.display(),
+            policy = policy.display(),
             target = target.display(),
             bin = bin.display(),
         );
@@ -206,15 +210,37 @@ fn unit_runs_under_a_real_systemd() {
         "status line first"
     );
 
-    // Events reach the log file.
+    // The start-up snapshot works inside the sandbox (sock_diag needs AF_NETLINK).
+    assert!(
+        lines.iter().any(|l| l["origin"] == "snapshot"),
+        "no snapshot events; journal:\n{}",
+        sd.journal()
+    );
+
+    // Events reach the log file; an unexpected listener alerts in the log and in the journal at
+    // priority warning.
     let s = scenario(["tcp-listen", "127.0.0.1:0"]);
     let port = split_addr(s.report["local"].as_str().unwrap()).1;
     drop(s);
     sd.wait(
-        "the listen event in the log",
+        "the listen event and its alert in the log",
         Duration::from_secs(10),
-        || has_port(&sd.log_lines(LOG), "listen", port),
+        || {
+            has_port(&sd.log_lines(LOG), "listen", port)
+                && has_port(&sd.log_lines(LOG), "alert", port)
+        },
     );
+    sd.wait("the alert in the journal", Duration::from_secs(10), || {
+        sd.journal()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| {
+                e["PRIORITY"] == "4"
+                    && e["MESSAGE"].as_str().is_some_and(|m| {
+                        m.starts_with("ALERT:") && m.contains(&format!("port {port} "))
+                    })
+            })
+    });
 
     // Diagnostics are in the journal, with structured fields.
     let journal = sd.journal();

@@ -1,5 +1,6 @@
-//! `cargo xtask install | uninstall`: the binary, the systemd unit, a default config and an empty
-//! policy, under `--destdir` (for packaging) and `--prefix` (for the binary).
+//! `cargo xtask install | uninstall`: the binary, the systemd unit, a default config and a policy
+//! (a baseline of what listens now on a live system; a template under `--destdir`, for
+//! packaging), under `--destdir` and `--prefix` (for the binary).
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
@@ -14,6 +15,8 @@ pub struct Layout {
     config: PathBuf,
     policy: PathBuf,
     bindir: PathBuf,
+    /// Installing onto this system (no --destdir).
+    live: bool,
 }
 
 impl Layout {
@@ -29,11 +32,10 @@ impl Layout {
             config: under(Path::new("/etc/portwatch/portwatch.toml")),
             policy: under(Path::new("/etc/portwatch/policy.toml")),
             bindir,
+            live: destdir.is_none(),
         }
     }
 }
-
-const EMPTY_POLICY: &str = "# portwatch policy: allow rules for listeners. Empty: no rules yet.\n";
 
 fn write(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<()> {
     if !overwrite && path.exists() {
@@ -65,7 +67,22 @@ pub fn install(root: &Path, layout: &Layout) -> Result<()> {
         0o640,
         false,
     )?;
-    write(&layout.policy, EMPTY_POLICY.as_bytes(), 0o640, false)?;
+    let policy = if layout.live && !layout.policy.exists() {
+        // What listens now is allowed; from here on, new listeners alert.
+        let out = std::process::Command::new(&layout.bin)
+            .arg("baseline")
+            .output()
+            .context("running portwatch baseline")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "portwatch baseline failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    } else {
+        fs::read(root.join("packaging/policy.toml"))?
+    };
+    write(&layout.policy, &policy, 0o640, false)?;
     eprintln!(
         "install: done. Start it with: systemctl daemon-reload && systemctl enable --now portwatch"
     );
@@ -115,6 +132,14 @@ mod tests {
         };
         assert_eq!(mode("usr/local/bin/portwatch"), 0o755);
         assert_eq!(mode("etc/portwatch/portwatch.toml"), 0o640);
+        // Under a destdir the policy is the template, and it is a valid policy.
+        let policy = dest.path().join("etc/portwatch/policy.toml");
+        let check = std::process::Command::new(root.join("target/release/portwatch"))
+            .arg("check-policy")
+            .arg(&policy)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{check:?}");
         // A second install keeps an edited config.
         fs::write(
             dest.path().join("etc/portwatch/portwatch.toml"),
