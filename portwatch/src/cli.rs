@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// Directory of the tenancy history.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Seconds between canary rounds (blinding detection) [default: from the config, else 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub canary_interval_seconds: Option<u64>,
     /// Listener policy [default: from the config file, else /etc/portwatch/policy.toml when it
     /// exists; with none, no alerts].
     #[arg(long, value_name = "PATH")]
@@ -149,6 +152,9 @@ impl RunArgs {
                     default.exists().then(|| default.to_path_buf())
                 }),
             status_interval_seconds: config.status.event_interval_seconds,
+            canary_interval_seconds: self
+                .canary_interval_seconds
+                .unwrap_or(config.status.canary_interval_seconds),
             state_dir: self
                 .state_dir
                 .clone()

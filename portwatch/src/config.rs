@@ -109,6 +109,9 @@ pub struct StatusConfig {
     /// A `status` line with the daemon's counters goes into the event log this often (seconds);
     /// 0: only at start and stop.
     pub event_interval_seconds: u64,
+    /// Seconds between canary rounds: the daemon's own loopback sockets must come back as events,
+    /// or the hook families that stayed silent are reported blind. 0: off.
+    pub canary_interval_seconds: u64,
 }
 
 impl Default for Config {
@@ -141,6 +144,7 @@ impl Default for StatusConfig {
         Self {
             socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
             event_interval_seconds: 300,
+            canary_interval_seconds: 30,
         }
     }
 }
@@ -236,6 +240,10 @@ socket = "/run/portwatch/status.sock"
 # Seconds between `status` lines in the event log (counters: events, losses, cache sizes and
 # evictions, store); 0: only at start and stop.
 event_interval_seconds = 300
+# Blinding detection: this often the daemon makes a loopback listener and connects to it; a hook
+# family whose event does not come back (program detached, events filtered) is reported blind
+# (error, `monitoring_blind` alert line, `portwatch status`). 0: off.
+canary_interval_seconds = 30
 
 [cache]
 # Bounded LRU caches; their sizes and evictions show in `portwatch status` and `status` lines. Processes' /proc facts are reused for

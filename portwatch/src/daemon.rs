@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    alert::{Alert, AlertEngine, ListenerFacts, Subject},
+    alert::{Alert, AlertBody, AlertEngine, ListenerFacts, Subject},
     attach::{self, AttachMode, AttachOptions, Attached},
+    canary::{self, Canary},
     clock::{self, WallClock},
     decode::{self, KernelEvent, Kind, Record, Transport},
     enrich::{Attribution, Enricher},
@@ -48,6 +49,8 @@ pub struct RunOptions {
     pub retention: crate::store::Retention,
     /// The listener policy; None: no alerts.
     pub policy: Option<PathBuf>,
+    /// Seconds between canary rounds (blinding detection); 0: off.
+    pub canary_interval_seconds: u64,
     /// Seconds between periodic `status` lines; 0: only at start and stop.
     pub status_interval_seconds: u64,
 }
@@ -79,6 +82,7 @@ pub struct Pipeline {
     pub state_dir: PathBuf,
     pub policy_reloads: u64,
     pub policy_reload_failures: u64,
+    pub canary: Canary,
 }
 
 fn kind_index(k: Kind) -> usize {
@@ -114,6 +118,7 @@ impl Pipeline {
             state_dir: PathBuf::new(),
             policy_reloads: 0,
             policy_reload_failures: 0,
+            canary: Canary::new(),
         }
     }
 
@@ -159,6 +164,9 @@ impl Pipeline {
                 return;
             }
         };
+        if self.canary.absorb(ev.pid, ev.kind) {
+            return;
+        }
         self.counts[kind_index(ev.kind)] += 1;
         self.emit_port(&ev, "kernel");
     }
@@ -329,6 +337,42 @@ impl Pipeline {
         }
     }
 
+    /// Judges the last canary round and sends the next; a family gone blind is an error and a
+    /// `monitoring_blind` alert line (with or without a policy).
+    pub fn canary_round(&mut self, ring_buffer_lost: u64) {
+        for v in self.canary.round(ring_buffer_lost) {
+            match v {
+                canary::Verdict::Blind(families) => {
+                    tracing::error!(
+                        ?families,
+                        "hook families delivered no event for the daemon's own test sockets: their programs were detached or their events are filtered; events of these kinds are being missed"
+                    );
+                    let now = clock::now_rfc3339();
+                    let a = Alert {
+                        body: AlertBody {
+                            kind: "monitoring_blind",
+                            severity: "high",
+                            rule: format!(
+                                "no {} event came back for the daemon's own loopback test sockets: the programs were detached or their events are filtered",
+                                families.join(", ")
+                            ),
+                            first_seen: now,
+                            count: 1,
+                            summary: false,
+                            detail: Some(json!({"families": families})),
+                        },
+                        subject: Subject::default(),
+                        origin: "canary",
+                    };
+                    self.write_alert(&a);
+                }
+                canary::Verdict::Recovered(families) => {
+                    tracing::info!(?families, "hook families deliver events again");
+                }
+            }
+        }
+    }
+
     /// Required listeners missing right after the start-up snapshot.
     pub fn check_required(&mut self) {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
@@ -461,6 +505,7 @@ impl Pipeline {
                 "reloads": self.policy_reloads, "reload_failures": self.policy_reload_failures,
                 "listeners": e.listener_count(), "remembered": e.remembered(),
                 "counters": e.counters, "hook": self.hook.figures()})),
+            "canary": {"blind": self.canary.blind_families(), "rounds": self.canary.figures},
         })
     }
 }
@@ -711,6 +756,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Pinged from this loop, so a daemon whose loop hangs stops pinging and is restarted.
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let (mut reconcile_tick, mut summary_tick) = policy_ticks(&pipeline);
+    let canary_every = Duration::from_secs(opts.canary_interval_seconds.max(1));
+    let mut canary_tick = tokio::time::interval(canary_every);
     let started = Instant::now();
     let mut rates: VecDeque<(Instant, [u64; 4])> = VecDeque::new();
 
@@ -749,6 +796,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "status socket accept failed"),
             },
             _ = clock_refresh.tick() => pipeline.refresh(),
+            _ = canary_tick.tick(), if opts.canary_interval_seconds > 0 => {
+                report_losses(&mut losses, &mut pipeline);
+                pipeline.canary_round(losses.reported());
+                pipeline.flush();
+            }
             _ = reconcile_tick.tick(), if pipeline.alerts.is_some() => {
                 pipeline.reconcile();
                 pipeline.flush();

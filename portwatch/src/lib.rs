@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod attach;
 pub mod baseline;
+pub mod canary;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;

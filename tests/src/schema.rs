@@ -143,6 +143,7 @@ pub fn check(v: &Value) -> R {
                     "log",
                     "store",
                     "alerts",
+                    "canary",
                 ],
                 "counters",
             )?;
@@ -376,7 +377,8 @@ fn subject(v: &Value, event: &str, pid0_allowed: bool) -> R {
     Ok(())
 }
 
-const ALERT_KINDS: [&str; 5] = [
+const ALERT_KINDS: [&str; 6] = [
+    "monitoring_blind",
     "unexpected_listener",
     "wildcard_listener",
     "ephemeral_port_listener",
@@ -421,12 +423,13 @@ fn alert_event(v: &Value) -> R {
     }
     nullable(&v["alert"]["detail"], |d| obj(d, "alert.detail").map(drop))?;
     let origin = string(&v["origin"], "origin")?;
-    if !["kernel", "snapshot", "reconcile", "summary"].contains(&origin) {
+    if !["kernel", "snapshot", "reconcile", "summary", "canary"].contains(&origin) {
         return Err(format!("unknown alert origin {origin}"));
     }
     // A busy destination (exhaustion found by a scan) is about many sockets, not one.
     let busy_destination = kind == "ephemeral_port_exhaustion" && v["network"].is_null();
-    let about_a_socket = kind != "required_listener_missing" && !busy_destination;
+    let about_a_socket =
+        !["required_listener_missing", "monitoring_blind"].contains(&kind) && !busy_destination;
     if about_a_socket {
         subject(v, "alert", origin != "kernel")
     } else if v["network"].is_null() && v["port"].is_null() && v["process"].is_null() {

@@ -115,6 +115,7 @@ fn main() -> Result<()> {
                 lint(&root)?;
             }
             build(&root)?;
+            setup::test_packages()?;
             cargo(
                 &root,
                 &[

@@ -109,6 +109,12 @@ pub fn vm_packages() -> Result<()> {
     install_packages(&["qemu-system-x86", "busybox-static", "cpio"])
 }
 
+/// What the integration tests use besides the daemon: bpftool (to detach a program, proving
+/// blinding is detected) and ip (a scenario's own network namespace).
+pub fn test_packages() -> Result<()> {
+    install_packages(&["bpftool", "iproute2"])
+}
+
 /// The peers `bench` measures portwatch against.
 pub fn bench_packages() -> Result<()> {
     install_packages(&["bpftrace", "auditd"])

@@ -1,0 +1,178 @@
+//! Blinding detection. Every so often the daemon opens a loopback listener and connects to it
+//! itself, which must come back through the ring buffer as bind, listen, connect and close events
+//! of its own pid. A hook family whose event does not come back (its program was detached, or
+//! filtered) is reported as blind: error diagnostics, a `monitoring_blind` alert line, `status`.
+use std::net::{TcpListener, TcpStream};
+
+use serde::Serialize;
+
+use crate::decode::Kind;
+
+/// The hook families as `status` and alerts name them.
+pub const FAMILIES: [&str; 4] = ["bind", "listen", "connect", "release"];
+
+fn family(k: Kind) -> usize {
+    match k {
+        Kind::Bind => 0,
+        Kind::Listen => 1,
+        Kind::Connect => 2,
+        Kind::Close => 3,
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct CanaryFigures {
+    /// Rounds sent.
+    pub rounds: u64,
+    /// Rounds whose every event came back.
+    pub complete: u64,
+    /// Rounds not judged because records were lost meanwhile (their events may be among them).
+    pub unjudged: u64,
+    /// The loopback sockets could not be made.
+    pub failed: u64,
+}
+
+pub struct Canary {
+    own_pid: u32,
+    seen: [bool; 4],
+    pending: bool,
+    /// Families currently believed blind.
+    blind: [bool; 4],
+    pub figures: CanaryFigures,
+    /// Records lost (ring buffer) when the round was sent.
+    lost_at_send: u64,
+}
+
+/// What a round found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Families that just went blind.
+    Blind(Vec<&'static str>),
+    /// Families that see again.
+    Recovered(Vec<&'static str>),
+}
+
+impl Canary {
+    pub fn new() -> Self {
+        Self {
+            own_pid: std::process::id(),
+            seen: [false; 4],
+            pending: false,
+            blind: [false; 4],
+            figures: CanaryFigures::default(),
+            lost_at_send: 0,
+        }
+    }
+
+    /// Swallows the daemon's own socket events (they are the canary's); true if it did.
+    pub fn absorb(&mut self, pid: u32, kind: Kind) -> bool {
+        if pid != self.own_pid {
+            return false;
+        }
+        self.seen[family(kind)] = true;
+        true
+    }
+
+    pub fn blind_families(&self) -> Vec<&'static str> {
+        FAMILIES
+            .iter()
+            .zip(self.blind)
+            .filter_map(|(f, b)| b.then_some(*f))
+            .collect()
+    }
+
+    /// Judges the previous round (unless records were lost since it was sent), then sends the
+    /// next. `lost` is the running ring-buffer loss total.
+    pub fn round(&mut self, lost: u64) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        if self.pending {
+            if lost != self.lost_at_send {
+                self.figures.unjudged += 1;
+            } else {
+                if self.seen.iter().all(|s| *s) {
+                    self.figures.complete += 1;
+                }
+                let went: Vec<_> = (0..4)
+                    .filter(|&i| !self.seen[i] && !self.blind[i])
+                    .collect();
+                let back: Vec<_> = (0..4).filter(|&i| self.seen[i] && self.blind[i]).collect();
+                for &i in &went {
+                    self.blind[i] = true;
+                }
+                for &i in &back {
+                    self.blind[i] = false;
+                }
+                if !went.is_empty() {
+                    out.push(Verdict::Blind(went.iter().map(|&i| FAMILIES[i]).collect()));
+                }
+                if !back.is_empty() {
+                    out.push(Verdict::Recovered(
+                        back.iter().map(|&i| FAMILIES[i]).collect(),
+                    ));
+                }
+            }
+        }
+        self.seen = [false; 4];
+        self.lost_at_send = lost;
+        self.figures.rounds += 1;
+        match send() {
+            Ok(()) => self.pending = true,
+            Err(e) => {
+                self.pending = false;
+                self.figures.failed += 1;
+                tracing::warn!(error = %e, "canary sockets on 127.0.0.1 could not be made; blinding goes undetected this round");
+            }
+        }
+        out
+    }
+}
+
+impl Default for Canary {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// bind + listen, connect, and two closes, on loopback.
+fn send() -> std::io::Result<()> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let c = TcpStream::connect(l.local_addr()?)?;
+    drop(c);
+    drop(l);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_whose_event_stops_coming_is_blind_until_it_comes_back() {
+        let mut c = Canary::new();
+        let me = std::process::id();
+        assert!(c.round(0).is_empty(), "nothing to judge yet");
+        for k in [Kind::Bind, Kind::Listen, Kind::Connect, Kind::Close] {
+            assert!(c.absorb(me, k));
+        }
+        assert!(
+            !c.absorb(me + 1, Kind::Bind),
+            "others' events are not the canary's"
+        );
+        assert!(c.round(0).is_empty());
+        c.absorb(me, Kind::Listen);
+        c.absorb(me, Kind::Connect);
+        assert_eq!(c.round(0), vec![Verdict::Blind(vec!["bind", "release"])]);
+        assert_eq!(c.blind_families(), ["bind", "release"]);
+        // Records lost meanwhile: no verdict either way.
+        assert!(c.round(5).is_empty());
+        assert_eq!(c.figures.unjudged, 1);
+        for k in [Kind::Bind, Kind::Listen, Kind::Connect, Kind::Close] {
+            c.absorb(me, k);
+        }
+        assert_eq!(
+            c.round(5),
+            vec![Verdict::Recovered(vec!["bind", "release"])]
+        );
+        assert_eq!(c.figures.complete, 2);
+    }
+}
