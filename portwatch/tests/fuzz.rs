@@ -5,15 +5,40 @@
 use std::path::Path;
 
 use portwatch::{
+    alert::AlertEngine,
     attach::tracefs::parse_format,
     config::{Config, DEFAULTS_TOML},
     decode::{decode, decode_record},
     enrich::{parse_stat_ppid, split_cmdline},
     errno,
+    policy::Policy,
+    store,
     who::{parse_port, parse_time},
 };
 use portwatch_common::PortEvent;
 use proptest::prelude::*;
+
+/// A policy using every key, to mutate.
+const POLICY: &str = r#"[alerts]
+unexpected_listener = true
+[settings]
+reconcile_interval_seconds = 60
+exhaustion_share = 0.5
+[hook]
+argv = ["/bin/true", "x"]
+timeout_seconds = 3
+[[allow]]
+note = "ssh"
+transport = "tcp"
+port = [22, "8000-8100"]
+address = ["loopback", "10.0.0.0/8", "::1"]
+executable = "/usr/sbin/sshd"
+comm = "sshd"
+user = "root"
+unit = "ssh.service"
+container = "none"
+required = true
+"#;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -70,6 +95,35 @@ proptest! {
         if let Err(e) = Config::parse(&text, Path::new("fuzz.toml")) {
             // Errors always say where.
             prop_assert!(e.to_string().contains("fuzz.toml"));
+        }
+    }
+
+    #[test]
+    fn policy_parser_never_panics(text in "\\PC{0,400}") {
+        let _ = Policy::parse(&text, Path::new("fuzz-policy.toml"));
+    }
+
+    #[test]
+    fn policy_parser_survives_mutations_and_says_where(at in 0usize..POLICY.len(), junk in "\\PC{0,20}") {
+        let mut text = POLICY.to_string();
+        let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.insert_str(at, &junk);
+        if let Err(e) = Policy::parse(&text, Path::new("fuzz-policy.toml")) {
+            let e = e.to_string();
+            prop_assert!(e.contains("fuzz-policy.toml") && e.contains("line"), "{}", e);
+        }
+    }
+
+    #[test]
+    fn alert_state_and_store_files_of_any_bytes_are_refused_not_fatal(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("alerts.json"), &bytes).unwrap();
+        let _ = AlertEngine::new(Policy::default(), dir.path());
+        let db = dir.path().join(store::FILE_NAME);
+        std::fs::write(&db, &bytes).unwrap();
+        if let Ok(c) = store::open_ro(&db) {
+            let _ = store::holdings(&c, 22, None, 0, i64::MAX, 10);
+            let _ = store::gaps(&c, 0, i64::MAX);
         }
     }
 

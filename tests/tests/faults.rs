@@ -166,9 +166,15 @@ fn sigkill_during_a_storm_never_leaves_an_invalid_log() {
     assert!(text.ends_with('\n'));
     let lines = parse(&text);
     assert_eq!(
-        lines.iter().filter(|l| l["event"] == "status").count(),
+        lines
+            .iter()
+            .filter(|l| l["event"] == "status" && l["reason"] == "start")
+            .count(),
         runs as usize + 1
     );
+    // Only the clean stop wrote its closing status line.
+    assert_eq!(lines.iter().filter(|l| l["reason"] == "stop").count(), 1);
+    assert_eq!(lines.last().unwrap()["reason"], "stop");
     for l in &lines {
         schema::check(l).unwrap();
     }
@@ -240,6 +246,49 @@ fn deleted_executable_other_network_namespace_and_huge_argv() {
     for e in &evs {
         assert_eq!(e["network"]["netns"], report["netns"], "{e}");
     }
+
+    // A process in its own PID namespace (pid 1 there) is reported with its host pid, which is
+    // what /proc, `ps` and the operator see, and attributed through it.
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork"])
+        .arg(scenario_binary())
+        .args(["tcp-listen", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let report: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        report["pid"], 1,
+        "the scenario runs as pid 1 of its namespace"
+    );
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let host_pid: u32 = std::fs::read_to_string(&children)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let evs = d.events_of(host_pid, |e| count(e, "close") >= 1);
+    let listen = evs.iter().find(|e| e["event"] == "listen").unwrap();
+    assert!(
+        listen["process"]["executable"]
+            .as_str()
+            .unwrap()
+            .ends_with("/portwatch-scenario"),
+        "{listen}"
+    );
+    assert_eq!(listen["process"]["ppid"], child.id());
+    assert_eq!(listen["process"]["parent_comm"], "unshare");
+    drop(child.stdin.take());
+    child.wait().unwrap();
 
     // A huge command line is cut and marked, not written whole (Linux caps one argument at
     // 128 KiB, so four of 50 KB).
