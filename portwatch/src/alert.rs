@@ -713,6 +713,8 @@ mod tests {
             1
         );
         e.save();
-        assert!(dir.path().join(STATE_FILE).exists());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(dir.path().join(STATE_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the alert state is root's alone");
     }
 }
