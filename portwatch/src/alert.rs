@@ -714,7 +714,10 @@ mod tests {
         );
         e.save();
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = fs::metadata(dir.path().join(STATE_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(STATE_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "the alert state is root's alone");
     }
 }
