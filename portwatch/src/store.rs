@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS intervals (
     opened_ns INTEGER NOT NULL, closed_ns INTEGER, close_note TEXT
 );
 CREATE INDEX IF NOT EXISTS intervals_port ON intervals (port, opened_ns);
-CREATE INDEX IF NOT EXISTS intervals_opened ON intervals (opened_ns);
+-- Ids are handed out in opening order, so the row bound prunes by id (the rowid) and needs no
+-- index of its own: one index fewer to update per interval (earlier stores had one).
+DROP INDEX IF EXISTS intervals_opened;
 -- Stretches of time in which intervals were not recorded (the writer fell behind).
 CREATE TABLE IF NOT EXISTS gaps (from_ns INTEGER NOT NULL, to_ns INTEGER NOT NULL, intervals INTEGER NOT NULL);
 ";
@@ -238,7 +240,7 @@ pub fn prune(
     )?;
     c.execute("DELETE FROM gaps WHERE to_ns < ?1", [cutoff])?;
     n += c.execute(
-        "DELETE FROM intervals WHERE id IN (SELECT id FROM intervals ORDER BY opened_ns DESC LIMIT -1 OFFSET ?1)",
+        "DELETE FROM intervals WHERE id <= (SELECT id FROM intervals ORDER BY id DESC LIMIT 1 OFFSET ?1)",
         [max_rows as i64],
     )?;
     Ok(n)

@@ -1,7 +1,10 @@
 //! The live port table: which sockets hold which local ports right now, built from bind, listen,
 //! connect and close events, and written to the store as intervals (opened, upgraded to
 //! listening, closed).
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use crate::{
     decode::{KernelEvent, Kind},
@@ -11,13 +14,8 @@ use crate::{
 
 /// A socket's identity as the events show it: the peer tells a connected socket from the
 /// listener it was accepted on, which shares its local address and port.
-type Key = (
-    Option<u32>,
-    &'static str,
-    String,
-    u16,
-    Option<(String, u16)>,
-);
+/// Plain values, no strings: built for every event, so it must not allocate.
+type Key = (Option<u32>, &'static str, IpAddr, u16, Option<SocketAddr>);
 
 /// Beyond this many open sockets (releases lost), the oldest are forgotten.
 const MAX_OPEN: usize = 200_000;
@@ -57,16 +55,16 @@ impl Tenancy {
             return;
         }
         let netns = (ev.netns != 0).then_some(ev.netns);
-        let local = (
-            netns,
-            ev.transport.as_str(),
-            ev.local.ip().to_string(),
-            ev.local.port(),
-        );
-        let peer = ev.peer.map(|p| (p.ip().to_string(), p.port()));
-        let key = |peer: Option<(String, u16)>| -> Key {
-            (local.0, local.1, local.2.clone(), local.3, peer)
+        let key = |peer: Option<SocketAddr>| -> Key {
+            (
+                netns,
+                ev.transport.as_str(),
+                ev.local.ip(),
+                ev.local.port(),
+                peer,
+            )
         };
+        let peer = ev.peer;
         match ev.kind {
             Kind::Bind => self.open_interval(key(None), "bound", ev, attr, wall_ns),
             Kind::Listen => match self.open.get_mut(&key(None)) {
@@ -81,7 +79,7 @@ impl Tenancy {
             },
             Kind::Connect => self.open_interval(key(peer), "connected", ev, attr, wall_ns),
             Kind::Close => {
-                self.close(&key(peer.clone()), wall_ns);
+                self.close(&key(peer), wall_ns);
                 // bind() then connect(): the bound interval ends with the connected one.
                 if peer.is_some()
                     && self
@@ -138,11 +136,11 @@ impl Tenancy {
             id,
             netns: key.0,
             transport: key.1.to_string(),
-            address: key.2.clone(),
+            address: key.2.to_string(),
             port: key.3,
             role: role.to_string(),
-            peer_address: key.4.as_ref().map(|p| p.0.clone()),
-            peer_port: key.4.as_ref().map(|p| p.1),
+            peer_address: key.4.map(|p| p.ip().to_string()),
+            peer_port: key.4.map(|p| p.port()),
             pid: ev.pid,
             executable: attr.executable.clone(),
             command_line: attr.command_line.clone(),
