@@ -124,7 +124,7 @@ impl Tenancy {
                 .open
                 .iter()
                 .min_by_key(|(_, o)| o.interval.opened_ns)
-                .map(|(k, _)| k.clone());
+                .map(|(k, _)| *k);
             if let Some(k) = oldest {
                 self.open.remove(&k);
                 self.forgotten += 1;
