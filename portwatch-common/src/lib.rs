@@ -27,6 +27,12 @@ pub mod protocol {
 
 /// The hook that captured the socket facts of a record. The daemon renders these as text
 /// (`cgroup:post_bind4`, ...); the numbers only need to agree between the two sides.
+/// `PortEvent::flags`.
+pub mod flags {
+    /// A bind named its port (non-zero) rather than letting the kernel pick one.
+    pub const PORT_REQUESTED: u8 = 1;
+}
+
 pub mod probe {
     pub const CGROUP_POST_BIND4: u8 = 1;
     pub const CGROUP_POST_BIND6: u8 = 2;
@@ -80,7 +86,9 @@ pub struct PortEvent {
     pub probe: u8,
     pub local_port: u16,
     pub peer_port: u16,
-    pub _pad: u32,
+    /// `flags::*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
     pub local_addr: [u8; 16],
     pub peer_addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
@@ -105,7 +113,8 @@ impl PortEvent {
         probe: 0,
         local_port: 0,
         peer_port: 0,
-        _pad: 0,
+        flags: 0,
+        _pad: [0; 3],
         local_addr: [0; 16],
         peer_addr: [0; 16],
         comm: [0; COMM_LEN],

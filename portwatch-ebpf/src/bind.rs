@@ -48,6 +48,11 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
             ]);
         }
         ev.cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sk as *mut _);
+        // The pre-bind hook parked what the caller asked for: a named port makes a UDP socket
+        // a listener; port 0 (kernel's pick) does not.
+        if emit::parked_bind_named_port() {
+            ev.flags |= portwatch_common::flags::PORT_REQUESTED;
+        }
         emit::submit(&mut ev);
     }
 }

@@ -230,7 +230,20 @@ pub fn complete(p: &Pending, errno: i32) -> PortEvent {
         ev.local_addr = p.addr;
         ev.local_port = p.port;
     }
+    if p.kind == portwatch_common::kind::BIND && p.port != 0 {
+        ev.flags |= portwatch_common::flags::PORT_REQUESTED;
+    }
     ev
+}
+
+/// Whether the current thread's parked bind named its port; the entry stays parked.
+#[inline(always)]
+pub fn parked_bind_named_port() -> bool {
+    match PENDING.get_ptr(current_tid()) {
+        // SAFETY: a valid map value pointer, read at once.
+        Some(p) => unsafe { (*p).kind == portwatch_common::kind::BIND && (*p).port != 0 },
+        None => false,
+    }
 }
 
 /// The errno of a syscall return value (0 on success).

@@ -336,13 +336,16 @@ impl AlertEngine {
         &mut self,
         netns: Option<u32>,
         listeners: Vec<ListenerFacts>,
+        present: &std::collections::HashSet<(&'static str, SocketAddr)>,
         per_destination: &HashMap<(&'static str, SocketAddr), u64>,
         ephemeral_size: u64,
         now_ns: i64,
     ) -> Vec<Alert> {
         self.counters.reconciliations += 1;
-        // The scan is the truth for its namespace; listeners in others are known from events.
-        self.listeners.retain(|k, _| k.0 != netns);
+        // The scan is the truth for its namespace (what it no longer lists is gone); listeners in
+        // others are known from events.
+        self.listeners
+            .retain(|k, _| k.0 != netns || present.contains(&(k.1, SocketAddr::new(k.2, k.3))));
         let mut out = Vec::new();
         for l in listeners {
             out.extend(self.listener(l, "reconcile", now_ns));
@@ -665,7 +668,7 @@ mod tests {
             dir.path(),
         );
         let none = HashMap::new();
-        let a = e.reconcile(Some(1), vec![], &none, 28232, NS);
+        let a = e.reconcile(Some(1), vec![], &Default::default(), &none, 28232, NS);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].body.kind, "required_listener_missing");
         assert!(
@@ -696,7 +699,7 @@ mod tests {
         let mut per = HashMap::new();
         per.insert(("tcp", "127.0.0.1:80".parse().unwrap()), 300);
         per.insert(("tcp", "127.0.0.1:81".parse().unwrap()), 2);
-        let a = e.reconcile(Some(1), vec![], &per, 28232, 2 * NS);
+        let a = e.reconcile(Some(1), vec![], &Default::default(), &per, 28232, 2 * NS);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].body.detail.as_ref().unwrap()["sockets"], 300);
     }

@@ -186,7 +186,10 @@ impl Pipeline {
         let wall_ns = wall.timestamp_nanos_opt().unwrap_or(i64::MAX);
         let ts = clock::rfc3339(wall);
         let header = Self::header(&mut self.seq, &self.host, ev.kind.as_str(), ts);
-        let port = self.ephemeral.info(ev.local.port());
+        let mut port = self.ephemeral.info(ev.local.port());
+        if ev.kind == Kind::Bind && origin == "kernel" {
+            port.requested = Some(ev.port_requested);
+        }
         let rec = PortRecord::new(header, ev, attr, port, origin);
         let alerts = match &mut self.alerts {
             Some(engine) => judge_event(engine, ev, &rec, origin, wall_ns),
@@ -258,6 +261,13 @@ impl Pipeline {
         let wall_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
         let mut listeners = Vec::new();
         let mut per_destination: HashMap<(&'static str, SocketAddr), u64> = HashMap::new();
+        // Unconnected sockets still there: a UDP listener known from its bind event stays known
+        // even where a scan alone could not call it one.
+        let present: std::collections::HashSet<(&'static str, SocketAddr)> = found
+            .iter()
+            .filter(|s| s.peer.is_none())
+            .map(|s| (s.transport.as_str(), s.local))
+            .collect();
         for s in &found {
             let ephemeral = self.ephemeral.info(s.local.port()).ephemeral;
             if let Some(peer) = s.peer {
@@ -288,7 +298,9 @@ impl Pipeline {
         }
         let size = self.ephemeral.size();
         let alerts = match &mut self.alerts {
-            Some(engine) => engine.reconcile(netns, listeners, &per_destination, size, wall_ns),
+            Some(engine) => {
+                engine.reconcile(netns, listeners, &present, &per_destination, size, wall_ns)
+            }
             None => Vec::new(),
         };
         for a in alerts {
@@ -510,15 +522,17 @@ impl Pipeline {
     }
 }
 
-/// A listener is a TCP socket in LISTEN, or a UDP socket bound to a fixed port: one outside the
-/// ephemeral range, where the kernel never auto-assigns (a UDP bind inside it cannot be told from
-/// `bind(…, 0)`; see docs/policy.md).
+/// A listener is a TCP socket in LISTEN, or a UDP socket bound to a port its caller named. A
+/// kernel bind event says whether the port was named; a scan does not, so there a UDP socket
+/// counts when its port lies outside the ephemeral range, where the kernel never picks one.
 fn is_listener(ev: &KernelEvent, port: crate::ports::PortInfo) -> bool {
     ev.errno.is_none()
         && ev.local.port() != 0
         && match ev.kind {
             Kind::Listen => true,
-            Kind::Bind => ev.transport == Transport::Udp && !port.ephemeral,
+            Kind::Bind => {
+                ev.transport == Transport::Udp && port.requested.unwrap_or(!port.ephemeral)
+            }
             _ => false,
         }
 }

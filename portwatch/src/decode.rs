@@ -59,6 +59,8 @@ pub struct KernelEvent {
     /// `task->comm` as the kernel had it: up to 15 bytes, not necessarily UTF-8.
     pub comm: Vec<u8>,
     pub probe: &'static str,
+    /// A bind that named its port (not `bind(…, 0)`).
+    pub port_requested: bool,
 }
 
 /// An exec captured in the kernel.
@@ -207,6 +209,7 @@ pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
         peer,
         comm: raw.comm[..comm_len].to_vec(),
         probe: probe_name(raw.probe)?,
+        port_requested: raw.flags & portwatch_common::flags::PORT_REQUESTED != 0,
     })
 }
 

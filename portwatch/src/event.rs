@@ -267,6 +267,7 @@ mod tests {
             peer: Some("[::1]:1".parse().unwrap()),
             comm: b"a\"b\n\xff".to_vec(),
             probe: "cgroup:connect6",
+            port_requested: false,
         }
     }
 

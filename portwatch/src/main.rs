@@ -125,8 +125,10 @@ fn who(args: portwatch::cli::WhoArgs) -> anyhow::Result<()> {
             println!("{r}");
         }
     } else if rows.is_empty() {
+        println!("{}", who::describe_port(port));
         println!("nobody holds port {port} now, and the history knows no holder");
     } else {
+        println!("{}", who::describe_port(port));
         print!("{}", who::render(&rows));
     }
     if let Some(n) = note {

@@ -32,6 +32,10 @@ pub fn class(port: u16) -> PortClass {
 pub struct PortInfo {
     pub class: PortClass,
     pub ephemeral: bool,
+    /// Bind events from the kernel only: the caller named this port (true) or let the kernel
+    /// pick it (false, `bind(…, 0)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<bool>,
 }
 
 /// The host's ephemeral range minus its reserved ports (sysctls of the daemon's network
@@ -116,6 +120,7 @@ impl EphemeralRange {
         PortInfo {
             class: class(port),
             ephemeral: self.contains(port),
+            requested: None,
         }
     }
 }

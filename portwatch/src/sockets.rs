@@ -240,6 +240,8 @@ pub fn to_event(
         peer: s.peer,
         comm,
         probe: "sock_diag",
+        // sock_diag does not say whether a port was asked for.
+        port_requested: false,
     }
 }
 

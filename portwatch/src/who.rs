@@ -51,8 +51,9 @@ pub struct Query<'a> {
 /// Holdings as JSON objects: the kernel's current sockets first, then history, newest first.
 pub fn holdings(q: &Query<'_>, state_dir: &Path) -> Result<(Vec<Value>, Option<String>), WhoError> {
     let mut out = Vec::new();
+    let port_info = port_info(q.port);
     if q.include_now {
-        out.extend(now(q.port, q.transport)?);
+        out.extend(now(q.port, q.transport, &port_info)?);
     }
     let path = state_dir.join(store::FILE_NAME);
     if !path.exists() {
@@ -79,7 +80,7 @@ pub fn holdings(q: &Query<'_>, state_dir: &Path) -> Result<(Vec<Value>, Option<S
     for i in store::holdings(&c, q.port, q.transport, from, to, 200)? {
         out.push(json!({
             "source": "history",
-            "port": i.port, "transport": i.transport,
+            "port": port_info, "transport": i.transport,
             "local": {"address": i.address, "port": i.port},
             "role": i.role,
             "peer": i.peer_address.as_ref().map(|a| json!({"address": a, "port": i.peer_port})),
@@ -97,7 +98,7 @@ pub fn holdings(q: &Query<'_>, state_dir: &Path) -> Result<(Vec<Value>, Option<S
 
 /// Current sockets on `port`, from the kernel over sock_diag, with their processes. The
 /// network namespace is the caller's.
-fn now(port: u16, transport: Option<&str>) -> Result<Vec<Value>, WhoError> {
+fn now(port: u16, transport: Option<&str>, port_info: &Value) -> Result<Vec<Value>, WhoError> {
     let found: Vec<_> = sockets::dump_all()?
         .into_iter()
         .filter(|s| s.local.port() == port && transport.is_none_or(|t| t == s.transport.as_str()))
@@ -115,7 +116,7 @@ fn now(port: u16, transport: Option<&str>) -> Result<Vec<Value>, WhoError> {
             let cg = facts.as_ref().and_then(|f| f.cgroup.as_deref()).map(cgroup::parse).unwrap_or_default();
             json!({
                 "source": "now",
-                "port": port, "transport": s.transport.as_str(),
+                "port": port_info, "transport": s.transport.as_str(),
                 "local": {"address": s.local.ip().to_string(), "port": s.local.port()},
                 "role": s.role(),
                 "peer": s.peer.map(|p| json!({"address": p.ip().to_string(), "port": p.port()})),
@@ -128,6 +129,26 @@ fn now(port: u16, transport: Option<&str>) -> Result<Vec<Value>, WhoError> {
             })
         })
         .collect())
+}
+
+/// The port's IANA class and whether this host's kernel picks it for outbound connections, as
+/// events carry it.
+pub fn port_info(port: u16) -> Value {
+    serde_json::to_value(crate::ports::EphemeralRange::read().info(port)).unwrap_or(Value::Null)
+}
+
+/// One line saying what kind of port it is.
+pub fn describe_port(port: u16) -> String {
+    let info = port_info(port);
+    format!(
+        "port {port}: {}{}",
+        info["class"].as_str().unwrap_or("?"),
+        if info["ephemeral"] == true {
+            ", inside this host's ephemeral range (the kernel picks it for outbound connections)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The readable table.

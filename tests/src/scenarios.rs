@@ -336,6 +336,11 @@ fn check_tcp_listen(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
         assert_net(ev, "tcp", local, None);
     }
     assert_eq!(evs[0]["probe"], probe(ctx.strategy, Op::BindOk { v6 }));
+    assert_eq!(
+        evs[0]["port"]["requested"], false,
+        "bind to port 0: {}",
+        evs[0]
+    );
     assert_eq!(evs[1]["probe"], probe(ctx.strategy, Op::Listen));
     assert_eq!(evs[2]["probe"], probe(ctx.strategy, Op::Close));
 }
@@ -351,6 +356,16 @@ fn check_udp_bind(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
     assert_eq!(
         evs[0]["probe"],
         probe(ctx.strategy, Op::BindOk { v6: is_v6(local) })
+    );
+    assert_eq!(
+        evs[0]["port"]["requested"], false,
+        "bind to port 0: {}",
+        evs[0]
+    );
+    assert!(
+        evs[1]["port"].get("requested").is_none(),
+        "only binds say: {}",
+        evs[1]
     );
     assert_eq!(evs[1]["probe"], probe(ctx.strategy, Op::Close));
 }
@@ -397,6 +412,10 @@ fn check_bind_in_use(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
     let fail = find(evs, "bind", "failure");
     assert_eq!(fail["error"], "EADDRINUSE");
     assert_eq!(fail["errno"], libc::EADDRINUSE);
+    assert_eq!(
+        fail["port"]["requested"], true,
+        "the port was named: {fail}"
+    );
     assert_eq!(
         fail["probe"],
         probe(ctx.strategy, Op::BindFail { v6: false })
@@ -475,6 +494,7 @@ pub fn shape(evs: &[Value]) -> Vec<Value> {
                 "local": e["network"]["local"]["address"],
                 "peer": e["network"].get("peer").map(|p| p["address"].clone()),
                 "comm": e["process"]["comm"], "user": e["process"]["user"],
+                "requested": e["port"].get("requested"),
             })
         })
         .collect()

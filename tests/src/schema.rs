@@ -336,7 +336,19 @@ fn subject(v: &Value, event: &str, pid0_allowed: bool) -> R {
         }
     }
     let port = obj(&v["port"], "port")?;
-    only_keys(port, &["class", "ephemeral"], "port")?;
+    only_keys(port, &["class", "ephemeral", "requested"], "port")?;
+    // Kernel bind events say whether the caller named the port; nothing else does.
+    let kernel_bind = event == "bind" && v["origin"] == "kernel";
+    match v["port"].get("requested") {
+        Some(Value::Bool(_)) if kernel_bind || event == "alert" => {}
+        None if !kernel_bind => {}
+        r => {
+            return Err(format!(
+                "port.requested {r:?} on a {event} event of origin {}",
+                v["origin"]
+            ));
+        }
+    }
     let class = string(&v["port"]["class"], "port.class")?;
     let local_port = v["network"]["local"]["port"].as_u64().unwrap_or(0);
     let expected = match local_port {
@@ -476,7 +488,7 @@ mod tests {
         json!({"schema":1,"timestamp":"2026-11-27T04:51:23.521035472Z","seq":2,"host":{"name":"vm"},
             "event":"bind","outcome":"success",
             "network":{"transport":"tcp","type":"ipv4","local":{"address":"127.0.0.1","port":51899},"netns":4026531833u32},
-            "port":{"class":"dynamic","ephemeral":true},
+            "port":{"class":"dynamic","ephemeral":true,"requested":false},
             "process":{"pid":8552,"tid":8552,"ppid":8412,"parent_comm":"bash","comm":"python3","executable":"/usr/bin/python3",
                 "cgroup":"/system.slice/a.service","unit":"a.service","container":null,
                 "command_line":["python3"],"user":{"id":0,"name":"root"},"group":{"id":0}},

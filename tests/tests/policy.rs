@@ -159,6 +159,37 @@ fn a_listener_inside_the_ephemeral_range_alerts_even_when_allowed() {
 }
 
 #[test]
+fn a_udp_socket_on_a_port_it_named_is_a_listener_even_inside_the_ephemeral_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), "[[allow]]\nport = 1\n");
+    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
+    // A port the kernel would pick (inside the range), but named by the caller: like mosh.
+    let named = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = scenario(["udp-bind", &format!("127.0.0.1:{named}")]);
+    let a = wait_alert(&mut d, "named UDP port", |a| {
+        a["alert"]["kind"] == "unexpected_listener" && on_port(a, named)
+    });
+    assert_eq!(a["network"]["transport"], "udp");
+    assert_eq!(a["port"]["requested"], true);
+    assert_eq!(a["process"]["pid"], s.pid);
+    wait_alert(&mut d, "ephemeral UDP listener", |a| {
+        a["alert"]["kind"] == "ephemeral_port_listener" && on_port(a, named)
+    });
+    // bind(…, 0): the kernel picked the port; not a listener.
+    let picked = scenario(["udp-bind", "127.0.0.1:0"]);
+    let evs = d.events_of(picked.pid, |e| e.iter().any(|e| e["event"] == "close"));
+    let bind = evs.iter().find(|e| e["event"] == "bind").unwrap();
+    assert_eq!(bind["port"]["requested"], false);
+    let port = bind["network"]["local"]["port"].as_u64().unwrap() as u16;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!alerts(&d.lines()).iter().any(|a| on_port(a, port)));
+}
+
+#[test]
 fn a_required_listener_alerts_when_missing_at_start_and_when_it_goes() {
     let dir = tempfile::tempdir().unwrap();
     let (present, absent) = (free_port(true), free_port(true) + 7);

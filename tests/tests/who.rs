@@ -68,6 +68,16 @@ fn a_listener_that_lived_milliseconds_is_named_after_it_exited_and_after_a_resta
     assert_eq!(row["role"], "listening");
     assert_eq!(row["transport"], "tcp");
     assert_eq!(row["local"]["address"], "127.0.0.1");
+    // The same port class as events carry.
+    assert_eq!(
+        row["port"]["class"],
+        if port >= 49152 {
+            "dynamic"
+        } else {
+            "registered"
+        }
+    );
+    assert!(row["port"]["ephemeral"].is_boolean());
     assert!(
         row["process"]["executable"]
             .as_str()
@@ -142,6 +152,18 @@ fn a_listener_opened_before_any_daemon_is_found_now_from_the_kernel() {
             .ends_with("/portwatch-scenario")
     );
     assert_eq!(now["process"]["user"]["name"], "root");
+    // The readable form says what kind of port it is, then the table.
+    let table = Command::new(daemon_binary())
+        .args(["who", &port.to_string(), "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with(&format!("port {port}: ")), "{text}");
+    assert!(
+        text.contains("listening") && text.contains(&s.pid.to_string()),
+        "{text}"
+    );
 }
 
 #[test]
