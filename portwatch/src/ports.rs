@@ -150,7 +150,8 @@ mod tests {
             r.info(60481),
             PortInfo {
                 class: PortClass::Dynamic,
-                ephemeral: true
+                ephemeral: true,
+                requested: None,
             }
         );
     }
