@@ -308,6 +308,29 @@ impl Pipeline {
         }
     }
 
+    /// After losses: closes history intervals whose socket is gone (their release was among the
+    /// lost records), so `who` does not show them open forever.
+    pub fn sweep_tenancy(&mut self) {
+        let Some(t) = &mut self.tenancy else { return };
+        let found = match sockets::dump_all() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "socket scan for the history failed");
+                return;
+            }
+        };
+        let mut present = std::collections::HashSet::new();
+        for s in &found {
+            present.insert((s.transport.as_str(), s.local, s.peer));
+            present.insert((s.transport.as_str(), s.local, None));
+        }
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let closed = t.sweep(sockets::own_netns(), &present, now);
+        if closed > 0 {
+            tracing::info!(closed, "history intervals closed after lost release events");
+        }
+    }
+
     /// Summaries of counted repeats; then the dedup state goes to disk.
     pub fn summarise_alerts(&mut self) {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
@@ -511,7 +534,7 @@ impl Pipeline {
             "log": {"path": self.sink.log_path(), "bytes": self.sink.log_bytes(),
                     "rotations": self.sink.stats.rotations, "lines_written": self.sink.stats.lines_written},
             "store": self.tenancy.as_ref().map(|t| json!({"open_sockets": t.open_count(),
-                "writes_dropped": t.store.dropped, "forgotten": t.forgotten})),
+                "writes_dropped": t.store.dropped, "forgotten": t.forgotten, "swept": t.swept})),
             "alerts": self.alerts.as_ref().map(|e| json!({
                 "policy": e.policy.path, "rules": e.policy.rules.len(),
                 "reloads": self.policy_reloads, "reload_failures": self.policy_reload_failures,
@@ -772,6 +795,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (mut reconcile_tick, mut summary_tick) = policy_ticks(&pipeline);
     let canary_every = Duration::from_secs(opts.canary_interval_seconds.max(1));
     let mut canary_tick = tokio::time::interval(canary_every);
+    // Losses since the last history sweep, and when it ran.
+    let (mut swept_at_loss, mut last_sweep) = (0u64, Instant::now());
     let started = Instant::now();
     let mut rates: VecDeque<(Instant, [u64; 4])> = VecDeque::new();
 
@@ -791,6 +816,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = second.tick() => {
                 pipeline.flush();
                 pipeline.save_alerts();
+                if losses.reported() > swept_at_loss && last_sweep.elapsed() >= Duration::from_secs(10) {
+                    // What the kernel still queued first, so the sweep sees every release it can.
+                    reader.drain(&mut |b| pipeline.handle(b));
+                    pipeline.sweep_tenancy();
+                    (swept_at_loss, last_sweep) = (losses.reported(), Instant::now());
+                }
                 if let Some(t) = &mut pipeline.tenancy {
                     t.store_open(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX), false);
                 }

@@ -2,7 +2,7 @@
 //! connect and close events, and written to the store as intervals (opened, upgraded to
 //! listening, closed).
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -34,6 +34,8 @@ pub struct Tenancy {
     open: HashMap<Key, Open>,
     pub store: StoreHandle,
     pub forgotten: u64,
+    /// Intervals closed by a scan because their release event was lost.
+    pub swept: u64,
 }
 
 impl Tenancy {
@@ -42,6 +44,7 @@ impl Tenancy {
             open: HashMap::new(),
             store,
             forgotten: 0,
+            swept: 0,
         }
     }
 
@@ -98,6 +101,39 @@ impl Tenancy {
             o.interval.closed_ns = Some(wall_ns);
             self.store.put(o.interval);
         }
+    }
+
+    /// After ring-buffer loss some releases were never seen: closes the intervals in network
+    /// namespace `netns` whose socket a fresh scan (`present`: transport, local, peer — and the
+    /// same with no peer) no longer lists. Returns how many it closed.
+    pub fn sweep(
+        &mut self,
+        netns: Option<u32>,
+        present: &HashSet<(&'static str, SocketAddr, Option<SocketAddr>)>,
+        now_ns: i64,
+    ) -> usize {
+        let gone: Vec<Key> = self
+            .open
+            .keys()
+            .filter(|k| k.0 == netns && !present.contains(&(k.1, SocketAddr::new(k.2, k.3), k.4)))
+            .copied()
+            .collect();
+        for k in &gone {
+            if let Some(mut o) = self.open.remove(k) {
+                o.interval.closed_ns = Some(now_ns);
+                o.interval.close_note = Some(
+                    "its release event was lost; closed when a scan no longer found the socket"
+                        .into(),
+                );
+                self.store.put(o.interval);
+            }
+        }
+        // A storm's orphans can have grown the table far beyond what is open now.
+        if self.open.capacity() > 4 * self.open.len().max(1024) {
+            self.open.shrink_to_fit();
+        }
+        self.swept += gone.len() as u64;
+        gone.len()
     }
 
     /// Writes intervals open longer than a second that the store does not have yet (called every
@@ -164,5 +200,62 @@ impl Tenancy {
             old.interval.close_note = Some("superseded; its release was not seen".into());
             self.store.put(old.interval);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Transport;
+
+    fn bind(port: u16) -> KernelEvent {
+        KernelEvent {
+            monotonic_ns: 1,
+            cpu: 0,
+            cpu_seq: 0,
+            cookie: 0,
+            cgroup_id: 0,
+            pid: 10,
+            tid: 10,
+            uid: 0,
+            gid: 0,
+            netns: 7,
+            errno: None,
+            kind: Kind::Bind,
+            transport: Transport::Udp,
+            local: SocketAddr::new("127.0.0.1".parse().unwrap(), port),
+            peer: None,
+            comm: b"x".to_vec(),
+            probe: "test",
+            port_requested: false,
+        }
+    }
+
+    #[test]
+    fn a_sweep_closes_what_a_scan_no_longer_finds_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = crate::store::Retention {
+            max_age: std::time::Duration::from_secs(3600),
+            max_rows: 100,
+        };
+        let (store, path) = crate::store::start(dir.path(), retention, 0).unwrap();
+        let mut t = Tenancy::new(store);
+        // Real times: the writer prunes by age against the clock.
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+        for port in [1000, 1001, 1002] {
+            t.observe(&bind(port), &Attribution::default(), now);
+        }
+        let mut other_ns = bind(1003);
+        other_ns.netns = 8;
+        t.observe(&other_ns, &Attribution::default(), now);
+        let still: HashSet<_> = [("udp", "127.0.0.1:1001".parse().unwrap(), None)].into();
+        assert_eq!(t.sweep(Some(7), &still, now + 9), 2);
+        // 1001 (still there) and 1003 (another namespace: the scan cannot see it) stay open.
+        assert_eq!((t.open_count(), t.swept), (2, 2));
+        t.store.finish();
+        let c = crate::store::open_ro(&path).unwrap();
+        let closed = crate::store::holdings(&c, 1000, None, 0, i64::MAX, 10).unwrap();
+        assert_eq!(closed[0].closed_ns, Some(now + 9));
+        assert!(closed[0].close_note.as_deref().unwrap().contains("lost"));
     }
 }
