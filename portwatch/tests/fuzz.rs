@@ -128,6 +128,24 @@ proptest! {
     }
 
     #[test]
+    fn store_rows_with_any_values_decode_or_fail_cleanly(
+        port in any::<i64>(), pid in any::<i64>(), netns in any::<i64>(), opened in any::<i64>(),
+        argv in proptest::option::of("\\PC{0,40}"), blob in proptest::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(store::FILE_NAME);
+        let c = store::open_rw(&db).unwrap();
+        c.execute(
+            "INSERT INTO intervals (netns, transport, address, port, role, pid, command_line, user_id, opened_ns, executable)
+             VALUES (?1, 'tcp', 'x', ?2, 'bound', ?3, ?4, 0, ?5, ?6)",
+            rusqlite::params![netns, port, pid, argv, opened, blob],
+        ).unwrap();
+        let r = store::open_ro(&db).unwrap();
+        let p = u16::try_from(port).unwrap_or(0);
+        let _ = store::holdings(&r, p, None, i64::MIN, i64::MAX, 10);
+    }
+
+    #[test]
     fn tracefs_format_parser_never_panics(text in "\\PC{0,400}") {
         let _ = parse_format(&text);
     }
