@@ -66,6 +66,7 @@ pub struct ListenerFacts {
     pub user_name: Option<String>,
     pub unit: Option<String>,
     pub container_id: Option<String>,
+    pub container_name: Option<String>,
     pub ephemeral_port: bool,
     pub subject: Subject,
 }
@@ -82,6 +83,7 @@ impl ListenerFacts {
             user_name: self.user_name.as_deref(),
             unit: self.unit.as_deref(),
             container_id: self.container_id.as_deref(),
+            container_name: self.container_name.as_deref(),
         }
     }
 
@@ -592,6 +594,7 @@ mod tests {
             user_name: Some("root".into()),
             unit: None,
             container_id: None,
+            container_name: None,
             ephemeral_port: false,
             subject: Subject::default(),
         }

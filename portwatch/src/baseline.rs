@@ -148,6 +148,7 @@ mod tests {
             user_name: Some("root"),
             unit: unit.as_deref(),
             container_id: None,
+            container_name: None,
         };
         assert!(matches!(p.judge(&view), Verdict::Allowed(_)), "{text}");
         let mut other = view;

@@ -583,6 +583,18 @@ fn listener_facts(
         user_name: process.user.name.clone(),
         unit: process.unit.clone(),
         container_id: process.container.as_ref().map(|c| c.id.clone()),
+        // Listeners are rare: a state-file read each is cheap enough.
+        container_name: process.container.as_ref().and_then(|c| {
+            let home = nix::unistd::User::from_uid(process.user.id.into())
+                .ok()
+                .flatten()
+                .map(|u| u.dir);
+            let roots = crate::containers::Roots {
+                home: home.as_deref(),
+                ..crate::containers::Roots::system()
+            };
+            crate::containers::name(c, &roots)
+        }),
         ephemeral_port: port.ephemeral,
         subject: Subject {
             network: serde_json::to_value(network).unwrap_or(Value::Null),

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod containers;
 pub mod daemon;
 pub mod decode;
 pub mod enrich;

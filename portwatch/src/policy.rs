@@ -153,7 +153,7 @@ pub enum ContainerPattern {
     Any,
     /// In no container.
     None,
-    /// A container whose id starts with this.
+    /// A container whose id starts with this, or whose name is this.
     Id(String),
 }
 
@@ -210,6 +210,8 @@ pub struct Listener<'a> {
     pub user_name: Option<&'a str>,
     pub unit: Option<&'a str>,
     pub container_id: Option<&'a str>,
+    /// The container's name, where its runtime's state files tell it.
+    pub container_name: Option<&'a str>,
 }
 
 /// The policy's verdict on a listener.
@@ -269,6 +271,7 @@ impl Rule {
                 ContainerPattern::None => l.container_id.is_none(),
                 ContainerPattern::Id(id) => {
                     l.container_id.is_some_and(|c| c.starts_with(id.as_str()))
+                        || l.container_name == Some(id.as_str())
                 }
             });
         let addr = self
@@ -592,7 +595,12 @@ mod tests {
             user_name: Some("root"),
             unit: Some("ssh.service"),
             container_id: None,
+            container_name: None,
         }
+    }
+
+    fn policy_with_container(c: &str) -> Policy {
+        parse(&format!("[[allow]]\nport = 22\ncontainer = \"{c}\"\n")).unwrap()
     }
 
     const GOOD: &str = r#"
@@ -630,6 +638,17 @@ user = 1000
         l = listener("0.0.0.0", 22);
         l.container_id = Some("abc");
         assert_eq!(p.judge(&l), Verdict::Unexpected);
+        let named = policy_with_container("web");
+        l.container_name = Some("web");
+        assert_eq!(named.judge(&l), Verdict::Allowed(0), "by name");
+        l.container_name = None;
+        l.container_id = Some("4f1e2d3c4b5a6978");
+        assert_eq!(
+            policy_with_container("4f1e2d3c").judge(&l),
+            Verdict::Allowed(0),
+            "by id prefix"
+        );
+        assert_eq!(named.judge(&l), Verdict::Unexpected);
         assert_eq!(p.judge(&listener("127.0.0.1", 8050)), Verdict::Allowed(1));
         assert_eq!(
             p.judge(&listener("::ffff:127.0.0.1", 9000)),
