@@ -23,8 +23,8 @@ const NS: i64 = 1_000_000_000;
 /// The `alert` object of an alert line.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertBody {
-    pub kind: &'static str,
-    pub severity: &'static str,
+    pub kind: String,
+    pub severity: String,
     /// The rule that matched (and why it is not enough), or why nothing did.
     pub rule: String,
     /// When this alert was first raised (RFC 3339); kept across restarts.
@@ -464,8 +464,8 @@ impl AlertEngine {
         self.counters.raised += 1;
         Some(Alert {
             body: AlertBody {
-                kind: f.kind,
-                severity: f.severity,
+                kind: f.kind.to_string(),
+                severity: f.severity.to_string(),
                 rule: f.rule,
                 first_seen,
                 count: 1,
@@ -498,8 +498,8 @@ impl AlertEngine {
                 self.counters.summaries += 1;
                 out.push(Alert {
                     body: AlertBody {
-                        kind: leak_kind(&e.kind),
-                        severity: leak_severity(&e.severity),
+                        kind: e.kind.clone(),
+                        severity: e.severity.clone(),
                         rule: e.rule.clone(),
                         first_seen: e.first_seen.clone(),
                         count: e.count,
@@ -539,24 +539,6 @@ impl AlertEngine {
 
 fn required_key(i: usize, line: usize) -> String {
     format!("required_listener_missing|allow[{i}]|line {line}")
-}
-
-/// Kinds and severities are a closed set; map stored strings back to them.
-fn leak_kind(s: &str) -> &'static str {
-    [
-        "unexpected_listener",
-        "wildcard_listener",
-        "ephemeral_port_listener",
-        "required_listener_missing",
-        "ephemeral_port_exhaustion",
-    ]
-    .into_iter()
-    .find(|k| *k == s)
-    .unwrap_or("unexpected_listener")
-}
-
-fn leak_severity(s: &str) -> &'static str {
-    if s == "medium" { "medium" } else { "high" }
 }
 
 fn write_atomic(path: &Path, state: &StateFile) -> std::io::Result<()> {
@@ -611,7 +593,7 @@ mod tests {
         let a = e.listener(listener("0.0.0.0:8080", "/a"), "kernel", NS);
         assert_eq!(a.len(), 1);
         assert_eq!(
-            (a[0].body.kind, a[0].body.count),
+            (a[0].body.kind.as_str(), a[0].body.count),
             ("unexpected_listener", 1)
         );
         assert!(
@@ -696,7 +678,7 @@ mod tests {
         let kinds: Vec<_> = e
             .listener(l, "kernel", NS)
             .iter()
-            .map(|a| a.body.kind)
+            .map(|a| a.body.kind.clone())
             .collect();
         assert_eq!(kinds, ["wildcard_listener", "ephemeral_port_listener"]);
         let mut per = HashMap::new();

@@ -15,6 +15,16 @@ fn now_ns(clock: ClockId) -> i128 {
         .unwrap_or(0)
 }
 
+/// Wall-clock time as Unix nanoseconds (the store's and the alert state's unit).
+pub fn unix_ns(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// `unix_ns` of now.
+pub fn now_unix_ns() -> i64 {
+    unix_ns(Utc::now())
+}
+
 /// CLOCK_MONOTONIC now, in the kernel records' unit.
 pub fn monotonic_now() -> u64 {
     now_ns(ClockId::CLOCK_MONOTONIC).max(0) as u64

@@ -181,9 +181,9 @@ impl Pipeline {
         };
         let wall = self.clock.to_utc(ev.monotonic_ns);
         if let Some(t) = &mut self.tenancy {
-            t.observe(ev, &attr, wall.timestamp_nanos_opt().unwrap_or(i64::MAX));
+            t.observe(ev, &attr, clock::unix_ns(wall));
         }
-        let wall_ns = wall.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let wall_ns = clock::unix_ns(wall);
         let ts = clock::rfc3339(wall);
         let header = Self::header(&mut self.seq, &self.host, ev.kind.as_str(), ts);
         let mut port = self.ephemeral.info(ev.local.port());
@@ -258,7 +258,7 @@ impl Pipeline {
         let owners = sockets::owners(Path::new("/proc"));
         let netns = sockets::own_netns();
         let mono = clock::monotonic_now();
-        let wall_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let wall_ns = clock::now_unix_ns();
         let mut listeners = Vec::new();
         let mut per_destination: HashMap<(&'static str, SocketAddr), u64> = HashMap::new();
         // Unconnected sockets still there: a UDP listener known from its bind event stays known
@@ -291,6 +291,7 @@ impl Pipeline {
             let network = Network::of(&ev);
             let process = Process::of(&ev, attr);
             listeners.push(listener_facts(
+                s.local,
                 &network,
                 self.ephemeral.info(s.local.port()),
                 &process,
@@ -324,7 +325,7 @@ impl Pipeline {
             present.insert((s.transport.as_str(), s.local, s.peer));
             present.insert((s.transport.as_str(), s.local, None));
         }
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let now = clock::now_unix_ns();
         let closed = t.sweep(sockets::own_netns(), &present, now);
         if closed > 0 {
             tracing::info!(closed, "history intervals closed after lost release events");
@@ -333,7 +334,7 @@ impl Pipeline {
 
     /// Summaries of counted repeats; then the dedup state goes to disk.
     pub fn summarise_alerts(&mut self) {
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let now = clock::now_unix_ns();
         let alerts = match &mut self.alerts {
             Some(engine) => engine.summarise(now),
             None => Vec::new(),
@@ -385,8 +386,8 @@ impl Pipeline {
                     let now = clock::now_rfc3339();
                     let a = Alert {
                         body: AlertBody {
-                            kind: "monitoring_blind",
-                            severity: "high",
+                            kind: "monitoring_blind".into(),
+                            severity: "high".into(),
                             rule: format!(
                                 "no {} event came back for the daemon's own loopback test sockets: the programs were detached or their events are filtered",
                                 families.join(", ")
@@ -410,7 +411,7 @@ impl Pipeline {
 
     /// Required listeners missing right after the start-up snapshot.
     pub fn check_required(&mut self) {
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let now = clock::now_unix_ns();
         let alerts = match &mut self.alerts {
             Some(engine) => engine.check_required("snapshot", now),
             None => Vec::new(),
@@ -560,19 +561,13 @@ fn is_listener(ev: &KernelEvent, port: crate::ports::PortInfo) -> bool {
         }
 }
 
+/// `local` is the socket's address as the kernel gave it (`network` holds it as text).
 fn listener_facts(
+    local: SocketAddr,
     network: &Network,
     port: crate::ports::PortInfo,
     process: &Process,
 ) -> ListenerFacts {
-    let local: SocketAddr = SocketAddr::new(
-        network
-            .local
-            .address
-            .parse()
-            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
-        network.local.port,
-    );
     ListenerFacts {
         netns: network.netns,
         transport: network.transport,
@@ -632,7 +627,7 @@ fn judge_event(
     }
     if is_listener(ev, rec.port) {
         return engine.listener(
-            listener_facts(&rec.network, rec.port, &rec.process),
+            listener_facts(ev.local, &rec.network, rec.port, &rec.process),
             origin,
             wall_ns,
         );
@@ -743,7 +738,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // First: the status socket is also the lock that keeps a second daemon from starting.
     let status_server = StatusServer::bind(&opts.status_socket)?;
     // Before attaching: a store that cannot be opened (corrupt, unwritable) is a clear error now.
-    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let now_ns = clock::now_unix_ns();
     let (store, store_path) = crate::store::start(&opts.state_dir, opts.retention, now_ns)?;
     tracing::info!(path = %store_path.display(), "tenancy store open");
     let mut attached = attach::attach(&AttachOptions {
@@ -835,7 +830,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     (swept_at_loss, last_sweep) = (losses.reported(), Instant::now());
                 }
                 if let Some(t) = &mut pipeline.tenancy {
-                    t.store_open(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX), false);
+                    t.store_open(clock::now_unix_ns(), false);
                 }
                 rates.push_back((Instant::now(), pipeline.counts));
                 while rates.front().is_some_and(|(at, _)| at.elapsed() > RATE_WINDOW) {

@@ -96,7 +96,7 @@ fn who(args: portwatch::cli::WhoArgs) -> anyhow::Result<()> {
     use portwatch::who;
     let port = who::parse_port(&args.port)?;
     let now = chrono::Utc::now();
-    let ns = |t: chrono::DateTime<chrono::Utc>| t.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let ns = portwatch::clock::unix_ns;
     let window = match (&args.at, &args.since) {
         (Some(at), _) => {
             let t = ns(who::parse_time(at, now)?);

@@ -395,7 +395,7 @@ fn writer(mut c: Connection, rx: Receiver<StoreOp>, retention: Retention, path: 
         }
         if last_prune.elapsed() > Duration::from_secs(600) {
             last_prune = Instant::now();
-            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let now = crate::clock::now_unix_ns();
             match prune(&c, now, retention.max_age, retention.max_rows) {
                 Ok(n) if n > 0 => tracing::info!(rows = n, "tenancy store pruned"),
                 Ok(_) => {}

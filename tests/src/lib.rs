@@ -329,6 +329,25 @@ pub fn read_report(mut child: Child) -> Scenario {
     }
 }
 
+/// Polls `ok` every 50 ms until it holds; after `limit` (scaled) panics naming `what`, with
+/// `detail()` for the diagnosis.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut ok: impl FnMut() -> bool,
+    detail: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + scaled(limit);
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            detail()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The last `n` bytes of `s` (at a character boundary), for quoting long diagnostics.
 pub fn tail(s: &str, n: usize) -> &str {
     let start = s.len().saturating_sub(n);

@@ -5,7 +5,7 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use portwatch_tests::{
@@ -13,12 +13,8 @@ use portwatch_tests::{
 };
 use serde_json::Value;
 
-fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait(what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+    portwatch_tests::wait_until(what, limit, ok, String::new);
 }
 
 /// A small tmpfs, unmounted when dropped.

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use portwatch_tests::{Daemon, daemon_binary, scaled, scenario, schema};
+use portwatch_tests::{Daemon, daemon_binary, scaled, scenario, schema, wait_until};
 use serde_json::Value;
 
 fn write_policy(dir: &Path, text: &str) -> PathBuf {
@@ -330,21 +330,21 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
     let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
     let _s = scenario(["hold-listen", &format!("127.0.0.1:{port}")]);
     let a = wait_alert(&mut d, "hooked", |a| on_port(a, port));
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
-    let got: Value = loop {
-        let text = fs::read_to_string(&out).unwrap_or_default();
-        if let Some(line) = text
+    let hooked = || {
+        fs::read_to_string(&out)
+            .unwrap_or_default()
             .lines()
             .find(|l| l.contains(&format!("\"seq\":{},", a["seq"])))
-        {
-            break serde_json::from_str(line).expect("the hook received valid JSON");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "hook output: {text:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+            .map(str::to_string)
     };
+    wait_until(
+        "the hook's copy of the alert",
+        Duration::from_secs(10),
+        || hooked().is_some(),
+        || format!("hook output: {:?}", fs::read_to_string(&out)),
+    );
+    let got: Value =
+        serde_json::from_str(&hooked().unwrap()).expect("the hook received valid JSON");
     assert_eq!(got["event"], "alert");
     assert_eq!(got["seq"], a["seq"]);
     schema::check(&got).unwrap();
@@ -363,16 +363,13 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
     wait_alert(&mut d, "hooked (hanging)", |a| {
         a["alert"]["kind"] == "required_listener_missing"
     });
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(15));
-    loop {
-        let st = d.status();
-        if st["alerts"]["hook"]["timed_out"].as_u64() >= Some(1) {
-            assert_eq!(st["alerts"]["hook"]["running"], 0, "{st}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{st}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "the hanging hook's timeout",
+        Duration::from_secs(15),
+        || d.status()["alerts"]["hook"]["timed_out"].as_u64() >= Some(1),
+        || d.status().to_string(),
+    );
+    assert_eq!(d.status()["alerts"]["hook"]["running"], 0);
     let pid: i32 = fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
@@ -396,12 +393,12 @@ fn sighup_installs_a_good_policy_and_keeps_the_old_one_when_the_new_is_garbage()
     wait_alert(&mut d, "before reload", |a| on_port(a, p2));
     write_policy(dir.path(), &format!("[[allow]]\nport = [{p2}, {p3}]\n"));
     d.signal(libc::SIGHUP);
-    d.wait_for(scaled(Duration::from_secs(10)), |_| true);
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
-    while !d.stderr_text().contains("policy reloaded") {
-        assert!(std::time::Instant::now() < deadline, "{}", d.stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the reload",
+        Duration::from_secs(10),
+        || d.stderr_text().contains("policy reloaded"),
+        || d.stderr_text(),
+    );
     let allowed = scenario(["hold-listen", &format!("127.0.0.1:{p3}")]);
     d.events_of(allowed.pid, |e| !e.is_empty());
     // An alert would be written right after the event it is about.
@@ -410,11 +407,12 @@ fn sighup_installs_a_good_policy_and_keeps_the_old_one_when_the_new_is_garbage()
 
     write_policy(dir.path(), "[[allow]]\nport = \"99999\"\n");
     d.signal(libc::SIGHUP);
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
-    while !d.stderr_text().contains("policy reload failed") {
-        assert!(std::time::Instant::now() < deadline, "{}", d.stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the failed reload",
+        Duration::from_secs(10),
+        || d.stderr_text().contains("policy reload failed"),
+        || d.stderr_text(),
+    );
     let err = d.stderr_text();
     let line = err
         .lines()
