@@ -1,9 +1,11 @@
 //! `portwatch run`: attach, then read → decode → enrich → sink until SIGINT/SIGTERM, and drain
 //! what the kernel already queued before exiting. Under systemd it reports readiness only after
 //! every program is attached, and pings the watchdog from the event loop itself.
+mod alerting;
+mod status_view;
+
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    net::SocketAddr,
+    collections::{BTreeMap, VecDeque},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -11,21 +13,21 @@ use std::{
 
 use anyhow::Context as _;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
+use self::{alerting::judge_event, status_view::StatusView};
 use crate::{
-    alert::{Alert, AlertBody, AlertEngine, ListenerFacts, Subject},
+    alert::AlertEngine,
     attach::{self, AttachMode, AttachOptions, Attached},
-    canary::{self, Canary},
+    canary::Canary,
     clock::{self, WallClock},
-    decode::{self, KernelEvent, Kind, Record, Transport},
+    decode::{self, KernelEvent, Kind, Record},
     enrich::{Attribution, Enricher},
     event::{
-        AlertRecord, DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, Network, PortRecord,
-        Process, SCHEMA_VERSION, StatusRecord,
+        DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord, SCHEMA_VERSION,
+        StatusRecord,
     },
-    hook::{self, HookCounters},
+    hook::HookCounters,
     lineage::ProcessTable,
     ports::EphemeralRange,
     privileges,
@@ -201,114 +203,6 @@ impl Pipeline {
         }
     }
 
-    /// An `alert` line, a WARN diagnostic (journald priority warning under systemd), and the
-    /// exec hook.
-    pub fn write_alert(&mut self, a: &Alert) {
-        let header = Self::header(&mut self.seq, &self.host, "alert", clock::now_rfc3339());
-        let rec = AlertRecord {
-            header,
-            alert: &a.body,
-            network: &a.subject.network,
-            port: &a.subject.port,
-            process: &a.subject.process,
-            origin: a.origin,
-        };
-        let line = match serde_json::to_string(&rec) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "serializing an alert failed");
-                return;
-            }
-        };
-        tracing::warn!(
-            kind = a.body.kind,
-            severity = a.body.severity,
-            count = a.body.count,
-            summary = a.body.summary,
-            pid = %a.subject.process["pid"],
-            executable = %a.subject.process["executable"],
-            local = %a.subject.network["local"],
-            origin = a.origin,
-            "ALERT: {}",
-            a.body.rule
-        );
-        self.sink.push(line.as_bytes());
-        if let Some(hook) = self.alerts.as_ref().and_then(|e| e.policy.hook.as_ref()) {
-            hook::dispatch(hook, &self.hook, line);
-        }
-    }
-
-    /// Compares the policy with a fresh scan of the kernel's sockets (every
-    /// `reconcile_interval_seconds`, and after a policy reload), so a listener whose events were
-    /// lost still alerts.
-    pub fn reconcile(&mut self) {
-        if self.alerts.is_none() {
-            return;
-        }
-        let found = match sockets::dump_all() {
-            Ok(f) => f,
-            Err(e) => {
-                if let Some(engine) = &mut self.alerts {
-                    engine.counters.reconcile_failed += 1;
-                }
-                tracing::error!(error = %e, "reconciliation scan failed; listeners whose events were lost go unnoticed until the next one");
-                return;
-            }
-        };
-        let owners = sockets::owners(Path::new("/proc"));
-        let netns = sockets::own_netns();
-        let mono = clock::monotonic_now();
-        let wall_ns = clock::now_unix_ns();
-        let mut listeners = Vec::new();
-        let mut per_destination: HashMap<(&'static str, SocketAddr), u64> = HashMap::new();
-        // Unconnected sockets still there: a UDP listener known from its bind event stays known
-        // even where a scan alone could not call it one.
-        let present: std::collections::HashSet<(&'static str, SocketAddr)> = found
-            .iter()
-            .filter(|s| s.peer.is_none())
-            .map(|s| (s.transport.as_str(), s.local))
-            .collect();
-        for s in &found {
-            let ephemeral = self.ephemeral.info(s.local.port()).ephemeral;
-            if let Some(peer) = s.peer {
-                if ephemeral {
-                    *per_destination
-                        .entry((s.transport.as_str(), peer))
-                        .or_default() += 1;
-                }
-                continue;
-            }
-            if !(s.is_tcp_listener() || (s.transport == Transport::Udp && !ephemeral)) {
-                continue;
-            }
-            let pid = owners.get(&s.inode).copied().unwrap_or(0);
-            let ev = sockets::to_event(s, pid, netns, Path::new("/proc"), mono);
-            let attr = if pid == 0 {
-                Attribution::default()
-            } else {
-                self.enricher.attribute(&ev, &self.processes)
-            };
-            let network = Network::of(&ev);
-            let process = Process::of(&ev, attr);
-            listeners.push(listener_facts(
-                s.local,
-                &network,
-                self.ephemeral.info(s.local.port()),
-                &process,
-            ));
-        }
-        let size = self.ephemeral.size();
-        let alerts = match &mut self.alerts {
-            Some(engine) => {
-                engine.reconcile(netns, listeners, &present, &per_destination, size, wall_ns)
-            }
-            None => Vec::new(),
-        };
-        for a in alerts {
-            self.write_alert(&a);
-        }
-    }
-
     /// After losses: closes history intervals whose socket is gone (their release was among the
     /// lost records), so `who` does not show them open forever.
     pub fn sweep_tenancy(&mut self) {
@@ -329,95 +223,6 @@ impl Pipeline {
         let closed = t.sweep(sockets::own_netns(), &present, now);
         if closed > 0 {
             tracing::info!(closed, "history intervals closed after lost release events");
-        }
-    }
-
-    /// Summaries of counted repeats; then the dedup state goes to disk.
-    pub fn summarise_alerts(&mut self) {
-        let now = clock::now_unix_ns();
-        let alerts = match &mut self.alerts {
-            Some(engine) => engine.summarise(now),
-            None => Vec::new(),
-        };
-        for a in alerts {
-            self.write_alert(&a);
-        }
-        self.save_alerts();
-    }
-
-    pub fn save_alerts(&mut self) {
-        if let Some(engine) = &mut self.alerts {
-            engine.save();
-        }
-    }
-
-    /// SIGHUP: re-reads the policy file. A file that does not parse leaves the running policy in
-    /// place (logged at error level). True when a new policy was installed.
-    pub fn reload_policy(&mut self, path: Option<&Path>) -> bool {
-        let Some(path) = path else { return false };
-        match crate::policy::Policy::load(path) {
-            Ok(p) => {
-                tracing::info!(path = %path.display(), rules = p.rules.len(), "policy reloaded");
-                match &mut self.alerts {
-                    Some(engine) => engine.policy = p,
-                    None => self.alerts = Some(AlertEngine::new(p, &self.state_dir)),
-                }
-                self.policy_reloads += 1;
-                true
-            }
-            Err(e) => {
-                self.policy_reload_failures += 1;
-                tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
-                false
-            }
-        }
-    }
-
-    /// Judges the last canary round and sends the next; a family gone blind is an error and a
-    /// `monitoring_blind` alert line (with or without a policy).
-    pub fn canary_round(&mut self, ring_buffer_lost: u64) {
-        for v in self.canary.round(ring_buffer_lost) {
-            match v {
-                canary::Verdict::Blind(families) => {
-                    tracing::error!(
-                        ?families,
-                        "hook families delivered no event for the daemon's own test sockets: their programs were detached or their events are filtered; events of these kinds are being missed"
-                    );
-                    let now = clock::now_rfc3339();
-                    let a = Alert {
-                        body: AlertBody {
-                            kind: "monitoring_blind".into(),
-                            severity: "high".into(),
-                            rule: format!(
-                                "no {} event came back for the daemon's own loopback test sockets: the programs were detached or their events are filtered",
-                                families.join(", ")
-                            ),
-                            first_seen: now,
-                            count: 1,
-                            summary: false,
-                            detail: Some(json!({"families": families})),
-                        },
-                        subject: Subject::default(),
-                        origin: "canary",
-                    };
-                    self.write_alert(&a);
-                }
-                canary::Verdict::Recovered(families) => {
-                    tracing::info!(?families, "hook families deliver events again");
-                }
-            }
-        }
-    }
-
-    /// Required listeners missing right after the start-up snapshot.
-    pub fn check_required(&mut self) {
-        let now = clock::now_unix_ns();
-        let alerts = match &mut self.alerts {
-            Some(engine) => engine.check_required("snapshot", now),
-            None => Vec::new(),
-        };
-        for a in alerts {
-            self.write_alert(&a);
         }
     }
 
@@ -511,132 +316,6 @@ impl Pipeline {
     pub fn process_gone(&self) -> u64 {
         self.enricher.vanished
     }
-
-    /// What the daemon did and could not do, for `portwatch status` and the periodic `status`
-    /// event; `ring_buffer_lost` comes from the kernel's loss counters.
-    pub fn counters(&self, ring_buffer_lost: u64) -> Value {
-        let mut events = serde_json::Map::new();
-        for (i, name) in KIND_NAMES.iter().enumerate() {
-            events.insert((*name).into(), json!(self.counts[i]));
-        }
-        events.insert("total".into(), json!(self.counts.iter().sum::<u64>()));
-        events.insert("snapshot".into(), json!(self.snapshot_events));
-        let (procs, procs_max, users, users_max) = self.enricher.cache_sizes();
-        let ev = self.enricher.evictions;
-        json!({
-            "events": events,
-            "lost": {"ring_buffer": ring_buffer_lost, "log_write_failed": self.sink.stats.lines_failed,
-                     "undecodable": self.decode_errors},
-            "attribution": {"process_gone": self.process_gone(), "from_process_table": self.enricher.from_table},
-            "caches": {"processes": {"size": procs, "max": procs_max, "evictions": ev.processes},
-                       "users": {"size": users, "max": users_max, "evictions": ev.users},
-                       "process_table": {"size": self.processes.len(), "max": self.processes.max(),
-                                         "evictions": self.processes.evictions}},
-            "log": {"path": self.sink.log_path(), "bytes": self.sink.log_bytes(),
-                    "rotations": self.sink.stats.rotations, "lines_written": self.sink.stats.lines_written},
-            "store": self.tenancy.as_ref().map(|t| json!({"open_sockets": t.open_count(),
-                "writes_dropped": t.store.dropped, "forgotten": t.forgotten, "swept": t.swept})),
-            "alerts": self.alerts.as_ref().map(|e| json!({
-                "policy": e.policy.path, "rules": e.policy.rules.len(),
-                "reloads": self.policy_reloads, "reload_failures": self.policy_reload_failures,
-                "listeners": e.listener_count(), "remembered": e.remembered(),
-                "counters": e.counters, "hook": self.hook.figures()})),
-            "canary": {"blind": self.canary.blind_families(), "rounds": self.canary.figures},
-        })
-    }
-}
-
-/// A listener is a TCP socket in LISTEN, or a UDP socket bound to a port its caller named. A
-/// kernel bind event says whether the port was named; a scan does not, so there a UDP socket
-/// counts when its port lies outside the ephemeral range, where the kernel never picks one.
-fn is_listener(ev: &KernelEvent, port: crate::ports::PortInfo) -> bool {
-    ev.errno.is_none()
-        && ev.local.port() != 0
-        && match ev.kind {
-            Kind::Listen => true,
-            Kind::Bind => {
-                ev.transport == Transport::Udp && port.requested.unwrap_or(!port.ephemeral)
-            }
-            _ => false,
-        }
-}
-
-/// `local` is the socket's address as the kernel gave it (`network` holds it as text).
-fn listener_facts(
-    local: SocketAddr,
-    network: &Network,
-    port: crate::ports::PortInfo,
-    process: &Process,
-) -> ListenerFacts {
-    ListenerFacts {
-        netns: network.netns,
-        transport: network.transport,
-        local,
-        executable: process.executable.clone(),
-        comm: process.comm.clone(),
-        user_id: process.user.id,
-        user_name: process.user.name.clone(),
-        unit: process.unit.clone(),
-        container_id: process.container.as_ref().map(|c| c.id.clone()),
-        // Listeners are rare: a state-file read each is cheap enough.
-        container_name: process.container.as_ref().and_then(|c| {
-            let home = nix::unistd::User::from_uid(process.user.id.into())
-                .ok()
-                .flatten()
-                .map(|u| u.dir);
-            let roots = crate::containers::Roots {
-                home: home.as_deref(),
-                ..crate::containers::Roots::system()
-            };
-            crate::containers::name(c, &roots)
-        }),
-        ephemeral_port: port.ephemeral,
-        subject: Subject {
-            network: serde_json::to_value(network).unwrap_or(Value::Null),
-            port: serde_json::to_value(port).unwrap_or(Value::Null),
-            process: serde_json::to_value(process).unwrap_or(Value::Null),
-        },
-    }
-}
-
-/// What one port event means to the policy.
-fn judge_event(
-    engine: &mut AlertEngine,
-    ev: &KernelEvent,
-    rec: &PortRecord<'_>,
-    origin: &'static str,
-    wall_ns: i64,
-) -> Vec<Alert> {
-    const EADDRNOTAVAIL: i32 = 99;
-    if ev.kind == Kind::Connect && ev.errno == Some(EADDRNOTAVAIL) {
-        let subject = Subject {
-            network: serde_json::to_value(&rec.network).unwrap_or(Value::Null),
-            port: serde_json::to_value(rec.port).unwrap_or(Value::Null),
-            process: serde_json::to_value(&rec.process).unwrap_or(Value::Null),
-        };
-        let exe = rec
-            .process
-            .executable
-            .as_deref()
-            .unwrap_or(&rec.process.comm);
-        let dest = ev.peer.unwrap_or(ev.local);
-        return engine
-            .connect_exhausted(subject, dest, ev.transport.as_str(), exe, wall_ns)
-            .into_iter()
-            .collect();
-    }
-    if is_listener(ev, rec.port) {
-        return engine.listener(
-            listener_facts(ev.local, &rec.network, rec.port, &rec.process),
-            origin,
-            wall_ns,
-        );
-    }
-    if ev.kind == Kind::Close && ev.errno.is_none() && ev.peer.is_none() {
-        let netns = (ev.netns != 0).then_some(ev.netns);
-        return engine.closed(netns, ev.transport.as_str(), ev.local, wall_ns);
-    }
-    Vec::new()
 }
 
 /// Every socket the kernel has now, as port events of their holders.
@@ -667,62 +346,6 @@ fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// What `portwatch status` is told.
-struct StatusView<'a> {
-    started: Instant,
-    attached: &'a Attached,
-    rates: &'a VecDeque<(Instant, [u64; 4])>,
-    lost: u64,
-}
-
-impl StatusView<'_> {
-    fn render(&self, p: &Pipeline) -> Value {
-        let total: u64 = p.counts.iter().sum();
-        let mut per_second = serde_json::Map::new();
-        let (window, oldest) = match self.rates.front() {
-            Some((at, counts)) => (at.elapsed().as_secs_f64(), *counts),
-            None => (0.0, p.counts),
-        };
-        for (i, name) in KIND_NAMES.iter().enumerate() {
-            let rate = if window > 0.0 {
-                (p.counts[i] - oldest[i]) as f64 / window
-            } else {
-                0.0
-            };
-            per_second.insert((*name).into(), json!(rate));
-        }
-        let oldest_total: u64 = oldest.iter().sum();
-        per_second.insert(
-            "total".into(),
-            json!(if window > 0.0 {
-                (total - oldest_total) as f64 / window
-            } else {
-                0.0
-            }),
-        );
-        let attach: BTreeMap<String, String> = self
-            .attached
-            .families
-            .iter()
-            .map(|f| (f.family.to_string(), f.strategy.to_string()))
-            .collect();
-        let mut v = json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "uptime_seconds": self.started.elapsed().as_secs(),
-            "kernel": kernel_release(),
-            "attach": attach,
-            "events_per_second": per_second,
-            "rate_window_seconds": window.round() as u64,
-            "ring_buffer_bytes": self.attached.ring_buffer_bytes,
-        });
-        if let (Some(m), Value::Object(c)) = (v.as_object_mut(), p.counters(self.lost)) {
-            m.extend(c);
-        }
-        v
-    }
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
