@@ -30,6 +30,9 @@ struct LogFile {
     id: (u64, u64),
 }
 
+/// Queued lines are written once they reach this size, whatever the caller's flush rhythm.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 pub struct Sink {
     stdout: Option<io::Stdout>,
     /// The log file; `None` inside while it could not be (re)opened.
@@ -141,6 +144,15 @@ impl Sink {
         self.batch.extend_from_slice(line);
         self.batch.push(b'\n');
         self.batch_lines += 1;
+        self.bound_batch();
+    }
+
+    /// A drain of a full ring buffer is thousands of lines: write them in slices rather than let
+    /// the batch (and the daemon's memory) grow with the ring.
+    fn bound_batch(&mut self) {
+        if self.batch.len() >= MAX_BATCH_BYTES {
+            self.flush();
+        }
     }
 
     /// Queues one record serialized as JSON.
@@ -152,6 +164,7 @@ impl Sink {
         }
         self.batch.push(b'\n');
         self.batch_lines += 1;
+        self.bound_batch();
         Ok(())
     }
 
@@ -324,6 +337,26 @@ mod tests {
         assert!(!dir.path().join("e.jsonl.3").exists());
         assert_eq!(s.stats.rotations, 4);
         assert_eq!(s.stats.lines_written, 5);
+    }
+
+    #[test]
+    fn a_large_drain_is_written_in_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.jsonl");
+        let mut s = Sink::new(false, Some(&p), None).unwrap();
+        let line = format!("{{\"pad\":\"{}\"}}", "x".repeat(90));
+        for _ in 0..5000 {
+            s.push(line.as_bytes());
+            assert!(s.batch.len() < MAX_BATCH_BYTES);
+        }
+        let written = std::fs::metadata(&p).unwrap().len() as usize;
+        assert!(
+            written >= MAX_BATCH_BYTES,
+            "written before any flush: {written}"
+        );
+        s.flush();
+        assert_eq!(s.stats.lines_written, 5000);
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 5000);
     }
 
     #[test]

@@ -491,7 +491,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reopening the event log");
                 pipeline.sink.reopen();
-                if pipeline.reload_policy(opts.policy.as_deref()) {
+                // A daemon started without a policy takes up the default file once it exists.
+                let policy = opts.policy.clone().or_else(|| {
+                    let default = Path::new(crate::policy::DEFAULT_PATH);
+                    default.exists().then(|| default.to_path_buf())
+                });
+                if pipeline.reload_policy(policy.as_deref()) {
                     (reconcile_tick, summary_tick) = policy_ticks(&pipeline);
                     pipeline.reconcile();
                     pipeline.flush();
