@@ -523,6 +523,9 @@ mod tests {
         v["origin"] = json!("snapshot");
         assert!(check(&v).unwrap_err().contains("sock_diag"));
         v["probe"] = json!("sock_diag");
+        // Only kernel binds know whether the port was named.
+        assert!(check(&v).unwrap_err().contains("port.requested"));
+        v["port"].as_object_mut().unwrap().remove("requested");
         check(&v).unwrap();
     }
 
