@@ -186,18 +186,6 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    #[serde(default)]
-    alerts: AlertSwitches,
-    #[serde(default)]
-    settings: Settings,
-    hook: Option<HookConfig>,
-    #[serde(default)]
-    allow: Vec<toml::Spanned<Rule>>,
-}
-
 /// What a listener looks like to the policy.
 #[derive(Debug, Clone, Copy)]
 pub struct Listener<'a> {
@@ -321,18 +309,60 @@ impl Policy {
         self.rules.get(i).is_some_and(|r| r.check(l).1)
     }
 
+    /// Parses and checks a policy, reporting every problem it can find at once: all syntax
+    /// errors; else every section and every rule that does not deserialize, and every rule that
+    /// deserializes but makes no sense.
     pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+        use toml::de::{DeTable, DeValue};
         let invalid = |problems| PolicyError::Invalid {
             path: path.display().to_string(),
             problems,
         };
-        let raw: RawPolicy = toml::from_str(text)
-            .map_err(|e| invalid(vec![e.to_string().trim_end().to_string()]))?;
+        let render = |mut e: toml::de::Error| {
+            e.set_input(Some(text));
+            e.to_string().trim_end().to_string()
+        };
+        let (doc, syntax) = DeTable::parse_recoverable(text);
+        if !syntax.is_empty() {
+            return Err(invalid(syntax.into_iter().map(render).collect()));
+        }
         let mut problems = Vec::new();
-        let mut rules = Vec::new();
-        for (i, spanned) in raw.allow.into_iter().enumerate() {
-            let (line, col) = line_col(text, spanned.span().start);
-            let mut r = spanned.into_inner();
+        let mut policy = Policy {
+            path: path.to_path_buf(),
+            ..Policy::default()
+        };
+        let mut allow = Vec::new();
+        for (key, value) in doc.into_inner() {
+            let (line, col) = line_col(text, key.span().start);
+            match key.get_ref().as_ref() {
+                // Each section on its own, so one bad section does not hide the others' problems.
+                "alerts" => {
+                    if let Some(v) = section(value, text, &mut problems) {
+                        policy.alerts = v;
+                    }
+                }
+                "settings" => {
+                    if let Some(v) = section(value, text, &mut problems) {
+                        policy.settings = v;
+                    }
+                }
+                "hook" => policy.hook = section(value, text, &mut problems),
+                "allow" => match value.into_inner() {
+                    DeValue::Array(items) => allow.extend(items),
+                    _ => problems.push(format!(
+                        "line {line}, column {col}: `allow` must be a list of rules, each under [[allow]]"
+                    )),
+                },
+                other => problems.push(format!(
+                    "line {line}, column {col}: unknown section `{other}`, expected one of `alerts`, `settings`, `hook`, `allow`"
+                )),
+            }
+        }
+        for (i, item) in allow.into_iter().enumerate() {
+            let (line, col) = line_col(text, item.span().start);
+            let Some(mut r) = section::<Rule>(item, text, &mut problems) else {
+                continue;
+            };
             r.line = line;
             let empty = r.transport.is_none()
                 && r.port.is_none()
@@ -352,18 +382,13 @@ impl Policy {
                     "line {line}, column {col}: allow[{i}] is required but names no port; a required listener needs a port to look for"
                 ));
             }
-            rules.push(r);
+            policy.rules.push(r);
         }
-        if !problems.is_empty() {
-            return Err(invalid(problems));
+        if problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(invalid(problems))
         }
-        Ok(Policy {
-            path: path.to_path_buf(),
-            alerts: raw.alerts,
-            settings: raw.settings,
-            hook: raw.hook,
-            rules,
-        })
     }
 
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
@@ -372,6 +397,22 @@ impl Policy {
             source,
         })?;
         Policy::parse(&text, path)
+    }
+}
+
+/// One part of the document deserialized on its own; its error, if any, joins `problems`.
+fn section<T: serde::de::DeserializeOwned>(
+    value: toml::Spanned<toml::de::DeValue<'_>>,
+    text: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    match T::deserialize(toml::de::ValueDeserializer::from(value)) {
+        Ok(v) => Some(v),
+        Err(mut e) => {
+            e.set_input(Some(text));
+            problems.push(e.to_string().trim_end().to_string());
+            None
+        }
     }
 }
 
@@ -689,6 +730,29 @@ user = 1000
             assert!(e.contains("line 2"), "{text:?} names the line: {e}");
             assert!(e.contains("column"), "{text:?} names the column: {e}");
         }
+    }
+
+    #[test]
+    fn problems_in_several_sections_and_rules_are_all_reported() {
+        let text = "[settings]\nexhaustion_share = 7\n\n[[allow]]\nport = \"9-1\"\n\n[[allow]]\nport = 22\ncolour = 1\n\n[[allow]]\naddress = \"10.0.0.0/99\"\n\n[surprise]\n";
+        let e = parse(text).unwrap_err();
+        for (want, line) in [
+            ("not a share", "line 2"),
+            ("runs backwards", "line 5"),
+            ("unknown field `colour`", "line 9"),
+            ("not an address", "line 12"),
+            ("unknown section `surprise`", "line 14"),
+        ] {
+            let at = e
+                .find(want)
+                .unwrap_or_else(|| panic!("{want} missing from:\n{e}"));
+            let before = &e[..at];
+            let last_line = before.rfind("line ").map(|i| &before[i..]).unwrap_or("");
+            assert!(last_line.starts_with(line), "{want} at {line}:\n{e}");
+        }
+        // Syntax errors are all listed too, before anything is judged.
+        let e = parse("[settings\nx = = 1\n[[allow]]\nport = \n").unwrap_err();
+        assert!(e.matches("line ").count() >= 2, "{e}");
     }
 
     #[test]

@@ -316,14 +316,16 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hook.json");
     let pidfile = dir.path().join("hook.pid");
-    // Only the alert kind about a listener of ours is on, so the host's own listeners do not
-    // run hooks too.
+    // Every port but ours is allowed and the other kinds are off, so only our listener runs the
+    // hook (the host's and the other tests' listeners would otherwise take its turn).
     let only_unexpected = "[alerts]\nwildcard_listener = false\nephemeral_port_listener = false\nrequired_listener_missing = false\nephemeral_port_exhaustion = false\n";
     let port = free_port(true);
     let policy = write_policy(
         dir.path(),
         &format!(
-            "{only_unexpected}[hook]\nargv = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\ntimeout_seconds = 5\n",
+            "{only_unexpected}[[allow]]\nport = [\"1-{}\", \"{}-65535\"]\n[hook]\nargv = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\ntimeout_seconds = 5\n",
+            port - 1,
+            port + 1,
             out.display()
         ),
     );
