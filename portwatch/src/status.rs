@@ -170,17 +170,76 @@ pub fn render(v: &Value) -> String {
         "process gone",
         v["attribution"]["process_gone"].to_string(),
     );
+    let cache = |c: &Value| format!("{}/{} ({} evicted)", c["size"], c["max"], c["evictions"]);
     line(
         &mut out,
         "caches",
         format!(
-            "processes {}/{}, users {}/{}",
-            v["caches"]["processes"]["size"],
-            v["caches"]["processes"]["max"],
-            v["caches"]["users"]["size"],
-            v["caches"]["users"]["max"]
+            "processes {}, users {}, process table {}",
+            cache(&v["caches"]["processes"]),
+            cache(&v["caches"]["users"]),
+            cache(&v["caches"]["process_table"])
         ),
     );
+    line(
+        &mut out,
+        "snapshot events",
+        v["events"]["snapshot"].to_string(),
+    );
+    if v["store"].is_object() {
+        line(
+            &mut out,
+            "history",
+            format!(
+                "{} open sockets, {} intervals not recorded, {} closed after lost releases",
+                v["store"]["open_sockets"], v["store"]["writes_dropped"], v["store"]["swept"]
+            ),
+        );
+    }
+    let blind: Vec<&str> = v["canary"]["blind"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    line(
+        &mut out,
+        "canary",
+        if blind.is_empty() {
+            format!(
+                "every hook family seen ({} of {} rounds complete)",
+                v["canary"]["rounds"]["complete"], v["canary"]["rounds"]["rounds"]
+            )
+        } else {
+            format!("BLIND: {} deliver no events", blind.join(", "))
+        },
+    );
+    match v["alerts"].as_object() {
+        None => line(&mut out, "alerts", "no policy".into()),
+        Some(a) => {
+            let c = &a["counters"];
+            line(
+                &mut out,
+                "alerts",
+                format!(
+                    "{} rules from {}; {} raised, {} repeats, {} rate-limited, {} listeners known",
+                    a["rules"],
+                    a["policy"].as_str().unwrap_or("?"),
+                    c["raised"],
+                    c["repeats"],
+                    c["rate_limited"],
+                    a["listeners"]
+                ),
+            );
+            let h = &a["hook"];
+            line(
+                &mut out,
+                "alert hook",
+                format!(
+                    "{} started, {} failed, {} timed out, {} skipped",
+                    h["started"], h["failed"], h["timed_out"], h["skipped"]
+                ),
+            );
+        }
+    }
     line(
         &mut out,
         "log",

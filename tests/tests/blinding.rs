@@ -73,6 +73,14 @@ fn a_detached_program_is_reported_as_a_blind_hook_family() {
     );
     assert_eq!(a["origin"], "canary");
     assert_eq!(d.status()["canary"]["blind"], serde_json::json!(["bind"]));
+    // The readable status says it too.
+    let text = Command::new(portwatch_tests::daemon_binary())
+        .args(["status", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("BLIND: bind deliver no events"), "{text}");
     assert!(d.stderr_text().contains("ERROR"));
     let (exit, lines) = d.stop();
     assert!(exit.success());
