@@ -206,12 +206,23 @@ fn deleted_executable_other_network_namespace_and_huge_argv() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("portwatch-scenario");
     std::fs::copy(scenario_binary(), &copy).unwrap();
-    let mut child = Command::new(&copy)
-        .args(["after-line", "tcp-listen", "127.0.0.1:0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // A fork in another test thread can briefly hold the copy's write descriptor (until its
+    // exec closes it): exec then fails with ETXTBSY. That is the test's race, so retry.
+    let mut attempts = 0;
+    let mut child = loop {
+        match Command::new(&copy)
+            .args(["after-line", "tcp-listen", "127.0.0.1:0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     std::fs::remove_file(&copy).unwrap();
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     let s = read_report(child);
