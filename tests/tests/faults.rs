@@ -183,12 +183,23 @@ fn without_the_capabilities_it_names_what_is_missing() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("portwatch");
     std::fs::copy(daemon_binary(), &bin).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&bin)
-        .args(["run", "--status-socket", "/nonexistent/s.sock"])
-        .output()
-        .unwrap();
+    // As with the scenario copy below: another test thread's fork can hold the copy's write
+    // descriptor for a moment, and setpriv's exec then fails with ETXTBSY. Retry that.
+    let mut attempts = 0;
+    let out = loop {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(["run", "--status-socket", "/nonexistent/s.sock"])
+            .output()
+            .unwrap();
+        if attempts < 50 && String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+            attempts += 1;
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        break out;
+    };
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -207,7 +218,7 @@ fn deleted_executable_other_network_namespace_and_huge_argv() {
     let copy = dir.path().join("portwatch-scenario");
     std::fs::copy(scenario_binary(), &copy).unwrap();
     // A fork in another test thread can briefly hold the copy's write descriptor (until its
-    // exec closes it): exec then fails with ETXTBSY. That is the test's race, so retry.
+    // exec closes it): exec then fails with ETXTBSY. That is the test's own race; retry.
     let mut attempts = 0;
     let mut child = loop {
         match Command::new(&copy)
