@@ -350,6 +350,11 @@ fn kernel_release() -> String {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     privileges::check()?;
+    // Before anything that can be waited for (the status line, READY=1): a SIGTERM sent the
+    // moment the daemon looks up must drain and exit 0, not kill it with the default action.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // A bad policy is a clear error before anything is attached.
     let policy = match &opts.policy {
         Some(path) => Some(crate::policy::Policy::load(path)?),
@@ -409,9 +414,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let watchdog = systemd_ready(&attached);
     tracing::info!(socket = %status_server.path().display(), "ready");
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // The kernel side wakes us only when the ring fills up; this bounds the delay otherwise.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
