@@ -379,13 +379,9 @@ impl AlertEngine {
         out
     }
 
-    /// Required rules no known listener satisfies (after the start-up snapshot).
-    pub fn check_required(&mut self, origin: &'static str, now_ns: i64) -> Vec<Alert> {
-        self.required_missing(origin, now_ns)
-    }
-
-    /// Required rules no known listener satisfies.
-    fn required_missing(&mut self, origin: &'static str, now_ns: i64) -> Vec<Alert> {
+    /// Required rules no known listener satisfies (after the start-up snapshot, a listener's
+    /// close, and each reconciliation).
+    pub fn required_missing(&mut self, origin: &'static str, now_ns: i64) -> Vec<Alert> {
         if !self.policy.alerts.required_listener_missing {
             return Vec::new();
         }

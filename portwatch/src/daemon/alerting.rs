@@ -202,7 +202,7 @@ impl Pipeline {
     pub fn check_required(&mut self) {
         let now = clock::now_unix_ns();
         let alerts = match &mut self.alerts {
-            Some(engine) => engine.check_required("snapshot", now),
+            Some(engine) => engine.required_missing("snapshot", now),
             None => Vec::new(),
         };
         for a in alerts {
