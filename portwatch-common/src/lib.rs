@@ -42,6 +42,8 @@ pub mod probe {
     pub const CGROUP_CONNECT6: u8 = 6;
     pub const CGROUP_SOCK_RELEASE: u8 = 7;
     pub const TP_INET_SOCK_SET_STATE: u8 = 8;
+    /// A failed bind that named no port, read back from the syscall's arguments at its exit.
+    pub const TP_SYS_EXIT_BIND: u8 = 9;
     pub const KPROBE_INET_BIND: u8 = 20;
     pub const KPROBE_INET6_BIND: u8 = 21;
     pub const KPROBE_INET_LISTEN: u8 = 22;
@@ -148,6 +150,9 @@ pub struct CpuCounters {
     pub next_seq: u64,
     /// Records dropped because the ring buffer had no room.
     pub lost: u64,
+    /// `bpf_ktime_get_ns()` of this CPU's last forced wakeup of the reader (see the eBPF side's
+    /// `emit::wake_flags`); kernel-side state, not a counter.
+    pub last_wakeup_ns: u64,
 }
 
 /// Process lineage records (`sched:sched_process_exec/fork/exit`), in the same ring buffer as
@@ -217,8 +222,16 @@ pub mod globals {
     pub const TP_FORK_CHILD_PID: &str = "TP_FORK_CHILD_PID";
     pub const SOCK_RCV_SADDR: &str = "OFF_SOCK_RCV_SADDR";
     pub const SOCK_V6_RCV_SADDR: &str = "OFF_SOCK_V6_RCV_SADDR";
-    pub const TASK_NSPROXY: &str = "OFF_TASK_NSPROXY";
-    pub const NSPROXY_NET_NS: &str = "OFF_NSPROXY_NET_NS";
+    pub const TASK_COMM: &str = "OFF_TASK_COMM";
+    pub const TASK_FILES: &str = "OFF_TASK_FILES";
+    pub const FILES_FDT: &str = "OFF_FILES_FDT";
+    pub const FDTABLE_MAX_FDS: &str = "OFF_FDTABLE_MAX_FDS";
+    pub const FDTABLE_FD: &str = "OFF_FDTABLE_FD";
+    pub const FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
+    pub const SOCKET_FILE: &str = "OFF_SOCKET_FILE";
+    pub const SOCK_COOKIE: &str = "OFF_SOCK_COOKIE";
+    pub const REGS_ARG0: &str = "OFF_REGS_ARG0";
+    pub const REGS_ARG1: &str = "OFF_REGS_ARG1";
     pub const NET_NS_INUM: &str = "OFF_NET_NS_INUM";
     pub const TP_STATE_SKADDR: &str = "TP_STATE_SKADDR";
     pub const TP_STATE_NEWSTATE: &str = "TP_STATE_NEWSTATE";

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{Pending, family, kind, probe};
 
-use crate::{emit, offsets};
+use crate::{args, emit, offsets};
 
 #[cgroup_sock(post_bind4)]
 pub fn portwatch_post_bind4(ctx: SockContext) -> i32 {
@@ -32,7 +32,7 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
         if !emit::is_inet_transport(protocol) {
             return;
         }
-        let mut ev = emit::task_event(kind::BIND, probe);
+        let mut ev = emit::task_event(kind::BIND, probe, sk as usize);
         ev.protocol = protocol as u8;
         ev.family = if V6 { family::INET6 } else { family::INET };
         ev.local_port = (*sk).src_port as u16;
@@ -71,6 +71,10 @@ pub fn portwatch_bind6(ctx: SockAddrContext) -> i32 {
 
 /// Parks a bind or connect seen by a `cgroup/sock_addr` hook: only the address the call named and
 /// the socket. `V6` as for `post_bind`.
+///
+/// A bind that names no port is not parked where the syscall's arguments can be read back at its
+/// exit (`args`): post_bind reports its success with the port the kernel picked, and a failure is
+/// rebuilt from the arguments. That keeps the two hash-map operations off the common bind(0) path.
 #[inline(always)]
 pub fn park_sock_addr<const V6: bool>(ctx: &SockAddrContext, kind: u8, probe: u8) {
     let sa = ctx.sock_addr;
@@ -78,6 +82,10 @@ pub fn park_sock_addr<const V6: bool>(ctx: &SockAddrContext, kind: u8, probe: u8
     unsafe {
         let protocol = (*sa).protocol;
         if !emit::is_inet_transport(protocol) {
+            return;
+        }
+        let port = u16::from_be((*sa).user_port as u16);
+        if kind == portwatch_common::kind::BIND && port == 0 && args::syscall_args_known() {
             return;
         }
         let mut addr = [0u8; 16];
@@ -96,7 +104,7 @@ pub fn park_sock_addr<const V6: bool>(ctx: &SockAddrContext, kind: u8, probe: u8
             sk: (*sa).__bindgen_anon_1.sk as u64,
             cookie: aya_ebpf::helpers::generated::bpf_get_socket_cookie(sa as *mut _),
             addr,
-            port: u16::from_be((*sa).user_port as u16),
+            port,
             kind,
             probe,
             family: if V6 { family::INET6 } else { family::INET },
@@ -111,12 +119,18 @@ pub fn portwatch_sys_exit_bind(ctx: TracePointContext) -> u32 {
     let Some(ret) = syscall_ret(&ctx) else {
         return 0;
     };
-    let Some(pending) = emit::take_parked(kind::BIND) else {
-        return 0;
-    };
+    // Taken whatever the outcome, so that no parked entry outlives its call.
+    let parked = emit::take_parked(kind::BIND);
     // Successful binds were reported by post_bind with the real port.
-    if ret < 0 {
-        let mut ev = emit::complete(&pending, emit::errno_of(ret));
+    if ret >= 0 {
+        return 0;
+    }
+    let errno = emit::errno_of(ret);
+    let ev = match parked {
+        Some(pending) => Some(emit::complete(&pending, errno)),
+        None => args::failed_bind(errno),
+    };
+    if let Some(mut ev) = ev {
         emit::submit(&mut ev);
     }
     0

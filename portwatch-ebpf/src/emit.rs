@@ -33,51 +33,50 @@ pub fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-/// The facts only the current task can tell: ids, comm, cgroup, network namespace and time.
+/// The facts only the current task can tell (ids, comm, cgroup, time), plus the network
+/// namespace of `sk`, the socket the event is about.
+///
+/// The namespace is the socket's rather than the task's: that is where the port is held (a task
+/// may create a socket and then move), and it costs two kernel reads instead of three. The comm
+/// is one read of `task->comm` rather than `bpf_get_current_comm`, whose string copy costs about
+/// three reads on the machines measured in docs/benchmarks.md.
 #[inline(always)]
-pub fn task_event(kind: u8, probe: u8) -> PortEvent {
+pub fn task_event(kind: u8, probe: u8, sk: usize) -> PortEvent {
     let mut ev = PortEvent::ZERO;
+    add_task_facts(&mut ev, kind, probe, sk);
+    ev
+}
+
+/// `task_event` for a record already holding the socket's own facts.
+#[inline(always)]
+pub fn add_task_facts(ev: &mut PortEvent, kind: u8, probe: u8, sk: usize) {
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.pid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
     let uid_gid = bpf_get_current_uid_gid();
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
-    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.comm = current_comm();
     // SAFETY: helpers without arguments.
     unsafe {
         ev.cgroup_id = bpf_get_current_cgroup_id();
         ev.ts_ns = bpf_ktime_get_ns();
     }
-    ev.netns = current_netns();
+    ev.netns = sock_netns(sk);
     ev.kind = kind;
     ev.probe = probe;
-    ev
 }
 
-/// `current->nsproxy->net_ns->ns.inum`, or 0 when an offset is unknown or a read fails
-/// (a task late in exit has no nsproxy).
+/// `current->comm`. The kernel keeps it NUL-terminated and zero-padded; a rename racing with the
+/// read can tear it, as it can for `bpf_get_current_comm`, which also reads it without a lock.
 #[inline(always)]
-fn current_netns() -> u32 {
-    let (Some(nsproxy_off), Some(net_off), Some(inum_off)) = (
-        offsets::task_nsproxy(),
-        offsets::nsproxy_net_ns(),
-        offsets::net_ns_inum(),
-    ) else {
-        return 0;
-    };
-    // SAFETY: reads go through bpf_probe_read_kernel, which fails cleanly on a bad address.
-    unsafe {
-        let task = bpf_get_current_task() as usize;
-        let nsproxy: usize = read_kernel(task, nsproxy_off).unwrap_or(0);
-        if nsproxy == 0 {
-            return 0;
-        }
-        let net: usize = read_kernel(nsproxy, net_off).unwrap_or(0);
-        if net == 0 {
-            return 0;
-        }
-        read_kernel::<u32>(net, inum_off).unwrap_or(0)
+fn current_comm() -> [u8; 16] {
+    match offsets::task_comm() {
+        // SAFETY: a read through bpf_probe_read_kernel of the current task.
+        Some(off) => unsafe {
+            read_kernel::<[u8; 16]>(bpf_get_current_task() as usize, off).unwrap_or([0; 16])
+        },
+        None => bpf_get_current_comm().unwrap_or([0; 16]),
     }
 }
 
@@ -88,6 +87,9 @@ pub fn sock_netns(sk: usize) -> u32 {
     let (Some(net_off), Some(inum_off)) = (offsets::sock_net(), offsets::net_ns_inum()) else {
         return 0;
     };
+    if sk == 0 {
+        return 0;
+    }
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
         match read_kernel::<usize>(sk, net_off) {
@@ -145,10 +147,6 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Stamps the per-CPU sequence number and writes the record, or counts it as lost.
-///
-/// Waking the reader for every record costs an irq_work and a context switch per event. Records
-/// are submitted without a wakeup while little is waiting; once `WAKEUP_BYTES` are queued the
-/// reader is woken, and it also drains on a short timer, so nothing waits longer than that.
 #[inline(always)]
 pub fn submit(ev: &mut PortEvent) {
     // SAFETY: helper without arguments.
@@ -165,20 +163,43 @@ pub fn submit(ev: &mut PortEvent) {
     match EVENTS.reserve::<PortEvent>(0) {
         Some(mut entry) => {
             entry.write(*ev);
-            entry.submit(wake_flags());
+            entry.submit(wake_flags(ev.ts_ns));
         }
         None => count_loss(),
     }
 }
 
-/// Submit flags: wake the reader only once `WAKEUP_BYTES` are queued.
+/// The reader is never woken more often than this per CPU (see `wake_flags`).
+const MIN_WAKEUP_INTERVAL_NS: u64 = 1_000_000;
+
+/// Submit flags for a record committed at `now_ns`.
+///
+/// Waking the reader costs an irq_work, and in a VM an interrupt, per wakeup: more than the record
+/// itself. So records are submitted without a wakeup while less than `WAKEUP_BYTES` is queued
+/// (the reader also drains on a short timer, so nothing waits longer than that), and above it the
+/// reader is woken at most once a millisecond per CPU. Forcing a wakeup for every record above
+/// the mark, as this once did, made each record of a sustained storm pay for one: measured in
+/// docs/benchmarks.md.
 #[inline(always)]
-pub fn wake_flags() -> u64 {
-    match offsets::wakeup_bytes() {
-        Some(limit) if (EVENTS.query(BPF_RB_AVAIL_DATA) as usize) < limit => BPF_RB_NO_WAKEUP,
-        Some(_) => BPF_RB_FORCE_WAKEUP,
-        None => 0,
+pub fn wake_flags(now_ns: u64) -> u64 {
+    let Some(limit) = offsets::wakeup_bytes() else {
+        return 0;
+    };
+    if (EVENTS.query(BPF_RB_AVAIL_DATA) as usize) < limit {
+        return BPF_RB_NO_WAKEUP;
     }
+    let Some(c) = COUNTERS.get_ptr_mut(0) else {
+        return BPF_RB_FORCE_WAKEUP;
+    };
+    // SAFETY: this CPU's slot; a preempting program on this CPU can at worst cause one extra
+    // wakeup.
+    unsafe {
+        if now_ns.wrapping_sub((*c).last_wakeup_ns) < MIN_WAKEUP_INTERVAL_NS {
+            return BPF_RB_NO_WAKEUP;
+        }
+        (*c).last_wakeup_ns = now_ns;
+    }
+    BPF_RB_FORCE_WAKEUP
 }
 
 /// Counts a record the ring buffer had no room for.
@@ -218,7 +239,7 @@ pub fn take_parked(kind: u8) -> Option<Pending> {
 /// The record of a parked call, completed in the calling task once the outcome is known.
 #[inline(always)]
 pub fn complete(p: &Pending, errno: i32) -> PortEvent {
-    let mut ev = task_event(p.kind, p.probe);
+    let mut ev = task_event(p.kind, p.probe, p.sk as usize);
     ev.family = p.family;
     ev.protocol = p.protocol;
     ev.cookie = p.cookie;

@@ -16,7 +16,7 @@ const TCP_LISTEN: u8 = 10;
 
 /// The `struct sock` behind a `struct socket`, if it is a TCP or UDP socket over IPv4 or IPv6.
 #[inline(always)]
-fn sock_of(socket: usize) -> Option<(usize, u8, u8)> {
+pub fn sock_of(socket: usize) -> Option<(usize, u8, u8)> {
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
         let sk: usize = read_kernel(socket, offsets::socket_sk()?)?;
@@ -159,17 +159,14 @@ pub fn release(socket: usize, probe: u8) {
     let Some((sk, proto, fam)) = sock_of(socket) else {
         return;
     };
-    let mut ev: PortEvent = emit::task_event(kind::CLOSE, probe);
+    let mut ev = PortEvent::ZERO;
     ev.protocol = proto;
     ev.family = fam;
     emit::local_from_sock(&mut ev, sk);
     if ev.local_port == 0 {
         return;
     }
-    let netns = emit::sock_netns(sk);
-    if netns != 0 {
-        ev.netns = netns;
-    }
+    emit::add_task_facts(&mut ev, kind::CLOSE, probe, sk);
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
         if let Some(off) = offsets::sock_dport()

@@ -92,7 +92,9 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    entry.submit(emit::wake_flags());
+    // SAFETY: `ev` is the reserved record, written above.
+    let now = unsafe { (*ev).ts_ns };
+    entry.submit(emit::wake_flags(now));
     0
 }
 
@@ -110,7 +112,7 @@ fn proc_event(kind: u8, pid: u32, ppid: u32) {
     match EVENTS.reserve::<ProcEvent>(0) {
         Some(mut entry) => {
             entry.write(ev);
-            entry.submit(emit::wake_flags());
+            entry.submit(emit::wake_flags(ev.ts_ns));
         }
         None => emit::count_loss(),
     }

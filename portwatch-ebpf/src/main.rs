@@ -7,6 +7,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod args;
 mod bind;
 mod connect;
 mod emit;

@@ -31,8 +31,6 @@ offset_globals!(
     TP_FORK_CHILD_PID,
     OFF_SOCK_RCV_SADDR,
     OFF_SOCK_V6_RCV_SADDR,
-    OFF_TASK_NSPROXY,
-    OFF_NSPROXY_NET_NS,
     OFF_NET_NS_INUM,
     TP_STATE_SKADDR,
     TP_STATE_NEWSTATE,
@@ -43,6 +41,16 @@ offset_globals!(
     TP_STATE_SADDR_V6,
     TP_SYS_EXIT_RET,
     WAKEUP_BYTES,
+    OFF_TASK_COMM,
+    OFF_TASK_FILES,
+    OFF_FILES_FDT,
+    OFF_FDTABLE_MAX_FDS,
+    OFF_FDTABLE_FD,
+    OFF_FILE_PRIVATE_DATA,
+    OFF_SOCKET_FILE,
+    OFF_SOCK_COOKIE,
+    OFF_REGS_ARG0,
+    OFF_REGS_ARG1,
 );
 
 /// Reads a global through a volatile load so the compiler cannot fold in the default value.
@@ -110,11 +118,8 @@ pub fn sock_rcv_saddr() -> Option<usize> {
 pub fn sock_v6_rcv_saddr() -> Option<usize> {
     get(&OFF_SOCK_V6_RCV_SADDR)
 }
-pub fn task_nsproxy() -> Option<usize> {
-    get(&OFF_TASK_NSPROXY)
-}
-pub fn nsproxy_net_ns() -> Option<usize> {
-    get(&OFF_NSPROXY_NET_NS)
+pub fn task_comm() -> Option<usize> {
+    get(&OFF_TASK_COMM)
 }
 pub fn net_ns_inum() -> Option<usize> {
     get(&OFF_NET_NS_INUM)
@@ -146,4 +151,33 @@ pub fn wakeup_bytes() -> Option<usize> {
 }
 pub fn tp_sys_exit_ret() -> Option<usize> {
     get(&TP_SYS_EXIT_RET)
+}
+pub fn task_files() -> Option<usize> {
+    get(&OFF_TASK_FILES)
+}
+pub fn files_fdt() -> Option<usize> {
+    get(&OFF_FILES_FDT)
+}
+pub fn fdtable_max_fds() -> Option<usize> {
+    get(&OFF_FDTABLE_MAX_FDS)
+}
+pub fn fdtable_fd() -> Option<usize> {
+    get(&OFF_FDTABLE_FD)
+}
+pub fn file_private_data() -> Option<usize> {
+    get(&OFF_FILE_PRIVATE_DATA)
+}
+pub fn socket_file() -> Option<usize> {
+    get(&OFF_SOCKET_FILE)
+}
+pub fn sock_cookie() -> Option<usize> {
+    get(&OFF_SOCK_COOKIE)
+}
+/// `struct pt_regs` members holding a syscall's first two arguments at its exit; unset where the
+/// architecture's layout is not known, and then every bind is parked instead.
+pub fn regs_arg0() -> Option<usize> {
+    get(&OFF_REGS_ARG0)
+}
+pub fn regs_arg1() -> Option<usize> {
+    get(&OFF_REGS_ARG1)
 }

@@ -5,7 +5,7 @@
 //! This program type may not read the source address or port from its context, but its context
 //! is the `struct sock` itself, so those are read from the socket at their BTF offsets.
 use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
-use portwatch_common::{family, kind, probe};
+use portwatch_common::{PortEvent, family, kind, probe};
 
 use crate::emit;
 
@@ -19,17 +19,19 @@ pub fn portwatch_sock_release(ctx: SockContext) -> i32 {
         if !emit::is_inet_transport(protocol) {
             return 1;
         }
-        let mut ev = emit::task_event(kind::CLOSE, probe::CGROUP_SOCK_RELEASE);
+        let mut ev = PortEvent::ZERO;
         ev.protocol = protocol as u8;
         ev.family = (*sk).family as u8;
         emit::local_from_sock(&mut ev, sk as usize);
         if ev.local_port == 0 {
             return 1;
         }
-        let netns = emit::sock_netns(sk as usize);
-        if netns != 0 {
-            ev.netns = netns;
-        }
+        emit::add_task_facts(
+            &mut ev,
+            kind::CLOSE,
+            probe::CGROUP_SOCK_RELEASE,
+            sk as usize,
+        );
         ev.peer_port = u16::from_be(core::ptr::read_volatile(&(*sk).dst_port));
         if ev.family == family::INET {
             ev.peer_addr[..4].copy_from_slice(&(*sk).dst_ip4.to_ne_bytes());

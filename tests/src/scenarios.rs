@@ -40,11 +40,23 @@ impl Strategy {
 /// The operations whose `probe` names differ between strategies.
 #[derive(Debug, Clone, Copy)]
 pub enum Op {
-    BindOk { v6: bool },
-    BindFail { v6: bool },
+    BindOk {
+        v6: bool,
+    },
+    BindFail {
+        v6: bool,
+    },
+    /// A failed bind that named no port.
+    BindFailPortZero {
+        v6: bool,
+    },
     Listen,
-    TcpConnect { v6: bool },
-    UdpConnect { v6: bool },
+    TcpConnect {
+        v6: bool,
+    },
+    UdpConnect {
+        v6: bool,
+    },
     Close,
 }
 
@@ -56,6 +68,7 @@ pub fn probe(strategy: Strategy, op: Op) -> &'static str {
         (Tracepoint, BindOk { v6: true }) => "cgroup:post_bind6",
         (Tracepoint, BindFail { v6: false }) => "cgroup:bind4",
         (Tracepoint, BindFail { v6: true }) => "cgroup:bind6",
+        (Tracepoint, BindFailPortZero { .. }) => "tracepoint:syscalls:sys_exit_bind",
         (Tracepoint, Listen) => "tracepoint:sock:inet_sock_set_state",
         (Tracepoint, TcpConnect { v6 } | UdpConnect { v6 }) => {
             if v6 {
@@ -65,7 +78,7 @@ pub fn probe(strategy: Strategy, op: Op) -> &'static str {
             }
         }
         (Tracepoint, Close) => "cgroup:sock_release",
-        (Kprobe, BindOk { v6 } | BindFail { v6 }) => {
+        (Kprobe, BindOk { v6 } | BindFail { v6 } | BindFailPortZero { v6 }) => {
             if v6 {
                 "kprobe:inet6_bind"
             } else {
@@ -76,7 +89,7 @@ pub fn probe(strategy: Strategy, op: Op) -> &'static str {
         (Kprobe, TcpConnect { .. }) => "kprobe:inet_stream_connect",
         (Kprobe, UdpConnect { .. }) => "kprobe:inet_dgram_connect",
         (Kprobe, Close) => "kprobe:inet_release",
-        (Fentry, BindOk { v6 } | BindFail { v6 }) => {
+        (Fentry, BindOk { v6 } | BindFail { v6 } | BindFailPortZero { v6 }) => {
             if v6 {
                 "fexit:inet6_bind"
             } else {
@@ -228,6 +241,18 @@ pub fn cases() -> Vec<Case> {
             args: &["bind-in-use", "127.0.0.1:0"],
             done: |e| e.iter().any(|x| x["outcome"] == "failure") && count(e, "close") >= 1,
             check: check_bind_in_use,
+        },
+        Case {
+            name: "rebind_tcp_ipv4",
+            args: &["rebind-tcp", "127.0.0.1:0"],
+            done: |e| e.iter().any(|x| x["outcome"] == "failure") && count(e, "close") >= 1,
+            check: check_rebind,
+        },
+        Case {
+            name: "rebind_udp_ipv6",
+            args: &["rebind-udp", "[::1]:0"],
+            done: |e| e.iter().any(|x| x["outcome"] == "failure") && count(e, "close") >= 1,
+            check: check_rebind,
         },
         Case {
             name: "connect_econnrefused",
@@ -422,6 +447,35 @@ fn check_bind_in_use(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
     );
     assert_process(ctx, fail, pid_of(report), case.args);
     assert_net(fail, "tcp", taken, None);
+}
+
+/// A second bind of a bound socket, naming no port: the failure carries the address it asked
+/// for, port 0, and is not a requested port.
+fn check_rebind(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["errno"], libc::EINVAL);
+    let local = report["local"].as_str().expect("local");
+    let requested = report["requested"].as_str().expect("requested");
+    let transport = if case.args[0] == "rebind-tcp" {
+        "tcp"
+    } else {
+        "udp"
+    };
+    assert_eq!(kinds(evs), ["bind", "bind", "close"], "{evs:#?}");
+    assert_eq!(evs[0]["outcome"], "success");
+    assert_net(&evs[0], transport, local, None);
+    let fail = &evs[1];
+    assert_eq!(fail["outcome"], "failure", "{fail}");
+    assert_eq!(fail["error"], "EINVAL");
+    assert_eq!(fail["errno"], libc::EINVAL);
+    assert_eq!(fail["port"]["requested"], false, "{fail}");
+    assert_eq!(
+        fail["probe"],
+        probe(ctx.strategy, Op::BindFailPortZero { v6: is_v6(local) })
+    );
+    assert_process(ctx, fail, pid_of(report), case.args);
+    assert_net(fail, transport, requested, None);
+    assert_eq!(fail["network"]["netns"], evs[0]["network"]["netns"]);
+    assert_net(&evs[2], transport, local, None);
 }
 
 fn check_connect_refused(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {

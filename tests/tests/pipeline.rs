@@ -43,6 +43,8 @@ host_scenarios!(
     udp_connect_ipv4,
     udp_connect_ipv6,
     bind_eaddrinuse,
+    rebind_tcp_ipv4,
+    rebind_udp_ipv6,
     connect_econnrefused,
     short_lived_process,
 );

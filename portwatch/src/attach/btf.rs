@@ -4,6 +4,8 @@ use std::path::Path;
 
 use btf_rs::{Btf, Type};
 
+use portwatch_common::UNKNOWN_OFFSET;
+
 use super::AttachError;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -28,9 +30,19 @@ pub struct StructOffsets {
     pub mm_arg_end: u32,
     pub sock_rcv_saddr: u32,
     pub sock_v6_rcv_saddr: u32,
-    pub task_nsproxy: u32,
-    pub nsproxy_net_ns: u32,
+    pub task_comm: u32,
     pub net_ns_inum: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub socket_file: u32,
+    pub sock_cookie: u32,
+    /// Where a syscall's first two arguments are in `struct pt_regs` at its exit;
+    /// `UNKNOWN_OFFSET` on architectures whose layout is not known here (binds are then parked).
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
 }
 
 impl StructOffsets {
@@ -61,10 +73,37 @@ impl StructOffsets {
             mm_arg_end: member_offset(btf, "mm_struct", &["arg_end"])?,
             sock_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_rcv_saddr"])?,
             sock_v6_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
-            task_nsproxy: member_offset(btf, "task_struct", &["nsproxy"])?,
-            nsproxy_net_ns: member_offset(btf, "nsproxy", &["net_ns"])?,
+            task_comm: member_offset(btf, "task_struct", &["comm"])?,
             net_ns_inum: member_offset(btf, "net", &["ns", "inum"])?,
+            task_files: member_offset(btf, "task_struct", &["files"])?,
+            files_fdt: member_offset(btf, "files_struct", &["fdt"])?,
+            fdtable_max_fds: member_offset(btf, "fdtable", &["max_fds"])?,
+            fdtable_fd: member_offset(btf, "fdtable", &["fd"])?,
+            file_private_data: member_offset(btf, "file", &["private_data"])?,
+            socket_file: member_offset(btf, "socket", &["file"])?,
+            sock_cookie: member_offset(btf, "sock", &["__sk_common", "skc_cookie"])?,
+            regs_arg0: syscall_arg_offsets(btf).map_or(UNKNOWN_OFFSET, |o| o.0),
+            regs_arg1: syscall_arg_offsets(btf).map_or(UNKNOWN_OFFSET, |o| o.1),
         })
+    }
+}
+
+/// Offsets in `struct pt_regs` of a syscall's first two arguments as they stand at its exit.
+/// x86_64 keeps them in `di` and `si`; arm64 overwrites x0 with the return value and keeps the
+/// first argument in `orig_x0`.
+fn syscall_arg_offsets(btf: &Btf) -> Option<(u32, u32)> {
+    if cfg!(target_arch = "x86_64") {
+        Some((
+            member_offset(btf, "pt_regs", &["di"]).ok()?,
+            member_offset(btf, "pt_regs", &["si"]).ok()?,
+        ))
+    } else if cfg!(target_arch = "aarch64") {
+        Some((
+            member_offset(btf, "pt_regs", &["orig_x0"]).ok()?,
+            member_offset(btf, "pt_regs", &["regs"]).ok()? + 8,
+        ))
+    } else {
+        None
     }
 }
 
@@ -150,7 +189,12 @@ mod tests {
         // skc_num follows skc_dport inside the port pair: they are two bytes apart.
         assert!(offs.sock_num > 0);
         assert_ne!(offs.sock_rcv_saddr, offs.sock_v6_rcv_saddr);
-        assert!(offs.task_nsproxy > 0);
+        assert!(offs.task_comm > 0);
+        #[cfg(target_arch = "x86_64")]
+        assert_ne!(
+            offs.regs_arg0, UNKNOWN_OFFSET,
+            "pt_regs.di must resolve on x86_64"
+        );
     }
 
     #[test]

@@ -63,6 +63,28 @@ fn run(args: &[String]) -> Result<Value, String> {
                 Err(e) => json!({"local": taken.to_string(), "errno": errno_of(&e)}),
             }
         }
+        // bind(2) again on a socket already bound: EINVAL, for a call that named no port.
+        "rebind-tcp" | "rebind-udp" => {
+            use socket2::{Domain, Socket, Type};
+            let requested = addr(arg)?;
+            let ty = if op == "rebind-tcp" {
+                Type::STREAM
+            } else {
+                Type::DGRAM
+            };
+            let s = Socket::new(Domain::for_address(requested), ty, None).map_err(io)?;
+            s.bind(&requested.into()).map_err(io)?;
+            let local = s
+                .local_addr()
+                .map_err(io)?
+                .as_socket()
+                .ok_or("bound to a non-inet address")?;
+            match s.bind(&requested.into()) {
+                Ok(()) => return Err(format!("second bind to {requested} unexpectedly succeeded")),
+                Err(e) => json!({"local": local.to_string(), "requested": requested.to_string(),
+                                 "errno": errno_of(&e)}),
+            }
+        }
         "connect-refused" => {
             let port = {
                 let probe = TcpListener::bind(addr(arg)?).map_err(io)?;
