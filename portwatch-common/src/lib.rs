@@ -41,7 +41,7 @@ pub mod probe {
     pub const CGROUP_CONNECT4: u8 = 5;
     pub const CGROUP_CONNECT6: u8 = 6;
     pub const CGROUP_SOCK_RELEASE: u8 = 7;
-    pub const TP_INET_SOCK_SET_STATE: u8 = 8;
+    pub const TP_SYS_ENTER_LISTEN: u8 = 8;
     /// A failed bind that named no port, read back from the syscall's arguments at its exit.
     pub const TP_SYS_EXIT_BIND: u8 = 9;
     pub const KPROBE_INET_BIND: u8 = 20;
@@ -232,14 +232,8 @@ pub mod globals {
     pub const SOCK_COOKIE: &str = "OFF_SOCK_COOKIE";
     pub const REGS_ARG0: &str = "OFF_REGS_ARG0";
     pub const REGS_ARG1: &str = "OFF_REGS_ARG1";
+    pub const TP_LISTEN_FD: &str = "TP_LISTEN_FD";
     pub const NET_NS_INUM: &str = "OFF_NET_NS_INUM";
-    pub const TP_STATE_SKADDR: &str = "TP_STATE_SKADDR";
-    pub const TP_STATE_NEWSTATE: &str = "TP_STATE_NEWSTATE";
-    pub const TP_STATE_SPORT: &str = "TP_STATE_SPORT";
-    pub const TP_STATE_FAMILY: &str = "TP_STATE_FAMILY";
-    pub const TP_STATE_PROTOCOL: &str = "TP_STATE_PROTOCOL";
-    pub const TP_STATE_SADDR: &str = "TP_STATE_SADDR";
-    pub const TP_STATE_SADDR_V6: &str = "TP_STATE_SADDR_V6";
     pub const TP_SYS_EXIT_RET: &str = "TP_SYS_EXIT_RET";
     /// Bytes waiting in the ring buffer above which a record wakes the reader.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";

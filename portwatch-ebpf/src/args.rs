@@ -35,6 +35,11 @@ pub fn failed_bind(errno: i32) -> Option<PortEvent> {
     ev.errno = errno;
     if let Some((addr_family, addr, port)) = user_sockaddr(uaddr) {
         ev.local_port = port;
+        // Normally a named port was parked and never gets here; its entry can still have been
+        // evicted from the LRU table under pressure.
+        if port != 0 {
+            ev.flags |= portwatch_common::flags::PORT_REQUESTED;
+        }
         // An address of the other family is reported as unspecified rather than misread.
         if addr_family == fam {
             ev.local_addr = addr;
@@ -64,7 +69,7 @@ fn syscall_args() -> Option<(u64, u64)> {
 
 /// `current->files->fdt->fd[fd]->private_data`, if that file is a socket.
 #[inline(always)]
-fn socket_of_fd(fd: u64) -> Option<usize> {
+pub fn socket_of_fd(fd: u64) -> Option<usize> {
     // SAFETY: kernel reads through bpf_probe_read_kernel, each checked before it is followed.
     unsafe {
         let task = bpf_get_current_task() as usize;

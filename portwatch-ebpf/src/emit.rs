@@ -38,8 +38,7 @@ pub fn current_tid() -> u32 {
 ///
 /// The namespace is the socket's rather than the task's: that is where the port is held (a task
 /// may create a socket and then move), and it costs two kernel reads instead of three. The comm
-/// is one read of `task->comm` rather than `bpf_get_current_comm`, whose string copy costs about
-/// three reads on the machines measured in docs/benchmarks.md.
+/// is one read of `task->comm` rather than `bpf_get_current_comm`'s string copy.
 #[inline(always)]
 pub fn task_event(kind: u8, probe: u8, sk: usize) -> PortEvent {
     let mut ev = PortEvent::ZERO;

@@ -1,51 +1,49 @@
-//! listen(2): `sock:inet_sock_set_state` into TCP_LISTEN runs in the listening process; the record
-//! is parked until `sys_exit_listen` tells whether the listen succeeded (on an unbound socket the
-//! port is only chosen after the state change, so it is read from the socket then).
+//! listen(2), on its syscall tracepoints alone: `sys_enter_listen` parks the socket behind the
+//! descriptor when it is a TCP socket not yet listening, and `sys_exit_listen` completes the
+//! record with the outcome, reading the address and port from the socket (on an unbound socket,
+//! listen itself picks the port).
+//!
+//! This once hooked `sock:inet_sock_set_state` to catch the change into LISTEN. That tracepoint
+//! runs on every state change of every TCP socket on the host, about seven per connection, to
+//! find the rare listen; the syscall tracepoints run only for listen calls.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use portwatch_common::{Pending, family, kind, probe, protocol};
+use portwatch_common::{Pending, kind, probe, protocol};
 
-use crate::{bind, emit, offsets};
+use crate::{args, bind, emit, kfunc, offsets};
 
-const TCP_LISTEN: i32 = 10;
+const TCP_LISTEN: u8 = 10;
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn portwatch_inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = try_set_state(&ctx);
+#[tracepoint(category = "syscalls", name = "sys_enter_listen")]
+pub fn portwatch_sys_enter_listen(ctx: TracePointContext) -> u32 {
+    let _ = park_listen(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_set_state(ctx: &TracePointContext) -> Option<()> {
-    // SAFETY: offsets come from the tracepoint's format file.
-    unsafe {
-        let newstate: i32 = ctx.read_at(offsets::tp_state_newstate()?).ok()?;
-        if newstate != TCP_LISTEN {
-            return None;
-        }
-        let proto: u16 = ctx.read_at(offsets::tp_state_protocol()?).ok()?;
-        if proto != protocol::TCP as u16 {
-            return None;
-        }
-        let family: u8 = ctx.read_at::<u16>(offsets::tp_state_family()?).ok()? as u8;
-        let mut addr = [0u8; 16];
-        if family == family::INET {
-            let a: [u8; 4] = ctx.read_at(offsets::tp_state_saddr()?).ok()?;
-            addr[..4].copy_from_slice(&a);
-        } else {
-            addr = ctx.read_at(offsets::tp_state_saddr_v6()?).ok()?;
-        }
-        emit::park(&Pending {
-            sk: ctx.read_at(offsets::tp_state_skaddr()?).ok()?,
-            cookie: 0,
-            addr,
-            port: ctx.read_at(offsets::tp_state_sport()?).ok()?,
-            kind: kind::LISTEN,
-            probe: probe::TP_INET_SOCK_SET_STATE,
-            family,
-            protocol: protocol::TCP,
-            _pad: [0; 2],
-        });
+fn park_listen(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let fd: u64 = unsafe { ctx.read_at(offsets::tp_listen_fd()?) }.ok()?;
+    let (sk, proto, family) = kfunc::sock_of(args::socket_of_fd(fd)?)?;
+    if proto != protocol::TCP {
+        return None;
     }
+    // listen() again on a listening socket only changes its backlog: not an event.
+    // SAFETY: a kernel read through bpf_probe_read_kernel.
+    let state: u8 = unsafe { emit::read_kernel(sk, offsets::sock_state()?) }?;
+    if state == TCP_LISTEN {
+        return None;
+    }
+    emit::park(&Pending {
+        sk: sk as u64,
+        cookie: 0,
+        addr: [0; 16],
+        port: 0,
+        kind: kind::LISTEN,
+        probe: probe::TP_SYS_ENTER_LISTEN,
+        family,
+        protocol: proto,
+        _pad: [0; 2],
+    });
     Some(())
 }
 
@@ -58,15 +56,13 @@ pub fn portwatch_sys_exit_listen(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let mut ev = emit::complete(&pending, emit::errno_of(ret));
-    if ev.local_port == 0 {
-        emit::local_from_sock(&mut ev, pending.sk as usize);
-        if ev.local_port == 0 && ev.errno == 0 {
-            aya_log_ebpf::warn!(
-                &ctx,
-                "listen by tid {}: local port unreadable from the socket",
-                ev.tid
-            );
-        }
+    emit::local_from_sock(&mut ev, pending.sk as usize);
+    if ev.local_port == 0 && ev.errno == 0 {
+        aya_log_ebpf::warn!(
+            &ctx,
+            "listen by tid {}: local port unreadable from the socket",
+            ev.tid
+        );
     }
     emit::submit(&mut ev);
     0

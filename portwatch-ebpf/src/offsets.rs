@@ -32,13 +32,6 @@ offset_globals!(
     OFF_SOCK_RCV_SADDR,
     OFF_SOCK_V6_RCV_SADDR,
     OFF_NET_NS_INUM,
-    TP_STATE_SKADDR,
-    TP_STATE_NEWSTATE,
-    TP_STATE_SPORT,
-    TP_STATE_FAMILY,
-    TP_STATE_PROTOCOL,
-    TP_STATE_SADDR,
-    TP_STATE_SADDR_V6,
     TP_SYS_EXIT_RET,
     WAKEUP_BYTES,
     OFF_TASK_COMM,
@@ -51,6 +44,7 @@ offset_globals!(
     OFF_SOCK_COOKIE,
     OFF_REGS_ARG0,
     OFF_REGS_ARG1,
+    TP_LISTEN_FD,
 );
 
 /// Reads a global through a volatile load so the compiler cannot fold in the default value.
@@ -124,27 +118,6 @@ pub fn task_comm() -> Option<usize> {
 pub fn net_ns_inum() -> Option<usize> {
     get(&OFF_NET_NS_INUM)
 }
-pub fn tp_state_skaddr() -> Option<usize> {
-    get(&TP_STATE_SKADDR)
-}
-pub fn tp_state_newstate() -> Option<usize> {
-    get(&TP_STATE_NEWSTATE)
-}
-pub fn tp_state_sport() -> Option<usize> {
-    get(&TP_STATE_SPORT)
-}
-pub fn tp_state_family() -> Option<usize> {
-    get(&TP_STATE_FAMILY)
-}
-pub fn tp_state_protocol() -> Option<usize> {
-    get(&TP_STATE_PROTOCOL)
-}
-pub fn tp_state_saddr() -> Option<usize> {
-    get(&TP_STATE_SADDR)
-}
-pub fn tp_state_saddr_v6() -> Option<usize> {
-    get(&TP_STATE_SADDR_V6)
-}
 /// See `emit::submit`; unset means "wake on every record".
 pub fn wakeup_bytes() -> Option<usize> {
     get(&WAKEUP_BYTES)
@@ -180,4 +153,8 @@ pub fn regs_arg0() -> Option<usize> {
 }
 pub fn regs_arg1() -> Option<usize> {
     get(&OFF_REGS_ARG1)
+}
+/// The `fd` field of a `syscalls:sys_enter_listen` record.
+pub fn tp_listen_fd() -> Option<usize> {
+    get(&TP_LISTEN_FD)
 }

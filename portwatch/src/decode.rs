@@ -233,7 +233,7 @@ pub fn probe_name(id: u8) -> Result<&'static str, DecodeError> {
         probe::CGROUP_CONNECT4 => "cgroup:connect4",
         probe::CGROUP_CONNECT6 => "cgroup:connect6",
         probe::CGROUP_SOCK_RELEASE => "cgroup:sock_release",
-        probe::TP_INET_SOCK_SET_STATE => "tracepoint:sock:inet_sock_set_state",
+        probe::TP_SYS_ENTER_LISTEN => "tracepoint:syscalls:sys_enter_listen",
         probe::TP_SYS_EXIT_BIND => "tracepoint:syscalls:sys_exit_bind",
         probe::KPROBE_INET_BIND => "kprobe:inet_bind",
         probe::KPROBE_INET6_BIND => "kprobe:inet6_bind",

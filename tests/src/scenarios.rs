@@ -69,7 +69,7 @@ pub fn probe(strategy: Strategy, op: Op) -> &'static str {
         (Tracepoint, BindFail { v6: false }) => "cgroup:bind4",
         (Tracepoint, BindFail { v6: true }) => "cgroup:bind6",
         (Tracepoint, BindFailPortZero { .. }) => "tracepoint:syscalls:sys_exit_bind",
-        (Tracepoint, Listen) => "tracepoint:sock:inet_sock_set_state",
+        (Tracepoint, Listen) => "tracepoint:syscalls:sys_enter_listen",
         (Tracepoint, TcpConnect { v6 } | UdpConnect { v6 }) => {
             if v6 {
                 "cgroup:connect6"
@@ -253,6 +253,12 @@ pub fn cases() -> Vec<Case> {
             args: &["rebind-udp", "[::1]:0"],
             done: |e| e.iter().any(|x| x["outcome"] == "failure") && count(e, "close") >= 1,
             check: check_rebind,
+        },
+        Case {
+            name: "listen_einval_connected",
+            args: &["listen-connected", "127.0.0.1:0"],
+            done: |e| e.iter().any(|x| x["outcome"] == "failure") && count(e, "close") >= 2,
+            check: check_listen_connected,
         },
         Case {
             name: "connect_econnrefused",
@@ -476,6 +482,24 @@ fn check_rebind(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
     assert_net(fail, transport, requested, None);
     assert_eq!(fail["network"]["netns"], evs[0]["network"]["netns"]);
     assert_net(&evs[2], transport, local, None);
+}
+
+/// listen(2) refused on a connected socket: a listen failure with the socket's own address.
+fn check_listen_connected(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["errno"], libc::EINVAL);
+    let local = report["local"].as_str().expect("local");
+    let fail = find(evs, "listen", "failure");
+    assert_eq!(fail["error"], "EINVAL");
+    assert_eq!(fail["errno"], libc::EINVAL);
+    assert_eq!(fail["probe"], probe(ctx.strategy, Op::Listen));
+    assert_process(ctx, fail, pid_of(report), case.args);
+    assert_net(fail, "tcp", local, None);
+    let listens: Vec<&Value> = evs.iter().filter(|e| e["event"] == "listen").collect();
+    assert_eq!(
+        listens.len(),
+        2,
+        "the listener's listen and the refused one: {evs:#?}"
+    );
 }
 
 fn check_connect_refused(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {

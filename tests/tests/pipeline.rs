@@ -45,6 +45,7 @@ host_scenarios!(
     bind_eaddrinuse,
     rebind_tcp_ipv4,
     rebind_udp_ipv6,
+    listen_einval_connected,
     connect_econnrefused,
     short_lived_process,
 );

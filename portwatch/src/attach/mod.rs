@@ -164,7 +164,7 @@ pub struct AttachOptions {
 /// Offsets and paths found once, before anything is loaded.
 struct KernelLayout {
     structs: StructOffsets,
-    tp_state: [u32; 7],
+    tp_listen_fd: u32,
     tp_sys_exit_ret: u32,
     tp_exec_filename: u32,
     tp_fork_child_pid: u32,
@@ -175,20 +175,8 @@ impl KernelLayout {
     fn discover() -> Result<Self, AttachError> {
         let structs = StructOffsets::from_btf_file(std::path::Path::new(btf::VMLINUX_BTF))?;
         let tracefs = tracefs::ensure_tracefs()?;
-        let state = tracefs::field_offsets(
-            &tracefs,
-            "sock",
-            "inet_sock_set_state",
-            &[
-                ("skaddr", 8),
-                ("newstate", 4),
-                ("sport", 2),
-                ("family", 2),
-                ("protocol", 2),
-                ("saddr", 4),
-                ("saddr_v6", 16),
-            ],
-        )?;
+        let tp_listen_fd =
+            tracefs::field_offsets(&tracefs, "syscalls", "sys_enter_listen", &[("fd", 8)])?[0];
         let mut ret = None;
         for sys in ["sys_exit_bind", "sys_exit_listen", "sys_exit_connect"] {
             let off = tracefs::field_offsets(&tracefs, "syscalls", sys, &[("ret", 8)])?[0];
@@ -207,11 +195,9 @@ impl KernelLayout {
         let tp_fork_child_pid =
             tracefs::field_offsets(&tracefs, "sched", "sched_process_fork", &[("child_pid", 4)])?
                 [0];
-        let mut tp_state = [0u32; 7];
-        tp_state.copy_from_slice(&state);
         Ok(Self {
             structs,
-            tp_state,
+            tp_listen_fd,
             tp_sys_exit_ret: ret.unwrap_or(16),
             tp_exec_filename,
             tp_fork_child_pid,
@@ -241,7 +227,6 @@ pub fn cgroup2_mount() -> Result<PathBuf, AttachError> {
 pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
     let layout = KernelLayout::discover()?;
     let s = &layout.structs;
-    let t = &layout.tp_state;
     // Parsed once: the loader relocates with it and fentry/fexit programs attach by it.
     let btf = Btf::from_sys_fs().ok();
     // Wake the reader once a quarter of the ring is queued (it also drains on a timer).
@@ -280,14 +265,8 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         .override_global(globals::REGS_ARG0, &s.regs_arg0, true)
         .override_global(globals::REGS_ARG1, &s.regs_arg1, true)
         .override_global(globals::NET_NS_INUM, &s.net_ns_inum, true)
-        .override_global(globals::TP_STATE_SKADDR, &t[0], true)
-        .override_global(globals::TP_STATE_NEWSTATE, &t[1], true)
-        .override_global(globals::TP_STATE_SPORT, &t[2], true)
-        .override_global(globals::TP_STATE_FAMILY, &t[3], true)
-        .override_global(globals::TP_STATE_PROTOCOL, &t[4], true)
-        .override_global(globals::TP_STATE_SADDR, &t[5], true)
-        .override_global(globals::TP_STATE_SADDR_V6, &t[6], true)
         .override_global(globals::TP_SYS_EXIT_RET, &layout.tp_sys_exit_ret, true)
+        .override_global(globals::TP_LISTEN_FD, &layout.tp_listen_fd, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(AttachError::Load)?;
     let cgroup = File::open(&layout.cgroup_root).map_err(|e| AttachError::Cgroup {
@@ -383,11 +362,7 @@ fn tracepoint_hooks(family: Family) -> Vec<Hook> {
             Hook::TracePoint("portwatch_sys_exit_bind", "syscalls", "sys_exit_bind"),
         ],
         Family::Listen => vec![
-            Hook::TracePoint(
-                "portwatch_inet_sock_set_state",
-                "sock",
-                "inet_sock_set_state",
-            ),
+            Hook::TracePoint("portwatch_sys_enter_listen", "syscalls", "sys_enter_listen"),
             Hook::TracePoint("portwatch_sys_exit_listen", "syscalls", "sys_exit_listen"),
         ],
         Family::Connect => vec![

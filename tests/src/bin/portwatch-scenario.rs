@@ -63,6 +63,20 @@ fn run(args: &[String]) -> Result<Value, String> {
                 Err(e) => json!({"local": taken.to_string(), "errno": errno_of(&e)}),
             }
         }
+        // listen(2) on a connected TCP socket: EINVAL.
+        "listen-connected" => {
+            use std::os::fd::AsRawFd;
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let server = l.local_addr().map_err(io)?;
+            let c = TcpStream::connect(server).map_err(io)?;
+            // SAFETY: listen(2) on a socket this process owns.
+            if unsafe { libc::listen(c.as_raw_fd(), 1) } == 0 {
+                return Err("listen on a connected socket unexpectedly succeeded".into());
+            }
+            let e = std::io::Error::last_os_error();
+            json!({"listener": server.to_string(), "local": c.local_addr().map_err(io)?.to_string(),
+                   "errno": errno_of(&e)})
+        }
         // bind(2) again on a socket already bound: EINVAL, for a call that named no port.
         "rebind-tcp" | "rebind-udp" => {
             use socket2::{Domain, Socket, Type};
