@@ -2,7 +2,7 @@
 //! aya-ebpf has no CO-RE, so the programs read these as globals set at load time.
 use std::path::Path;
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 
 use portwatch_common::UNKNOWN_OFFSET;
 
@@ -46,11 +46,17 @@ pub struct StructOffsets {
 }
 
 impl StructOffsets {
+    /// Maps the file rather than parsing all of it where the kernel allows (6.16+ can mmap
+    /// vmlinux BTF): the few dozen lookups here do not need the whole type graph in memory, which
+    /// took ~39 MB and was the daemon's start-up peak (docs/benchmarks.md). Older kernels refuse
+    /// the mapping, and the file is parsed as before.
     pub fn from_btf_file(path: &Path) -> Result<Self, AttachError> {
-        let btf = Btf::from_file(path).map_err(|e| AttachError::Btf {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file(path))
+            .map_err(|e| AttachError::Btf {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         Self::from_btf(&btf)
     }
 

@@ -227,13 +227,15 @@ pub fn cgroup2_mount() -> Result<PathBuf, AttachError> {
 pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
     let layout = KernelLayout::discover()?;
     let s = &layout.structs;
-    // Parsed once: the loader relocates with it and fentry/fexit programs attach by it.
-    let btf = Btf::from_sys_fs().ok();
     // Wake the reader once a quarter of the ring is queued (it also drains on a timer).
     let wakeup_bytes = opts.ring_buffer_bytes / 4;
+    // `EbpfLoader::new` parses the kernel's BTF for CO-RE relocations, which these programs do
+    // not use (kernel offsets reach them as globals). Dropping that copy at once, before the one
+    // fentry/fexit attach by is parsed below, keeps the two (~20 MB each) from being in memory
+    // together: that was the daemon's start-up peak (docs/benchmarks.md).
     let mut loader = EbpfLoader::new();
     loader
-        .btf(btf.as_ref())
+        .btf(None)
         .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(globals::SOCK_NUM, &s.sock_num, true)
         .override_global(globals::INET_SPORT, &s.inet_sport, true)
@@ -269,6 +271,15 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         .override_global(globals::TP_LISTEN_FD, &layout.tp_listen_fd, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(AttachError::Load)?;
+    // The loader's copy is freed; hand it back before the next one is parsed.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+    let btf = opts
+        .mode
+        .ladder()
+        .contains(&Strategy::Fentry)
+        .then(|| Btf::from_sys_fs().ok())
+        .flatten();
     let cgroup = File::open(&layout.cgroup_root).map_err(|e| AttachError::Cgroup {
         reason: format!("cannot open {}: {e}", layout.cgroup_root.display()),
     })?;

@@ -374,6 +374,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ring_buffer_bytes: opts.ring_buffer_bytes,
     })
     .context("attaching the eBPF programs")?;
+    // The kernel's BTF, parsed to attach, is freed now: give it back before anything else
+    // allocates on top of it (it was the start-up peak).
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     for f in &attached.families {
         tracing::info!(family = %f.family, strategy = %f.strategy, hooks = ?f.hooks, "attached");
     }
@@ -408,9 +412,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     pipeline.write_snapshot(&snapshot);
     pipeline.check_required();
     pipeline.flush();
-    // Parsing kernel BTF at start-up takes tens of MiB that are free now; give them back.
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
     let watchdog = systemd_ready(&attached);
     tracing::info!(socket = %status_server.path().display(), "ready");
 
