@@ -46,10 +46,10 @@ pub struct StructOffsets {
 }
 
 impl StructOffsets {
-    /// Maps the file rather than parsing all of it where the kernel allows (6.16+ can mmap
-    /// vmlinux BTF): the few dozen lookups here do not need the whole type graph in memory, which
-    /// took ~39 MB and was the daemon's start-up peak (docs/benchmarks.md). Older kernels refuse
-    /// the mapping, and the file is parsed as before.
+    /// Maps the file rather than parsing all of it where the kernel allows mapping vmlinux BTF
+    /// (6.18 here does): the few dozen lookups here do not need the whole type graph in memory,
+    /// which took ~39 MB and was the daemon's start-up peak (docs/benchmarks.md). Where the
+    /// mapping is refused, the file is parsed as before.
     pub fn from_btf_file(path: &Path) -> Result<Self, AttachError> {
         let btf = Btf::from_file_with_backend(path, Backend::Mmap)
             .or_else(|_| Btf::from_file(path))
@@ -61,6 +61,8 @@ impl StructOffsets {
     }
 
     pub fn from_btf(btf: &Btf) -> Result<Self, AttachError> {
+        let (regs_arg0, regs_arg1) =
+            syscall_arg_offsets(btf).unwrap_or((UNKNOWN_OFFSET, UNKNOWN_OFFSET));
         Ok(Self {
             sock_num: member_offset(btf, "sock", &["__sk_common", "skc_num"])?,
             inet_sport: member_offset(btf, "inet_sock", &["inet_sport"])?,
@@ -88,8 +90,8 @@ impl StructOffsets {
             file_private_data: member_offset(btf, "file", &["private_data"])?,
             socket_file: member_offset(btf, "socket", &["file"])?,
             sock_cookie: member_offset(btf, "sock", &["__sk_common", "skc_cookie"])?,
-            regs_arg0: syscall_arg_offsets(btf).map_or(UNKNOWN_OFFSET, |o| o.0),
-            regs_arg1: syscall_arg_offsets(btf).map_or(UNKNOWN_OFFSET, |o| o.1),
+            regs_arg0,
+            regs_arg1,
         })
     }
 }
