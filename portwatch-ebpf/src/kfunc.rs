@@ -115,12 +115,18 @@ pub fn call_returned(socket: usize, uaddr: usize, ret: i32, kind: u8, probe: u8)
     }
 }
 
-/// Entry of `inet_listen`: only a socket that is not yet listening becomes a listener.
+/// Entry of `inet_listen`.
 #[inline(always)]
 pub fn listen_entry(socket: usize, probe: u8) {
-    let Some((sk, protocol, family)) = sock_of(socket) else {
-        return;
-    };
+    if let Some((sk, protocol, family)) = sock_of(socket) {
+        park_listen(sk, protocol, family, probe);
+    }
+}
+
+/// Parks a listen on `sk`: only a socket that is not yet listening becomes a listener (listen()
+/// again on a listening socket only changes its backlog).
+#[inline(always)]
+pub fn park_listen(sk: usize, protocol: u8, family: u8, probe: u8) {
     // SAFETY: kernel read through bpf_probe_read_kernel.
     let state: u8 = match offsets::sock_state().and_then(|o| unsafe { read_kernel(sk, o) }) {
         Some(s) => s,

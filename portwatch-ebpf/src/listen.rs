@@ -7,11 +7,9 @@
 //! runs on every state change of every TCP socket on the host, about seven per connection, to
 //! find the rare listen; the syscall tracepoints run only for listen calls.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use portwatch_common::{Pending, kind, probe, protocol};
+use portwatch_common::{kind, probe, protocol};
 
 use crate::{args, bind, emit, kfunc, offsets};
-
-const TCP_LISTEN: u8 = 10;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn portwatch_sys_enter_listen(ctx: TracePointContext) -> u32 {
@@ -24,26 +22,11 @@ fn park_listen(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: the offset comes from the tracepoint's format file.
     let fd: u64 = unsafe { ctx.read_at(offsets::tp_listen_fd()?) }.ok()?;
     let (sk, proto, family) = kfunc::sock_of(args::socket_of_fd(fd)?)?;
+    // As for the other strategies, which hook inet_listen: only TCP sockets get there.
     if proto != protocol::TCP {
         return None;
     }
-    // listen() again on a listening socket only changes its backlog: not an event.
-    // SAFETY: a kernel read through bpf_probe_read_kernel.
-    let state: u8 = unsafe { emit::read_kernel(sk, offsets::sock_state()?) }?;
-    if state == TCP_LISTEN {
-        return None;
-    }
-    emit::park(&Pending {
-        sk: sk as u64,
-        cookie: 0,
-        addr: [0; 16],
-        port: 0,
-        kind: kind::LISTEN,
-        probe: probe::TP_SYS_ENTER_LISTEN,
-        family,
-        protocol: proto,
-        _pad: [0; 2],
-    });
+    kfunc::park_listen(sk, proto, family, probe::TP_SYS_ENTER_LISTEN);
     Some(())
 }
 
