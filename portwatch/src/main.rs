@@ -2,9 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use portwatch::{
-    cli::{Cli, Command},
-    config::{self, Config},
-    status,
+    ops::cli::{Cli, Command},
+    ops::config::{self, Config},
+    ops::status,
 };
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
@@ -53,7 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Who(args) => who(args),
         Command::CheckPolicy(args) => {
-            let p = portwatch::policy::Policy::load(&args.file)?;
+            let p = portwatch::judgement::policy::Policy::load(&args.file)?;
             let required = p.rules.iter().filter(|r| r.required).count();
             println!(
                 "{}: valid; {} allow rules ({required} required), reconciliation every {} s{}",
@@ -69,14 +69,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Baseline => {
-            let range = portwatch::ports::EphemeralRange::read();
-            let found = portwatch::baseline::listeners(&range)?;
+            let range = portwatch::attribution::ports::EphemeralRange::read();
+            let found = portwatch::judgement::baseline::listeners(&range)?;
             let host = nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default();
             print!(
                 "{}",
-                portwatch::baseline::render(
+                portwatch::judgement::baseline::render(
                     &found,
                     std::path::Path::new("/proc"),
                     &host,
@@ -92,8 +92,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn who(args: portwatch::cli::WhoArgs) -> anyhow::Result<()> {
-    use portwatch::who;
+fn who(args: portwatch::ops::cli::WhoArgs) -> anyhow::Result<()> {
+    use portwatch::history::who;
     let port = who::parse_port(&args.port)?;
     let now = chrono::Utc::now();
     let ns = portwatch::clock::unix_ns;
@@ -110,8 +110,8 @@ fn who(args: portwatch::cli::WhoArgs) -> anyhow::Result<()> {
         None => Config::load(args.config.as_deref())?.store.state_dir,
     };
     let transport = args.transport.map(|t| match t {
-        portwatch::cli::TransportArg::Tcp => "tcp",
-        portwatch::cli::TransportArg::Udp => "udp",
+        portwatch::ops::cli::TransportArg::Tcp => "tcp",
+        portwatch::ops::cli::TransportArg::Udp => "udp",
     });
     let q = who::Query {
         port,

@@ -5,15 +5,15 @@
 use std::path::Path;
 
 use portwatch::{
-    alert::AlertEngine,
-    attach::tracefs::parse_format,
-    config::{Config, DEFAULTS_TOML},
-    decode::{decode, decode_record},
-    enrich::{parse_stat_ppid, split_cmdline},
-    errno,
-    policy::Policy,
-    store,
-    who::{parse_port, parse_time},
+    attribution::{parse_stat_ppid, split_cmdline},
+    history::store,
+    history::who::{parse_port, parse_time},
+    judgement::alert::AlertEngine,
+    judgement::policy::Policy,
+    kernel::attach::tracefs::parse_format,
+    kernel::decode::{decode, decode_record},
+    ops::config::{Config, DEFAULTS_TOML},
+    output::errno,
 };
 use portwatch_common::PortEvent;
 use proptest::prelude::*;

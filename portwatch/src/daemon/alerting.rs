@@ -10,12 +10,14 @@ use serde_json::{Value, json};
 
 use super::Pipeline;
 use crate::{
-    alert::{Alert, AlertBody, AlertEngine, ListenerFacts, Subject},
-    canary, clock,
-    decode::{KernelEvent, Kind, Transport},
-    enrich::Attribution,
-    event::{AlertRecord, Network, PortRecord, Process},
-    hook, sockets,
+    attribution::Attribution,
+    clock,
+    judgement::alert::{Alert, AlertBody, AlertEngine, ListenerFacts, Subject},
+    judgement::canary,
+    judgement::hook,
+    kernel::decode::{KernelEvent, Kind, Transport},
+    kernel::sockets,
+    output::schema::{AlertRecord, Network, PortRecord, Process},
 };
 
 impl Pipeline {
@@ -146,7 +148,7 @@ impl Pipeline {
     /// place (logged at error level). True when a new policy was installed.
     pub fn reload_policy(&mut self, path: Option<&Path>) -> bool {
         let Some(path) = path else { return false };
-        match crate::policy::Policy::load(path) {
+        match crate::judgement::policy::Policy::load(path) {
             Ok(p) => {
                 tracing::info!(path = %path.display(), rules = p.rules.len(), "policy reloaded");
                 match &mut self.alerts {
@@ -214,7 +216,7 @@ impl Pipeline {
 /// A listener is a TCP socket in LISTEN, or a UDP socket bound to a port its caller named. A
 /// kernel bind event says whether the port was named; a scan does not, so there a UDP socket
 /// counts when its port lies outside the ephemeral range, where the kernel never picks one.
-fn is_listener(ev: &KernelEvent, port: crate::ports::PortInfo) -> bool {
+fn is_listener(ev: &KernelEvent, port: crate::attribution::ports::PortInfo) -> bool {
     ev.errno.is_none()
         && ev.local.port() != 0
         && match ev.kind {
@@ -230,7 +232,7 @@ fn is_listener(ev: &KernelEvent, port: crate::ports::PortInfo) -> bool {
 fn listener_facts(
     local: SocketAddr,
     network: &Network,
-    port: crate::ports::PortInfo,
+    port: crate::attribution::ports::PortInfo,
     process: &Process,
 ) -> ListenerFacts {
     ListenerFacts {
@@ -249,11 +251,11 @@ fn listener_facts(
                 .ok()
                 .flatten()
                 .map(|u| u.dir);
-            let roots = crate::containers::Roots {
+            let roots = crate::attribution::containers::Roots {
                 home: home.as_deref(),
-                ..crate::containers::Roots::system()
+                ..crate::attribution::containers::Roots::system()
             };
-            crate::containers::name(c, &roots)
+            crate::attribution::containers::name(c, &roots)
         }),
         ephemeral_port: port.ephemeral,
         subject: Subject {

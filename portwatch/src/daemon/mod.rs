@@ -17,25 +17,25 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use self::{alerting::judge_event, status_view::StatusView};
 use crate::{
-    alert::AlertEngine,
-    attach::{self, AttachMode, AttachOptions, Attached},
-    canary::Canary,
+    attribution::lineage::ProcessTable,
+    attribution::ports::EphemeralRange,
+    attribution::{Attribution, Enricher},
     clock::{self, WallClock},
-    decode::{self, KernelEvent, Kind, Record},
-    enrich::{Attribution, Enricher},
-    event::{
+    history::tenancy::Tenancy,
+    judgement::alert::AlertEngine,
+    judgement::canary::Canary,
+    judgement::hook::HookCounters,
+    kernel::attach::{self, AttachMode, AttachOptions, Attached},
+    kernel::decode::{self, KernelEvent, Kind, Record},
+    kernel::read::{EventReader, LossCounter},
+    kernel::sockets,
+    ops::privileges,
+    ops::status::{self, StatusServer},
+    output::schema::{
         DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord, SCHEMA_VERSION,
         StatusRecord,
     },
-    hook::HookCounters,
-    lineage::ProcessTable,
-    ports::EphemeralRange,
-    privileges,
-    read::{EventReader, LossCounter},
-    sink::{Rotation, Sink},
-    sockets,
-    status::{self, StatusServer},
-    tenancy::Tenancy,
+    output::sink::{Rotation, Sink},
 };
 
 #[derive(Debug)]
@@ -46,9 +46,9 @@ pub struct RunOptions {
     pub rotation: Option<Rotation>,
     pub ring_buffer_bytes: u32,
     pub status_socket: PathBuf,
-    pub cache: crate::config::CacheConfig,
+    pub cache: crate::ops::config::CacheConfig,
     pub state_dir: PathBuf,
-    pub retention: crate::store::Retention,
+    pub retention: crate::history::store::Retention,
     /// The listener policy; None: no alerts.
     pub policy: Option<PathBuf>,
     /// Seconds between canary rounds (blinding detection); 0: off.
@@ -99,7 +99,7 @@ fn kind_index(k: Kind) -> usize {
 const KIND_NAMES: [&str; 4] = ["bind", "listen", "connect", "close"];
 
 impl Pipeline {
-    pub fn new(sink: Sink, cache: crate::config::CacheConfig) -> Self {
+    pub fn new(sink: Sink, cache: crate::ops::config::CacheConfig) -> Self {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -357,7 +357,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // A bad policy is a clear error before anything is attached.
     let policy = match &opts.policy {
-        Some(path) => Some(crate::policy::Policy::load(path)?),
+        Some(path) => Some(crate::judgement::policy::Policy::load(path)?),
         None => {
             tracing::info!("no policy file; listeners are logged but not judged (no alerts)");
             None
@@ -367,7 +367,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let status_server = StatusServer::bind(&opts.status_socket)?;
     // Before attaching: a store that cannot be opened (corrupt, unwritable) is a clear error now.
     let now_ns = clock::now_unix_ns();
-    let (store, store_path) = crate::store::start(&opts.state_dir, opts.retention, now_ns)?;
+    let (store, store_path) =
+        crate::history::store::start(&opts.state_dir, opts.retention, now_ns)?;
     tracing::info!(path = %store_path.display(), "tenancy store open");
     let mut attached = attach::attach(&AttachOptions {
         mode: opts.attach,
@@ -496,7 +497,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 pipeline.sink.reopen();
                 // A daemon started without a policy takes up the default file once it exists.
                 let policy = opts.policy.clone().or_else(|| {
-                    let default = Path::new(crate::policy::DEFAULT_PATH);
+                    let default = Path::new(crate::judgement::policy::DEFAULT_PATH);
                     default.exists().then(|| default.to_path_buf())
                 });
                 if pipeline.reload_policy(policy.as_deref()) {
@@ -591,7 +592,7 @@ fn spawn_ebpf_logger(attached: &mut Attached) {
             return;
         }
     };
-    let mut fd = match crate::read::register(logger) {
+    let mut fd = match crate::kernel::read::register(logger) {
         Ok(fd) => fd,
         Err(e) => {
             tracing::warn!(error = %e, "eBPF log channel unavailable");

@@ -8,7 +8,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{KIND_NAMES, Pipeline, kernel_release};
-use crate::attach::Attached;
+use crate::kernel::attach::Attached;
 
 impl Pipeline {
     /// What the daemon did and could not do, for `portwatch status` and the periodic `status`

@@ -4,7 +4,7 @@
 //! start time.
 use std::{collections::HashMap, fs, path::Path};
 
-use crate::{decode::ExecRecord, enrich};
+use crate::{attribution as enrich, kernel::decode::ExecRecord};
 
 /// How long after its exit a process's entry still attributes events (its releases during exit
 /// can arrive after the exit record).

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 
 use serde::Serialize;
 
-use crate::decode::Kind;
+use crate::kernel::decode::Kind;
 
 /// The hook families as `status` and alerts name them.
 pub const FAMILIES: [&str; 4] = ["bind", "listen", "connect", "release"];

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::attach::AttachMode;
+use crate::kernel::attach::AttachMode;
 
 pub const DEFAULT_PATH: &str = "/etc/portwatch/portwatch.toml";
 pub const DEFAULT_STATUS_SOCKET: &str = "/run/portwatch/status.sock";

@@ -5,12 +5,12 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use serde::Serialize;
 
 use crate::{
-    attach::FamilyAttachment,
-    cgroup::Container,
-    decode::{KernelEvent, Transport},
-    enrich::Attribution,
-    errno,
-    ports::PortInfo,
+    attribution::Attribution,
+    attribution::cgroup::Container,
+    attribution::ports::PortInfo,
+    kernel::attach::FamilyAttachment,
+    kernel::decode::{KernelEvent, Transport},
+    output::errno,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -221,7 +221,7 @@ impl Process {
 pub struct AlertRecord<'a> {
     #[serde(flatten)]
     pub header: Header<'a>,
-    pub alert: &'a crate::alert::AlertBody,
+    pub alert: &'a crate::judgement::alert::AlertBody,
     pub network: &'a serde_json::Value,
     pub port: &'a serde_json::Value,
     pub process: &'a serde_json::Value,
@@ -232,7 +232,7 @@ pub struct AlertRecord<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Kind;
+    use crate::kernel::decode::Kind;
 
     fn header() -> Header<'static> {
         Header {
@@ -245,7 +245,7 @@ mod tests {
     }
 
     fn port() -> PortInfo {
-        crate::ports::EphemeralRange::default().info(5000)
+        crate::attribution::ports::EphemeralRange::default().info(5000)
     }
 
     fn kernel_event() -> KernelEvent {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     clock,
-    policy::{self, Listener, Policy, Verdict},
+    judgement::policy::{self, Listener, Policy, Verdict},
 };
 
 pub const STATE_FILE: &str = "alerts.json";
@@ -539,7 +539,7 @@ fn required_key(i: usize, line: usize) -> String {
 
 fn write_atomic(path: &Path, state: &StateFile) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    crate::private_dir::ensure_parent(path)?;
+    crate::ops::private_dir::ensure_parent(path)?;
     let tmp = path.with_extension("json.tmp");
     let mut f = fs::OpenOptions::new()
         .write(true)

@@ -19,7 +19,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::decode::{KernelEvent, Kind, Transport};
+use crate::kernel::decode::{KernelEvent, Kind, Transport};
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u8 = 1;

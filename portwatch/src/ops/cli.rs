@@ -3,7 +3,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{attach::AttachMode, config::Config, daemon::RunOptions, sink::Rotation};
+use crate::{
+    daemon::RunOptions, kernel::attach::AttachMode, ops::config::Config, output::sink::Rotation,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -122,7 +124,7 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a whole number of KiB"))?;
-    crate::config::valid_ring_kib(v)
+    crate::ops::config::valid_ring_kib(v)
 }
 
 impl RunArgs {
@@ -148,7 +150,7 @@ impl RunArgs {
                 .clone()
                 .or_else(|| config.policy.file.clone())
                 .or_else(|| {
-                    let default = std::path::Path::new(crate::policy::DEFAULT_PATH);
+                    let default = std::path::Path::new(crate::judgement::policy::DEFAULT_PATH);
                     default.exists().then(|| default.to_path_buf())
                 }),
             status_interval_seconds: config.status.event_interval_seconds,
@@ -159,7 +161,7 @@ impl RunArgs {
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| config.store.state_dir.clone()),
-            retention: crate::store::Retention {
+            retention: crate::history::store::Retention {
                 max_age: std::time::Duration::from_secs(
                     u64::from(config.store.max_age_days) * 86_400,
                 ),

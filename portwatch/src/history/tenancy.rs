@@ -7,9 +7,9 @@ use std::{
 };
 
 use crate::{
-    decode::{KernelEvent, Kind},
-    enrich::Attribution,
-    store::{Interval, StoreHandle},
+    attribution::Attribution,
+    history::store::{Interval, StoreHandle},
+    kernel::decode::{KernelEvent, Kind},
 };
 
 /// A socket's identity as the events show it: the peer tells a connected socket from the
@@ -206,7 +206,7 @@ impl Tenancy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Transport;
+    use crate::kernel::decode::Transport;
 
     fn bind(port: u16) -> KernelEvent {
         KernelEvent {
@@ -234,11 +234,11 @@ mod tests {
     #[test]
     fn a_sweep_closes_what_a_scan_no_longer_finds_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let retention = crate::store::Retention {
+        let retention = crate::history::store::Retention {
             max_age: std::time::Duration::from_secs(3600),
             max_rows: 100,
         };
-        let (store, path) = crate::store::start(dir.path(), retention, 0).unwrap();
+        let (store, path) = crate::history::store::start(dir.path(), retention, 0).unwrap();
         let mut t = Tenancy::new(store);
         // Real times: the writer prunes by age against the clock.
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
@@ -253,8 +253,8 @@ mod tests {
         // 1001 (still there) and 1003 (another namespace: the scan cannot see it) stay open.
         assert_eq!((t.open_count(), t.swept), (2, 2));
         t.store.finish();
-        let c = crate::store::open_ro(&path).unwrap();
-        let closed = crate::store::holdings(&c, 1000, None, 0, i64::MAX, 10).unwrap();
+        let c = crate::history::store::open_ro(&path).unwrap();
+        let closed = crate::history::store::holdings(&c, 1000, None, 0, i64::MAX, 10).unwrap();
         assert_eq!(closed[0].closed_ns, Some(now + 9));
         assert!(closed[0].close_note.as_deref().unwrap().contains("lost"));
     }

@@ -3,11 +3,11 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use crate::{
-    cgroup,
-    decode::Transport,
-    enrich,
-    ports::EphemeralRange,
-    sockets::{self, KernelSocket},
+    attribution as enrich,
+    attribution::cgroup,
+    attribution::ports::EphemeralRange,
+    kernel::decode::Transport,
+    kernel::sockets::{self, KernelSocket},
 };
 
 /// Who holds a listener, as the rule will name it.
@@ -125,7 +125,7 @@ pub fn render(found: &[KernelSocket], proc_root: &Path, host: &str, now: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Listener, Policy, Verdict};
+    use crate::judgement::policy::{Listener, Policy, Verdict};
 
     #[test]
     fn the_baseline_parses_and_allows_what_listens_now() {

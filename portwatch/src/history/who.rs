@@ -5,7 +5,12 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::{cgroup, clock, enrich, sockets, store};
+use crate::{
+    attribution::{self as enrich, cgroup},
+    clock,
+    history::store,
+    kernel::sockets,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WhoError {
@@ -134,7 +139,8 @@ fn now(port: u16, transport: Option<&str>, port_info: &Value) -> Result<Vec<Valu
 /// The port's IANA class and whether this host's kernel picks it for outbound connections, as
 /// events carry it.
 pub fn port_info(port: u16) -> Value {
-    serde_json::to_value(crate::ports::EphemeralRange::read().info(port)).unwrap_or(Value::Null)
+    serde_json::to_value(crate::attribution::ports::EphemeralRange::read().info(port))
+        .unwrap_or(Value::Null)
 }
 
 /// One line saying what kind of port it is.

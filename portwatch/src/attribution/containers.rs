@@ -4,7 +4,7 @@
 //! is its name). Runtimes without such a file (containerd, CRI-O under Kubernetes) give none.
 use std::{fs, path::Path};
 
-use crate::cgroup::Container;
+use crate::attribution::cgroup::Container;
 
 /// Where runtimes keep their state; a test points it at a fixture tree.
 pub struct Roots<'a> {

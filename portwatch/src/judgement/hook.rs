@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 use tokio::{io::AsyncWriteExt as _, process::Command};
 
-use crate::policy::HookConfig;
+use crate::judgement::policy::HookConfig;
 
 #[derive(Debug, Default)]
 pub struct HookCounters {

@@ -8,11 +8,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod cgroup;
+pub mod containers;
+pub mod lineage;
+pub mod ports;
+
 use lru::LruCache;
 
 use nix::unistd::{Uid, User};
 
-use crate::{cgroup, decode::KernelEvent, lineage::ProcessTable};
+use self::lineage::ProcessTable;
+use crate::kernel::decode::KernelEvent;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Attribution {

@@ -49,7 +49,7 @@ impl StatusServer {
             // Left behind by a daemon that died: nobody answers on it.
             std::fs::remove_file(path).map_err(io)?;
         }
-        crate::private_dir::ensure_parent(path).map_err(io)?;
+        crate::ops::private_dir::ensure_parent(path).map_err(io)?;
         let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         Ok(Self {

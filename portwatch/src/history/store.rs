@@ -88,7 +88,7 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         let dir = dir.display().to_string();
         move |source| StoreError::Dir { path: dir, source }
     };
-    crate::private_dir::ensure_parent(path).map_err(dir_err(path.parent().unwrap_or(path)))?;
+    crate::ops::private_dir::ensure_parent(path).map_err(dir_err(path.parent().unwrap_or(path)))?;
     let c = Connection::open(path).map_err(err(path))?;
     // Command lines can hold secrets: the history is as private as the event log (SQLite gives
     // its -wal and -shm files the same mode).

@@ -1,0 +1,6 @@
+//! The operator's side: configuration, the command line, the status socket, privileges.
+pub mod cli;
+pub mod config;
+pub mod private_dir;
+pub mod privileges;
+pub mod status;
