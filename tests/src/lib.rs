@@ -1,7 +1,13 @@
 //! Harness for the integration tests: start the real daemon binary, run scenario clients, read the
 //! JSON Lines it writes, and check every line against the schema (docs/schema.md).
+mod fixtures;
 pub mod scenarios;
 pub mod schema;
+
+pub use fixtures::{
+    alerts, free_fixed_port, free_port, json_lines, on_port, portwatch, portwatch_output,
+    stdout_of, write_policy,
+};
 
 use std::{
     ffi::OsStr,
@@ -85,6 +91,15 @@ impl Daemon {
         Self::spawn(dir, log, state_dir.to_path_buf(), extra_args)
     }
 
+    /// A daemon judging listeners by the policy `text`, written to `dir/policy.toml` (which a test
+    /// may rewrite, then SIGHUP), with more flags.
+    pub fn start_with_policy(dir: &Path, text: &str, extra_args: &[&str]) -> Daemon {
+        let policy = write_policy(dir, text);
+        let mut args = vec!["--policy", policy.to_str().unwrap()];
+        args.extend_from_slice(extra_args);
+        Self::start(&args)
+    }
+
     /// Like `start`, with a log file the caller prepared (in `dir`, which the daemon keeps).
     pub fn start_with_log(dir: tempfile::TempDir, log: PathBuf, extra_args: &[&str]) -> Daemon {
         let state_dir = dir.path().join("state");
@@ -155,12 +170,7 @@ impl Daemon {
             Some(i) => &text[..=i],
             None => "",
         };
-        complete
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid JSON line ({e}): {l:?}"))
-            })
-            .collect()
+        json_lines(complete)
     }
 
     /// Polls the log until `done` holds, or the timeout passes (then None).
@@ -205,19 +215,32 @@ impl Daemon {
         }
     }
 
+    /// Waits (15 s, scaled) for an alert satisfying `ok` and returns the first such alert; panics
+    /// naming `what`, with every alert so far and the daemon's stderr.
+    pub fn wait_alert(&mut self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let lines = self
+            .wait_for(scaled(Duration::from_secs(15)), |l| {
+                alerts(l).iter().any(&ok)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {what} alert; alerts: {:#?}\nstderr:\n{}",
+                    alerts(&self.lines()),
+                    self.stderr_text()
+                )
+            });
+        alerts(&lines).into_iter().find(|a| ok(a)).unwrap()
+    }
+
     /// `portwatch status --json` against this daemon.
     pub fn status(&self) -> Value {
-        let out = Command::new(daemon_binary())
-            .args(["status", "--json", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .expect("portwatch status");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = stdout_of(
+            Command::new(daemon_binary())
+                .args(["status", "--json", "--socket"])
+                .arg(&self.socket),
+            "portwatch status",
         );
-        serde_json::from_slice(&out.stdout).expect("status JSON")
+        serde_json::from_slice(&out).expect("status JSON")
     }
 
     pub fn signal(&self, sig: i32) {
@@ -334,17 +357,29 @@ pub fn read_report(mut child: Child) -> Scenario {
 pub fn wait_until(
     what: &str,
     limit: Duration,
+    ok: impl FnMut() -> bool,
+    detail: impl Fn() -> String,
+) {
+    poll_until(what, scaled(limit), Duration::from_millis(50), ok, detail);
+}
+
+/// `wait_until` with `limit` as given and polls `every` apart, for a wait that only ever runs on
+/// the host and whose `ok` is itself slow (it starts processes).
+pub fn poll_until(
+    what: &str,
+    limit: Duration,
+    every: Duration,
     mut ok: impl FnMut() -> bool,
     detail: impl Fn() -> String,
 ) {
-    let deadline = Instant::now() + scaled(limit);
+    let deadline = Instant::now() + limit;
     while !ok() {
         assert!(
             Instant::now() < deadline,
             "timed out waiting for {what}\n{}",
             detail()
         );
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(every);
     }
 }
 

@@ -3,20 +3,15 @@
 //! so no other test's daemon has links that could be detached by mistake.
 use std::{collections::HashSet, process::Command, time::Duration};
 
-use portwatch_tests::{Daemon, scaled, schema};
+use portwatch_tests::{Daemon, portwatch_output, scaled, schema, stdout_of};
 use serde_json::Value;
 
 fn links() -> Vec<Value> {
-    let out = Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .expect("bpftool (cargo xtask setup installs it for the tests)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new("bpftool").args(["-j", "link", "show"]),
+        "bpftool (cargo xtask setup installs it for the tests)",
     );
-    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+    serde_json::from_slice(&out).expect("bpftool JSON")
 }
 
 #[test]
@@ -48,25 +43,12 @@ fn a_detached_program_is_reported_as_a_blind_hook_family() {
         .collect();
     assert_eq!(mine.len(), 2, "post_bind4 and post_bind6");
     for id in &mine {
-        let out = Command::new("bpftool")
-            .args(["link", "detach", "id", &id.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        stdout_of(
+            Command::new("bpftool").args(["link", "detach", "id", &id.to_string()]),
+            "bpftool link detach",
         );
     }
-    let lines = d
-        .wait_for(scaled(Duration::from_secs(15)), |l| {
-            l.iter().any(|e| e["alert"]["kind"] == "monitoring_blind")
-        })
-        .unwrap_or_else(|| panic!("no blind alert; stderr:\n{}", d.stderr_text()));
-    let a = lines
-        .iter()
-        .find(|e| e["alert"]["kind"] == "monitoring_blind")
-        .unwrap();
+    let a = d.wait_alert("blind", |e| e["alert"]["kind"] == "monitoring_blind");
     assert_eq!(
         a["alert"]["detail"]["families"],
         serde_json::json!(["bind"])
@@ -74,11 +56,7 @@ fn a_detached_program_is_reported_as_a_blind_hook_family() {
     assert_eq!(a["origin"], "canary");
     assert_eq!(d.status()["canary"]["blind"], serde_json::json!(["bind"]));
     // The readable status says it too.
-    let text = Command::new(portwatch_tests::daemon_binary())
-        .args(["status", "--socket"])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+    let text = portwatch_output(["status", "--socket", d.socket.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("BLIND: bind deliver no events"), "{text}");
     assert!(d.stderr_text().contains("ERROR"));

@@ -9,13 +9,10 @@ use std::{
 };
 
 use portwatch_tests::{
-    Daemon, count, daemon_binary, of_pid, read_report, scenario, scenario_binary, schema,
+    Daemon, count, daemon_binary, json_lines, of_pid, read_report, scenario, scenario_binary,
+    schema, stdout_of, wait_until,
 };
 use serde_json::Value;
-
-fn wait(what: &str, limit: Duration, ok: impl FnMut() -> bool) {
-    portwatch_tests::wait_until(what, limit, ok, String::new);
-}
 
 /// A small tmpfs, unmounted when dropped.
 struct SmallFs(PathBuf);
@@ -53,13 +50,19 @@ fn disk_full_is_counted_reported_and_recovered_from() {
     let _ = f.write_all(&vec![b'x'; 200 * 1024]);
     drop(f);
     let storm = scenario(["udp-storm", "1500"]);
-    wait("lines to fail", Duration::from_secs(20), || {
-        d.status()["lost"]["log_write_failed"].as_u64().unwrap() > 0
-    });
+    wait_until(
+        "lines to fail",
+        Duration::from_secs(20),
+        || d.status()["lost"]["log_write_failed"].as_u64().unwrap() > 0,
+        String::new,
+    );
     // Still running, still reading: every record of the storm gets through the pipeline.
-    wait("the storm to be processed", Duration::from_secs(20), || {
-        d.status()["events"]["bind"].as_u64().unwrap() >= 1500
-    });
+    wait_until(
+        "the storm to be processed",
+        Duration::from_secs(20),
+        || d.status()["events"]["bind"].as_u64().unwrap() >= 1500,
+        String::new,
+    );
     drop(storm);
 
     // Space returns: the next lines land, and loss lines say how many did not.
@@ -97,18 +100,25 @@ fn log_directory_removed_while_running_is_noticed_and_recreated() {
     std::fs::remove_dir_all(&sub).unwrap();
     let s = scenario(["udp-bind", "127.0.0.1:0"]);
     drop(s);
-    wait(
+    wait_until(
         "the lost lines to be counted",
         Duration::from_secs(10),
         || d.status()["lost"]["log_write_failed"].as_u64().unwrap() >= 2,
+        String::new,
     );
     std::fs::create_dir(&sub).unwrap();
     let s = scenario(["udp-bind", "127.0.0.1:0"]);
-    wait("the recreated log", Duration::from_secs(10), || {
-        std::fs::read_to_string(&log).is_ok_and(|t| count(&of_pid(&parse(&t), s.pid), "close") >= 1)
-    });
+    wait_until(
+        "the recreated log",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|t| count(&of_pid(&json_lines(&t), s.pid), "close") >= 1)
+        },
+        String::new,
+    );
     // The recreated file says what was lost while there was no file.
-    let lines = parse(&std::fs::read_to_string(&log).unwrap());
+    let lines = json_lines(&std::fs::read_to_string(&log).unwrap());
     let loss = lines
         .iter()
         .find(|l| l["event"] == "loss")
@@ -120,12 +130,6 @@ fn log_directory_removed_while_running_is_noticed_and_recreated() {
     }
     let (exit, _) = d.stop();
     assert!(exit.success());
-}
-
-fn parse(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
-        .collect()
 }
 
 #[test]
@@ -160,7 +164,7 @@ fn sigkill_during_a_storm_never_leaves_an_invalid_log() {
     assert!(exit.success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.ends_with('\n'));
-    let lines = parse(&text);
+    let lines = json_lines(&text);
     assert_eq!(
         lines
             .iter()
@@ -242,19 +246,15 @@ fn deleted_executable_other_network_namespace_and_huge_argv() {
     assert!(exe.ends_with("/portwatch-scenario (deleted)"), "{exe}");
 
     // A process in its own network namespace: its events carry that namespace.
-    let out = Command::new("unshare")
-        .arg("-n")
-        .arg(scenario_binary())
-        .args(["tcp-listen", "0.0.0.0:0"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new("unshare")
+            .arg("-n")
+            .arg(scenario_binary())
+            .args(["tcp-listen", "0.0.0.0:0"])
+            .stdin(Stdio::null()),
+        "unshare -n",
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&out).unwrap();
     let pid = report["pid"].as_u64().unwrap() as u32;
     let host_netns = std::fs::metadata("/proc/self/ns/net")
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))

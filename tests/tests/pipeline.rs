@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portwatch_tests::{
-    Daemon, count, find, scenario,
+    Daemon, count, find, portwatch_output, scenario,
     scenarios::{self, Ctx, Strategy},
     schema,
 };
@@ -104,11 +104,13 @@ fn status_line_comes_first_and_names_each_family_strategy() {
 fn forced_strategy_that_fails_is_a_clear_error() {
     portwatch_tests::require_root();
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(portwatch_tests::daemon_binary())
-        .args(["run", "--attach", "fentry", "--status-socket"])
-        .arg(dir.path().join("status.sock"))
-        .output()
-        .unwrap();
+    let out = portwatch_output([
+        "run",
+        "--attach",
+        "fentry",
+        "--status-socket",
+        dir.path().join("status.sock").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -172,18 +174,11 @@ fn status_answers_on_its_socket_and_says_clearly_when_no_daemon_runs() {
         std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let table = std::process::Command::new(portwatch_tests::daemon_binary())
-        .args(["status", "--socket"])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+    let table = portwatch_output(["status", "--socket", d.socket.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("events bind"));
     finish(d);
 
-    let out = std::process::Command::new(portwatch_tests::daemon_binary())
-        .args(["status", "--socket", "/nonexistent/status.sock"])
-        .output()
-        .unwrap();
+    let out = portwatch_output(["status", "--socket", "/nonexistent/status.sock"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -195,11 +190,12 @@ fn status_answers_on_its_socket_and_says_clearly_when_no_daemon_runs() {
 #[test]
 fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     let d = Daemon::start(&[]);
-    let out = std::process::Command::new(portwatch_tests::daemon_binary())
-        .args(["run", "--no-stdout", "--status-socket"])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+    let out = portwatch_output([
+        "run",
+        "--no-stdout",
+        "--status-socket",
+        d.socket.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -218,11 +214,7 @@ fn config_errors_name_the_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("portwatch.toml");
     std::fs::write(&cfg, "attach = \"auto\"\n[log]\nrotate_keep = \"many\"\n").unwrap();
-    let out = std::process::Command::new(portwatch_tests::daemon_binary())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = portwatch_output(["run", "--config", cfg.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -230,9 +222,6 @@ fn config_errors_name_the_file_line_and_column() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
-    let defaults = std::process::Command::new(portwatch_tests::daemon_binary())
-        .args(["config", "--print-defaults"])
-        .output()
-        .unwrap();
+    let defaults = portwatch_output(["config", "--print-defaults"]);
     assert!(String::from_utf8_lossy(&defaults.stdout).contains("ring_buffer_kib = 1024"));
 }

@@ -4,84 +4,31 @@
 use std::{
     fs,
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     time::Duration,
 };
 
-use portwatch_tests::{Daemon, daemon_binary, scaled, scenario, schema, wait_until};
+use portwatch_tests::{
+    Daemon, alerts, free_fixed_port, free_port, on_port, portwatch, scenario, schema, wait_until,
+    write_policy,
+};
 use serde_json::Value;
-
-fn write_policy(dir: &Path, text: &str) -> PathBuf {
-    let p = dir.join("policy.toml");
-    fs::write(&p, text).unwrap();
-    p
-}
-
-fn alerts(lines: &[Value]) -> Vec<Value> {
-    lines
-        .iter()
-        .filter(|l| l["event"] == "alert")
-        .cloned()
-        .collect()
-}
-
-/// Waits for an alert satisfying `ok`.
-fn wait_alert(d: &mut Daemon, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let lines = d
-        .wait_for(scaled(Duration::from_secs(15)), |l| {
-            alerts(l).iter().any(&ok)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no {what} alert; alerts: {:#?}\nstderr:\n{}",
-                alerts(&d.lines()),
-                d.stderr_text()
-            )
-        });
-    alerts(&lines).into_iter().find(|a| ok(a)).unwrap()
-}
-
-/// A free port: inside the ephemeral range (the kernel picked it) or, when `fixed`, outside.
-fn free_port(fixed: bool) -> u16 {
-    if !fixed {
-        return TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-    }
-    // Tests run in parallel threads: each call gets its own block of 20 ports (callers use a few
-    // above the one returned).
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(20000);
-    loop {
-        let p = NEXT.fetch_add(20, std::sync::atomic::Ordering::Relaxed);
-        assert!(p < 30000, "no free fixed port");
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
-
-fn on_port(a: &Value, port: u16) -> bool {
-    a["network"]["local"]["port"] == port
-}
 
 #[test]
 fn unexpected_and_wildcard_listeners_alert_once_and_repeats_are_summarised() {
     let dir = tempfile::tempdir().unwrap();
-    let allowed = free_port(true);
+    let allowed = free_fixed_port();
     let (wide_port, other) = (allowed + 1, allowed + 2);
-    let policy = write_policy(
+    let mut d = Daemon::start_with_policy(
         dir.path(),
         &format!(
             "[settings]\nsummary_interval_seconds = 2\n[[allow]]\nnote = \"loopback only\"\ntransport = \"tcp\"\nport = [{allowed}, {wide_port}]\naddress = \"loopback\"\n"
         ),
+        &[],
     );
-    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
     let ok = scenario(["hold-listen", &format!("127.0.0.1:{allowed}")]);
     let wide = scenario(["hold-listen", &format!("0.0.0.0:{wide_port}")]);
-    let a = wait_alert(&mut d, "wildcard_listener", |a| {
+    let a = d.wait_alert("wildcard_listener", |a| {
         a["alert"]["kind"] == "wildcard_listener"
     });
     assert_eq!(a["process"]["pid"], wide.pid);
@@ -96,7 +43,7 @@ fn unexpected_and_wildcard_listeners_alert_once_and_repeats_are_summarised() {
         "{a}"
     );
     let first = scenario(["hold-listen", &format!("127.0.0.1:{other}")]);
-    let u = wait_alert(&mut d, "unexpected_listener", |a| {
+    let u = d.wait_alert("unexpected_listener", |a| {
         a["alert"]["kind"] == "unexpected_listener" && on_port(a, other)
     });
     assert_eq!(u["process"]["pid"], first.pid);
@@ -110,7 +57,7 @@ fn unexpected_and_wildcard_listeners_alert_once_and_repeats_are_summarised() {
     // The same executable on the same port and scope again: counted, not alerted again.
     drop(first);
     let again = scenario(["hold-listen", &format!("127.0.0.1:{other}")]);
-    let s = wait_alert(&mut d, "summary", |a| {
+    let s = d.wait_alert("summary", |a| {
         a["alert"]["summary"] == true && on_port(a, other)
     });
     assert_eq!(s["alert"]["count"], 2);
@@ -142,11 +89,10 @@ fn unexpected_and_wildcard_listeners_alert_once_and_repeats_are_summarised() {
 #[test]
 fn a_listener_inside_the_ephemeral_range_alerts_even_when_allowed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(false);
-    let policy = write_policy(dir.path(), &format!("[[allow]]\nport = {port}\n"));
-    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
+    let port = free_port();
+    let mut d = Daemon::start_with_policy(dir.path(), &format!("[[allow]]\nport = {port}\n"), &[]);
     let s = scenario(["hold-listen", &format!("[::1]:{port}")]);
-    let a = wait_alert(&mut d, "ephemeral_port_listener", |a| on_port(a, port));
+    let a = d.wait_alert("ephemeral_port_listener", |a| on_port(a, port));
     assert_eq!(a["alert"]["kind"], "ephemeral_port_listener");
     assert_eq!(a["port"]["ephemeral"], true);
     assert_eq!(a["process"]["pid"], s.pid);
@@ -161,8 +107,7 @@ fn a_listener_inside_the_ephemeral_range_alerts_even_when_allowed() {
 #[test]
 fn a_udp_socket_on_a_port_it_named_is_a_listener_even_inside_the_ephemeral_range() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), "[[allow]]\nport = 1\n");
-    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
+    let mut d = Daemon::start_with_policy(dir.path(), "[[allow]]\nport = 1\n", &[]);
     // A port the kernel would pick (inside the range), but named by the caller: like mosh.
     let named = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -170,13 +115,13 @@ fn a_udp_socket_on_a_port_it_named_is_a_listener_even_inside_the_ephemeral_range
         .unwrap()
         .port();
     let s = scenario(["udp-bind", &format!("127.0.0.1:{named}")]);
-    let a = wait_alert(&mut d, "named UDP port", |a| {
+    let a = d.wait_alert("named UDP port", |a| {
         a["alert"]["kind"] == "unexpected_listener" && on_port(a, named)
     });
     assert_eq!(a["network"]["transport"], "udp");
     assert_eq!(a["port"]["requested"], true);
     assert_eq!(a["process"]["pid"], s.pid);
-    wait_alert(&mut d, "ephemeral UDP listener", |a| {
+    d.wait_alert("ephemeral UDP listener", |a| {
         a["alert"]["kind"] == "ephemeral_port_listener" && on_port(a, named)
     });
     // bind(…, 0): the kernel picked the port; not a listener.
@@ -192,16 +137,16 @@ fn a_udp_socket_on_a_port_it_named_is_a_listener_even_inside_the_ephemeral_range
 #[test]
 fn a_required_listener_alerts_when_missing_at_start_and_when_it_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let (present, absent) = (free_port(true), free_port(true) + 7);
-    let policy = write_policy(
+    let (present, absent) = (free_fixed_port(), free_fixed_port() + 7);
+    let holder = scenario(["hold-listen", &format!("127.0.0.1:{present}")]);
+    let mut d = Daemon::start_with_policy(
         dir.path(),
         &format!(
             "[[allow]]\nnote = \"present\"\nport = {present}\nrequired = true\n\n[[allow]]\nnote = \"absent\"\nport = {absent}\nrequired = true\n"
         ),
+        &[],
     );
-    let holder = scenario(["hold-listen", &format!("127.0.0.1:{present}")]);
-    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
-    let a = wait_alert(&mut d, "required (absent)", |a| {
+    let a = d.wait_alert("required (absent)", |a| {
         a["alert"]["kind"] == "required_listener_missing"
     });
     assert!(
@@ -211,7 +156,7 @@ fn a_required_listener_alerts_when_missing_at_start_and_when_it_goes() {
     assert_eq!(a["origin"], "snapshot");
     assert!(a["process"].is_null() && a["network"].is_null());
     drop(holder);
-    let gone = wait_alert(&mut d, "required (present, gone)", |a| {
+    let gone = d.wait_alert("required (present, gone)", |a| {
         a["alert"]["kind"] == "required_listener_missing"
             && a["alert"]["rule"].as_str().unwrap().contains("\"present\"")
     });
@@ -223,14 +168,14 @@ fn a_required_listener_alerts_when_missing_at_start_and_when_it_goes() {
 fn ephemeral_port_exhaustion_from_eaddrnotavail_and_from_one_busy_destination() {
     let dir = tempfile::tempdir().unwrap();
     // 0.001 of the ~28,000-port range: 40 connections to one destination is too many.
-    let policy = write_policy(
+    let mut d = Daemon::start_with_policy(
         dir.path(),
         "[settings]\nreconcile_interval_seconds = 1\nexhaustion_share = 0.001\n",
+        &[],
     );
-    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
     let s = scenario(["exhaust-ports"]);
     assert_eq!(s.report["errno"], 99, "{}", s.report);
-    let a = wait_alert(&mut d, "EADDRNOTAVAIL exhaustion", |a| {
+    let a = d.wait_alert("EADDRNOTAVAIL exhaustion", |a| {
         a["alert"]["kind"] == "ephemeral_port_exhaustion" && a["process"]["pid"] == s.pid
     });
     assert_eq!(a["alert"]["detail"]["destination"]["port"], 5000);
@@ -238,7 +183,7 @@ fn ephemeral_port_exhaustion_from_eaddrnotavail_and_from_one_busy_destination() 
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let dest = server.local_addr().unwrap();
     let held: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(dest).unwrap()).collect();
-    let b = wait_alert(&mut d, "busy destination", |a| {
+    let b = d.wait_alert("busy destination", |a| {
         a["alert"]["kind"] == "ephemeral_port_exhaustion"
             && a["alert"]["detail"]["destination"]["port"] == dest.port()
     });
@@ -256,19 +201,19 @@ fn dedup_state_survives_a_restart() {
     let state = dir.path().join("state");
     let policy = write_policy(dir.path(), "[[allow]]\nport = 1\n");
     let args = ["--policy", policy.to_str().unwrap()];
-    let port = free_port(true);
+    let port = free_fixed_port();
     let holder = scenario(["hold-listen", &format!("127.0.0.1:{port}")]);
     let mut d = Daemon::start_with_state_args(&state, &args);
-    let first = wait_alert(&mut d, "snapshot listener", |a| on_port(a, port));
+    let first = d.wait_alert("snapshot listener", |a| on_port(a, port));
     assert_eq!(first["origin"], "snapshot");
     let (exit, _) = d.stop();
     assert!(exit.success());
     let mut d2 = Daemon::start_with_state_args(&state, &args);
     // The restart finds it again in its snapshot and stays quiet about it...
-    let other = free_port(true) + 3;
+    let other = free_fixed_port() + 3;
     let s = scenario(["hold-listen", &format!("127.0.0.1:{other}")]);
     // ... while a new listener still alerts (so quiet means remembered, not broken).
-    wait_alert(&mut d2, "new listener after restart", |a| on_port(a, other));
+    d2.wait_alert("new listener after restart", |a| on_port(a, other));
     assert!(
         !alerts(&d2.lines()).iter().any(|a| on_port(a, port)),
         "re-alerted after a restart"
@@ -280,24 +225,19 @@ fn dedup_state_survives_a_restart() {
 #[test]
 fn reconciliation_alerts_a_listener_whose_event_was_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(
-        dir.path(),
-        "[settings]\nreconcile_interval_seconds = 1\n[[allow]]\nport = 1\n",
-    );
     // A 16 KiB ring filled by a storm while the daemon is stopped: the listener's own event has
     // no room and is lost.
-    let mut d = Daemon::start(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--ring-buffer-kib",
-        "16",
-    ]);
+    let mut d = Daemon::start_with_policy(
+        dir.path(),
+        "[settings]\nreconcile_interval_seconds = 1\n[[allow]]\nport = 1\n",
+        &["--ring-buffer-kib", "16"],
+    );
     d.signal(libc::SIGSTOP);
     let storm = scenario(["udp-storm", "3000"]);
-    let port = free_port(true);
+    let port = free_fixed_port();
     let s = scenario(["hold-listen", &format!("127.0.0.1:{port}")]);
     d.signal(libc::SIGCONT);
-    let a = wait_alert(&mut d, "reconciled listener", |a| on_port(a, port));
+    let a = d.wait_alert("reconciled listener", |a| on_port(a, port));
     assert_eq!(a["origin"], "reconcile", "{a}");
     assert_eq!(a["process"]["pid"], s.pid);
     let lines = d.lines();
@@ -319,8 +259,8 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
     // Every port but ours is allowed and the other kinds are off, so only our listener runs the
     // hook (the host's and the other tests' listeners would otherwise take its turn).
     let only_unexpected = "[alerts]\nwildcard_listener = false\nephemeral_port_listener = false\nrequired_listener_missing = false\nephemeral_port_exhaustion = false\n";
-    let port = free_port(true);
-    let policy = write_policy(
+    let port = free_fixed_port();
+    let mut d = Daemon::start_with_policy(
         dir.path(),
         &format!(
             "{only_unexpected}[[allow]]\nport = [\"1-{}\", \"{}-65535\"]\n[hook]\nargv = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\ntimeout_seconds = 5\n",
@@ -328,10 +268,10 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
             port + 1,
             out.display()
         ),
+        &[],
     );
-    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
     let _s = scenario(["hold-listen", &format!("127.0.0.1:{port}")]);
-    let a = wait_alert(&mut d, "hooked", |a| on_port(a, port));
+    let a = d.wait_alert("hooked", |a| on_port(a, port));
     let hooked = || {
         fs::read_to_string(&out)
             .unwrap_or_default()
@@ -353,16 +293,16 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
     drop(d);
 
     // One alert only: a required listener that is not there.
-    let port = free_port(true) + 11;
-    let policy = write_policy(
+    let port = free_fixed_port() + 11;
+    let mut d = Daemon::start_with_policy(
         dir.path(),
         &format!(
             "[alerts]\nunexpected_listener = false\nwildcard_listener = false\nephemeral_port_listener = false\n[[allow]]\nport = {port}\nrequired = true\n[hook]\nargv = [\"/bin/sh\", \"-c\", \"echo $$ > {}; exec sleep 60\"]\ntimeout_seconds = 1\n",
             pidfile.display()
         ),
+        &[],
     );
-    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
-    wait_alert(&mut d, "hooked (hanging)", |a| {
+    d.wait_alert("hooked (hanging)", |a| {
         a["alert"]["kind"] == "required_listener_missing"
     });
     wait_until(
@@ -387,12 +327,11 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
 #[test]
 fn sighup_installs_a_good_policy_and_keeps_the_old_one_when_the_new_is_garbage() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_port(true);
+    let base = free_fixed_port();
     let (p2, p3, p5) = (base + 2, base + 3, base + 5);
-    let policy = write_policy(dir.path(), "[[allow]]\nport = 1\n");
-    let mut d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
+    let mut d = Daemon::start_with_policy(dir.path(), "[[allow]]\nport = 1\n", &[]);
     let _a = scenario(["hold-listen", &format!("127.0.0.1:{p2}")]);
-    wait_alert(&mut d, "before reload", |a| on_port(a, p2));
+    d.wait_alert("before reload", |a| on_port(a, p2));
     write_policy(dir.path(), &format!("[[allow]]\nport = [{p2}, {p3}]\n"));
     d.signal(libc::SIGHUP);
     wait_until(
@@ -424,7 +363,7 @@ fn sighup_installs_a_good_policy_and_keeps_the_old_one_when_the_new_is_garbage()
     // The previous policy is in force: p3 still allowed, p5 not.
     let again = scenario(["hold-listen", &format!("[::1]:{p3}")]);
     let s5 = scenario(["hold-listen", &format!("127.0.0.1:{p5}")]);
-    wait_alert(&mut d, "after a bad reload", |a| on_port(a, p5));
+    d.wait_alert("after a bad reload", |a| on_port(a, p5));
     d.events_of(again.pid, |e| !e.is_empty());
     std::thread::sleep(Duration::from_millis(300));
     assert!(!alerts(&d.lines()).iter().any(|a| on_port(a, p3)));
@@ -432,42 +371,33 @@ fn sighup_installs_a_good_policy_and_keeps_the_old_one_when_the_new_is_garbage()
     drop((allowed, again, s5));
 }
 
-fn portwatch(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(daemon_binary()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_policy_and_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     fs::write(&bad, "[[allow]]\nport = \"9000-8000\"\n").unwrap();
-    let (code, _, err) = portwatch(&["check-policy", bad.to_str().unwrap()]);
+    let (code, _, err) = portwatch(["check-policy", bad.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(
         err.contains("line 2") && err.contains("runs backwards"),
         "{err}"
     );
     assert!(!err.contains("panicked"));
-    let (code, _, err) = portwatch(&["check-policy", "/nonexistent/policy.toml"]);
+    let (code, _, err) = portwatch(["check-policy", "/nonexistent/policy.toml"]);
     assert_ne!(code, 0);
     assert!(
         err.contains("cannot read policy /nonexistent/policy.toml"),
         "{err}"
     );
 
-    let port = free_port(true);
+    let port = free_fixed_port();
     let s = scenario(["hold-listen", &format!("127.0.0.1:{port}")]);
-    let (code, text, err) = portwatch(&["baseline"]);
+    let (code, text, err) = portwatch(["baseline"]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains(&port.to_string()), "{text}");
     let good = dir.path().join("baseline.toml");
     fs::write(&good, &text).unwrap();
-    let (code, out, err) = portwatch(&["check-policy", good.to_str().unwrap()]);
+    let (code, out, err) = portwatch(["check-policy", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}\n{text}");
     assert!(out.contains("valid"));
     // A daemon on the baseline does not alert on what was listening when it was taken.

@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portwatch_tests::{daemon_binary, require_root, scenario, split_addr};
+use portwatch_tests::{
+    daemon_binary, json_lines, on_port, poll_until, require_root, scenario, split_addr,
+};
 use serde_json::Value;
 
 const TARGET: &str = "portwatch-test.target";
@@ -148,10 +150,7 @@ exec /lib/systemd/systemd --system --unit={TARGET}
 
     fn log_lines(&self, path: &str) -> Vec<Value> {
         let o = self.enter(&["cat", path]);
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
-            .collect()
+        json_lines(&String::from_utf8_lossy(&o.stdout))
     }
 
     fn journal(&self) -> String {
@@ -159,19 +158,16 @@ exec /lib/systemd/systemd --system --unit={TARGET}
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    fn wait(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        while !ok() {
-            if Instant::now() > deadline {
-                let status = self.ctl(&["status", "portwatch"]);
-                panic!(
-                    "timed out waiting for {what}\n{}\njournal:\n{}",
-                    String::from_utf8_lossy(&status.stdout),
-                    self.journal()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+    /// Each `ok` starts processes in the namespace: polled every 100 ms, not faster.
+    fn wait(&self, what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+        poll_until(what, limit, Duration::from_millis(100), ok, || {
+            let status = self.ctl(&["status", "portwatch"]);
+            format!(
+                "{}\njournal:\n{}",
+                String::from_utf8_lossy(&status.stdout),
+                self.journal()
+            )
+        });
     }
 }
 
@@ -185,9 +181,13 @@ impl Drop for Systemd {
 }
 
 fn has_port(lines: &[Value], kind: &str, port: u16) -> bool {
-    lines
-        .iter()
-        .any(|l| l["event"] == kind && l["network"]["local"]["port"] == port)
+    lines.iter().any(|l| l["event"] == kind && on_port(l, port))
+}
+
+/// Runs a scenario client to its end; the local port it used.
+fn port_used_by(args: [&str; 2]) -> u16 {
+    let s = scenario(args);
+    split_addr(s.report["local"].as_str().unwrap()).1
 }
 
 #[test]
@@ -219,9 +219,7 @@ fn unit_runs_under_a_real_systemd() {
 
     // Events reach the log file; an unexpected listener alerts in the log and in the journal at
     // priority warning.
-    let s = scenario(["tcp-listen", "127.0.0.1:0"]);
-    let port = split_addr(s.report["local"].as_str().unwrap()).1;
-    drop(s);
+    let port = port_used_by(["tcp-listen", "127.0.0.1:0"]);
     sd.wait(
         "the listen event and its alert in the log",
         Duration::from_secs(10),
@@ -283,9 +281,7 @@ fn unit_runs_under_a_real_systemd() {
     );
     assert!(sd.ctl(&["reload", "portwatch"]).status.success());
     thread::sleep(Duration::from_millis(300));
-    let s = scenario(["udp-bind", "127.0.0.1:0"]);
-    let port = split_addr(s.report["local"].as_str().unwrap()).1;
-    drop(s);
+    let port = port_used_by(["udp-bind", "127.0.0.1:0"]);
     sd.wait(
         "events in the reopened log",
         Duration::from_secs(10),
@@ -307,9 +303,7 @@ fn unit_runs_under_a_real_systemd() {
     );
 
     // stop drains and flushes: events made just before it are in the file afterwards.
-    let s = scenario(["udp-bind", "127.0.0.1:0"]);
-    let port = split_addr(s.report["local"].as_str().unwrap()).1;
-    drop(s);
+    let port = port_used_by(["udp-bind", "127.0.0.1:0"]);
     let stop = sd.ctl(&["stop", "portwatch"]);
     assert!(stop.status.success());
     assert_eq!(sd.show("ActiveState"), "inactive");

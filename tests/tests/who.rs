@@ -1,32 +1,17 @@
 //! `portwatch who`: who holds a port now, and who held it before — after the process is gone and
 //! after the daemon restarted.
-use std::{
-    net::TcpListener,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use portwatch_tests::{Daemon, count, daemon_binary, find, scenario};
+use portwatch_tests::{
+    Daemon, count, find, free_port, json_lines, on_port, portwatch, portwatch_output, scenario,
+};
 use serde_json::Value;
 
 fn who(args: &[&str], state_dir: &std::path::Path) -> (i32, Vec<Value>, String) {
-    let out = Command::new(daemon_binary())
-        .arg("who")
-        .args(args)
-        .arg("--json")
-        .arg("--state-dir")
-        .arg(state_dir)
-        .output()
-        .unwrap();
-    let rows = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("who --json prints JSON objects"))
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        rows,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let state_dir = state_dir.to_str().unwrap();
+    let (code, out, err) =
+        portwatch([&["who"], args, &["--json", "--state-dir", state_dir]].concat());
+    (code, json_lines(&out), err)
 }
 
 /// Polls `who` until a history row satisfies `ok` (the store commits in batches).
@@ -44,14 +29,6 @@ fn history(args: &[&str], d: &std::path::Path, ok: impl Fn(&Value) -> bool) -> V
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -153,11 +130,12 @@ fn a_listener_opened_before_any_daemon_is_found_now_from_the_kernel() {
     );
     assert_eq!(now["process"]["user"]["name"], "root");
     // The readable form says what kind of port it is, then the table.
-    let table = Command::new(daemon_binary())
-        .args(["who", &port.to_string(), "--state-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let table = portwatch_output([
+        "who",
+        &port.to_string(),
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with(&format!("port {port}: ")), "{text}");
     assert!(
@@ -179,7 +157,7 @@ fn sockets_opened_before_the_daemon_are_snapshot_events_and_in_history() {
     let snap: Vec<&Value> = lines.iter().filter(|l| l["origin"] == "snapshot").collect();
     let l = snap
         .iter()
-        .find(|l| l["network"]["local"]["port"] == port)
+        .find(|l| on_port(l, port))
         .unwrap_or_else(|| panic!("no snapshot event for port {port}: {snap:?}"));
     assert_eq!(l["event"], "listen");
     assert_eq!(l["probe"], "sock_diag");
@@ -194,7 +172,7 @@ fn sockets_opened_before_the_daemon_are_snapshot_events_and_in_history() {
     );
     let u = snap
         .iter()
-        .find(|l| l["network"]["local"]["port"] == udp_port)
+        .find(|l| on_port(l, udp_port))
         .unwrap_or_else(|| panic!("no snapshot event for UDP port {udp_port}"));
     assert_eq!(
         (&u["event"], &u["network"]["transport"]),
@@ -245,13 +223,14 @@ fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // The daemon refuses a corrupt store at start, naming it, before attaching anything.
-    let out = Command::new(daemon_binary())
-        .args(["run", "--no-stdout", "--status-socket"])
-        .arg(dir.path().join("s.sock"))
-        .arg("--state-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = portwatch_output([
+        "run",
+        "--no-stdout",
+        "--status-socket",
+        dir.path().join("s.sock").to_str().unwrap(),
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
