@@ -3,11 +3,13 @@
 //! packaging), under `--destdir` and `--prefix` (for the binary).
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    process::Command,
 };
 
 use anyhow::{Context as _, Result};
+
+use crate::process::{output, set_mode};
 
 pub struct Layout {
     bin: PathBuf,
@@ -48,7 +50,7 @@ fn write(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<()> {
     // Write beside and rename, so a running binary is replaced rather than modified.
     let tmp = path.with_extension("portwatch-new");
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    set_mode(&tmp, mode)?;
     fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))?;
     eprintln!("install: {} (mode {mode:o})", path.display());
     Ok(())
@@ -69,16 +71,7 @@ pub fn install(root: &Path, layout: &Layout) -> Result<()> {
     )?;
     let policy = if layout.live && !layout.policy.exists() {
         // What listens now is allowed; from here on, new listeners alert.
-        let out = std::process::Command::new(&layout.bin)
-            .arg("baseline")
-            .output()
-            .context("running portwatch baseline")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "portwatch baseline failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+        output(Command::new(&layout.bin).arg("baseline")).context("portwatch baseline failed")?
     } else {
         fs::read(root.join("packaging/policy.toml"))?
     };
@@ -107,6 +100,8 @@ pub fn uninstall(layout: &Layout) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
@@ -134,7 +129,7 @@ mod tests {
         assert_eq!(mode("etc/portwatch/portwatch.toml"), 0o640);
         // Under a destdir the policy is the template, and it is a valid policy.
         let policy = dest.path().join("etc/portwatch/policy.toml");
-        let check = std::process::Command::new(root.join("target/release/portwatch"))
+        let check = Command::new(root.join("target/release/portwatch"))
             .arg("check-policy")
             .arg(&policy)
             .output()

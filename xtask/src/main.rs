@@ -1,6 +1,7 @@
 //! Developer and operator tasks: `cargo xtask setup | build | run | test`.
 mod bench;
 mod install;
+mod process;
 mod setup;
 mod vm;
 
@@ -9,8 +10,9 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use process::{cargo, run};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "portwatch developer tasks")]
@@ -33,7 +35,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Measure portwatch against no tracer, bpftrace and auditd (prints a table; never fails on a
-    /// figure). `--smoke` runs each path for a few seconds.
+    /// figure). Running auditd leaves every task started afterwards with an audit context until
+    /// reboot. `--smoke` runs each path but auditd's for a few seconds, and starts no auditd.
     Bench {
         #[arg(long)]
         smoke: bool,
@@ -80,16 +83,9 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             setup::run()?;
             build(&root)?;
-            let bin = root.join("target/release/portwatch");
-            let status = Command::new(&bin)
+            run(Command::new(root.join("target/release/portwatch"))
                 .arg("run")
-                .args(&args)
-                .status()
-                .with_context(|| format!("starting {}", bin.display()))?;
-            if !status.success() {
-                bail!("portwatch exited with {status}");
-            }
-            Ok(())
+                .args(&args))
         }
         Task::Install { prefix, destdir } => {
             setup::run()?;
@@ -134,6 +130,7 @@ fn main() -> Result<()> {
             // on a stock kernel in a VM, as part of every test run.
             vm::run(&root, None)?;
             // Keep the benchmark harness from rotting: every path for a few seconds, no figures judged.
+            // The smoke leaves auditd out, so a test run leaves no audit contexts on this host.
             bench::run(&root, true)
         }
     }
@@ -189,22 +186,4 @@ fn lint(root: &Path) -> Result<()> {
             "bpfel-unknown-none",
         ])
         .args(["-Z", "build-std=core", "--", "-D", "warnings"]))
-}
-
-fn cargo(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    run(&mut cmd)
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
 }

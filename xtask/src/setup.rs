@@ -1,8 +1,10 @@
 //! `cargo xtask setup`: make this machine able to build the eBPF programs. Idempotent: each step
 //! checks first and says whether it did anything.
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::process::{self, stdout_text, succeeds};
 
 /// The toolchain whose LLVM (22) the bpf-linker below links against (DESIGN.md).
 pub const EBPF_TOOLCHAIN: &str = "1.95.0";
@@ -22,36 +24,12 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn output(cmd: &mut Command) -> String {
-    cmd.stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-pub fn must(cmd: &mut Command) -> Result<()> {
-    eprintln!("setup: running {cmd:?}");
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
-
 fn toolchain() -> Result<()> {
-    if quiet(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])) {
+    if succeeds(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])) {
         eprintln!("setup: toolchain {EBPF_TOOLCHAIN} present");
         return Ok(());
     }
-    must(Command::new("rustup").args([
+    process::run(Command::new("rustup").args([
         "toolchain",
         "install",
         EBPF_TOOLCHAIN,
@@ -62,18 +40,19 @@ fn toolchain() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let installed = output(Command::new("rustup").args([
+    let installed = stdout_text(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
         EBPF_TOOLCHAIN,
-    ]));
+    ]))
+    .unwrap_or_default();
     if installed.lines().any(|l| l.trim() == "rust-src") {
         eprintln!("setup: rust-src present for {EBPF_TOOLCHAIN}");
         return Ok(());
     }
-    must(Command::new("rustup").args([
+    process::run(Command::new("rustup").args([
         "component",
         "add",
         "rust-src",
@@ -83,13 +62,14 @@ fn rust_src() -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    let version = output(Command::new("bpf-linker").arg("--version"));
+    // Not installed yet reads as an empty version.
+    let version = stdout_text(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if version.contains(BPF_LINKER_VERSION) {
         eprintln!("setup: {} present", version.trim());
         return Ok(());
     }
     apt_packages()?;
-    must(
+    process::run(
         Command::new("cargo")
             .args([
                 "install",
@@ -115,9 +95,15 @@ pub fn test_packages() -> Result<()> {
     install_packages(&["bpftool", "iproute2"])
 }
 
-/// The peers `bench` measures portwatch against.
-pub fn bench_packages() -> Result<()> {
-    install_packages(&["bpftrace", "auditd"])
+/// The peers `bench` measures portwatch against. Debian's auditd package starts auditd.service on
+/// install, which enables audit until reboot (see bench::AuditQuiet): only a bench that runs auditd
+/// may install it.
+pub fn bench_packages(auditd: bool) -> Result<()> {
+    if auditd {
+        install_packages(&["bpftrace", "auditd"])
+    } else {
+        install_packages(&["bpftrace"])
+    }
 }
 
 fn apt_packages() -> Result<()> {
@@ -129,7 +115,8 @@ fn install_packages(packages: &[&str]) -> Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+            !stdout_text(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .unwrap_or_default()
                 .contains("install ok installed")
         })
         .collect();
@@ -144,8 +131,8 @@ fn install_packages(packages: &[&str]) -> Result<()> {
             missing.join(" ")
         );
     }
-    must(Command::new("apt-get").args(["update", "-qq"]))?;
-    must(
+    process::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    process::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)

@@ -15,7 +15,10 @@ use anyhow::{Context as _, Result, bail};
 use portwatch_tests::scenarios::{self, Ctx, Strategy};
 use serde_json::Value;
 
-use crate::setup;
+use crate::{
+    process::{self, set_mode, stdout_text, wait_exit},
+    setup,
+};
 
 const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 const STRATEGIES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
@@ -44,25 +47,13 @@ pub fn run(root: &Path, kernel: Option<PathBuf>) -> Result<()> {
 
 /// Resolves the versioned package behind the meta-package and downloads it once (cached).
 fn stock_kernel(vm_dir: &Path) -> Result<PathBuf> {
-    let depends = output(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
-    let package = depends
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .map(str::to_string);
-    let package = match package {
+    let package = match kernel_package()? {
         Some(p) => p,
         None => {
-            setup::must(Command::new("apt-get").args(["update", "-qq"]))?;
-            let depends = output(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
-            depends
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("Depends: "))
-                .find(|p| p.starts_with("linux-image-"))
-                .map(str::to_string)
-                .with_context(|| {
-                    format!("apt offers no {KERNEL_META_PACKAGE}: cannot get a stock kernel")
-                })?
+            process::run(Command::new("apt-get").args(["update", "-qq"]))?;
+            kernel_package()?.with_context(|| {
+                format!("apt offers no {KERNEL_META_PACKAGE}: cannot get a stock kernel")
+            })?
         }
     };
     let release = package.trim_start_matches("linux-image-");
@@ -73,7 +64,7 @@ fn stock_kernel(vm_dir: &Path) -> Result<PathBuf> {
     }
     let dl = vm_dir.join("deb");
     fs::create_dir_all(&dl)?;
-    setup::must(
+    process::run(
         Command::new("apt-get")
             .current_dir(&dl)
             .args(["download", &package]),
@@ -92,11 +83,21 @@ fn stock_kernel(vm_dir: &Path) -> Result<PathBuf> {
                 dl.display()
             )
         })?;
-    setup::must(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
+    process::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
     if !vmlinuz.is_file() {
         bail!("{} has no {}", deb.display(), vmlinuz.display());
     }
     Ok(vmlinuz)
+}
+
+/// The versioned kernel package the meta-package depends on, if apt knows it yet.
+fn kernel_package() -> Result<Option<String>> {
+    let depends = stdout_text(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
+    Ok(depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string))
 }
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -147,23 +148,22 @@ fn build_initramfs(vm_dir: &Path, bin: &Path) -> Result<PathBuf> {
         }
     }
     let cpio = vm_dir.join("initramfs.cpio");
-    let status = Command::new("sh")
-        .current_dir(&stage)
-        .arg("-c")
-        .arg(format!(
-            "find . | cpio --quiet -o -H newc > {}",
-            cpio.display()
-        ))
-        .status()?;
-    if !status.success() {
-        bail!("building the initramfs with cpio failed");
-    }
+    process::run(
+        Command::new("sh")
+            .current_dir(&stage)
+            .arg("-c")
+            .arg(format!(
+                "find . | cpio --quiet -o -H newc > {}",
+                cpio.display()
+            )),
+    )
+    .context("building the initramfs with cpio")?;
     Ok(cpio)
 }
 
 /// The dynamic libraries a binary needs, from ldd.
 fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let text = output(Command::new("ldd").arg(binary))?;
+    let text = stdout_text(Command::new("ldd").arg(binary))?;
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -214,15 +214,12 @@ fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
         child.id(),
         console.display()
     );
-    loop {
-        if let Some(status) = child.try_wait()? {
-            eprintln!(
-                "vm-test: qemu exited ({status}) after {:.0?}",
-                started.elapsed()
-            );
-            break;
-        }
-        if started.elapsed() > VM_TIMEOUT {
+    match wait_exit(&mut child, VM_TIMEOUT)? {
+        Some(status) => eprintln!(
+            "vm-test: qemu exited ({status}) after {:.0?}",
+            started.elapsed()
+        ),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
@@ -230,7 +227,6 @@ fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
                 portwatch_tests::tail(&fs::read_to_string(&console).unwrap_or_default(), 3000)
             );
         }
-        std::thread::sleep(Duration::from_millis(500));
     }
     let text = fs::read_to_string(&results).unwrap_or_default();
     let lines: Vec<Value> = text
@@ -377,15 +373,4 @@ fn check(results: &[Value]) -> Result<()> {
         }
         bail!("{} VM check(s) failed", failures.len())
     }
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn set_mode(p: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
-    Ok(())
 }
