@@ -5,6 +5,7 @@
 pub mod attribution;
 pub mod clock;
 pub mod daemon;
+pub mod facts;
 pub mod history;
 pub mod judgement;
 pub mod kernel;

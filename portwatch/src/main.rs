@@ -45,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let answer = status::query(&socket)?;
             if args.json {
-                println!("{answer}");
+                println!("{}", serde_json::to_string(&answer)?);
             } else {
                 print!("{}", status::render(&answer));
             }
@@ -69,8 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Baseline => {
-            let range = portwatch::attribution::ports::EphemeralRange::read();
-            let found = portwatch::judgement::baseline::listeners(&range)?;
+            let found = portwatch::judgement::baseline::listeners()?;
             let host = nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default();
@@ -78,7 +77,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 portwatch::judgement::baseline::render(
                     &found,
-                    std::path::Path::new("/proc"),
                     &host,
                     &portwatch::clock::now_rfc3339()
                 )
@@ -122,7 +120,7 @@ fn who(args: portwatch::ops::cli::WhoArgs) -> anyhow::Result<()> {
     let (rows, note) = who::holdings(&q, &state_dir)?;
     if args.json {
         for r in &rows {
-            println!("{r}");
+            println!("{}", serde_json::to_string(r)?);
         }
     } else if rows.is_empty() {
         println!("{}", who::describe_port(port));

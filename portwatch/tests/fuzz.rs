@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use portwatch::{
-    attribution::{parse_stat_ppid, split_cmdline},
+    attribution::procfs::{parse_stat_ppid, split_cmdline},
     history::store,
     history::who::{parse_port, parse_time},
     judgement::alert::AlertEngine,

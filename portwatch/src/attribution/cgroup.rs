@@ -1,15 +1,7 @@
 //! What a cgroup v2 path says about a process: its systemd unit and, when it runs in one, its
 //! container. Pure string work on paths like `/system.slice/nginx.service` or
 //! `/kubepods.slice/…/cri-containerd-<id>.scope`.
-use serde::Serialize;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Container {
-    pub id: String,
-    /// `docker`, `containerd`, `cri-o`, `podman`, `lxc`, or `cri` (a Kubernetes pod whose
-    /// runtime the path does not name).
-    pub runtime: &'static str,
-}
+use crate::facts::{Container, ContainerRuntime};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupFacts {
@@ -32,24 +24,24 @@ fn scoped_id<'a>(component: &'a str, prefix: &str) -> Option<&'a str> {
 fn container(components: &[&str]) -> Option<Container> {
     for (i, c) in components.iter().enumerate().rev() {
         let found = if let Some(id) = scoped_id(c, "docker-") {
-            Some((id, "docker"))
+            Some((id, ContainerRuntime::Docker))
         } else if let Some(id) = scoped_id(c, "cri-containerd-") {
-            Some((id, "containerd"))
+            Some((id, ContainerRuntime::Containerd))
         } else if let Some(id) = scoped_id(c, "crio-") {
-            Some((id, "cri-o"))
+            Some((id, ContainerRuntime::CriO))
         } else if let Some(id) = scoped_id(c, "libpod-") {
-            Some((id, "podman"))
+            Some((id, ContainerRuntime::Podman))
         } else if let Some(name) = c.strip_prefix("lxc.payload.") {
-            Some((name, "lxc"))
+            Some((name, ContainerRuntime::Lxc))
         } else if is_container_id(c) && i > 0 {
             // cgroupfs drivers: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>, /libpod_parent/…
             components[..i]
                 .iter()
                 .find_map(|p| match *p {
-                    "docker" => Some("docker"),
-                    p if p.starts_with("kubepods") => Some("cri"),
+                    "docker" => Some(ContainerRuntime::Docker),
+                    p if p.starts_with("kubepods") => Some(ContainerRuntime::Cri),
                     p if p.starts_with("libpod") || p.starts_with("machine.slice") => {
-                        Some("podman")
+                        Some(ContainerRuntime::Podman)
                     }
                     _ => None,
                 })
@@ -99,10 +91,10 @@ mod tests {
 
     const ID: &str = "3f8a2b1c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
-    fn c(id: &str, runtime: &'static str) -> Option<Container> {
+    fn c(id: &str, runtime: &str) -> Option<Container> {
         Some(Container {
             id: id.into(),
-            runtime,
+            runtime: ContainerRuntime::parse(runtime).unwrap(),
         })
     }
 

@@ -4,7 +4,7 @@
 //! is its name). Runtimes without such a file (containerd, CRI-O under Kubernetes) give none.
 use std::{fs, path::Path};
 
-use crate::attribution::cgroup::Container;
+use crate::facts::{Container, ContainerRuntime};
 
 /// Where runtimes keep their state; a test points it at a fixture tree.
 pub struct Roots<'a> {
@@ -29,9 +29,9 @@ impl Roots<'static> {
 
 pub fn name(c: &Container, roots: &Roots<'_>) -> Option<String> {
     match c.runtime {
-        "lxc" => Some(c.id.clone()),
-        "docker" => docker(&c.id, roots.docker),
-        "podman" => podman(&c.id, roots.podman).or_else(|| {
+        ContainerRuntime::Lxc => Some(c.id.clone()),
+        ContainerRuntime::Docker => docker(&c.id, roots.docker),
+        ContainerRuntime::Podman => podman(&c.id, roots.podman).or_else(|| {
             roots
                 .home
                 .and_then(|h| podman(&c.id, &h.join(".local/share/containers/storage")))
@@ -86,9 +86,9 @@ mod tests {
             podman: &home,
             home: None,
         };
-        let c = |runtime| Container {
+        let c = |runtime: &str| Container {
             id: ID.into(),
-            runtime,
+            runtime: ContainerRuntime::parse(runtime).unwrap(),
         };
         assert_eq!(name(&c("docker"), &roots).as_deref(), Some("web"));
         assert_eq!(name(&c("podman"), &roots), None, "not in the rootful store");
@@ -110,7 +110,7 @@ mod tests {
             name(
                 &Container {
                     id: "mybox".into(),
-                    runtime: "lxc"
+                    runtime: ContainerRuntime::Lxc
                 },
                 &roots
             )

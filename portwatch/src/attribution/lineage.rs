@@ -2,9 +2,9 @@
 //! /proc scan at start), inherited across `fork`, kept a while after `exit`. Attribution falls
 //! back to it when a process is already gone from /proc. Bounded; guarded against pid reuse by
 //! start time.
-use std::{collections::HashMap, fs, path::Path};
+use std::{collections::HashMap, path::Path};
 
-use crate::{attribution as enrich, kernel::decode::ExecRecord};
+use crate::{attribution::procfs, facts::ProcessFacts, kernel::decode::ExecRecord};
 
 /// How long after its exit a process's entry still attributes events (its releases during exit
 /// can arrive after the exit record).
@@ -15,12 +15,9 @@ pub struct Entry {
     /// Monotonic time of the exec or fork that started this image; 0 for processes found at start.
     pub started_ns: u64,
     pub exited_ns: Option<u64>,
-    pub ppid: Option<u32>,
-    /// The kernel's comm: the executable's base name cut to 15 bytes.
-    pub comm: Option<String>,
-    pub executable: Option<String>,
-    pub command_line: Option<Vec<String>>,
-    pub command_line_truncated: bool,
+    /// What it runs: ppid, comm (the executable's base name cut to 15 bytes, as the kernel sets
+    /// it at exec), executable and command line.
+    pub image: ProcessFacts,
 }
 
 pub struct ProcessTable {
@@ -78,11 +75,15 @@ impl ProcessTable {
             Entry {
                 started_ns: r.monotonic_ns,
                 exited_ns: None,
-                ppid: (r.ppid != 0).then_some(r.ppid),
-                comm: (!r.filename.is_empty()).then(|| comm_of(&r.filename)),
-                executable,
-                command_line: enrich::split_cmdline(&r.args),
-                command_line_truncated: r.args_truncated,
+                image: ProcessFacts {
+                    pid: r.pid,
+                    ppid: (r.ppid != 0).then_some(r.ppid),
+                    comm: comm_of(&r.filename),
+                    executable,
+                    command_line: procfs::split_cmdline(&r.args),
+                    command_line_truncated: r.args_truncated,
+                    ..ProcessFacts::default()
+                },
             },
         );
     }
@@ -93,14 +94,18 @@ impl ProcessTable {
         if child == parent {
             return;
         }
-        if let Some(p) = self.entries.get(&parent).cloned() {
+        if let Some(p) = self.entries.get(&parent) {
+            let image = ProcessFacts {
+                pid: child,
+                ppid: Some(parent),
+                ..p.image.clone()
+            };
             self.insert(
                 child,
                 Entry {
                     started_ns: at_ns,
                     exited_ns: None,
-                    ppid: Some(parent),
-                    ..p
+                    image,
                 },
             );
         }
@@ -122,24 +127,14 @@ impl ProcessTable {
 
     /// Every process running now, from /proc.
     pub fn seed_from_proc(&mut self, proc_root: &Path) {
-        let Ok(dir) = fs::read_dir(proc_root) else {
-            return;
-        };
-        for d in dir.flatten() {
-            let Some(pid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(f) = enrich::read_process_facts(&d.path()) {
+        for (pid, dir) in procfs::pids(proc_root) {
+            if let Some(image) = procfs::read(&dir) {
                 self.insert(
                     pid,
                     Entry {
                         started_ns: 0,
                         exited_ns: None,
-                        ppid: f.ppid,
-                        comm: f.comm,
-                        executable: f.executable,
-                        command_line: f.command_line,
-                        command_line_truncated: f.command_line_truncated,
+                        image,
                     },
                 );
             }
@@ -174,11 +169,11 @@ mod tests {
         let mut t = ProcessTable::new(100);
         t.exec(&exec(10, 100, "/bin/a"));
         assert_eq!(
-            t.lookup(10, 150).unwrap().executable.as_deref(),
+            t.lookup(10, 150).unwrap().image.executable.as_deref(),
             Some("/bin/a")
         );
         assert_eq!(
-            t.lookup(10, 150).unwrap().command_line,
+            t.lookup(10, 150).unwrap().image.command_line,
             Some(vec!["prog".into(), "-x".into()])
         );
         assert!(
@@ -186,9 +181,9 @@ mod tests {
             "an event before the exec belongs to an older process"
         );
         t.fork(11, 10, 200);
-        assert_eq!(t.lookup(11, 250).unwrap().ppid, Some(10));
+        assert_eq!(t.lookup(11, 250).unwrap().image.ppid, Some(10));
         assert_eq!(
-            t.lookup(11, 250).unwrap().executable.as_deref(),
+            t.lookup(11, 250).unwrap().image.executable.as_deref(),
             Some("/bin/a")
         );
         t.exit(10, 300);
@@ -197,7 +192,7 @@ mod tests {
         // The pid comes back as another program.
         t.exec(&exec(10, 400, "/bin/b"));
         assert_eq!(
-            t.lookup(10, 450).unwrap().executable.as_deref(),
+            t.lookup(10, 450).unwrap().image.executable.as_deref(),
             Some("/bin/b")
         );
     }
@@ -218,6 +213,6 @@ mod tests {
         let mut t = ProcessTable::new(100_000);
         t.seed_from_proc(Path::new("/proc"));
         let me = t.lookup(std::process::id(), 1).expect("this process");
-        assert!(me.executable.is_some());
+        assert!(me.image.executable.is_some());
     }
 }

@@ -1,44 +1,34 @@
-//! Attribute a kernel record to a process: executable, command line and parent from /proc, and
-//! the user name from the user database. What cannot be read (the process is gone) stays None;
-//! nothing is guessed.
+//! Attribution: a kernel record (or a socket a scan found) becomes `PortFacts` — the process behind
+//! it (executable, command line, parent, user, unit, container), the port's class, and the time as
+//! wall-clock time. Facts come from /proc while the process lives and from the process table (exec
+//! records captured in the kernel) once it is gone; what cannot be learned stays None, nothing is
+//! guessed.
+pub mod cgroup;
+pub mod containers;
+pub mod lineage;
+pub mod ports;
+pub mod procfs;
+
 use std::{
-    fs,
+    collections::HashMap,
     num::NonZeroUsize,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-pub mod cgroup;
-pub mod containers;
-pub mod lineage;
-pub mod ports;
-
 use lru::LruCache;
-
 use nix::unistd::{Uid, User};
+use serde::{Deserialize, Serialize};
 
-use self::lineage::ProcessTable;
-use crate::kernel::decode::KernelEvent;
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Attribution {
-    pub ppid: Option<u32>,
-    /// The parent's comm (from /proc, or the process table once the parent is gone).
-    pub parent_comm: Option<String>,
-    pub executable: Option<String>,
-    pub command_line: Option<Vec<String>>,
-    /// The command line was longer than `MAX_CMDLINE_BYTES` and is cut there.
-    pub command_line_truncated: bool,
-    /// cgroup v2 path, and the systemd unit and container it names.
-    pub cgroup: Option<String>,
-    pub unit: Option<String>,
-    pub container: Option<cgroup::Container>,
-    pub user_name: Option<String>,
-}
-
-/// Longest command line written into an event (bytes of /proc/PID/cmdline); longer ones are cut
-/// and marked, so one process cannot make a multi-megabyte log line.
-pub const MAX_CMDLINE_BYTES: usize = 8192;
+use self::{lineage::ProcessTable, ports::EphemeralRange};
+use crate::{
+    clock::{self, WallClock},
+    facts::{Group, KernelEvent, Kind, Network, Origin, PortFacts, ProcessFacts},
+    kernel::{
+        decode::Record,
+        sockets::{self, KernelSocket},
+    },
+};
 
 /// Default bounds (the config's `[cache]` section sets them). User names change rarely; a small
 /// cache keeps the user database off the hot path.
@@ -48,113 +38,206 @@ const USER_CACHE_MAX: usize = 4096;
 const PROC_CACHE_TTL: Duration = Duration::from_secs(2);
 const PROC_CACHE_MAX: usize = 4096;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CacheEvictions {
-    pub processes: u64,
-    pub users: u64,
+/// A bounded cache's fill, for `status`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheFigures {
+    pub size: usize,
+    pub max: usize,
+    pub evictions: u64,
 }
 
-pub struct Enricher {
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCounters {
+    pub processes: CacheFigures,
+    pub users: CacheFigures,
+    pub process_table: CacheFigures,
+}
+
+/// What attribution could not do.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributionCounters {
+    /// Records whose process was already gone from /proc.
+    pub process_gone: u64,
+    /// Of those, the ones the process table still attributed.
+    pub from_process_table: u64,
+}
+
+/// The sockets of one scan, each with its holder.
+pub struct Scan {
+    pub sockets: Vec<KernelSocket>,
+    /// The scan's facts, in the order of `sockets`.
+    pub facts: Vec<PortFacts>,
+    /// The network namespace the scan saw (the daemon's own).
+    pub netns: Option<u32>,
+}
+
+pub struct Attributor {
     proc_root: PathBuf,
     users: LruCache<u32, Option<String>>,
-    procs: LruCache<(u32, Vec<u8>), (Instant, ProcFacts)>,
-    /// Entries pushed out of each cache by newer ones.
-    pub evictions: CacheEvictions,
-    /// Records whose process was already gone from /proc.
-    pub vanished: u64,
-    /// Of those, the ones the process table still attributed.
-    pub from_table: u64,
+    procs: LruCache<(u32, Vec<u8>), (Instant, ProcessFacts)>,
+    process_evictions: u64,
+    user_evictions: u64,
+    /// What each process runs, from exec records.
+    pub processes: ProcessTable,
+    clock: WallClock,
+    ephemeral: EphemeralRange,
+    counters: AttributionCounters,
 }
 
-impl Default for Enricher {
-    fn default() -> Self {
-        Self::new("/proc", PROC_CACHE_MAX, USER_CACHE_MAX)
-    }
-}
-
-impl Enricher {
-    pub fn new(proc_root: impl Into<PathBuf>, procs_max: usize, users_max: usize) -> Self {
+impl Attributor {
+    /// `procs_max`/`users_max` bound the caches, `table_max` the process table.
+    pub fn new(
+        proc_root: impl Into<PathBuf>,
+        procs_max: usize,
+        users_max: usize,
+        table_max: usize,
+    ) -> Self {
         Self {
             proc_root: proc_root.into(),
             users: LruCache::new(NonZeroUsize::new(users_max).unwrap_or(NonZeroUsize::MIN)),
             procs: LruCache::new(NonZeroUsize::new(procs_max).unwrap_or(NonZeroUsize::MIN)),
-            evictions: CacheEvictions::default(),
-            vanished: 0,
-            from_table: 0,
+            process_evictions: 0,
+            user_evictions: 0,
+            processes: ProcessTable::new(table_max),
+            clock: WallClock::sample(),
+            ephemeral: EphemeralRange::read(),
+            counters: AttributionCounters::default(),
         }
     }
 
-    /// Facts from /proc while the process lives; from the process table (exec records) once it
-    /// is gone.
-    pub fn attribute(&mut self, ev: &KernelEvent, table: &ProcessTable) -> Attribution {
-        let key = (ev.pid, ev.comm.clone());
-        let now = Instant::now();
-        let facts = match self.procs.get(&key) {
-            Some((at, facts)) if now.duration_since(*at) < PROC_CACHE_TTL => facts.clone(),
-            _ => match read_process(&self.proc_root.join(ev.pid.to_string())) {
-                Some(facts) => {
-                    if let Some((old, _)) = self.procs.push(key.clone(), (now, facts.clone()))
-                        && old != key
-                    {
-                        self.evictions.processes += 1;
-                    }
-                    facts
+    /// For one-shot commands (`who`, `baseline`): /proc only, default bounds.
+    pub fn oneshot() -> Self {
+        Self::new("/proc", PROC_CACHE_MAX, USER_CACHE_MAX, 16)
+    }
+
+    /// A lineage record updates the process table; a port record is returned for attribution.
+    pub fn lineage(&mut self, record: Record) -> Option<KernelEvent> {
+        match record {
+            Record::Port(ev) => return Some(ev),
+            Record::Exec(r) => self.processes.exec(&r),
+            Record::Fork {
+                child,
+                parent,
+                monotonic_ns,
+            } => self.processes.fork(child, parent, monotonic_ns),
+            Record::Exit { pid, monotonic_ns } => self.processes.exit(pid, monotonic_ns),
+        }
+        None
+    }
+
+    /// Everything known about a port event.
+    pub fn port(&mut self, event: KernelEvent, origin: Origin) -> PortFacts {
+        let process = self.process(&event);
+        let mut port = self.ephemeral.info(event.local.port());
+        if event.kind == Kind::Bind && origin == Origin::Kernel {
+            port.requested = Some(event.port_requested);
+        }
+        let wall_ns = clock::unix_ns(self.clock.to_utc(event.monotonic_ns));
+        PortFacts {
+            network: Network::of(&event),
+            port,
+            process,
+            origin,
+            wall_ns,
+            event,
+        }
+    }
+
+    /// Every socket the kernel has now (in the caller's network namespace), with its holder.
+    pub fn scan(&mut self, origin: Origin) -> Result<Scan, sockets::SockDiagError> {
+        let found = sockets::dump_all()?;
+        let owners = procfs::socket_owners(&self.proc_root);
+        let netns = sockets::own_netns();
+        let now = clock::monotonic_now();
+        let facts = found
+            .iter()
+            .map(|s| {
+                let pid = owners.get(&s.inode).copied().unwrap_or(0);
+                let mut ev = s.to_event(pid, netns, now);
+                if pid != 0 {
+                    let dir = self.proc_root.join(pid.to_string());
+                    ev.comm = procfs::comm_bytes(&dir).unwrap_or_default();
+                    ev.gid = procfs::gid(&dir).unwrap_or(0);
                 }
-                None => {
-                    self.vanished += 1;
-                    ProcFacts::default()
-                }
-            },
+                self.port(ev, origin)
+            })
+            .collect();
+        Ok(Scan {
+            sockets: found,
+            facts,
+            netns,
+        })
+    }
+
+    /// The process behind an event: from /proc while it lives, from the process table once it is
+    /// gone. pid 0: a socket no process holds (a kernel socket); /proc has nothing to say.
+    pub fn process(&mut self, ev: &KernelEvent) -> ProcessFacts {
+        let mut facts = if ev.pid == 0 {
+            ProcessFacts::default()
+        } else {
+            self.read_cached(ev)
         };
         // Gone, or a zombie whose exe and cmdline are already empty: the exec record says what it
         // ran.
-        let mut facts = facts;
-        if (facts.executable.is_none() || facts.command_line.is_none())
-            && let Some(e) = table.lookup(ev.pid, ev.monotonic_ns)
+        if ev.pid != 0
+            && (facts.executable.is_none() || facts.command_line.is_none())
+            && let Some(e) = self.processes.lookup(ev.pid, ev.monotonic_ns)
         {
-            self.from_table += 1;
-            facts.ppid = facts.ppid.or(e.ppid);
+            self.counters.from_process_table += 1;
+            facts.ppid = facts.ppid.or(e.image.ppid);
             if facts.executable.is_none() {
-                facts.executable = e.executable.clone();
+                facts.executable = e.image.executable.clone();
             }
             if facts.command_line.is_none() {
-                facts.command_line = e.command_line.clone();
-                facts.command_line_truncated = e.command_line_truncated;
+                facts.command_line = e.image.command_line.clone();
+                facts.command_line_truncated = e.image.command_line_truncated;
             }
         }
         if facts.parent_comm.is_none()
             && let Some(ppid) = facts.ppid
         {
-            facts.parent_comm = table
+            facts.parent_comm = self
+                .processes
                 .lookup(ppid, ev.monotonic_ns)
-                .and_then(|p| p.comm.clone());
+                .map(|p| p.image.comm.clone())
+                .filter(|c| !c.is_empty());
         }
-        let cg = facts
-            .cgroup
-            .as_deref()
-            .map(cgroup::parse)
-            .unwrap_or_default();
-        Attribution {
-            ppid: facts.ppid,
-            parent_comm: facts.parent_comm,
-            executable: facts.executable,
-            command_line: facts.command_line,
-            command_line_truncated: facts.command_line_truncated,
-            cgroup: facts.cgroup,
-            unit: cg.unit,
-            container: cg.container,
-            user_name: self.user_name(ev.uid),
-        }
+        facts.pid = ev.pid;
+        facts.tid = ev.tid;
+        // The kernel's comm at the moment of the call, not /proc's now.
+        facts.comm = String::from_utf8_lossy(&ev.comm).into_owned();
+        facts.user.id = ev.uid;
+        facts.user.name = if ev.pid == 0 {
+            None
+        } else {
+            self.user_name(ev.uid)
+        };
+        facts.group = Group { id: ev.gid };
+        facts
     }
 
-    /// (process cache entries, its bound, user cache entries, its bound), for `status`.
-    pub fn cache_sizes(&self) -> (usize, usize, usize, usize) {
-        (
-            self.procs.len(),
-            self.procs.cap().get(),
-            self.users.len(),
-            self.users.cap().get(),
-        )
+    fn read_cached(&mut self, ev: &KernelEvent) -> ProcessFacts {
+        let key = (ev.pid, ev.comm.clone());
+        let now = Instant::now();
+        if let Some((at, facts)) = self.procs.get(&key)
+            && now.duration_since(*at) < PROC_CACHE_TTL
+        {
+            return facts.clone();
+        }
+        match procfs::read(&self.proc_root.join(ev.pid.to_string())) {
+            Some(facts) => {
+                if let Some((old, _)) = self.procs.push(key.clone(), (now, facts.clone()))
+                    && old != key
+                {
+                    self.process_evictions += 1;
+                }
+                facts
+            }
+            None => {
+                self.counters.process_gone += 1;
+                ProcessFacts::default()
+            }
+        }
     }
 
     pub fn user_name(&mut self, uid: u32) -> Option<String> {
@@ -166,91 +249,67 @@ impl Enricher {
             .flatten()
             .map(|u| u.name);
         if self.users.push(uid, name.clone()).is_some() {
-            self.evictions.users += 1;
+            self.user_evictions += 1;
         }
         name
     }
-}
 
-/// What /proc tells about a process at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProcFacts {
-    pub ppid: Option<u32>,
-    pub comm: Option<String>,
-    pub parent_comm: Option<String>,
-    pub executable: Option<String>,
-    pub command_line: Option<Vec<String>>,
-    pub command_line_truncated: bool,
-    pub cgroup: Option<String>,
-}
-
-/// /proc/PID's facts, for the process table's start-up scan.
-pub fn read_process_facts(dir: &Path) -> Option<ProcFacts> {
-    read_process(dir)
-}
-
-/// Reads what /proc still has of a process; `None` when its directory is gone.
-fn read_process(dir: &Path) -> Option<ProcFacts> {
-    let stat = fs::read(dir.join("stat")).ok()?;
-    let ppid = parse_stat_ppid(&stat);
-    let comm = read_comm(dir);
-    let parent_comm = ppid.and_then(|p| {
-        dir.parent()
-            .and_then(|root| read_comm(&root.join(p.to_string())))
-    });
-    let executable = fs::read_link(dir.join("exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let (command_line, truncated) = match fs::read(dir.join("cmdline")) {
-        Ok(mut b) => {
-            let truncated = b.len() > MAX_CMDLINE_BYTES;
-            b.truncate(MAX_CMDLINE_BYTES);
-            (split_cmdline(&b), truncated)
-        }
-        Err(_) => (None, false),
-    };
-    let cgroup = fs::read_to_string(dir.join("cgroup"))
-        .ok()
-        .and_then(|t| cgroup::v2_path(&t));
-    Some(ProcFacts {
-        ppid,
-        comm,
-        parent_comm,
-        executable,
-        command_line,
-        command_line_truncated: truncated,
-        cgroup,
-    })
-}
-
-fn read_comm(dir: &Path) -> Option<String> {
-    let c = fs::read(dir.join("comm")).ok()?;
-    let c = c.strip_suffix(b"\n").unwrap_or(&c);
-    Some(String::from_utf8_lossy(c).into_owned())
-}
-
-/// The parent pid from /proc/PID/stat. comm (field 2) may hold spaces and parentheses, so parse
-/// from the last ')'.
-pub fn parse_stat_ppid(stat: &[u8]) -> Option<u32> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    let mut fields = rest.split_ascii_whitespace();
-    let _state = fields.next()?;
-    fields.next()?.parse().ok()
-}
-
-/// NUL-separated argv; an empty cmdline (kernel thread, zombie) is None.
-pub fn split_cmdline(bytes: &[u8]) -> Option<Vec<String>> {
-    if bytes.is_empty() {
-        return None;
+    /// The host's ephemeral port range, as last read.
+    pub fn ephemeral(&self) -> &EphemeralRange {
+        &self.ephemeral
     }
-    let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    Some(
-        trimmed
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
+
+    /// Re-samples what can change under a long-running daemon: the clock offset (NTP steps) and
+    /// the ephemeral port range (sysctl).
+    pub fn refresh(&mut self) {
+        self.clock = WallClock::sample();
+        self.ephemeral = EphemeralRange::read();
+    }
+
+    pub fn counters(&self) -> AttributionCounters {
+        self.counters
+    }
+
+    pub fn caches(&self) -> CacheCounters {
+        CacheCounters {
+            processes: CacheFigures {
+                size: self.procs.len(),
+                max: self.procs.cap().get(),
+                evictions: self.process_evictions,
+            },
+            users: CacheFigures {
+                size: self.users.len(),
+                max: self.users.cap().get(),
+                evictions: self.user_evictions,
+            },
+            process_table: CacheFigures {
+                size: self.processes.len(),
+                max: self.processes.max(),
+                evictions: self.processes.evictions,
+            },
+        }
+    }
+
+    /// The root /proc is read from.
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+}
+
+/// Sockets holding an ephemeral port, per (transport, destination): how close one destination
+/// comes to exhausting the range.
+pub fn ephemeral_per_destination(
+    scan: &Scan,
+) -> HashMap<(crate::facts::Transport, std::net::SocketAddr), u64> {
+    let mut per: HashMap<_, u64> = HashMap::new();
+    for f in &scan.facts {
+        if let Some(peer) = f.event.peer
+            && f.port.ephemeral
+        {
+            *per.entry((f.event.transport, peer)).or_default() += 1;
+        }
+    }
+    per
 }
 
 #[cfg(test)]
@@ -258,39 +317,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ppid_survives_hostile_comm() {
-        assert_eq!(parse_stat_ppid(b"123 (a) b) (c) S 77 123 123 0"), Some(77));
-        assert_eq!(parse_stat_ppid(b"garbage"), None);
-    }
-
-    #[test]
-    fn cmdline_splits_on_nul_and_keeps_empty_args() {
-        assert_eq!(
-            split_cmdline(b"nc\0-l\0\0x\xff\0"),
-            Some(vec![
-                "nc".into(),
-                "-l".into(),
-                "".into(),
-                "x\u{fffd}".into()
-            ])
-        );
-        assert_eq!(split_cmdline(b""), None);
-    }
-
-    #[test]
-    fn own_process_is_attributed_and_a_gone_one_is_not() {
-        let mut e = Enricher::default();
+    fn own_process_is_attributed_and_root_is_named() {
+        let mut a = Attributor::oneshot();
         let me = std::process::id();
-        let f = read_process(&PathBuf::from(format!("/proc/{me}"))).unwrap();
-        let (ppid, exe, argv, cut) = (
-            f.ppid,
-            f.executable,
-            f.command_line,
-            f.command_line_truncated,
-        );
-        assert!(f.cgroup.is_some());
-        assert!(ppid.is_some() && exe.is_some() && argv.is_some() && !cut);
-        assert!(read_process(Path::new("/proc/999999999")).is_none());
-        assert_eq!(e.user_name(0).as_deref(), Some("root"));
+        let ev = KernelEvent {
+            monotonic_ns: clock::monotonic_now(),
+            cpu: 0,
+            cpu_seq: 0,
+            cookie: 0,
+            cgroup_id: 0,
+            pid: me,
+            tid: me,
+            uid: 0,
+            gid: 0,
+            netns: 0,
+            errno: None,
+            kind: Kind::Bind,
+            transport: crate::facts::Transport::Tcp,
+            local: "127.0.0.1:1".parse().unwrap(),
+            peer: None,
+            comm: b"me".to_vec(),
+            probe: "test",
+            port_requested: true,
+        };
+        let f = a.port(ev.clone(), Origin::Kernel);
+        assert_eq!(f.process.pid, me);
+        assert_eq!(f.process.comm, "me");
+        assert!(f.process.executable.is_some() && f.process.command_line.is_some());
+        assert_eq!(f.process.user.name.as_deref(), Some("root"));
+        assert_eq!(f.port.requested, Some(true));
+        let gone = a.process(&KernelEvent {
+            pid: 999_999_999,
+            ..ev
+        });
+        assert_eq!(gone.executable, None);
+        assert_eq!(a.counters().process_gone, 1);
     }
 }

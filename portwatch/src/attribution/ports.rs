@@ -3,21 +3,10 @@
 //! outbound traffic sooner or later.
 use std::fs;
 
-use serde::Serialize;
+pub use crate::facts::{PortClass, PortInfo};
 
 const RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const RESERVED_PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PortClass {
-    /// 0–1023
-    WellKnown,
-    /// 1024–49151
-    Registered,
-    /// 49152–65535
-    Dynamic,
-}
 
 pub fn class(port: u16) -> PortClass {
     match port {
@@ -25,17 +14,6 @@ pub fn class(port: u16) -> PortClass {
         1024..=49151 => PortClass::Registered,
         _ => PortClass::Dynamic,
     }
-}
-
-/// `port` in an event: its IANA class and whether it is ephemeral on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PortInfo {
-    pub class: PortClass,
-    pub ephemeral: bool,
-    /// Bind events from the kernel only: the caller named this port (true) or let the kernel
-    /// pick it (false, `bind(…, 0)`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub requested: Option<bool>,
 }
 
 /// The host's ephemeral range minus its reserved ports (sysctls of the daemon's network

@@ -10,30 +10,25 @@ use std::{
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
+use crate::facts::{Container, ContainerRuntime, ProcessFacts, SocketRole, Transport, User};
+
 pub const FILE_NAME: &str = "history.sqlite";
 /// Intervals waiting for the writer.
 const QUEUE: usize = 4096;
 
-/// One holding of a port by a process.
+/// One holding of a port by a process. The store keeps of the process what `who` shows: pid,
+/// executable, command line, user, unit and container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Interval {
     pub id: i64,
     pub netns: Option<u32>,
-    pub transport: String,
+    pub transport: Transport,
     pub address: String,
     pub port: u16,
-    /// `listening`, `bound` or `connected`.
-    pub role: String,
+    pub role: SocketRole,
     pub peer_address: Option<String>,
     pub peer_port: Option<u16>,
-    pub pid: u32,
-    pub executable: Option<String>,
-    pub command_line: Option<Vec<String>>,
-    pub user_id: u32,
-    pub user_name: Option<String>,
-    pub unit: Option<String>,
-    pub container_id: Option<String>,
-    pub container_runtime: Option<String>,
+    pub process: ProcessFacts,
     /// Unix nanoseconds.
     pub opened_ns: i64,
     pub closed_ns: Option<i64>,
@@ -127,20 +122,20 @@ pub fn insert(c: &Connection, i: &Interval) -> rusqlite::Result<()> {
     .execute(params![
             i.id,
             i.netns,
-            i.transport,
+            i.transport.as_str(),
             i.address,
             i.port,
-            i.role,
+            i.role.as_str(),
             i.peer_address,
             i.peer_port,
-            i.pid,
-            i.executable,
-            i.command_line.as_ref().and_then(|a| serde_json::to_string(a).ok()),
-            i.user_id,
-            i.user_name,
-            i.unit,
-            i.container_id,
-            i.container_runtime,
+            i.process.pid,
+            i.process.executable,
+            i.process.command_line.as_ref().and_then(|a| serde_json::to_string(a).ok()),
+            i.process.user.id,
+            i.process.user.name,
+            i.process.unit,
+            i.process.container.as_ref().map(|c| &c.id),
+            i.process.container.as_ref().map(|c| c.runtime.as_str()),
             i.opened_ns,
             i.closed_ns,
             i.close_note,
@@ -148,25 +143,52 @@ pub fn insert(c: &Connection, i: &Interval) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A text column that must hold one of an enum's names.
+fn named<T>(r: &rusqlite::Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown value {text:?}").into(),
+        )
+    })
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
     let argv: Option<String> = r.get(10)?;
+    let container_id: Option<String> = r.get(14)?;
+    let runtime: Option<String> = r.get(15)?;
     Ok(Interval {
         id: r.get(0)?,
         netns: r.get(1)?,
-        transport: r.get(2)?,
+        transport: named(r, 2, |t| match t {
+            "tcp" => Some(Transport::Tcp),
+            "udp" => Some(Transport::Udp),
+            _ => None,
+        })?,
         address: r.get(3)?,
         port: r.get(4)?,
-        role: r.get(5)?,
+        role: named(r, 5, SocketRole::parse)?,
         peer_address: r.get(6)?,
         peer_port: r.get(7)?,
-        pid: r.get(8)?,
-        executable: r.get(9)?,
-        command_line: argv.and_then(|a| serde_json::from_str(&a).ok()),
-        user_id: r.get(11)?,
-        user_name: r.get(12)?,
-        unit: r.get(13)?,
-        container_id: r.get(14)?,
-        container_runtime: r.get(15)?,
+        process: ProcessFacts {
+            pid: r.get(8)?,
+            executable: r.get(9)?,
+            command_line: argv.and_then(|a| serde_json::from_str(&a).ok()),
+            user: User {
+                id: r.get(11)?,
+                name: r.get(12)?,
+            },
+            unit: r.get(13)?,
+            container: container_id.and_then(|id| {
+                Some(Container {
+                    id,
+                    runtime: ContainerRuntime::parse(runtime.as_deref()?)?,
+                })
+            }),
+            ..ProcessFacts::default()
+        },
         opened_ns: r.get(16)?,
         closed_ns: r.get(17)?,
         close_note: r.get(18)?,
@@ -413,20 +435,22 @@ mod tests {
         Interval {
             id,
             netns: Some(1),
-            transport: "tcp".into(),
+            transport: Transport::Tcp,
             address: "127.0.0.1".into(),
             port,
-            role: "listening".into(),
+            role: SocketRole::Listening,
             peer_address: None,
             peer_port: None,
-            pid: 42,
-            executable: Some("/bin/x".into()),
-            command_line: Some(vec!["x".into(), "-l".into()]),
-            user_id: 0,
-            user_name: Some("root".into()),
-            unit: None,
-            container_id: None,
-            container_runtime: None,
+            process: ProcessFacts {
+                pid: 42,
+                executable: Some("/bin/x".into()),
+                command_line: Some(vec!["x".into(), "-l".into()]),
+                user: User {
+                    id: 0,
+                    name: Some("root".into()),
+                },
+                ..ProcessFacts::default()
+            },
             opened_ns: opened,
             closed_ns: closed,
             close_note: None,
@@ -453,7 +477,7 @@ mod tests {
         let all = holdings(&c, 80, Some("tcp"), 0, i64::MAX, 10).unwrap();
         assert_eq!(all.iter().map(|i| i.id).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(
-            all[1].command_line,
+            all[1].process.command_line,
             Some(vec!["x".to_string(), "-l".to_string()])
         );
         assert!(

@@ -6,16 +6,17 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
-    attribution::Attribution,
+    facts::{Kind, PortFacts, SocketRole, Transport},
     history::store::{Interval, StoreHandle},
-    kernel::decode::{KernelEvent, Kind},
 };
 
 /// A socket's identity as the events show it: the peer tells a connected socket from the
 /// listener it was accepted on, which shares its local address and port.
 /// Plain values, no strings: built for every event, so it must not allocate.
-type Key = (Option<u32>, &'static str, IpAddr, u16, Option<SocketAddr>);
+type Key = (Option<u32>, Transport, IpAddr, u16, Option<SocketAddr>);
 
 /// Beyond this many open sockets (releases lost), the oldest are forgotten.
 const MAX_OPEN: usize = 200_000;
@@ -33,6 +34,18 @@ const STORE_OPEN_AFTER_NS: i64 = 1_000_000_000;
 pub struct Tenancy {
     open: HashMap<Key, Open>,
     pub store: StoreHandle,
+    forgotten: u64,
+    /// Intervals closed by a scan because their release event was lost.
+    swept: u64,
+}
+
+/// The history's figures, for `status`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryCounters {
+    pub open_sockets: usize,
+    /// Intervals the store writer could not take (it fell behind).
+    pub writes_dropped: u64,
+    /// Open intervals forgotten because the live table was full.
     pub forgotten: u64,
     /// Intervals closed by a scan because their release event was lost.
     pub swept: u64,
@@ -48,20 +61,26 @@ impl Tenancy {
         }
     }
 
-    pub fn open_count(&self) -> usize {
-        self.open.len()
+    pub fn counters(&self) -> HistoryCounters {
+        HistoryCounters {
+            open_sockets: self.open.len(),
+            writes_dropped: self.store.dropped,
+            forgotten: self.forgotten,
+            swept: self.swept,
+        }
     }
 
-    /// Applies one successful port event; `wall_ns` is its time in Unix nanoseconds.
-    pub fn observe(&mut self, ev: &KernelEvent, attr: &Attribution, wall_ns: i64) {
+    /// Applies one successful port event.
+    pub fn observe(&mut self, f: &PortFacts) {
+        let ev = &f.event;
         if ev.errno.is_some() {
             return;
         }
-        let netns = (ev.netns != 0).then_some(ev.netns);
+        let wall_ns = f.wall_ns;
         let key = |peer: Option<SocketAddr>| -> Key {
             (
-                netns,
-                ev.transport.as_str(),
+                ev.netns(),
+                ev.transport,
                 ev.local.ip(),
                 ev.local.port(),
                 peer,
@@ -69,26 +88,25 @@ impl Tenancy {
         };
         let peer = ev.peer;
         match ev.kind {
-            Kind::Bind => self.open_interval(key(None), "bound", ev, attr, wall_ns),
+            Kind::Bind => self.open_interval(key(None), SocketRole::Bound, f),
             Kind::Listen => match self.open.get_mut(&key(None)) {
                 Some(o) => {
-                    o.interval.role = "listening".into();
+                    o.interval.role = SocketRole::Listening;
                     if o.stored {
                         let i = o.interval.clone();
                         self.store.put(i);
                     }
                 }
-                None => self.open_interval(key(None), "listening", ev, attr, wall_ns),
+                None => self.open_interval(key(None), SocketRole::Listening, f),
             },
-            Kind::Connect => self.open_interval(key(peer), "connected", ev, attr, wall_ns),
+            Kind::Connect => self.open_interval(key(peer), SocketRole::Connected, f),
             Kind::Close => {
                 self.close(&key(peer), wall_ns);
                 // bind() then connect(): the bound interval ends with the connected one.
                 if peer.is_some()
-                    && self
-                        .open
-                        .get(&key(None))
-                        .is_some_and(|o| o.interval.role == "bound" && o.interval.pid == ev.pid)
+                    && self.open.get(&key(None)).is_some_and(|o| {
+                        o.interval.role == SocketRole::Bound && o.interval.process.pid == ev.pid
+                    })
                 {
                     self.close(&key(None), wall_ns);
                 }
@@ -103,13 +121,23 @@ impl Tenancy {
         }
     }
 
-    /// After ring-buffer loss some releases were never seen: closes the intervals in network
-    /// namespace `netns` whose socket a fresh scan (`present`: transport, local, peer — and the
+    /// After ring-buffer loss some releases were never seen: closes the intervals whose socket
+    /// `scan` no longer lists. Returns how many it closed.
+    pub fn sweep_scan(&mut self, scan: &crate::attribution::Scan, now_ns: i64) -> usize {
+        let mut present = HashSet::new();
+        for s in &scan.sockets {
+            present.insert((s.transport, s.local, s.peer));
+            present.insert((s.transport, s.local, None));
+        }
+        self.sweep(scan.netns, &present, now_ns)
+    }
+
+    /// Closes the intervals in network namespace `netns` whose socket a fresh scan (`present`: transport, local, peer — and the
     /// same with no peer) no longer lists. Returns how many it closed.
     pub fn sweep(
         &mut self,
         netns: Option<u32>,
-        present: &HashSet<(&'static str, SocketAddr, Option<SocketAddr>)>,
+        present: &HashSet<(Transport, SocketAddr, Option<SocketAddr>)>,
         now_ns: i64,
     ) -> usize {
         let gone: Vec<Key> = self
@@ -147,14 +175,8 @@ impl Tenancy {
         }
     }
 
-    fn open_interval(
-        &mut self,
-        key: Key,
-        role: &str,
-        ev: &KernelEvent,
-        attr: &Attribution,
-        wall_ns: i64,
-    ) {
+    fn open_interval(&mut self, key: Key, role: SocketRole, f: &PortFacts) {
+        let wall_ns = f.wall_ns;
         if self.open.len() >= MAX_OPEN {
             let oldest = self
                 .open
@@ -171,20 +193,13 @@ impl Tenancy {
         let i = Interval {
             id,
             netns: key.0,
-            transport: key.1.to_string(),
+            transport: key.1,
             address: key.2.to_string(),
             port: key.3,
-            role: role.to_string(),
+            role,
             peer_address: key.4.map(|p| p.ip().to_string()),
             peer_port: key.4.map(|p| p.port()),
-            pid: ev.pid,
-            executable: attr.executable.clone(),
-            command_line: attr.command_line.clone(),
-            user_id: ev.uid,
-            user_name: attr.user_name.clone(),
-            unit: attr.unit.clone(),
-            container_id: attr.container.as_ref().map(|c| c.id.clone()),
-            container_runtime: attr.container.as_ref().map(|c| c.runtime.to_string()),
+            process: f.process.clone(),
             opened_ns: wall_ns,
             closed_ns: None,
             close_note: None,
@@ -206,29 +221,10 @@ impl Tenancy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::decode::Transport;
+    use crate::facts::fixture;
 
-    fn bind(port: u16) -> KernelEvent {
-        KernelEvent {
-            monotonic_ns: 1,
-            cpu: 0,
-            cpu_seq: 0,
-            cookie: 0,
-            cgroup_id: 0,
-            pid: 10,
-            tid: 10,
-            uid: 0,
-            gid: 0,
-            netns: 7,
-            errno: None,
-            kind: Kind::Bind,
-            transport: Transport::Udp,
-            local: SocketAddr::new("127.0.0.1".parse().unwrap(), port),
-            peer: None,
-            comm: b"x".to_vec(),
-            probe: "test",
-            port_requested: false,
-        }
+    fn bind(port: u16) -> crate::facts::KernelEvent {
+        fixture::event(Kind::Bind, Transport::Udp, &format!("127.0.0.1:{port}"))
     }
 
     #[test]
@@ -243,15 +239,16 @@ mod tests {
         // Real times: the writer prunes by age against the clock.
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
         for port in [1000, 1001, 1002] {
-            t.observe(&bind(port), &Attribution::default(), now);
+            t.observe(&fixture::facts(bind(port), now));
         }
         let mut other_ns = bind(1003);
         other_ns.netns = 8;
-        t.observe(&other_ns, &Attribution::default(), now);
-        let still: HashSet<_> = [("udp", "127.0.0.1:1001".parse().unwrap(), None)].into();
+        t.observe(&fixture::facts(other_ns, now));
+        let still: HashSet<_> = [(Transport::Udp, "127.0.0.1:1001".parse().unwrap(), None)].into();
         assert_eq!(t.sweep(Some(7), &still, now + 9), 2);
         // 1001 (still there) and 1003 (another namespace: the scan cannot see it) stay open.
-        assert_eq!((t.open_count(), t.swept), (2, 2));
+        let c = t.counters();
+        assert_eq!((c.open_sockets, c.swept), (2, 2));
         t.store.finish();
         let c = crate::history::store::open_ro(&path).unwrap();
         let closed = crate::history::store::holdings(&c, 1000, None, 0, i64::MAX, 10).unwrap();

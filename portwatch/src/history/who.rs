@@ -3,13 +3,15 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::{
-    attribution::{self as enrich, cgroup},
+    attribution::{Attributor, ports::EphemeralRange},
     clock,
+    facts::{Endpoint, Origin, PortInfo, ProcessFacts, SocketRole, Transport},
     history::store,
     kernel::sockets,
+    output::text::printable,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +55,45 @@ pub struct Query<'a> {
     pub include_now: bool,
 }
 
-/// Holdings as JSON objects: the kernel's current sockets first, then history, newest first.
-pub fn holdings(q: &Query<'_>, state_dir: &Path) -> Result<(Vec<Value>, Option<String>), WhoError> {
+/// Where a holding was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The kernel's socket table, now.
+    Now,
+    /// The tenancy store.
+    History,
+}
+
+/// One holding of the port: one JSON object of `who --json`, one row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holding {
+    pub source: Source,
+    pub port: PortInfo,
+    pub transport: Transport,
+    pub local: Endpoint,
+    pub role: SocketRole,
+    pub peer: Option<Endpoint>,
+    pub netns: Option<u32>,
+    /// None: no process holds the socket (a kernel socket, or its holder is out of sight).
+    pub process: Option<ProcessFacts>,
+    /// RFC 3339; unknown for sockets found now.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Holdings: the kernel's current sockets first, then history, newest first; and a warning when
+/// the history is incomplete or missing.
+pub fn holdings(
+    q: &Query<'_>,
+    state_dir: &Path,
+) -> Result<(Vec<Holding>, Option<String>), WhoError> {
     let mut out = Vec::new();
-    let port_info = port_info(q.port);
+    let port = port_info(q.port);
     if q.include_now {
-        out.extend(now(q.port, q.transport, &port_info)?);
+        out.extend(now(q.port, q.transport, port)?);
     }
     let path = state_dir.join(store::FILE_NAME);
     if !path.exists() {
@@ -83,73 +118,72 @@ pub fn holdings(q: &Query<'_>, state_dir: &Path) -> Result<(Vec<Value>, Option<S
         )
     });
     for i in store::holdings(&c, q.port, q.transport, from, to, 200)? {
-        out.push(json!({
-            "source": "history",
-            "port": port_info, "transport": i.transport,
-            "local": {"address": i.address, "port": i.port},
-            "role": i.role,
-            "peer": i.peer_address.as_ref().map(|a| json!({"address": a, "port": i.peer_port})),
-            "netns": i.netns,
-            "process": {"pid": i.pid, "executable": i.executable, "command_line": i.command_line,
-                        "user": {"id": i.user_id, "name": i.user_name}, "unit": i.unit,
-                        "container": i.container_id.as_ref().map(|id| json!({"id": id, "runtime": i.container_runtime}))},
-            "from": ts(i.opened_ns),
-            "to": i.closed_ns.map(ts),
-            "note": i.close_note,
-        }));
+        out.push(Holding {
+            source: Source::History,
+            port,
+            transport: i.transport,
+            local: Endpoint {
+                address: i.address,
+                port: i.port,
+            },
+            role: i.role,
+            peer: i.peer_address.map(|address| Endpoint {
+                address,
+                port: i.peer_port.unwrap_or(0),
+            }),
+            netns: i.netns,
+            process: (i.process.pid != 0).then_some(i.process),
+            from: Some(ts(i.opened_ns)),
+            to: i.closed_ns.map(ts),
+            note: i.close_note,
+        });
     }
     Ok((out, warning))
 }
 
 /// Current sockets on `port`, from the kernel over sock_diag, with their processes. The
 /// network namespace is the caller's.
-fn now(port: u16, transport: Option<&str>, port_info: &Value) -> Result<Vec<Value>, WhoError> {
-    let found: Vec<_> = sockets::dump_all()?
-        .into_iter()
-        .filter(|s| s.local.port() == port && transport.is_none_or(|t| t == s.transport.as_str()))
-        .collect();
-    if found.is_empty() {
-        return Ok(Vec::new());
-    }
-    let owners = sockets::owners(Path::new("/proc"));
-    let netns = sockets::own_netns();
-    Ok(found
-        .into_iter()
-        .map(|s| {
-            let pid = owners.get(&s.inode).copied();
-            let facts = pid.and_then(|p| enrich::read_process_facts(&Path::new("/proc").join(p.to_string())));
-            let cg = facts.as_ref().and_then(|f| f.cgroup.as_deref()).map(cgroup::parse).unwrap_or_default();
-            json!({
-                "source": "now",
-                "port": port_info, "transport": s.transport.as_str(),
-                "local": {"address": s.local.ip().to_string(), "port": s.local.port()},
-                "role": s.role(),
-                "peer": s.peer.map(|p| json!({"address": p.ip().to_string(), "port": p.port()})),
-                "netns": netns,
-                "process": {"pid": pid, "executable": facts.as_ref().and_then(|f| f.executable.clone()),
-                            "command_line": facts.as_ref().and_then(|f| f.command_line.clone()),
-                            "user": {"id": s.uid, "name": nix::unistd::User::from_uid(s.uid.into()).ok().flatten().map(|u| u.name)},
-                            "unit": cg.unit, "container": cg.container},
-                "from": Value::Null, "to": Value::Null,
-            })
+fn now(port: u16, transport: Option<&str>, info: PortInfo) -> Result<Vec<Holding>, WhoError> {
+    let scan = Attributor::oneshot().scan(Origin::Snapshot)?;
+    Ok(scan
+        .sockets
+        .iter()
+        .zip(scan.facts)
+        .filter(|(s, _)| {
+            s.local.port() == port && transport.is_none_or(|t| t == s.transport.as_str())
+        })
+        .map(|(s, f)| Holding {
+            source: Source::Now,
+            port: info,
+            transport: s.transport,
+            local: s.local.into(),
+            role: s.role(),
+            peer: s.peer.map(Endpoint::from),
+            netns: scan.netns,
+            process: (f.process.pid != 0).then_some(f.process),
+            from: None,
+            to: None,
+            note: None,
         })
         .collect())
 }
 
 /// The port's IANA class and whether this host's kernel picks it for outbound connections, as
 /// events carry it.
-pub fn port_info(port: u16) -> Value {
-    serde_json::to_value(crate::attribution::ports::EphemeralRange::read().info(port))
-        .unwrap_or(Value::Null)
+pub fn port_info(port: u16) -> PortInfo {
+    EphemeralRange::read().info(port)
 }
 
 /// One line saying what kind of port it is.
 pub fn describe_port(port: u16) -> String {
     let info = port_info(port);
+    let class = serde_json::to_value(info.class)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     format!(
-        "port {port}: {}{}",
-        info["class"].as_str().unwrap_or("?"),
-        if info["ephemeral"] == true {
+        "port {port}: {class}{}",
+        if info.ephemeral {
             ", inside this host's ephemeral range (the kernel picks it for outbound connections)"
         } else {
             ""
@@ -157,58 +191,71 @@ pub fn describe_port(port: u16) -> String {
     )
 }
 
-/// The readable table.
-pub fn render(rows: &[Value]) -> String {
-    let mut out = format!(
-        "{:<7} {:<5} {:<10} {:<31} {:<31} {:<8} {:<10} {:<22} {}\n",
-        "SOURCE", "PROTO", "WHAT", "FROM", "TO", "PID", "USER", "UNIT/CONTAINER", "COMMAND"
-    );
-    for r in rows {
-        let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
-        let what = match r["peer"].as_object() {
-            Some(p) => format!(
-                "{} {}:{}",
-                s(&r["role"]),
-                p["address"].as_str().unwrap_or("?"),
-                p["port"]
-            ),
-            None => format!("{} {}", s(&r["role"]), s(&r["local"]["address"])),
-        };
-        let who = match (&r["process"]["unit"], &r["process"]["container"]) {
-            (_, c) if c.is_object() => format!(
-                "{}:{}",
-                s(&c["runtime"]),
-                &s(&c["id"]).chars().take(12).collect::<String>()
-            ),
-            (u, _) => s(u),
-        };
-        let cmd = r["process"]["command_line"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .or_else(|| r["process"]["executable"].as_str().map(str::to_string))
-            .unwrap_or_else(|| "-".into());
-        let to = match (&r["source"], &r["to"]) {
-            (src, _) if src == "now" => "(now)".to_string(),
-            (_, Value::Null) => "(still open)".to_string(),
-            (_, t) => s(t),
-        };
-        out.push_str(&format!(
+/// The readable table. Every text a process controls is escaped.
+pub fn render(rows: &[Holding]) -> String {
+    let row = |c: [&str; 9]| {
+        format!(
             "{:<7} {:<5} {:<10} {:<31} {:<31} {:<8} {:<10} {:<22} {}\n",
-            s(&r["source"]),
-            s(&r["transport"]),
-            what.chars().take(10).collect::<String>(),
-            s(&r["from"]),
-            to,
-            r["process"]["pid"],
-            s(&r["process"]["user"]["name"]),
-            who,
-            cmd
-        ));
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+        )
+    };
+    let mut out = row([
+        "SOURCE",
+        "PROTO",
+        "WHAT",
+        "FROM",
+        "TO",
+        "PID",
+        "USER",
+        "UNIT/CONTAINER",
+        "COMMAND",
+    ]);
+    for r in rows {
+        let what = match &r.peer {
+            Some(p) => format!("{} {}:{}", r.role.as_str(), p.address, p.port),
+            None => format!("{} {}", r.role.as_str(), r.local.address),
+        };
+        let p = r.process.as_ref();
+        let who = match p.and_then(|p| p.container.as_ref()) {
+            Some(c) => format!(
+                "{}:{}",
+                c.runtime.as_str(),
+                c.id.chars().take(12).collect::<String>()
+            ),
+            None => p.and_then(|p| p.unit.clone()).unwrap_or_else(|| "-".into()),
+        };
+        let cmd = p
+            .and_then(|p| {
+                p.command_line
+                    .as_ref()
+                    .map(|a| a.join(" "))
+                    .or_else(|| p.executable.clone())
+            })
+            .unwrap_or_else(|| "-".into());
+        let to = match (r.source, &r.to) {
+            (Source::Now, _) => "(now)".to_string(),
+            (_, None) => "(still open)".to_string(),
+            (_, Some(t)) => t.clone(),
+        };
+        let pid = p.map_or("-".to_string(), |p| p.pid.to_string());
+        let user = p
+            .and_then(|p| p.user.name.clone())
+            .unwrap_or_else(|| "-".into());
+        let source = match r.source {
+            Source::Now => "now",
+            Source::History => "history",
+        };
+        out.push_str(&row([
+            source,
+            r.transport.as_str(),
+            &printable(&what.chars().take(10).collect::<String>()),
+            r.from.as_deref().unwrap_or("-"),
+            &to,
+            &pid,
+            &printable(&user),
+            &printable(&who),
+            &printable(&cmd),
+        ]));
     }
     out
 }

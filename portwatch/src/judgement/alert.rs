@@ -14,82 +14,18 @@ use serde_json::{Value, json};
 
 use crate::{
     clock,
+    facts::{Alert, AlertBody, AlertKind, Origin, Severity, Subject, Transport},
     judgement::policy::{self, Listener, Policy, Verdict},
 };
 
 pub const STATE_FILE: &str = "alerts.json";
 const NS: i64 = 1_000_000_000;
 
-/// The `alert` object of an alert line.
-#[derive(Debug, Clone, Serialize)]
-pub struct AlertBody {
-    pub kind: String,
-    pub severity: String,
-    /// The rule that matched (and why it is not enough), or why nothing did.
-    pub rule: String,
-    /// When this alert was first raised (RFC 3339); kept across restarts.
-    pub first_seen: String,
-    /// Occurrences since `first_seen`.
-    pub count: u64,
-    /// True on a line that summarises repeats counted instead of alerted.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub summary: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<Value>,
-}
-
-/// An alert to write: body, the socket and process it is about, and how it was found.
-#[derive(Debug, Clone)]
-pub struct Alert {
-    pub body: AlertBody,
-    pub subject: Subject,
-    pub origin: &'static str,
-}
-
-/// `network`, `port` and `process` as the alert line carries them (null when not about a socket).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Subject {
-    pub network: Value,
-    pub port: Value,
-    pub process: Value,
-}
-
-/// A listener as the engine tracks it.
-#[derive(Debug, Clone)]
-pub struct ListenerFacts {
-    pub netns: Option<u32>,
-    pub transport: &'static str,
-    pub local: SocketAddr,
-    pub executable: Option<String>,
-    pub comm: String,
-    pub user_id: u32,
-    pub user_name: Option<String>,
-    pub unit: Option<String>,
-    pub container_id: Option<String>,
-    pub container_name: Option<String>,
-    pub ephemeral_port: bool,
-    pub subject: Subject,
-}
-
-impl ListenerFacts {
-    fn view(&self) -> Listener<'_> {
-        Listener {
-            transport: self.transport,
-            address: self.local.ip(),
-            port: self.local.port(),
-            executable: self.executable.as_deref(),
-            comm: &self.comm,
-            user_id: self.user_id,
-            user_name: self.user_name.as_deref(),
-            unit: self.unit.as_deref(),
-            container_id: self.container_id.as_deref(),
-            container_name: self.container_name.as_deref(),
-        }
-    }
-
+impl Listener {
     /// How messages name the holder.
     fn holder(&self) -> String {
-        match (&self.executable, self.comm.as_str()) {
+        let p = &self.facts.process;
+        match (&p.executable, p.comm.as_str()) {
             (Some(e), _) => e.clone(),
             (None, "") => "no process (a kernel socket, or its holder is out of sight)".into(),
             (None, c) => format!("comm {c:?}"),
@@ -98,32 +34,34 @@ impl ListenerFacts {
 
     fn key(&self) -> SockKey {
         (
-            self.netns,
-            self.transport,
-            self.local.ip(),
-            self.local.port(),
+            self.facts.event.netns(),
+            self.transport(),
+            self.address(),
+            self.port(),
         )
     }
 
     /// Dedup identity: (executable, transport, port, address scope).
-    fn dedup_key(&self, kind: &str) -> String {
+    fn dedup_key(&self, kind: AlertKind) -> String {
+        let p = &self.facts.process;
         format!(
-            "{kind}|{}|{}|{}|{}",
-            self.executable.as_deref().unwrap_or(&self.comm),
-            self.transport,
-            self.local.port(),
-            policy::scope(self.local.ip())
+            "{}|{}|{}|{}|{}",
+            kind.as_str(),
+            p.executable.as_deref().unwrap_or(&p.comm),
+            self.transport(),
+            self.port(),
+            policy::scope(self.address())
         )
     }
 }
 
-type SockKey = (Option<u32>, &'static str, IpAddr, u16);
+type SockKey = (Option<u32>, Transport, IpAddr, u16);
 
 /// One deduplicated alert, as kept in `alerts.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Entry {
-    kind: String,
-    severity: String,
+    kind: AlertKind,
+    severity: Severity,
     rule: String,
     first_seen: String,
     last_seen_ns: i64,
@@ -141,7 +79,7 @@ struct StateFile {
     entries: BTreeMap<String, Entry>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertCounters {
     /// Alert lines written when first seen.
     pub raised: u64,
@@ -161,7 +99,7 @@ pub struct AlertEngine {
     entries: BTreeMap<String, Entry>,
     dirty: bool,
     /// Listeners known from events and scans.
-    listeners: HashMap<SockKey, ListenerFacts>,
+    listeners: HashMap<SockKey, Listener>,
     rate_window_start_ns: i64,
     rate_count: u64,
     pub counters: AlertCounters,
@@ -170,8 +108,8 @@ pub struct AlertEngine {
 /// A kind's dedup key, severity and rule text, before dedup decides whether it is written.
 struct Finding {
     key: String,
-    kind: &'static str,
-    severity: &'static str,
+    kind: AlertKind,
+    severity: Severity,
     rule: String,
     detail: Option<Value>,
     subject: Subject,
@@ -224,62 +162,63 @@ impl AlertEngine {
     }
 
     /// A listener appeared (`kernel`) or was found (`snapshot`, `reconcile`).
-    pub fn listener(&mut self, l: ListenerFacts, origin: &'static str, now_ns: i64) -> Vec<Alert> {
+    pub fn listener(&mut self, l: Listener, origin: Origin, now_ns: i64) -> Vec<Alert> {
         let mut findings = Vec::new();
         let a = self.policy.alerts;
-        match self.policy.judge(&l.view()) {
+        let subject = || Subject::of(&l.facts);
+        match self.policy.judge(&l) {
             Verdict::Allowed(_) => {}
             Verdict::WildcardWhereLoopback(i) if a.wildcard_listener => findings.push(Finding {
-                key: l.dedup_key("wildcard_listener"),
-                kind: "wildcard_listener",
-                severity: "high",
+                key: l.dedup_key(AlertKind::WildcardListener),
+                kind: AlertKind::WildcardListener,
+                severity: Severity::High,
                 rule: format!(
                     "{} allows this listener on loopback only; it listens on {}",
                     self.policy.rules[i].describe(i),
-                    l.local.ip()
+                    l.address()
                 ),
                 detail: None,
-                subject: l.subject.clone(),
+                subject: subject(),
             }),
             Verdict::WildcardWhereLoopback(_) => {}
             Verdict::Unexpected if a.unexpected_listener => findings.push(Finding {
-                key: l.dedup_key("unexpected_listener"),
-                kind: "unexpected_listener",
-                severity: "high",
+                key: l.dedup_key(AlertKind::UnexpectedListener),
+                kind: AlertKind::UnexpectedListener,
+                severity: Severity::High,
                 rule: format!(
                     "no rule in {} allows {} port {} on {} by {}",
                     self.policy.path.display(),
-                    l.transport,
-                    l.local.port(),
-                    l.local.ip(),
+                    l.transport(),
+                    l.port(),
+                    l.address(),
                     l.holder()
                 ),
                 detail: None,
-                subject: l.subject.clone(),
+                subject: subject(),
             }),
             Verdict::Unexpected => {}
         }
-        if a.ephemeral_port_listener && l.ephemeral_port {
+        if a.ephemeral_port_listener && l.facts.port.ephemeral {
             findings.push(Finding {
-                key: l.dedup_key("ephemeral_port_listener"),
-                kind: "ephemeral_port_listener",
-                severity: "medium",
+                key: l.dedup_key(AlertKind::EphemeralPortListener),
+                kind: AlertKind::EphemeralPortListener,
+                severity: Severity::Medium,
                 rule: format!(
                     "port {} lies in this host's ephemeral port range, where the kernel picks ports for outbound connections",
-                    l.local.port()
+                    l.port()
                 ),
                 detail: None,
-                subject: l.subject.clone(),
+                subject: subject(),
             });
         }
         // A required listener that is back ends its "missing" alert, so a next loss alerts anew.
         for (i, r) in self.policy.rules.iter().enumerate() {
-            if r.required && self.policy.rule_matches(i, &l.view()) {
+            if r.required && self.policy.rule_matches(i, &l) {
                 self.dirty |= self.entries.remove(&required_key(i, r.line)).is_some();
             }
         }
         self.listeners.insert(l.key(), l);
-        let repeat = origin == "kernel";
+        let repeat = origin == Origin::Kernel;
         findings
             .into_iter()
             .filter_map(|f| self.raise(f, origin, now_ns, repeat))
@@ -290,7 +229,7 @@ impl AlertEngine {
     pub fn closed(
         &mut self,
         netns: Option<u32>,
-        transport: &'static str,
+        transport: Transport,
         local: SocketAddr,
         now_ns: i64,
     ) -> Vec<Alert> {
@@ -301,7 +240,7 @@ impl AlertEngine {
         {
             return Vec::new();
         }
-        self.required_missing("kernel", now_ns)
+        self.required_missing(Origin::Kernel, now_ns)
     }
 
     /// A connect failed with EADDRNOTAVAIL: no local port was free for it.
@@ -309,7 +248,7 @@ impl AlertEngine {
         &mut self,
         subject: Subject,
         dest: SocketAddr,
-        transport: &str,
+        transport: Transport,
         exe: &str,
         now_ns: i64,
     ) -> Option<Alert> {
@@ -318,8 +257,8 @@ impl AlertEngine {
         }
         let f = Finding {
             key: format!("ephemeral_port_exhaustion|connect|{exe}|{transport}|{dest}"),
-            kind: "ephemeral_port_exhaustion",
-            severity: "high",
+            kind: AlertKind::EphemeralPortExhaustion,
+            severity: Severity::High,
             rule: format!(
                 "connect to {dest} failed with EADDRNOTAVAIL: no free local port in the ephemeral range"
             ),
@@ -328,7 +267,7 @@ impl AlertEngine {
             ),
             subject,
         };
-        self.raise(f, "kernel", now_ns, true)
+        self.raise(f, Origin::Kernel, now_ns, true)
     }
 
     /// Compares the policy with a fresh scan: `listeners` are every listener in the daemon's
@@ -337,9 +276,9 @@ impl AlertEngine {
     pub fn reconcile(
         &mut self,
         netns: Option<u32>,
-        listeners: Vec<ListenerFacts>,
-        present: &std::collections::HashSet<(&'static str, SocketAddr)>,
-        per_destination: &HashMap<(&'static str, SocketAddr), u64>,
+        listeners: Vec<Listener>,
+        present: &std::collections::HashSet<(Transport, SocketAddr)>,
+        per_destination: &HashMap<(Transport, SocketAddr), u64>,
         ephemeral_size: u64,
         now_ns: i64,
     ) -> Vec<Alert> {
@@ -350,17 +289,17 @@ impl AlertEngine {
             .retain(|k, _| k.0 != netns || present.contains(&(k.1, SocketAddr::new(k.2, k.3))));
         let mut out = Vec::new();
         for l in listeners {
-            out.extend(self.listener(l, "reconcile", now_ns));
+            out.extend(self.listener(l, Origin::Reconcile, now_ns));
         }
-        out.extend(self.required_missing("reconcile", now_ns));
+        out.extend(self.required_missing(Origin::Reconcile, now_ns));
         if self.policy.alerts.ephemeral_port_exhaustion {
             let limit = self.policy.settings.exhaustion_share * ephemeral_size as f64;
             for (&(transport, dest), &n) in per_destination {
                 if n as f64 > limit {
                     let f = Finding {
                         key: format!("ephemeral_port_exhaustion|share|{transport}|{dest}"),
-                        kind: "ephemeral_port_exhaustion",
-                        severity: "medium",
+                        kind: AlertKind::EphemeralPortExhaustion,
+                        severity: Severity::Medium,
                         rule: format!(
                             "{n} {transport} sockets to {dest} hold more than {} of the {ephemeral_size} ephemeral ports",
                             self.policy.settings.exhaustion_share
@@ -372,7 +311,7 @@ impl AlertEngine {
                         ),
                         subject: Subject::default(),
                     };
-                    out.extend(self.raise(f, "reconcile", now_ns, false));
+                    out.extend(self.raise(f, Origin::Reconcile, now_ns, false));
                 }
             }
         }
@@ -381,7 +320,7 @@ impl AlertEngine {
 
     /// Required rules no known listener satisfies (after the start-up snapshot, a listener's
     /// close, and each reconciliation).
-    pub fn required_missing(&mut self, origin: &'static str, now_ns: i64) -> Vec<Alert> {
+    pub fn required_missing(&mut self, origin: Origin, now_ns: i64) -> Vec<Alert> {
         if !self.policy.alerts.required_listener_missing {
             return Vec::new();
         }
@@ -393,12 +332,12 @@ impl AlertEngine {
             let present = self
                 .listeners
                 .values()
-                .any(|l| self.policy.rule_matches(i, &l.view()));
+                .any(|l| self.policy.rule_matches(i, l));
             if !present {
                 findings.push(Finding {
                     key: required_key(i, r.line),
-                    kind: "required_listener_missing",
-                    severity: "high",
+                    kind: AlertKind::RequiredListenerMissing,
+                    severity: Severity::High,
                     rule: format!("{} is required and no listener satisfies it", r.describe(i)),
                     detail: Some(json!({"transport": r.transport.map(|t| t.as_str()),
                         "ports": r.port.as_ref().map(|p| p.0.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>())})),
@@ -414,13 +353,7 @@ impl AlertEngine {
 
     /// Dedup and rate limit: a first sighting is written (if the rate allows); a sighting within
     /// the dedup window is counted (`repeat`) or just keeps the alert alive.
-    fn raise(
-        &mut self,
-        f: Finding,
-        origin: &'static str,
-        now_ns: i64,
-        repeat: bool,
-    ) -> Option<Alert> {
+    fn raise(&mut self, f: Finding, origin: Origin, now_ns: i64, repeat: bool) -> Option<Alert> {
         let window = self.policy.settings.dedup_window_seconds as i64 * NS;
         self.dirty = true;
         if let Some(e) = self.entries.get_mut(&f.key)
@@ -436,8 +369,8 @@ impl AlertEngine {
         let first_seen = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(now_ns));
         let allowed = self.rate_allows(now_ns);
         let entry = Entry {
-            kind: f.kind.to_string(),
-            severity: f.severity.to_string(),
+            kind: f.kind,
+            severity: f.severity,
             rule: f.rule.clone(),
             first_seen: first_seen.clone(),
             last_seen_ns: now_ns,
@@ -460,8 +393,8 @@ impl AlertEngine {
         self.counters.raised += 1;
         Some(Alert {
             body: AlertBody {
-                kind: f.kind.to_string(),
-                severity: f.severity.to_string(),
+                kind: f.kind,
+                severity: f.severity,
                 rule: f.rule,
                 first_seen,
                 count: 1,
@@ -494,8 +427,8 @@ impl AlertEngine {
                 self.counters.summaries += 1;
                 out.push(Alert {
                     body: AlertBody {
-                        kind: e.kind.clone(),
-                        severity: e.severity.clone(),
+                        kind: e.kind,
+                        severity: e.severity,
                         rule: e.rule.clone(),
                         first_seen: e.first_seen.clone(),
                         count: e.count,
@@ -503,7 +436,7 @@ impl AlertEngine {
                         detail: e.detail.clone(),
                     },
                     subject: e.subject.clone(),
-                    origin: "summary",
+                    origin: Origin::Summary,
                 });
             }
         }
@@ -561,20 +494,15 @@ mod tests {
         Policy::parse(text, Path::new("policy.toml")).unwrap()
     }
 
-    fn listener(addr: &str, exe: &str) -> ListenerFacts {
-        ListenerFacts {
-            netns: Some(1),
-            transport: "tcp",
-            local: addr.parse().unwrap(),
-            executable: Some(exe.into()),
-            comm: "x".into(),
-            user_id: 0,
-            user_name: Some("root".into()),
-            unit: None,
-            container_id: None,
+    fn listener(addr: &str, exe: &str) -> Listener {
+        let mut ev = crate::facts::fixture::event(crate::facts::Kind::Listen, Transport::Tcp, addr);
+        ev.netns = 1;
+        let mut facts = crate::facts::fixture::facts(ev, 1);
+        facts.process.executable = Some(exe.into());
+        facts.process.user.name = Some("root".into());
+        Listener {
+            facts,
             container_name: None,
-            ephemeral_port: false,
-            subject: Subject::default(),
         }
     }
 
@@ -583,27 +511,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut e = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
         assert!(
-            e.listener(listener("127.0.0.1:22", "/a"), "kernel", NS)
+            e.listener(listener("127.0.0.1:22", "/a"), Origin::Kernel, NS)
                 .is_empty()
         );
-        let a = e.listener(listener("0.0.0.0:8080", "/a"), "kernel", NS);
+        let a = e.listener(listener("0.0.0.0:8080", "/a"), Origin::Kernel, NS);
         assert_eq!(a.len(), 1);
         assert_eq!(
             (a[0].body.kind.as_str(), a[0].body.count),
             ("unexpected_listener", 1)
         );
         assert!(
-            e.listener(listener("0.0.0.0:8080", "/a"), "kernel", 2 * NS)
+            e.listener(listener("0.0.0.0:8080", "/a"), Origin::Kernel, 2 * NS)
                 .is_empty()
         );
         // Another executable, or another scope, is another alert.
         assert_eq!(
-            e.listener(listener("0.0.0.0:8080", "/b"), "kernel", 3 * NS)
+            e.listener(listener("0.0.0.0:8080", "/b"), Origin::Kernel, 3 * NS)
                 .len(),
             1
         );
         assert_eq!(
-            e.listener(listener("127.0.0.1:8080", "/a"), "kernel", 3 * NS)
+            e.listener(listener("127.0.0.1:8080", "/a"), Origin::Kernel, 3 * NS)
                 .len(),
             1
         );
@@ -615,7 +543,7 @@ mod tests {
         assert_eq!(again.remembered(), 3);
         assert!(
             again
-                .listener(listener("0.0.0.0:8080", "/a"), "snapshot", 5 * NS)
+                .listener(listener("0.0.0.0:8080", "/a"), Origin::Snapshot, 5 * NS)
                 .is_empty()
         );
         assert!(
@@ -634,7 +562,11 @@ mod tests {
         let mut written = 0;
         for port in 1000..1005 {
             written += e
-                .listener(listener(&format!("0.0.0.0:{port}"), "/a"), "kernel", NS)
+                .listener(
+                    listener(&format!("0.0.0.0:{port}"), "/a"),
+                    Origin::Kernel,
+                    NS,
+                )
                 .len();
         }
         assert_eq!((written, e.counters.rate_limited), (2, 3));
@@ -651,12 +583,17 @@ mod tests {
         let none = HashMap::new();
         let a = e.reconcile(Some(1), vec![], &Default::default(), &none, 28232, NS);
         assert_eq!(a.len(), 1);
-        assert_eq!(a[0].body.kind, "required_listener_missing");
+        assert_eq!(a[0].body.kind, AlertKind::RequiredListenerMissing);
         assert!(
-            e.listener(listener("0.0.0.0:22", "/sshd"), "kernel", 2 * NS)
+            e.listener(listener("0.0.0.0:22", "/sshd"), Origin::Kernel, 2 * NS)
                 .is_empty()
         );
-        let gone = e.closed(Some(1), "tcp", "0.0.0.0:22".parse().unwrap(), 3 * NS);
+        let gone = e.closed(
+            Some(1),
+            Transport::Tcp,
+            "0.0.0.0:22".parse().unwrap(),
+            3 * NS,
+        );
         assert_eq!(gone.len(), 1, "missing again after it came back");
     }
 
@@ -670,16 +607,16 @@ mod tests {
             dir.path(),
         );
         let mut l = listener("[::]:60481", "/a");
-        l.ephemeral_port = true;
+        l.facts.port.ephemeral = true;
         let kinds: Vec<_> = e
-            .listener(l, "kernel", NS)
+            .listener(l, Origin::Kernel, NS)
             .iter()
-            .map(|a| a.body.kind.clone())
+            .map(|a| a.body.kind.as_str())
             .collect();
         assert_eq!(kinds, ["wildcard_listener", "ephemeral_port_listener"]);
         let mut per = HashMap::new();
-        per.insert(("tcp", "127.0.0.1:80".parse().unwrap()), 300);
-        per.insert(("tcp", "127.0.0.1:81".parse().unwrap()), 2);
+        per.insert((Transport::Tcp, "127.0.0.1:80".parse().unwrap()), 300);
+        per.insert((Transport::Tcp, "127.0.0.1:81".parse().unwrap()), 2);
         let a = e.reconcile(Some(1), vec![], &Default::default(), &per, 28232, 2 * NS);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].body.detail.as_ref().unwrap()["sockets"], 300);
@@ -693,7 +630,8 @@ mod tests {
         assert_eq!(e.remembered(), 0);
         assert!(dir.path().join("alerts.json.corrupt").exists());
         assert_eq!(
-            e.listener(listener("0.0.0.0:1", "/a"), "kernel", NS).len(),
+            e.listener(listener("0.0.0.0:1", "/a"), Origin::Kernel, NS)
+                .len(),
             1
         );
         e.save();

@@ -1,13 +1,13 @@
 //! `portwatch baseline`: a commented policy that allows exactly what listens now, one rule per
 //! unit (or executable, outside systemd) and transport, to review and install as policy.toml.
-use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::{
-    attribution as enrich,
-    attribution::cgroup,
-    attribution::ports::EphemeralRange,
-    kernel::decode::Transport,
-    kernel::sockets::{self, KernelSocket},
+    attribution::Attributor,
+    facts::{Origin, PortFacts, Transport},
+    judgement::policy::is_listener,
+    kernel::sockets,
+    output::text::printable,
 };
 
 /// Who holds a listener, as the rule will name it.
@@ -15,7 +15,7 @@ use crate::{
 struct Holder {
     unit: Option<String>,
     executable: Option<String>,
-    transport: &'static str,
+    transport: Transport,
 }
 
 #[derive(Debug, Default)]
@@ -25,39 +25,24 @@ struct Group {
     comms: std::collections::BTreeSet<String>,
 }
 
-/// Every listener now: TCP sockets in LISTEN, and UDP sockets bound to a port outside the
-/// ephemeral range (the same test the daemon applies).
-pub fn listeners(range: &EphemeralRange) -> Result<Vec<KernelSocket>, sockets::SockDiagError> {
-    Ok(sockets::dump_all()?
-        .into_iter()
-        .filter(|s| {
-            s.is_tcp_listener()
-                || (s.transport == Transport::Udp
-                    && s.peer.is_none()
-                    && !range.info(s.local.port()).ephemeral)
-        })
-        .collect())
+/// Every listener now, with its holder (the same test the daemon applies).
+pub fn listeners() -> Result<Vec<PortFacts>, sockets::SockDiagError> {
+    let scan = Attributor::oneshot().scan(Origin::Snapshot)?;
+    Ok(scan.facts.into_iter().filter(is_listener).collect())
 }
 
-/// The policy text for `found`, holders looked up under `proc_root`.
-pub fn render(found: &[KernelSocket], proc_root: &Path, host: &str, now: &str) -> String {
-    let owners = sockets::owners(proc_root);
+/// The policy text for `found`.
+pub fn render(found: &[PortFacts], host: &str, now: &str) -> String {
     let mut groups: BTreeMap<Holder, Group> = BTreeMap::new();
-    for s in found {
-        let pid = owners.get(&s.inode).copied();
-        let facts = pid.and_then(|p| enrich::read_process_facts(&proc_root.join(p.to_string())));
-        let unit = facts
-            .as_ref()
-            .and_then(|f| f.cgroup.as_deref())
-            .and_then(|c| cgroup::parse(c).unit);
+    for f in found {
         let holder = Holder {
-            unit,
-            executable: facts.as_ref().and_then(|f| f.executable.clone()),
-            transport: s.transport.as_str(),
+            unit: f.process.unit.clone(),
+            executable: f.process.executable.clone(),
+            transport: f.event.transport,
         };
         let g = groups.entry(holder).or_default();
-        g.ports.insert(s.local.port());
-        let ip = s.local.ip().to_canonical();
+        g.ports.insert(f.event.local.port());
+        let ip = f.event.local.ip().to_canonical();
         g.addresses.insert(if ip.is_unspecified() {
             "wildcard".to_string()
         } else if ip.is_loopback() {
@@ -65,8 +50,8 @@ pub fn render(found: &[KernelSocket], proc_root: &Path, host: &str, now: &str) -
         } else {
             ip.to_string()
         });
-        if let Some(c) = facts.and_then(|f| f.comm) {
-            g.comms.insert(c);
+        if !f.process.comm.is_empty() {
+            g.comms.insert(f.process.comm.clone());
         }
     }
     let q = |s: &str| toml::Value::String(s.to_string()).to_string();
@@ -103,10 +88,17 @@ pub fn render(found: &[KernelSocket], proc_root: &Path, host: &str, now: &str) -
             .clone()
             .or_else(|| h.executable.clone())
             .unwrap_or_else(|| "no process holds it (kernel socket)".into());
-        let _ = writeln!(out, "\n# {who}: {} ({})", h.transport, comms.join(", "));
+        // Comments carry names a process chose: escaped, so none can end the comment line.
+        let _ = writeln!(
+            out,
+            "\n# {}: {} ({})",
+            printable(&who),
+            h.transport,
+            printable(&comms.join(", "))
+        );
         let _ = writeln!(out, "[[allow]]");
         let _ = writeln!(out, "note = {}", q(&format!("baseline: {who}")));
-        let _ = writeln!(out, "transport = {}", q(h.transport));
+        let _ = writeln!(out, "transport = {}", q(h.transport.as_str()));
         let ports: Vec<String> = g.ports.iter().map(u16::to_string).collect();
         let _ = writeln!(out, "port = [{}]", ports.join(", "));
         let addrs: Vec<String> = g.addresses.iter().map(|a| q(a)).collect();
@@ -131,28 +123,41 @@ mod tests {
     fn the_baseline_parses_and_allows_what_listens_now() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let range = EphemeralRange::read();
-        let found = listeners(&range).unwrap();
-        let text = render(&found, Path::new("/proc"), "h\"ost", "2026-11-27T00:00:00Z");
-        let p = Policy::parse(&text, Path::new("baseline.toml"))
+        let found = listeners().unwrap();
+        let text = render(&found, "h\"ost", "2026-11-27T00:00:00Z");
+        let p = Policy::parse(&text, std::path::Path::new("baseline.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let me = enrich::read_process_facts(Path::new("/proc/self")).unwrap();
-        let unit = me.cgroup.as_deref().and_then(|c| cgroup::parse(c).unit);
+        let mine = found
+            .iter()
+            .find(|f| f.event.local.port() == port)
+            .expect("this test's listener")
+            .clone();
         let view = Listener {
-            transport: "tcp",
-            address: "127.0.0.1".parse().unwrap(),
-            port,
-            executable: me.executable.as_deref(),
-            comm: me.comm.as_deref().unwrap_or(""),
-            user_id: 0,
-            user_name: Some("root"),
-            unit: unit.as_deref(),
-            container_id: None,
+            facts: mine,
             container_name: None,
         };
         assert!(matches!(p.judge(&view), Verdict::Allowed(_)), "{text}");
         let mut other = view;
-        other.address = "0.0.0.0".parse().unwrap();
+        other.facts.event.local.set_ip("0.0.0.0".parse().unwrap());
         assert!(!matches!(p.judge(&other), Verdict::Allowed(_)));
+    }
+
+    #[test]
+    fn names_a_process_chose_cannot_write_rules() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut found: Vec<PortFacts> = listeners()
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.event.local.port() == port)
+            .collect();
+        found[0].process.comm = "\n[[allow]]#".into();
+        let mut second = found[0].clone();
+        second.process.comm = "\nuser=1000#".into();
+        found.push(second);
+        let text = render(&found, "h", "2026-11-27T00:00:00Z");
+        let p = Policy::parse(&text, std::path::Path::new("baseline.toml")).unwrap();
+        assert_eq!(p.rules.len(), 1, "{text}");
+        assert!(p.rules[0].user.is_none(), "{text}");
     }
 }

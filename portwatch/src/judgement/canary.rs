@@ -4,23 +4,19 @@
 //! filtered) is reported as blind: error diagnostics, a `monitoring_blind` alert line, `status`.
 use std::net::{TcpListener, TcpStream};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::kernel::decode::Kind;
 
 /// The hook families as `status` and alerts name them.
 pub const FAMILIES: [&str; 4] = ["bind", "listen", "connect", "release"];
 
+/// `FAMILIES`' order is `Kind::ALL`'s: close events come from the release family.
 fn family(k: Kind) -> usize {
-    match k {
-        Kind::Bind => 0,
-        Kind::Listen => 1,
-        Kind::Connect => 2,
-        Kind::Close => 3,
-    }
+    k.index()
 }
 
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CanaryFigures {
     /// Rounds sent.
     pub rounds: u64,

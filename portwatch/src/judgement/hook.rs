@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncWriteExt as _, process::Command};
 
 use crate::judgement::policy::HookConfig;
@@ -26,7 +26,7 @@ pub struct HookCounters {
     pub skipped: AtomicU64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookFigures {
     pub running: u64,
     pub started: u64,

@@ -8,6 +8,8 @@ use std::{
 };
 
 use ipnet::IpNet;
+
+use crate::facts::{Kind, PortFacts, Transport};
 use serde::{
     Deserialize, Deserializer,
     de::{self, SeqAccess, Visitor},
@@ -111,22 +113,6 @@ fn hook_max_running() -> u64 {
     4
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Tcp,
-    Udp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-        }
-    }
-}
-
 /// Inclusive port ranges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ports(pub Vec<(u16, u16)>);
@@ -186,20 +172,44 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
-/// What a listener looks like to the policy.
-#[derive(Debug, Clone, Copy)]
-pub struct Listener<'a> {
-    pub transport: &'a str,
-    pub address: IpAddr,
-    pub port: u16,
-    pub executable: Option<&'a str>,
-    pub comm: &'a str,
-    pub user_id: u32,
-    pub user_name: Option<&'a str>,
-    pub unit: Option<&'a str>,
-    pub container_id: Option<&'a str>,
-    /// The container's name, where its runtime's state files tell it.
-    pub container_name: Option<&'a str>,
+/// A listener, as the policy judges it and the alert engine remembers it: the facts of the event
+/// or scan that found it, and the container's name where its runtime's state tells one.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub facts: PortFacts,
+    pub container_name: Option<String>,
+}
+
+impl Listener {
+    pub fn address(&self) -> IpAddr {
+        self.facts.event.local.ip()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.facts.event.local.port()
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.facts.event.transport
+    }
+}
+
+/// A listener is a TCP socket in LISTEN, or a UDP socket bound to a port its caller named. A
+/// kernel bind event says whether the port was named; a scan does not, so there a UDP socket
+/// counts when its port lies outside the ephemeral range, where the kernel never picks one.
+pub fn is_listener(f: &PortFacts) -> bool {
+    let ev = &f.event;
+    ev.errno.is_none()
+        && ev.local.port() != 0
+        && match ev.kind {
+            Kind::Listen => true,
+            Kind::Bind => {
+                ev.transport == Transport::Udp
+                    && ev.peer.is_none()
+                    && f.port.requested.unwrap_or(!f.port.ephemeral)
+            }
+            _ => false,
+        }
 }
 
 /// The policy's verdict on a listener.
@@ -238,34 +248,39 @@ impl AddressPattern {
 
 impl Rule {
     /// (everything but the address matches, the address matches too).
-    fn check(&self, l: &Listener<'_>) -> (bool, bool) {
-        let rest = self.transport.is_none_or(|t| t.as_str() == l.transport)
+    fn check(&self, l: &Listener) -> (bool, bool) {
+        let p = &l.facts.process;
+        let container_id = p.container.as_ref().map(|c| c.id.as_str());
+        let rest = self.transport.is_none_or(|t| t == l.transport())
             && self
                 .port
                 .as_ref()
-                .is_none_or(|p| p.0.iter().any(|&(a, b)| (a..=b).contains(&l.port)))
+                .is_none_or(|ports| ports.0.iter().any(|&(a, b)| (a..=b).contains(&l.port())))
             && self
                 .executable
                 .as_deref()
-                .is_none_or(|e| l.executable == Some(e))
-            && self.comm.as_deref().is_none_or(|c| l.comm == c)
+                .is_none_or(|e| p.executable.as_deref() == Some(e))
+            && self.comm.as_deref().is_none_or(|c| p.comm == c)
             && self.user.as_ref().is_none_or(|u| match u {
-                UserPattern::Id(id) => *id == l.user_id,
-                UserPattern::Name(n) => l.user_name == Some(n.as_str()),
+                UserPattern::Id(id) => *id == p.user.id,
+                UserPattern::Name(n) => p.user.name.as_deref() == Some(n.as_str()),
             })
-            && self.unit.as_deref().is_none_or(|u| l.unit == Some(u))
+            && self
+                .unit
+                .as_deref()
+                .is_none_or(|u| p.unit.as_deref() == Some(u))
             && self.container.as_ref().is_none_or(|c| match c {
-                ContainerPattern::Any => l.container_id.is_some(),
-                ContainerPattern::None => l.container_id.is_none(),
+                ContainerPattern::Any => container_id.is_some(),
+                ContainerPattern::None => container_id.is_none(),
                 ContainerPattern::Id(id) => {
-                    l.container_id.is_some_and(|c| c.starts_with(id.as_str()))
-                        || l.container_name == Some(id.as_str())
+                    container_id.is_some_and(|c| c.starts_with(id.as_str()))
+                        || l.container_name.as_deref() == Some(id.as_str())
                 }
             });
         let addr = self
             .address
             .as_ref()
-            .is_none_or(|a| a.0.iter().any(|p| p.matches(l.address)));
+            .is_none_or(|a| a.0.iter().any(|p| p.matches(l.address())));
         (rest, rest && addr)
     }
 
@@ -289,7 +304,7 @@ impl Rule {
 }
 
 impl Policy {
-    pub fn judge(&self, l: &Listener<'_>) -> Verdict {
+    pub fn judge(&self, l: &Listener) -> Verdict {
         let mut partial = None;
         for (i, r) in self.rules.iter().enumerate() {
             match r.check(l) {
@@ -299,13 +314,13 @@ impl Policy {
             }
         }
         match partial {
-            Some(i) if scope(l.address) == "wildcard" => Verdict::WildcardWhereLoopback(i),
+            Some(i) if scope(l.address()) == "wildcard" => Verdict::WildcardWhereLoopback(i),
             _ => Verdict::Unexpected,
         }
     }
 
     /// Does rule `i` allow this listener?
-    pub fn rule_matches(&self, i: usize, l: &Listener<'_>) -> bool {
+    pub fn rule_matches(&self, i: usize, l: &Listener) -> bool {
         self.rules.get(i).is_some_and(|r| r.check(l).1)
     }
 
@@ -629,19 +644,32 @@ mod tests {
         Policy::parse(s, Path::new("/etc/portwatch/policy.toml")).map_err(|e| e.to_string())
     }
 
-    fn listener(addr: &str, port: u16) -> Listener<'static> {
+    fn listener(addr: &str, port: u16) -> Listener {
+        let ip: IpAddr = addr.parse().unwrap();
+        let ev = crate::facts::fixture::event(
+            Kind::Listen,
+            Transport::Tcp,
+            &std::net::SocketAddr::new(ip, port).to_string(),
+        );
+        let mut facts = crate::facts::fixture::facts(ev, 1);
+        facts.process.executable = Some("/usr/sbin/sshd".into());
+        facts.process.comm = "sshd".into();
+        facts.process.user = crate::facts::User {
+            id: 0,
+            name: Some("root".into()),
+        };
+        facts.process.unit = Some("ssh.service".into());
         Listener {
-            transport: "tcp",
-            address: addr.parse().unwrap(),
-            port,
-            executable: Some("/usr/sbin/sshd"),
-            comm: "sshd",
-            user_id: 0,
-            user_name: Some("root"),
-            unit: Some("ssh.service"),
-            container_id: None,
+            facts,
             container_name: None,
         }
+    }
+
+    fn in_container(id: &str) -> Option<crate::facts::Container> {
+        Some(crate::facts::Container {
+            id: id.into(),
+            runtime: crate::facts::ContainerRuntime::Docker,
+        })
     }
 
     fn policy_with_container(c: &str) -> Policy {
@@ -678,16 +706,16 @@ user = 1000
         assert_eq!(p.rules[0].line, 5);
         assert_eq!(p.judge(&listener("0.0.0.0", 22)), Verdict::Allowed(0));
         let mut l = listener("0.0.0.0", 22);
-        l.executable = Some("/tmp/sshd");
+        l.facts.process.executable = Some("/tmp/sshd".into());
         assert_eq!(p.judge(&l), Verdict::Unexpected);
         l = listener("0.0.0.0", 22);
-        l.container_id = Some("abc");
+        l.facts.process.container = in_container("abc");
         assert_eq!(p.judge(&l), Verdict::Unexpected);
         let named = policy_with_container("web");
-        l.container_name = Some("web");
+        l.container_name = Some("web".into());
         assert_eq!(named.judge(&l), Verdict::Allowed(0), "by name");
         l.container_name = None;
-        l.container_id = Some("4f1e2d3c4b5a6978");
+        l.facts.process.container = in_container("4f1e2d3c4b5a6978");
         assert_eq!(
             policy_with_container("4f1e2d3c").judge(&l),
             Verdict::Allowed(0),
@@ -706,7 +734,7 @@ user = 1000
         assert_eq!(p.judge(&listener("192.168.1.1", 8050)), Verdict::Unexpected);
         let mut l = listener("10.1.2.3", 5555);
         assert_eq!(p.judge(&l), Verdict::Unexpected);
-        l.user_id = 1000;
+        l.facts.process.user.id = 1000;
         assert_eq!(p.judge(&l), Verdict::Allowed(2));
         assert_eq!(p.rules[0].describe(0), "allow[0] (line 5) \"ssh\"");
     }

@@ -3,65 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use portwatch_common::{ExecEvent, PortEvent, ProcEvent, family, kind, lineage, probe, protocol};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Bind,
-    Listen,
-    Connect,
-    Close,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Bind => "bind",
-            Kind::Listen => "listen",
-            Kind::Connect => "connect",
-            Kind::Close => "close",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Udp,
-}
-
-impl Transport {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-        }
-    }
-}
-
-/// A decoded kernel record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelEvent {
-    pub monotonic_ns: u64,
-    pub cpu: u32,
-    pub cpu_seq: u64,
-    pub cookie: u64,
-    pub cgroup_id: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub netns: u32,
-    /// `None` on success.
-    pub errno: Option<i32>,
-    pub kind: Kind,
-    pub transport: Transport,
-    pub local: SocketAddr,
-    pub peer: Option<SocketAddr>,
-    /// `task->comm` as the kernel had it: up to 15 bytes, not necessarily UTF-8.
-    pub comm: Vec<u8>,
-    pub probe: &'static str,
-    /// A bind that named its port (not `bind(…, 0)`).
-    pub port_requested: bool,
-}
+pub use crate::facts::{KernelEvent, Kind, Transport};
 
 /// An exec captured in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]

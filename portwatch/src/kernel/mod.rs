@@ -1,6 +1,134 @@
 //! The kernel side of the pipeline: attach the eBPF programs (the attach ladder), read the ring
-//! buffer and loss counters, decode records, and list the kernel's sockets (sock_diag).
+//! buffer and loss counters, decode records, and list the kernel's sockets (sock_diag). The
+//! `Kernel` stage hands the next one typed `Record`s.
 pub mod attach;
 pub mod decode;
 pub mod read;
 pub mod sockets;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use self::{
+    attach::{Attached, FamilyAttachment},
+    decode::Record,
+    read::{EventReader, LossCounter, ReadError},
+};
+
+/// Records the kernel side could not deliver, or the daemon could not read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelCounters {
+    /// Records dropped because the ring buffer was full (the kernel's per-CPU counters).
+    pub ring_buffer_lost: u64,
+    /// Records that did not decode (a mismatch between the programs and the daemon).
+    pub undecodable: u64,
+}
+
+pub struct Kernel {
+    pub attached: Attached,
+    reader: EventReader,
+    losses: LossCounter,
+    undecodable: u64,
+}
+
+impl Kernel {
+    pub fn new(mut attached: Attached) -> Result<Self, ReadError> {
+        let reader = EventReader::new(&mut attached.ebpf)?;
+        let losses = LossCounter::new(&mut attached.ebpf)?;
+        Ok(Self {
+            attached,
+            reader,
+            losses,
+            undecodable: 0,
+        })
+    }
+
+    /// Waits until the kernel signals new records.
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        self.reader.wait().await
+    }
+
+    /// Hands every queued record, decoded, to `f`; returns how many there were. An undecodable
+    /// record is counted and said, never fatal.
+    pub fn drain(&mut self, f: &mut impl FnMut(Record)) -> usize {
+        let undecodable = &mut self.undecodable;
+        self.reader
+            .drain(&mut |bytes| match decode::decode_any(bytes) {
+                Ok(r) => f(r),
+                Err(e) => {
+                    *undecodable += 1;
+                    tracing::warn!(error = %e, total = *undecodable, "undecodable record dropped");
+                }
+            })
+    }
+
+    /// Ring-buffer losses not yet reported: `Some((new, total))` when the total grew.
+    pub fn poll_losses(&mut self) -> Option<(u64, u64)> {
+        self.losses.poll().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the loss counters failed");
+            None
+        })
+    }
+
+    /// Ring-buffer losses reported so far.
+    pub fn lost(&self) -> u64 {
+        self.losses.reported()
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        KernelCounters {
+            ring_buffer_lost: self.losses.reported(),
+            undecodable: self.undecodable,
+        }
+    }
+
+    /// Each hook family's strategy, hooks and what was passed over, for `status` lines.
+    pub fn families(&self) -> BTreeMap<String, &FamilyAttachment> {
+        self.attached
+            .families
+            .iter()
+            .map(|f| (f.family.to_string(), f))
+            .collect()
+    }
+
+    /// Each hook family's strategy, by name.
+    pub fn strategies(&self) -> BTreeMap<String, String> {
+        self.attached
+            .families
+            .iter()
+            .map(|f| (f.family.to_string(), f.strategy.to_string()))
+            .collect()
+    }
+
+    pub fn ring_buffer_bytes(&self) -> u32 {
+        self.attached.ring_buffer_bytes
+    }
+}
+
+/// eBPF-side diagnostics (aya-log) go to the daemon's tracing output.
+pub fn spawn_ebpf_logger(attached: &mut Attached) {
+    let logger = match aya_log::EbpfLogger::init(&mut attached.ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF log channel unavailable");
+            return;
+        }
+    };
+    let mut fd = match read::register(logger) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF log channel unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

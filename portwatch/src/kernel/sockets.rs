@@ -1,12 +1,10 @@
-//! The kernel's socket tables right now, read over sock_diag netlink (as `ss` does), and which
-//! process holds each socket (socket inode → pid through /proc/*/fd). Used for the start-up
+//! The kernel's socket tables right now, read over sock_diag netlink (as `ss` does); which
+//! process holds each socket is attribution's (`attribution::procfs::socket_owners`). Used for the start-up
 //! snapshot, `who`'s "now", policy reconciliation and `baseline`. Sees the network namespace the
 //! caller runs in.
 use std::{
-    collections::HashMap,
     fs,
     net::{IpAddr, SocketAddr},
-    path::Path,
 };
 
 use netlink_packet_core::{
@@ -19,7 +17,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::kernel::decode::{KernelEvent, Kind, Transport};
+use crate::facts::{KernelEvent, Kind, SocketRole, Transport};
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -55,12 +53,43 @@ impl KernelSocket {
         self.transport == Transport::Tcp && self.state == TCP_LISTEN
     }
 
-    /// What the socket does, in the words the store and `who` use.
-    pub fn role(&self) -> &'static str {
+    /// What the socket does with its port.
+    pub fn role(&self) -> SocketRole {
         match (self.transport, self.state) {
-            (Transport::Tcp, TCP_LISTEN) => "listening",
-            (_, _) if self.peer.is_some() => "connected",
-            _ => "bound",
+            (Transport::Tcp, TCP_LISTEN) => SocketRole::Listening,
+            (_, _) if self.peer.is_some() => SocketRole::Connected,
+            _ => SocketRole::Bound,
+        }
+    }
+
+    /// The socket shaped like the port event that would have opened it (`probe` "sock_diag"),
+    /// held by `pid` (0: no process holds it, or it closed during the scan). What only /proc can
+    /// tell (comm, group) is attribution's to fill in.
+    pub fn to_event(&self, pid: u32, netns: Option<u32>, monotonic_ns: u64) -> KernelEvent {
+        KernelEvent {
+            monotonic_ns,
+            cpu: 0,
+            cpu_seq: 0,
+            cookie: self.cookie,
+            cgroup_id: 0,
+            pid,
+            tid: pid,
+            uid: self.uid,
+            gid: 0,
+            netns: netns.unwrap_or(0),
+            errno: None,
+            kind: match self.role() {
+                SocketRole::Listening => Kind::Listen,
+                SocketRole::Connected => Kind::Connect,
+                SocketRole::Bound => Kind::Bind,
+            },
+            transport: self.transport,
+            local: self.local,
+            peer: self.peer,
+            comm: Vec::new(),
+            probe: "sock_diag",
+            // sock_diag does not say whether a port was asked for.
+            port_requested: false,
         }
     }
 }
@@ -155,96 +184,6 @@ fn is_unspecified(ip: IpAddr) -> bool {
     ip.is_unspecified()
 }
 
-/// Socket inode → pid of a process holding it, from /proc/*/fd. A socket shared by several
-/// processes (a forked server) is given to the lowest pid, usually the parent.
-pub fn owners(proc_root: &Path) -> HashMap<u32, u32> {
-    let mut owners: HashMap<u32, u32> = HashMap::new();
-    let Ok(procs) = fs::read_dir(proc_root) else {
-        return owners;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(target) = fs::read_link(fd.path())
-                && let Some(inode) = target
-                    .to_str()
-                    .and_then(|t| t.strip_prefix("socket:["))
-                    .and_then(|t| t.strip_suffix(']'))
-                    .and_then(|t| t.parse().ok())
-            {
-                owners
-                    .entry(inode)
-                    .and_modify(|o| *o = (*o).min(pid))
-                    .or_insert(pid);
-            }
-        }
-    }
-    owners
-}
-
-/// The socket as a port event (`probe` "sock_diag"), held by `pid` (0: no process holds it, or
-/// it closed during the scan).
-pub fn to_event(
-    s: &KernelSocket,
-    pid: u32,
-    netns: Option<u32>,
-    proc_root: &Path,
-    monotonic_ns: u64,
-) -> KernelEvent {
-    let dir = proc_root.join(pid.to_string());
-    let comm = if pid == 0 {
-        Vec::new()
-    } else {
-        fs::read(dir.join("comm"))
-            .map(|mut c| {
-                if c.last() == Some(&b'\n') {
-                    c.pop();
-                }
-                c
-            })
-            .unwrap_or_default()
-    };
-    let gid = (pid != 0)
-        .then(|| fs::read_to_string(dir.join("status")).ok())
-        .flatten()
-        .and_then(|st| {
-            st.lines()
-                .find_map(|l| l.strip_prefix("Gid:"))
-                .and_then(|g| g.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0);
-    KernelEvent {
-        monotonic_ns,
-        cpu: 0,
-        cpu_seq: 0,
-        cookie: s.cookie,
-        cgroup_id: 0,
-        pid,
-        tid: pid,
-        uid: s.uid,
-        gid,
-        netns: netns.unwrap_or(0),
-        errno: None,
-        kind: match s.role() {
-            "listening" => Kind::Listen,
-            "connected" => Kind::Connect,
-            _ => Kind::Bind,
-        },
-        transport: s.transport,
-        local: s.local,
-        peer: s.peer,
-        comm,
-        probe: "sock_diag",
-        // sock_diag does not say whether a port was asked for.
-        port_requested: false,
-    }
-}
-
 /// Inode of this process's network namespace: the one sock_diag lists.
 pub fn own_netns() -> Option<u32> {
     let link = fs::read_link("/proc/self/ns/net").ok()?;
@@ -267,25 +206,25 @@ mod tests {
         let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let u = UdpSocket::bind("[::1]:0").unwrap();
         let all = dump_all().unwrap();
-        let owners = owners(Path::new("/proc"));
+        let owners = crate::attribution::procfs::socket_owners(std::path::Path::new("/proc"));
         let me = std::process::id();
         let listener = all
             .iter()
             .find(|s| s.is_tcp_listener() && s.local.port() == port)
             .unwrap();
-        assert_eq!(listener.role(), "listening");
+        assert_eq!(listener.role(), SocketRole::Listening);
         assert_eq!(owners.get(&listener.inode), Some(&me));
         let client = all
             .iter()
             .find(|s| s.local == c.local_addr().unwrap())
             .unwrap();
         assert_eq!(client.peer, Some(c.peer_addr().unwrap()));
-        assert_eq!(client.role(), "connected");
+        assert_eq!(client.role(), SocketRole::Connected);
         let udp = all
             .iter()
             .find(|s| s.transport == Transport::Udp && s.local == u.local_addr().unwrap())
             .unwrap();
-        assert_eq!((udp.role(), udp.peer), ("bound", None));
+        assert_eq!((udp.role(), udp.peer), (SocketRole::Bound, None));
         assert_eq!(owners.get(&udp.inode), Some(&me));
         assert!(own_netns().is_some());
     }

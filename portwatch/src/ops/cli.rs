@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    daemon::RunOptions, kernel::attach::AttachMode, ops::config::Config, output::sink::Rotation,
+    kernel::attach::AttachMode,
+    ops::config::{Config, RunOptions},
+    output::sink::Rotation,
 };
 
 #[derive(Debug, Parser)]

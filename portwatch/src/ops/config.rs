@@ -6,6 +6,27 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::kernel::attach::AttachMode;
 
+/// What `portwatch run` runs with: the file's settings with the command line's flags on top
+/// (`cli::RunArgs::options`).
+#[derive(Debug)]
+pub struct RunOptions {
+    pub attach: AttachMode,
+    pub log_file: Option<PathBuf>,
+    pub stdout: bool,
+    pub rotation: Option<crate::output::sink::Rotation>,
+    pub ring_buffer_bytes: u32,
+    pub status_socket: PathBuf,
+    pub cache: CacheConfig,
+    pub state_dir: PathBuf,
+    pub retention: crate::history::store::Retention,
+    /// The listener policy; None: no alerts.
+    pub policy: Option<PathBuf>,
+    /// Seconds between canary rounds (blinding detection); 0: off.
+    pub canary_interval_seconds: u64,
+    /// Seconds between periodic `status` lines; 0: only at start and stop.
+    pub status_interval_seconds: u64,
+}
+
 pub const DEFAULT_PATH: &str = "/etc/portwatch/portwatch.toml";
 pub const DEFAULT_STATUS_SOCKET: &str = "/run/portwatch/status.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/portwatch";

@@ -8,8 +8,17 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tokio::io::AsyncWriteExt as _;
+
+use crate::{
+    attribution::{AttributionCounters, CacheCounters, CacheFigures},
+    facts::Kind,
+    history::tenancy::HistoryCounters,
+    judgement::JudgementCounters,
+    output::{EventCounts, LogFigures, text::printable},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -21,14 +30,20 @@ pub enum StatusError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "no portwatch daemon answers on {path} ({reason}); is it running? (`systemctl status portwatch`)"
-    )]
-    NoDaemon { path: String, reason: String },
+    #[error("no portwatch daemon answers on {path}; is it running? (`systemctl status portwatch`)")]
+    NoDaemon {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("permission denied on {0}: the status socket is root-only")]
     Denied(String),
-    #[error("the daemon on {path} sent an unreadable answer: {reason}")]
-    BadAnswer { path: String, reason: String },
+    #[error("the daemon on {path} sent an unreadable answer")]
+    BadAnswer {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 pub struct StatusServer {
@@ -92,13 +107,13 @@ pub fn answer(mut stream: tokio::net::UnixStream, mut body: Vec<u8>) {
 }
 
 /// Client side: asks the daemon.
-pub fn query(path: &Path) -> Result<Value, StatusError> {
+pub fn query(path: &Path) -> Result<StatusAnswer, StatusError> {
     let p = || path.display().to_string();
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => StatusError::Denied(p()),
         _ => StatusError::NoDaemon {
             path: p(),
-            reason: e.to_string(),
+            source: e,
         },
     })?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
@@ -107,144 +122,185 @@ pub fn query(path: &Path) -> Result<Value, StatusError> {
         .read_to_string(&mut text)
         .map_err(|e| StatusError::BadAnswer {
             path: p(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
     serde_json::from_str(&text).map_err(|e| StatusError::BadAnswer {
         path: p(),
-        reason: e.to_string(),
+        source: Box::new(e),
     })
 }
 
-/// The human-readable form of a status answer.
-pub fn render(v: &Value) -> String {
-    let mut out = String::new();
-    let line = |out: &mut String, k: &str, val: String| out.push_str(&format!("{k:<18} {val}\n"));
-    line(
-        &mut out,
-        "version",
-        v["version"].as_str().unwrap_or("?").to_string(),
-    );
-    line(&mut out, "pid", v["pid"].to_string());
-    line(&mut out, "uptime", format!("{} s", v["uptime_seconds"]));
-    line(
-        &mut out,
-        "kernel",
-        v["kernel"].as_str().unwrap_or("?").to_string(),
-    );
-    if let Some(a) = v["attach"].as_object() {
-        let s: Vec<String> = a
-            .iter()
-            .map(|(f, s)| format!("{f}={}", s.as_str().unwrap_or("?")))
-            .collect();
-        line(&mut out, "attach", s.join(" "));
+/// What every stage did and could not do: the `counters` of `status` lines and of the status
+/// socket's answer. Each part is its stage's own type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub events: EventCounts,
+    pub lost: Lost,
+    pub attribution: AttributionCounters,
+    pub caches: CacheCounters,
+    pub log: LogFigures,
+    /// None: the daemon runs without a history store.
+    pub store: Option<HistoryCounters>,
+    #[serde(flatten)]
+    pub judgement: JudgementCounters,
+}
+
+/// What was lost, by where: the kernel's ring buffer, the log file, the decoder.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    pub ring_buffer: u64,
+    pub log_write_failed: u64,
+    pub undecodable: u64,
+}
+
+/// Live events per second over the rate window.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub bind: f64,
+    pub listen: f64,
+    pub connect: f64,
+    pub close: f64,
+    pub total: f64,
+}
+
+impl Rates {
+    /// From per-kind counts now and `window_seconds` ago.
+    pub fn between(now: [u64; 4], then: [u64; 4], window_seconds: f64) -> Self {
+        let rate = |n: u64, o: u64| {
+            if window_seconds > 0.0 {
+                n.saturating_sub(o) as f64 / window_seconds
+            } else {
+                0.0
+            }
+        };
+        let k = |kind: Kind| rate(now[kind.index()], then[kind.index()]);
+        Rates {
+            bind: k(Kind::Bind),
+            listen: k(Kind::Listen),
+            connect: k(Kind::Connect),
+            close: k(Kind::Close),
+            total: rate(now.iter().sum(), then.iter().sum()),
+        }
     }
-    for kind in ["bind", "listen", "connect", "close", "total"] {
+}
+
+/// The status socket's answer (`portwatch status --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub kernel: String,
+    /// Strategy per hook family.
+    pub attach: BTreeMap<String, String>,
+    pub events_per_second: Rates,
+    pub rate_window_seconds: u64,
+    pub ring_buffer_bytes: u32,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+/// The human-readable form of a status answer. Paths are escaped: a log path is the operator's,
+/// but nothing a person reads passes control characters through.
+pub fn render(v: &StatusAnswer) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, val: String| out.push_str(&format!("{k:<18} {val}\n"));
+    let c = &v.counters;
+    line("version", printable(&v.version).into_owned());
+    line("pid", v.pid.to_string());
+    line("uptime", format!("{} s", v.uptime_seconds));
+    line("kernel", printable(&v.kernel).into_owned());
+    let attach: Vec<String> = v.attach.iter().map(|(f, s)| format!("{f}={s}")).collect();
+    line("attach", attach.join(" "));
+    let e = &c.events;
+    let r = &v.events_per_second;
+    for (kind, n, rate) in [
+        ("bind", e.bind, r.bind),
+        ("listen", e.listen, r.listen),
+        ("connect", e.connect, r.connect),
+        ("close", e.close, r.close),
+        ("total", e.total, r.total),
+    ] {
         line(
-            &mut out,
             &format!("events {kind}"),
             format!(
-                "{} ({:.1}/s over the last {} s)",
-                v["events"][kind],
-                v["events_per_second"][kind].as_f64().unwrap_or(0.0),
-                v["rate_window_seconds"]
+                "{n} ({rate:.1}/s over the last {} s)",
+                v.rate_window_seconds
             ),
         );
     }
+    line("lost (kernel)", c.lost.ring_buffer.to_string());
+    line("log lines failed", c.lost.log_write_failed.to_string());
+    line("undecodable", c.lost.undecodable.to_string());
+    line("process gone", c.attribution.process_gone.to_string());
+    let cache = |f: &CacheFigures| format!("{}/{} ({} evicted)", f.size, f.max, f.evictions);
     line(
-        &mut out,
-        "lost (kernel)",
-        v["lost"]["ring_buffer"].to_string(),
-    );
-    line(
-        &mut out,
-        "log lines failed",
-        v["lost"]["log_write_failed"].to_string(),
-    );
-    line(
-        &mut out,
-        "undecodable",
-        v["lost"]["undecodable"].to_string(),
-    );
-    line(
-        &mut out,
-        "process gone",
-        v["attribution"]["process_gone"].to_string(),
-    );
-    let cache = |c: &Value| format!("{}/{} ({} evicted)", c["size"], c["max"], c["evictions"]);
-    line(
-        &mut out,
         "caches",
         format!(
             "processes {}, users {}, process table {}",
-            cache(&v["caches"]["processes"]),
-            cache(&v["caches"]["users"]),
-            cache(&v["caches"]["process_table"])
+            cache(&c.caches.processes),
+            cache(&c.caches.users),
+            cache(&c.caches.process_table)
         ),
     );
-    line(
-        &mut out,
-        "snapshot events",
-        v["events"]["snapshot"].to_string(),
-    );
-    if v["store"].is_object() {
+    line("snapshot events", e.snapshot.to_string());
+    if let Some(s) = &c.store {
         line(
-            &mut out,
             "history",
             format!(
                 "{} open sockets, {} intervals not recorded, {} closed after lost releases",
-                v["store"]["open_sockets"], v["store"]["writes_dropped"], v["store"]["swept"]
+                s.open_sockets, s.writes_dropped, s.swept
             ),
         );
     }
-    let blind: Vec<&str> = v["canary"]["blind"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let canary = &c.judgement.canary;
     line(
-        &mut out,
         "canary",
-        if blind.is_empty() {
+        if canary.blind.is_empty() {
             format!(
                 "every hook family seen ({} of {} rounds complete)",
-                v["canary"]["rounds"]["complete"], v["canary"]["rounds"]["rounds"]
+                canary.rounds.complete, canary.rounds.rounds
             )
         } else {
-            format!("BLIND: {} deliver no events", blind.join(", "))
+            format!(
+                "BLIND: {} deliver no events",
+                printable(&canary.blind.join(", "))
+            )
         },
     );
-    match v["alerts"].as_object() {
-        None => line(&mut out, "alerts", "no policy".into()),
+    match &c.judgement.alerts {
+        None => line("alerts", "no policy".into()),
         Some(a) => {
-            let c = &a["counters"];
             line(
-                &mut out,
                 "alerts",
                 format!(
                     "{} rules from {}; {} raised, {} repeats, {} rate-limited, {} listeners known",
-                    a["rules"],
-                    a["policy"].as_str().unwrap_or("?"),
-                    c["raised"],
-                    c["repeats"],
-                    c["rate_limited"],
-                    a["listeners"]
+                    a.rules,
+                    printable(&a.policy.to_string_lossy()),
+                    a.counters.raised,
+                    a.counters.repeats,
+                    a.counters.rate_limited,
+                    a.listeners
                 ),
             );
-            let h = &a["hook"];
+            let h = &a.hook;
             line(
-                &mut out,
                 "alert hook",
                 format!(
                     "{} started, {} failed, {} timed out, {} skipped",
-                    h["started"], h["failed"], h["timed_out"], h["skipped"]
+                    h.started, h.failed, h.timed_out, h.skipped
                 ),
             );
         }
     }
     line(
-        &mut out,
         "log",
-        match v["log"]["path"].as_str() {
-            Some(p) => format!("{p} ({} bytes)", v["log"]["bytes"]),
+        match &c.log.path {
+            Some(p) => format!(
+                "{} ({} bytes)",
+                printable(&p.to_string_lossy()),
+                c.log.bytes
+            ),
             None => "stdout only".into(),
         },
     );

@@ -1,4 +1,246 @@
-//! The event log: its schema (serde types only), errno names, and the sink that writes lines.
+//! Output: the only stage that writes. It stamps every line with the schema version, a sequence
+//! number, the host and a timestamp, serializes it (`schema`, serde types only) and hands it to
+//! the sink (stdout, the log file, rotation). It counts what it wrote and what it could not.
 pub mod errno;
 pub mod schema;
 pub mod sink;
+pub mod text;
+
+use serde::{Deserialize, Serialize};
+
+use self::{
+    schema::{
+        AlertRecord, DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord,
+        SCHEMA_VERSION, StatusRecord,
+    },
+    sink::Sink,
+};
+use crate::{
+    clock,
+    facts::{Alert, Kind, Origin, PortFacts},
+    output::text::printable,
+};
+
+/// Events written, by kind, and those the start-up scan wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    pub bind: u64,
+    pub listen: u64,
+    pub connect: u64,
+    pub close: u64,
+    pub total: u64,
+    pub snapshot: u64,
+}
+
+impl EventCounts {
+    fn of(counts: [u64; 4], snapshot: u64) -> Self {
+        EventCounts {
+            bind: counts[Kind::Bind.index()],
+            listen: counts[Kind::Listen.index()],
+            connect: counts[Kind::Connect.index()],
+            close: counts[Kind::Close.index()],
+            total: counts.iter().sum(),
+            snapshot,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFigures {
+    /// None: stdout only.
+    pub path: Option<std::path::PathBuf>,
+    pub bytes: u64,
+    pub rotations: u64,
+    pub lines_written: u64,
+}
+
+/// What every line is stamped with: the host and a sequence number.
+struct Stamp {
+    host: String,
+    seq: u64,
+}
+
+impl Stamp {
+    fn header(&mut self, event: &'static str, timestamp: String) -> Header<'_> {
+        self.seq += 1;
+        Header {
+            schema: SCHEMA_VERSION,
+            timestamp,
+            seq: self.seq,
+            host: Host { name: &self.host },
+            event,
+        }
+    }
+}
+
+pub struct Output {
+    stamp: Stamp,
+    pub sink: Sink,
+    /// Live events written, by `Kind::index`.
+    counts: [u64; 4],
+    snapshot: u64,
+}
+
+impl Output {
+    pub fn new(sink: Sink) -> Self {
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self {
+            stamp: Stamp { host, seq: 0 },
+            sink,
+            counts: [0; 4],
+            snapshot: 0,
+        }
+    }
+
+    fn write<T: Serialize>(sink: &mut Sink, rec: &T) {
+        if let Err(e) = sink.push_json(rec) {
+            tracing::error!(error = %e, "serializing an event failed");
+        }
+    }
+
+    /// A bind, listen, connect or close line, stamped with the time it happened.
+    pub fn port(&mut self, f: &PortFacts) {
+        match f.origin {
+            Origin::Snapshot => self.snapshot += 1,
+            _ => self.counts[f.event.kind.index()] += 1,
+        }
+        let ts = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(f.wall_ns));
+        let header = self.stamp.header(f.event.kind.as_str(), ts);
+        let rec = PortRecord::new(header, f);
+        Self::write(&mut self.sink, &rec);
+    }
+
+    /// An `alert` line and a WARN diagnostic (journald priority warning under systemd). Returns
+    /// the line, for the exec hook.
+    pub fn alert(&mut self, a: &Alert) -> Option<String> {
+        let header = self.stamp.header("alert", clock::now_rfc3339());
+        let line = match serde_json::to_string(&AlertRecord::new(header, a)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "serializing an alert failed");
+                return None;
+            }
+        };
+        let p = a.subject.process.as_ref();
+        tracing::warn!(
+            kind = a.body.kind.as_str(),
+            severity = a.body.severity.as_str(),
+            count = a.body.count,
+            summary = a.body.summary,
+            pid = p.map(|p| p.pid),
+            executable = p
+                .and_then(|p| p.executable.as_deref())
+                .map(printable)
+                .as_deref(),
+            local = a
+                .subject
+                .network
+                .as_ref()
+                .map(|n| format!("{}:{}", n.local.address, n.local.port))
+                .as_deref(),
+            origin = a.origin.as_str(),
+            "ALERT: {}",
+            printable(&a.body.rule)
+        );
+        self.sink.push(line.as_bytes());
+        Some(line)
+    }
+
+    /// A `status` line: at start (`reason` "start"), periodically and at shutdown ("stop").
+    pub fn status<A: Serialize, C: Serialize>(
+        &mut self,
+        attach: A,
+        ring_buffer_bytes: u32,
+        reason: &'static str,
+        counters: C,
+    ) {
+        let header = self.stamp.header("status", clock::now_rfc3339());
+        let rec = StatusRecord {
+            header,
+            daemon: DaemonInfo {
+                version: env!("CARGO_PKG_VERSION"),
+                pid: std::process::id(),
+            },
+            kernel: KernelInfo {
+                release: kernel_release(),
+            },
+            attach,
+            ring_buffer_bytes,
+            reason,
+            counters,
+        };
+        Self::write(&mut self.sink, &rec);
+    }
+
+    /// A `loss` line (ring-buffer losses are logged at once; log-write losses by `flush`, once
+    /// the notice actually lands).
+    pub fn loss(&mut self, count: u64, total: u64, reason: &'static str) {
+        tracing::warn!(count, total, reason, "events lost");
+        self.push_loss(count, total, reason);
+    }
+
+    fn push_loss(&mut self, count: u64, total: u64, reason: &'static str) {
+        let header = self.stamp.header("loss", clock::now_rfc3339());
+        let rec = LossRecord {
+            header,
+            loss: Loss {
+                count,
+                total,
+                reason,
+            },
+        };
+        Self::write(&mut self.sink, &rec);
+    }
+
+    /// Writes the queued lines; once writing works again after failures, says in the log itself
+    /// how many lines it could not write (tried on every flush and every second until it lands).
+    pub fn flush(&mut self) {
+        // One stat per batch: a log whose path no longer names it must not swallow lines.
+        self.sink.check_path();
+        self.sink.flush();
+        let count = self.sink.unreported_failed();
+        if count > 0 {
+            let total = self.sink.stats.lines_failed;
+            self.push_loss(count, total, "log_write_failed");
+            if self.sink.flush_notice(count) {
+                tracing::warn!(
+                    count,
+                    total,
+                    "event log writable again; lost lines reported in it"
+                );
+            }
+        }
+    }
+
+    pub fn events(&self) -> EventCounts {
+        EventCounts::of(self.counts, self.snapshot)
+    }
+
+    /// Live events by `Kind::index`, for rates.
+    pub fn counts(&self) -> [u64; 4] {
+        self.counts
+    }
+
+    pub fn log(&self) -> LogFigures {
+        LogFigures {
+            path: self.sink.log_path().map(std::path::Path::to_path_buf),
+            bytes: self.sink.log_bytes(),
+            rotations: self.sink.stats.rotations,
+            lines_written: self.sink.stats.lines_written,
+        }
+    }
+
+    /// Lines the log file could not take.
+    pub fn lines_failed(&self) -> u64 {
+        self.sink.stats.lines_failed
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,15 +1,9 @@
 //! The event log contract, schema version 1 (docs/schema.md). Every line the daemon writes is
 //! one of these records serialized as a single JSON object.
-use std::{collections::BTreeMap, net::SocketAddr};
-
 use serde::Serialize;
 
 use crate::{
-    attribution::Attribution,
-    attribution::cgroup::Container,
-    attribution::ports::PortInfo,
-    kernel::attach::FamilyAttachment,
-    kernel::decode::{KernelEvent, Transport},
+    facts::{Alert, AlertBody, Network, Origin, PortFacts, PortInfo, ProcessFacts},
     output::errno,
 };
 
@@ -40,85 +34,50 @@ pub struct PortRecord<'a> {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
-    pub network: Network,
+    pub network: &'a Network,
     /// Class of the local port.
     pub port: PortInfo,
-    pub process: Process,
+    pub process: &'a ProcessFacts,
     pub probe: &'static str,
     /// `kernel` (a live eBPF record) or `snapshot` (found by the start-up socket scan).
-    pub origin: &'static str,
+    pub origin: Origin,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Network {
-    pub transport: &'static str,
-    #[serde(rename = "type")]
-    pub ip_type: &'static str,
-    pub local: Endpoint,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<Endpoint>,
-    /// Inode of the network namespace; null when the kernel side could not read it.
-    pub netns: Option<u32>,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Endpoint {
-    pub address: String,
-    pub port: u16,
-}
-
-impl From<SocketAddr> for Endpoint {
-    fn from(a: SocketAddr) -> Self {
-        Endpoint {
-            address: a.ip().to_string(),
-            port: a.port(),
+impl<'a> PortRecord<'a> {
+    pub fn new(header: Header<'a>, f: &'a PortFacts) -> Self {
+        let errno = f.event.errno;
+        PortRecord {
+            header,
+            outcome: if errno.is_some() {
+                "failure"
+            } else {
+                "success"
+            },
+            error: errno.map(errno::name),
+            errno,
+            network: &f.network,
+            port: f.port,
+            process: &f.process,
+            probe: f.event.probe,
+            origin: f.origin,
         }
     }
 }
 
+/// The first line of every run, the last, and one every `[status] event_interval_seconds`:
+/// `attach` says which strategy each hook family took, `counters` what every stage did and could
+/// not do (their types are the stages'; see `ops::status::Counters`).
 #[derive(Debug, Serialize)]
-pub struct Process {
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: Option<u32>,
-    pub parent_comm: Option<String>,
-    pub comm: String,
-    pub executable: Option<String>,
-    pub command_line: Option<Vec<String>>,
-    /// Present (true) only when the command line was cut at `MAX_CMDLINE_BYTES`.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub command_line_truncated: bool,
-    pub cgroup: Option<String>,
-    pub unit: Option<String>,
-    pub container: Option<Container>,
-    pub user: User,
-    pub group: Group,
-}
-
-#[derive(Debug, Serialize)]
-pub struct User {
-    pub id: u32,
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Group {
-    pub id: u32,
-}
-
-/// The first line of every run.
-#[derive(Debug, Serialize)]
-pub struct StatusRecord<'a> {
+pub struct StatusRecord<'a, A: Serialize, C: Serialize> {
     #[serde(flatten)]
     pub header: Header<'a>,
     pub daemon: DaemonInfo,
     pub kernel: KernelInfo,
-    pub attach: BTreeMap<String, &'a FamilyAttachment>,
+    pub attach: A,
     pub ring_buffer_bytes: u32,
     /// `start`, `periodic` or `stop`.
     pub reason: &'static str,
-    /// Events written and lost, cache sizes and evictions, store and log figures.
-    pub counters: serde_json::Value,
+    pub counters: C,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,88 +110,37 @@ pub struct Loss {
     pub reason: &'static str,
 }
 
-impl<'a> PortRecord<'a> {
-    pub fn new(
-        header: Header<'a>,
-        ev: &KernelEvent,
-        attr: Attribution,
-        port: PortInfo,
-        origin: &'static str,
-    ) -> Self {
-        PortRecord {
-            header,
-            outcome: if ev.errno.is_some() {
-                "failure"
-            } else {
-                "success"
-            },
-            error: ev.errno.map(errno::name),
-            errno: ev.errno,
-            network: Network::of(ev),
-            port,
-            process: Process::of(ev, attr),
-            probe: ev.probe,
-            origin,
-        }
-    }
-}
-
-impl Network {
-    pub fn of(ev: &KernelEvent) -> Self {
-        Network {
-            transport: match ev.transport {
-                Transport::Tcp => "tcp",
-                Transport::Udp => "udp",
-            },
-            ip_type: if ev.local.is_ipv4() { "ipv4" } else { "ipv6" },
-            local: ev.local.into(),
-            peer: ev.peer.map(Endpoint::from),
-            netns: (ev.netns != 0).then_some(ev.netns),
-        }
-    }
-}
-
-impl Process {
-    pub fn of(ev: &KernelEvent, attr: Attribution) -> Self {
-        Process {
-            pid: ev.pid,
-            tid: ev.tid,
-            ppid: attr.ppid,
-            parent_comm: attr.parent_comm,
-            comm: String::from_utf8_lossy(&ev.comm).into_owned(),
-            executable: attr.executable,
-            command_line: attr.command_line,
-            command_line_truncated: attr.command_line_truncated,
-            cgroup: attr.cgroup,
-            unit: attr.unit,
-            container: attr.container,
-            user: User {
-                id: ev.uid,
-                name: attr.user_name,
-            },
-            group: Group { id: ev.gid },
-        }
-    }
-}
-
 /// An alert (docs/schema.md): what was found, and the socket and process it is about (null for
 /// alerts about an absence, like a required listener that is gone).
 #[derive(Debug, Serialize)]
 pub struct AlertRecord<'a> {
     #[serde(flatten)]
     pub header: Header<'a>,
-    pub alert: &'a crate::judgement::alert::AlertBody,
-    pub network: &'a serde_json::Value,
-    pub port: &'a serde_json::Value,
-    pub process: &'a serde_json::Value,
-    /// `kernel`, `snapshot` (start-up scan) or `reconcile` (periodic scan).
-    pub origin: &'static str,
+    pub alert: &'a AlertBody,
+    pub network: Option<&'a Network>,
+    pub port: Option<PortInfo>,
+    pub process: Option<&'a ProcessFacts>,
+    /// `kernel`, `snapshot` (start-up scan), `reconcile` (periodic scan), `summary` or `canary`.
+    pub origin: Origin,
+}
+
+impl<'a> AlertRecord<'a> {
+    pub fn new(header: Header<'a>, a: &'a Alert) -> Self {
+        AlertRecord {
+            header,
+            alert: &a.body,
+            network: a.subject.network.as_ref(),
+            port: a.subject.port,
+            process: a.subject.process.as_ref(),
+            origin: a.origin,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::decode::Kind;
+    use crate::facts::{Kind, Transport, fixture};
 
     fn header() -> Header<'static> {
         Header {
@@ -244,43 +152,23 @@ mod tests {
         }
     }
 
-    fn port() -> PortInfo {
-        crate::attribution::ports::EphemeralRange::default().info(5000)
-    }
-
-    fn kernel_event() -> KernelEvent {
-        KernelEvent {
-            monotonic_ns: 1,
-            cpu: 0,
-            cpu_seq: 0,
-            cookie: 0,
-            cgroup_id: 0,
-            pid: 10,
-            tid: 11,
-            uid: 0,
-            gid: 0,
-            netns: 4026531840,
-            errno: Some(111),
-            kind: Kind::Connect,
-            transport: Transport::Tcp,
-            local: "[::1]:5000".parse().unwrap(),
-            peer: Some("[::1]:1".parse().unwrap()),
-            comm: b"a\"b\n\xff".to_vec(),
-            probe: "cgroup:connect6",
-            port_requested: false,
-        }
+    fn facts() -> PortFacts {
+        let mut ev = fixture::event(Kind::Connect, Transport::Tcp, "[::1]:5000");
+        ev.pid = 10;
+        ev.tid = 11;
+        ev.netns = 4026531840;
+        ev.errno = Some(111);
+        ev.peer = Some("[::1]:1".parse().unwrap());
+        ev.comm = b"a\"b\n\xff".to_vec();
+        let mut f = fixture::facts(ev, 1);
+        f.process.comm = String::from_utf8_lossy(&f.event.comm).into_owned();
+        f
     }
 
     #[test]
     fn failure_record_has_error_name_number_and_peer() {
-        let rec = PortRecord::new(
-            header(),
-            &kernel_event(),
-            Attribution::default(),
-            port(),
-            "kernel",
-        );
-        let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
+        let f = facts();
+        let v: serde_json::Value = serde_json::to_value(PortRecord::new(header(), &f)).unwrap();
         assert_eq!(v["schema"], 1);
         assert_eq!(v["event"], "connect");
         assert_eq!(v["outcome"], "failure");
@@ -292,18 +180,13 @@ mod tests {
         assert_eq!(v["network"]["netns"], 4026531840u32);
         assert_eq!(v["process"]["executable"], serde_json::Value::Null);
         assert_eq!(v["process"]["user"]["name"], serde_json::Value::Null);
+        assert_eq!(v["origin"], "kernel");
     }
 
     #[test]
     fn hostile_comm_stays_one_valid_json_line() {
-        let rec = PortRecord::new(
-            header(),
-            &kernel_event(),
-            Attribution::default(),
-            port(),
-            "kernel",
-        );
-        let line = serde_json::to_string(&rec).unwrap();
+        let f = facts();
+        let line = serde_json::to_string(&PortRecord::new(header(), &f)).unwrap();
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["process"]["comm"], "a\"b\n\u{fffd}");
@@ -311,16 +194,9 @@ mod tests {
 
     #[test]
     fn success_record_omits_error_fields() {
-        let mut ev = kernel_event();
-        ev.errno = None;
-        let v = serde_json::to_value(PortRecord::new(
-            header(),
-            &ev,
-            Attribution::default(),
-            port(),
-            "kernel",
-        ))
-        .unwrap();
+        let mut f = facts();
+        f.event.errno = None;
+        let v = serde_json::to_value(PortRecord::new(header(), &f)).unwrap();
         assert_eq!(v["outcome"], "success");
         assert!(v.get("error").is_none() && v.get("errno").is_none());
     }

@@ -1,0 +1,462 @@
+//! The values the stages hand each other (docs/architecture.md): a kernel record decoded
+//! (`KernelEvent`), the process behind it (`ProcessFacts`), both together as `PortFacts`, and the
+//! `Alert`s judgement makes of them. Plain data: this module depends on no stage, and the event
+//! log's schema (`output::schema`) is built from these types only.
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// What happened to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Bind,
+    Listen,
+    Connect,
+    Close,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Bind, Kind::Listen, Kind::Connect, Kind::Close];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Bind => "bind",
+            Kind::Listen => "listen",
+            Kind::Connect => "connect",
+            Kind::Close => "close",
+        }
+    }
+
+    /// Position in `ALL`, for per-kind counters.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a fact reached the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A live eBPF record.
+    Kernel,
+    /// The start-up socket scan.
+    Snapshot,
+    /// The periodic reconciliation scan.
+    Reconcile,
+    /// A summary of counted repeats.
+    Summary,
+    /// The canary's own test sockets.
+    Canary,
+}
+
+impl Origin {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Origin::Kernel => "kernel",
+            Origin::Snapshot => "snapshot",
+            Origin::Reconcile => "reconcile",
+            Origin::Summary => "summary",
+            Origin::Canary => "canary",
+        }
+    }
+}
+
+/// What a socket is doing with its local port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketRole {
+    Bound,
+    Listening,
+    Connected,
+}
+
+impl SocketRole {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SocketRole::Bound => "bound",
+            SocketRole::Listening => "listening",
+            SocketRole::Connected => "connected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "bound" => Some(SocketRole::Bound),
+            "listening" => Some(SocketRole::Listening),
+            "connected" => Some(SocketRole::Connected),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded kernel record (or a socket found by a scan, shaped like one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEvent {
+    pub monotonic_ns: u64,
+    pub cpu: u32,
+    pub cpu_seq: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub netns: u32,
+    /// `None` on success.
+    pub errno: Option<i32>,
+    pub kind: Kind,
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub peer: Option<SocketAddr>,
+    /// `task->comm` as the kernel had it: up to 15 bytes, not necessarily UTF-8.
+    pub comm: Vec<u8>,
+    pub probe: &'static str,
+    /// A bind that named its port (not `bind(…, 0)`).
+    pub port_requested: bool,
+}
+
+impl KernelEvent {
+    /// The network namespace, where the kernel side could read it.
+    pub fn netns(&self) -> Option<u32> {
+        (self.netns != 0).then_some(self.netns)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortClass {
+    /// 0–1023
+    WellKnown,
+    /// 1024–49151
+    Registered,
+    /// 49152–65535
+    Dynamic,
+}
+
+/// `port` in an event: its IANA class and whether it is ephemeral on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    pub class: PortClass,
+    pub ephemeral: bool,
+    /// Bind events from the kernel only: the caller named this port (true) or let the kernel
+    /// pick it (false, `bind(…, 0)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerRuntime {
+    #[serde(rename = "docker")]
+    Docker,
+    #[serde(rename = "containerd")]
+    Containerd,
+    #[serde(rename = "cri-o")]
+    CriO,
+    #[serde(rename = "podman")]
+    Podman,
+    #[serde(rename = "lxc")]
+    Lxc,
+    /// A Kubernetes pod whose runtime the cgroup path does not name.
+    #[serde(rename = "cri")]
+    Cri,
+}
+
+impl ContainerRuntime {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ContainerRuntime::Docker => "docker",
+            ContainerRuntime::Containerd => "containerd",
+            ContainerRuntime::CriO => "cri-o",
+            ContainerRuntime::Podman => "podman",
+            ContainerRuntime::Lxc => "lxc",
+            ContainerRuntime::Cri => "cri",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ContainerRuntime::Docker,
+            ContainerRuntime::Containerd,
+            ContainerRuntime::CriO,
+            ContainerRuntime::Podman,
+            ContainerRuntime::Lxc,
+            ContainerRuntime::Cri,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub runtime: ContainerRuntime,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: u32,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: u32,
+}
+
+/// Everything known about the process behind a socket: the one shape of process facts, from
+/// /proc, from exec records (the process table) or from the history store. What could not be
+/// learned stays None; nothing is guessed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessFacts {
+    pub pid: u32,
+    #[serde(default)]
+    pub tid: u32,
+    #[serde(default)]
+    pub ppid: Option<u32>,
+    /// The parent's comm (from /proc, or the process table once the parent is gone).
+    #[serde(default)]
+    pub parent_comm: Option<String>,
+    #[serde(default)]
+    pub comm: String,
+    #[serde(default)]
+    pub executable: Option<String>,
+    #[serde(default)]
+    pub command_line: Option<Vec<String>>,
+    /// Present (true) only when the command line was cut at its bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub command_line_truncated: bool,
+    /// cgroup v2 path, and the systemd unit and container it names.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub container: Option<Container>,
+    #[serde(default)]
+    pub user: User,
+    #[serde(default)]
+    pub group: Group,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Endpoint {
+            address: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+/// A socket's addresses, as the event log's `network` object carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub transport: Transport,
+    #[serde(rename = "type")]
+    pub ip_type: IpType,
+    pub local: Endpoint,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Endpoint>,
+    /// Inode of the network namespace; null when the kernel side could not read it.
+    pub netns: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpType {
+    Ipv4,
+    Ipv6,
+}
+
+impl Network {
+    pub fn of(ev: &KernelEvent) -> Self {
+        Network {
+            transport: ev.transport,
+            ip_type: if ev.local.is_ipv4() {
+                IpType::Ipv4
+            } else {
+                IpType::Ipv6
+            },
+            local: ev.local.into(),
+            peer: ev.peer.map(Endpoint::from),
+            netns: ev.netns(),
+        }
+    }
+}
+
+/// A port event with everything attribution learned: the hand-off from attribution to history,
+/// judgement and output.
+#[derive(Debug, Clone)]
+pub struct PortFacts {
+    pub event: KernelEvent,
+    pub network: Network,
+    pub port: PortInfo,
+    pub process: ProcessFacts,
+    pub origin: Origin,
+    /// When it happened, Unix nanoseconds (the kernel's clock turned into wall time).
+    pub wall_ns: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    UnexpectedListener,
+    WildcardListener,
+    EphemeralPortListener,
+    RequiredListenerMissing,
+    EphemeralPortExhaustion,
+    MonitoringBlind,
+}
+
+impl AlertKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::UnexpectedListener => "unexpected_listener",
+            AlertKind::WildcardListener => "wildcard_listener",
+            AlertKind::EphemeralPortListener => "ephemeral_port_listener",
+            AlertKind::RequiredListenerMissing => "required_listener_missing",
+            AlertKind::EphemeralPortExhaustion => "ephemeral_port_exhaustion",
+            AlertKind::MonitoringBlind => "monitoring_blind",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Medium,
+    High,
+}
+
+impl Severity {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+}
+
+/// The `alert` object of an alert line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertBody {
+    pub kind: AlertKind,
+    pub severity: Severity,
+    /// The rule that matched (and why it is not enough), or why nothing did.
+    pub rule: String,
+    /// When this alert was first raised (RFC 3339); kept across restarts.
+    pub first_seen: String,
+    /// Occurrences since `first_seen`.
+    pub count: u64,
+    /// True on a line that summarises repeats counted instead of alerted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub summary: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// The socket and process an alert is about (each None, null in the line, for alerts about an
+/// absence, like a required listener that is gone).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subject {
+    pub network: Option<Network>,
+    pub port: Option<PortInfo>,
+    pub process: Option<ProcessFacts>,
+}
+
+impl Subject {
+    pub fn of(facts: &PortFacts) -> Self {
+        Subject {
+            network: Some(facts.network.clone()),
+            port: Some(facts.port),
+            process: Some(facts.process.clone()),
+        }
+    }
+}
+
+/// An alert to write: body, what it is about, and how it was found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub body: AlertBody,
+    pub subject: Subject,
+    pub origin: Origin,
+}
+
+/// Fixtures for the stages' unit tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::*;
+
+    /// A successful event of `kind` by pid 10 (comm "x") on `local`.
+    pub fn event(kind: Kind, transport: Transport, local: &str) -> KernelEvent {
+        KernelEvent {
+            monotonic_ns: 1,
+            cpu: 0,
+            cpu_seq: 0,
+            cookie: 0,
+            cgroup_id: 0,
+            pid: 10,
+            tid: 10,
+            uid: 0,
+            gid: 0,
+            netns: 7,
+            errno: None,
+            kind,
+            transport,
+            local: local.parse().expect("a socket address"),
+            peer: None,
+            comm: b"x".to_vec(),
+            probe: "test",
+            port_requested: false,
+        }
+    }
+
+    /// The event with nothing learned about its process, at `wall_ns`.
+    pub fn facts(event: KernelEvent, wall_ns: i64) -> PortFacts {
+        PortFacts {
+            network: Network::of(&event),
+            port: PortInfo {
+                class: PortClass::Registered,
+                ephemeral: false,
+                requested: None,
+            },
+            process: ProcessFacts {
+                pid: event.pid,
+                tid: event.tid,
+                ..ProcessFacts::default()
+            },
+            origin: Origin::Kernel,
+            wall_ns,
+            event,
+        }
+    }
+}
