@@ -231,34 +231,24 @@ pub struct Group {
 /// /proc, from exec records (the process table) or from the history store. What could not be
 /// learned stays None; nothing is guessed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProcessFacts {
     pub pid: u32,
-    #[serde(default)]
     pub tid: u32,
-    #[serde(default)]
     pub ppid: Option<u32>,
     /// The parent's comm (from /proc, or the process table once the parent is gone).
-    #[serde(default)]
     pub parent_comm: Option<String>,
-    #[serde(default)]
     pub comm: String,
-    #[serde(default)]
     pub executable: Option<String>,
-    #[serde(default)]
     pub command_line: Option<Vec<String>>,
     /// Present (true) only when the command line was cut at its bound.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub command_line_truncated: bool,
     /// cgroup v2 path, and the systemd unit and container it names.
-    #[serde(default)]
     pub cgroup: Option<String>,
-    #[serde(default)]
     pub unit: Option<String>,
-    #[serde(default)]
     pub container: Option<Container>,
-    #[serde(default)]
     pub user: User,
-    #[serde(default)]
     pub group: Group,
 }
 

@@ -10,7 +10,9 @@ use std::{
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
-use crate::facts::{Container, ContainerRuntime, ProcessFacts, SocketRole, Transport, User};
+use crate::facts::{
+    Container, ContainerRuntime, Endpoint, ProcessFacts, SocketRole, Transport, User,
+};
 
 pub const FILE_NAME: &str = "history.sqlite";
 /// Intervals waiting for the writer.
@@ -23,11 +25,9 @@ pub struct Interval {
     pub id: i64,
     pub netns: Option<u32>,
     pub transport: Transport,
-    pub address: String,
-    pub port: u16,
+    pub local: Endpoint,
     pub role: SocketRole,
-    pub peer_address: Option<String>,
-    pub peer_port: Option<u16>,
+    pub peer: Option<Endpoint>,
     pub process: ProcessFacts,
     /// Unix nanoseconds.
     pub opened_ns: i64,
@@ -123,11 +123,11 @@ pub fn insert(c: &Connection, i: &Interval) -> rusqlite::Result<()> {
             i.id,
             i.netns,
             i.transport.as_str(),
-            i.address,
-            i.port,
+            i.local.address,
+            i.local.port,
             i.role.as_str(),
-            i.peer_address,
-            i.peer_port,
+            i.peer.as_ref().map(|p| &p.address),
+            i.peer.as_ref().map(|p| p.port),
             i.process.pid,
             i.process.executable,
             i.process.command_line.as_ref().and_then(|a| serde_json::to_string(a).ok()),
@@ -167,11 +167,18 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
             "udp" => Some(Transport::Udp),
             _ => None,
         })?,
-        address: r.get(3)?,
-        port: r.get(4)?,
+        local: Endpoint {
+            address: r.get(3)?,
+            port: r.get(4)?,
+        },
         role: named(r, 5, SocketRole::parse)?,
-        peer_address: r.get(6)?,
-        peer_port: r.get(7)?,
+        peer: match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<u16>>(7)?) {
+            (Some(address), port) => Some(Endpoint {
+                address,
+                port: port.unwrap_or(0),
+            }),
+            (None, _) => None,
+        },
         process: ProcessFacts {
             pid: r.get(8)?,
             executable: r.get(9)?,
@@ -436,11 +443,12 @@ mod tests {
             id,
             netns: Some(1),
             transport: Transport::Tcp,
-            address: "127.0.0.1".into(),
-            port,
+            local: Endpoint {
+                address: "127.0.0.1".into(),
+                port,
+            },
             role: SocketRole::Listening,
-            peer_address: None,
-            peer_port: None,
+            peer: None,
             process: ProcessFacts {
                 pid: 42,
                 executable: Some("/bin/x".into()),

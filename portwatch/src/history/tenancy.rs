@@ -9,7 +9,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    facts::{Kind, PortFacts, SocketRole, Transport},
+    facts::{Endpoint, Kind, PortFacts, SocketRole, Transport},
     history::store::{Interval, StoreHandle},
 };
 
@@ -194,11 +194,9 @@ impl Tenancy {
             id,
             netns: key.0,
             transport: key.1,
-            address: key.2.to_string(),
-            port: key.3,
+            local: SocketAddr::new(key.2, key.3).into(),
             role,
-            peer_address: key.4.map(|p| p.ip().to_string()),
-            peer_port: key.4.map(|p| p.port()),
+            peer: key.4.map(Endpoint::from),
             process: f.process.clone(),
             opened_ns: wall_ns,
             closed_ns: None,

@@ -122,15 +122,9 @@ pub fn holdings(
             source: Source::History,
             port,
             transport: i.transport,
-            local: Endpoint {
-                address: i.address,
-                port: i.port,
-            },
+            local: i.local,
             role: i.role,
-            peer: i.peer_address.map(|address| Endpoint {
-                address,
-                port: i.peer_port.unwrap_or(0),
-            }),
+            peer: i.peer,
             netns: i.netns,
             process: (i.process.pid != 0).then_some(i.process),
             from: Some(ts(i.opened_ns)),
