@@ -320,26 +320,11 @@ mod tests {
     fn own_process_is_attributed_and_root_is_named() {
         let mut a = Attributor::oneshot();
         let me = std::process::id();
-        let ev = KernelEvent {
-            monotonic_ns: clock::monotonic_now(),
-            cpu: 0,
-            cpu_seq: 0,
-            cookie: 0,
-            cgroup_id: 0,
-            pid: me,
-            tid: me,
-            uid: 0,
-            gid: 0,
-            netns: 0,
-            errno: None,
-            kind: Kind::Bind,
-            transport: crate::facts::Transport::Tcp,
-            local: "127.0.0.1:1".parse().unwrap(),
-            peer: None,
-            comm: b"me".to_vec(),
-            probe: "test",
-            port_requested: true,
-        };
+        let mut ev =
+            crate::facts::fixture::event(Kind::Bind, crate::facts::Transport::Tcp, "127.0.0.1:1");
+        (ev.pid, ev.tid, ev.comm) = (me, me, b"me".to_vec());
+        ev.monotonic_ns = clock::monotonic_now();
+        ev.port_requested = true;
         let f = a.port(ev.clone(), Origin::Kernel);
         assert_eq!(f.process.pid, me);
         assert_eq!(f.process.comm, "me");

@@ -494,6 +494,13 @@ mod tests {
         Policy::parse(text, Path::new("policy.toml")).unwrap()
     }
 
+    /// An engine with this policy text and its state in a fresh directory.
+    fn engine(text: &str) -> (tempfile::TempDir, AlertEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let e = AlertEngine::new(policy(text), dir.path());
+        (dir, e)
+    }
+
     fn listener(addr: &str, exe: &str) -> Listener {
         let mut ev = crate::facts::fixture::event(crate::facts::Kind::Listen, Transport::Tcp, addr);
         ev.netns = 1;
@@ -508,8 +515,7 @@ mod tests {
 
     #[test]
     fn one_alert_per_key_repeats_counted_summarised_and_remembered_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut e = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
+        let (dir, mut e) = engine("[[allow]]\nport = 22\n");
         assert!(
             e.listener(listener("127.0.0.1:22", "/a"), Origin::Kernel, NS)
                 .is_empty()
@@ -554,11 +560,7 @@ mod tests {
 
     #[test]
     fn rate_limit_holds_back_and_the_summary_reports() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut e = AlertEngine::new(
-            policy("[settings]\nrate_limit_per_minute = 2\n"),
-            dir.path(),
-        );
+        let (_dir, mut e) = engine("[settings]\nrate_limit_per_minute = 2\n");
         let mut written = 0;
         for port in 1000..1005 {
             written += e
@@ -575,11 +577,7 @@ mod tests {
 
     #[test]
     fn required_rule_alerts_when_its_listener_goes_and_again_after_it_came_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut e = AlertEngine::new(
-            policy("[[allow]]\nport = 22\nrequired = true\n"),
-            dir.path(),
-        );
+        let (_dir, mut e) = engine("[[allow]]\nport = 22\nrequired = true\n");
         let none = HashMap::new();
         let a = e.reconcile(Some(1), vec![], &Default::default(), &none, 28232, NS);
         assert_eq!(a.len(), 1);
@@ -599,12 +597,8 @@ mod tests {
 
     #[test]
     fn wildcard_ephemeral_and_share() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut e = AlertEngine::new(
-            policy(
-                "[settings]\nexhaustion_share = 0.01\n[[allow]]\naddress = \"loopback\"\nport = 60481\n",
-            ),
-            dir.path(),
+        let (_dir, mut e) = engine(
+            "[settings]\nexhaustion_share = 0.01\n[[allow]]\naddress = \"loopback\"\nport = 60481\n",
         );
         let mut l = listener("[::]:60481", "/a");
         l.facts.port.ephemeral = true;
