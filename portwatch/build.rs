@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use aya_build::{Package, Toolchain};
 
-/// The toolchain whose LLVM the installed bpf-linker can link (see DESIGN.md).
+/// The toolchain whose LLVM the installed bpf-linker can link (docs/architecture.md, build facts).
 const EBPF_TOOLCHAIN: &str = "1.95.0";
 
 fn main() -> anyhow::Result<()> {

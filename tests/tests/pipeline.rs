@@ -93,7 +93,7 @@ fn status_line_comes_first_and_names_each_family_strategy() {
     assert_eq!(st["daemon"]["pid"], d.pid());
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(st["kernel"]["release"], release.trim());
-    // This kernel refuses fentry and has no kprobes (DESIGN.md): auto lands on tracepoint.
+    // This kernel refuses fentry and has no kprobes (docs/architecture.md): auto lands on tracepoint.
     for fam in ["bind", "listen", "connect", "release"] {
         assert_eq!(st["attach"][fam]["strategy"], "tracepoint", "{st}");
     }

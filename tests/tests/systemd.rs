@@ -1,5 +1,5 @@
 //! The systemd unit under a real systemd: systemd 252 as PID 1 of a private PID+mount namespace
-//! (the recipe in DESIGN.md: tmpfs over /tmp, /var/tmp, /run and /var/log/journal — here over all
+//! (tmpfs over /tmp, /var/tmp, /run and /var/log/journal — here over all
 //! of /var/log and /var/lib, so LogsDirectory= and StateDirectory= never touch the host — and a
 //! minimal target that wants only journald, never the default target). The repository's unit file is
 //! installed into that systemd's /run, with a drop-in that only points it at a test config and

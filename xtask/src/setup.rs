@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::process::{self, stdout_text, succeeds};
 
-/// The toolchain whose LLVM (22) the bpf-linker below links against (DESIGN.md).
+/// The toolchain whose LLVM (22) the bpf-linker below links against (docs/architecture.md, build facts).
 pub const EBPF_TOOLCHAIN: &str = "1.95.0";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

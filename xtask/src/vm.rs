@@ -181,7 +181,7 @@ fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
     let console = vm_dir.join("console.log");
     let results = vm_dir.join("results.jsonl");
     let _ = fs::remove_file(&results);
-    // -enable-kvm hangs on these machines (DESIGN.md): software emulation only.
+    // -enable-kvm hangs on these machines (docs/architecture.md, build facts): software emulation only.
     let mut child = Command::new("qemu-system-x86_64")
         .args([
             "-machine",
