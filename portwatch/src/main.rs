@@ -135,13 +135,30 @@ fn who(args: portwatch::ops::cli::WhoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The error and its causes on one line. Error messages here name their cause (so a diagnostic
+/// that prints only the top error still says why) and also keep it as their source: a cause the
+/// text already holds is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portwatch: error: {e:#}");
+            eprintln!("portwatch: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }

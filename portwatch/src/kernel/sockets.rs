@@ -32,7 +32,7 @@ pub enum SockDiagError {
     #[error("sock_diag answered with error {0}")]
     Kernel(i32),
     #[error("undecodable sock_diag message: {0}")]
-    Decode(String),
+    Decode(#[source] netlink_packet_core::DecodeError),
 }
 
 /// One socket as the kernel lists it.
@@ -146,7 +146,7 @@ fn dump(
         let mut offset = 0;
         while offset < n {
             let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
-                .map_err(|e| SockDiagError::Decode(e.to_string()))?;
+                .map_err(SockDiagError::Decode)?;
             let len = msg.header.length as usize;
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {

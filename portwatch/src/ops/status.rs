@@ -30,7 +30,9 @@ pub enum StatusError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no portwatch daemon answers on {path}; is it running? (`systemctl status portwatch`)")]
+    #[error(
+        "no portwatch daemon answers on {path} ({source}); is it running? (`systemctl status portwatch`)"
+    )]
     NoDaemon {
         path: String,
         #[source]
@@ -38,7 +40,7 @@ pub enum StatusError {
     },
     #[error("permission denied on {0}: the status socket is root-only")]
     Denied(String),
-    #[error("the daemon on {path} sent an unreadable answer")]
+    #[error("the daemon on {path} sent an unreadable answer: {source}")]
     BadAnswer {
         path: String,
         #[source]
