@@ -338,7 +338,7 @@ impl Daemon {
         self.report_losses();
         self.status_line("stop");
         self.stages.output.flush();
-        self.stages.judgement.save();
+        self.stages.judgement.finish();
         self.stages.history.store_open(0, true);
         self.stages.history.store.finish();
         tracing::info!(

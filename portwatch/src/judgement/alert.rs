@@ -21,6 +21,20 @@ use crate::{
 pub const STATE_FILE: &str = "alerts.json";
 const NS: i64 = 1_000_000_000;
 
+/// Alerts remembered for dedup (in memory and in the state file); beyond it the one seen longest
+/// ago is forgotten (counted). Any user can make new alert keys by binding named UDP ports.
+pub const MAX_REMEMBERED: usize = 4096;
+/// Listeners known from events and scans; beyond it the oldest is forgotten (counted), and a
+/// scan finds it again.
+pub const MAX_LISTENERS: usize = 16_384;
+/// Users with their own rate-limit window; beyond it windows that ended are dropped first.
+const MAX_RATE_BUCKETS: usize = 4096;
+/// Command lines kept with remembered alerts and listeners are cut here (the line written when
+/// the alert was raised has the whole of it).
+const KEPT_CMDLINE_BYTES: usize = 1024;
+/// The state file is written at most this often (and at shutdown), from its own thread.
+const SAVE_EVERY_NS: i64 = 10 * NS;
+
 impl Listener {
     /// How messages name the holder.
     fn holder(&self) -> String {
@@ -41,16 +55,19 @@ impl Listener {
         )
     }
 
-    /// Dedup identity: (executable, transport, port, address scope).
+    /// Dedup identity: (executable, transport, port, address scope, user, network namespace):
+    /// one user's listener never stands for another's.
     fn dedup_key(&self, kind: AlertKind) -> String {
         let p = &self.facts.process;
         format!(
-            "{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|uid {}|netns {}",
             kind.as_str(),
             p.executable.as_deref().unwrap_or(&p.comm),
             self.transport(),
             self.port(),
-            policy::scope(self.address())
+            policy::scope(self.address()),
+            p.user.id,
+            self.facts.event.netns,
         )
     }
 }
@@ -91,17 +108,24 @@ pub struct AlertCounters {
     pub reconciliations: u64,
     pub reconcile_failed: u64,
     pub state_write_failed: u64,
+    /// Remembered alerts forgotten to stay within `MAX_REMEMBERED`.
+    #[serde(default)]
+    pub forgotten: u64,
+    /// Known listeners forgotten to stay within `MAX_LISTENERS`.
+    #[serde(default)]
+    pub listeners_forgotten: u64,
 }
 
 pub struct AlertEngine {
     pub policy: Policy,
-    state_path: PathBuf,
     entries: BTreeMap<String, Entry>,
     dirty: bool,
     /// Listeners known from events and scans.
     listeners: HashMap<SockKey, Listener>,
-    rate_window_start_ns: i64,
-    rate_count: u64,
+    /// Per user (None: alerts about no process): the start of its minute and alerts written in it.
+    rate: HashMap<Option<u32>, (i64, u64)>,
+    last_save_ns: i64,
+    writer: StateWriter,
     pub counters: AlertCounters,
 }
 
@@ -143,12 +167,12 @@ impl AlertEngine {
         };
         Self {
             policy,
-            state_path,
+            writer: StateWriter::start(state_path),
             entries,
             dirty: false,
             listeners: HashMap::new(),
-            rate_window_start_ns: 0,
-            rate_count: 0,
+            rate: HashMap::new(),
+            last_save_ns: 0,
             counters: AlertCounters::default(),
         }
     }
@@ -217,12 +241,29 @@ impl AlertEngine {
                 self.dirty |= self.entries.remove(&required_key(i, r.line)).is_some();
             }
         }
-        self.listeners.insert(l.key(), l);
+        self.remember_listener(l);
         let repeat = origin == Origin::Kernel;
         findings
             .into_iter()
             .filter_map(|f| self.raise(f, origin, now_ns, repeat))
             .collect()
+    }
+
+    fn remember_listener(&mut self, mut l: Listener) {
+        let key = l.key();
+        if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&key) {
+            let oldest = self
+                .listeners
+                .iter()
+                .min_by_key(|(_, l)| l.facts.wall_ns)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.listeners.remove(&k);
+                self.counters.listeners_forgotten += 1;
+            }
+        }
+        cut_command_line(&mut l.facts.process);
+        self.listeners.insert(key, l);
     }
 
     /// A socket closed: if it was a listener, forget it, and check the required rules.
@@ -351,10 +392,10 @@ impl AlertEngine {
             .collect()
     }
 
-    /// Dedup and rate limit: a first sighting is written (if the rate allows); a sighting within
-    /// the dedup window is counted (`repeat`) or just keeps the alert alive.
+    /// Dedup and rate limit: a first sighting is written (if its user's rate allows); a sighting
+    /// within the dedup window is counted (`repeat`) or just keeps the alert alive.
     fn raise(&mut self, f: Finding, origin: Origin, now_ns: i64, repeat: bool) -> Option<Alert> {
-        let window = self.policy.settings.dedup_window_seconds as i64 * NS;
+        let window = self.policy.settings.dedup_window_ns();
         self.dirty = true;
         if let Some(e) = self.entries.get_mut(&f.key)
             && now_ns - e.last_seen_ns <= window
@@ -367,7 +408,13 @@ impl AlertEngine {
             return None;
         }
         let first_seen = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(now_ns));
-        let allowed = self.rate_allows(now_ns);
+        let user = f.subject.process.as_ref().map(|p| p.user.id);
+        let allowed = self.rate_allows(user, now_ns);
+        let mut kept = f.subject.clone();
+        if let Some(p) = &mut kept.process {
+            cut_command_line(p);
+        }
+        self.make_room();
         let entry = Entry {
             kind: f.kind,
             severity: f.severity,
@@ -377,7 +424,7 @@ impl AlertEngine {
             count: 1,
             reported: u64::from(allowed),
             detail: f.detail.clone(),
-            subject: f.subject.clone(),
+            subject: kept,
         };
         self.entries.insert(f.key, entry);
         if !allowed {
@@ -406,19 +453,40 @@ impl AlertEngine {
         })
     }
 
-    fn rate_allows(&mut self, now_ns: i64) -> bool {
-        if now_ns - self.rate_window_start_ns >= 60 * NS {
-            self.rate_window_start_ns = now_ns;
-            self.rate_count = 0;
+    /// One window a minute per user, so one user's noise never holds back another's alerts
+    /// (root's and system units' included).
+    fn rate_allows(&mut self, user: Option<u32>, now_ns: i64) -> bool {
+        if self.rate.len() >= MAX_RATE_BUCKETS && !self.rate.contains_key(&user) {
+            self.rate
+                .retain(|_, (start, _)| now_ns.saturating_sub(*start) < 60 * NS);
         }
-        self.rate_count += 1;
-        self.rate_count <= self.policy.settings.rate_limit_per_minute
+        let (start, count) = self.rate.entry(user).or_insert((now_ns, 0));
+        if now_ns.saturating_sub(*start) >= 60 * NS {
+            (*start, *count) = (now_ns, 0);
+        }
+        *count += 1;
+        *count <= self.policy.settings.rate_limit_per_minute
+    }
+
+    /// Keeps the remembered alerts within `MAX_REMEMBERED`: the one seen longest ago goes (an
+    /// O(n) pass, only when full, n bounded).
+    fn make_room(&mut self) {
+        while self.entries.len() >= MAX_REMEMBERED {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_seen_ns)
+                .map(|(k, _)| k.clone());
+            let Some(k) = oldest else { break };
+            self.entries.remove(&k);
+            self.counters.forgotten += 1;
+        }
     }
 
     /// Summaries of counted repeats (and of alerts the rate limit held back), then forgets
     /// alerts not seen for a dedup window. Called every `summary_interval_seconds`.
     pub fn summarise(&mut self, now_ns: i64) -> Vec<Alert> {
-        let window = self.policy.settings.dedup_window_seconds as i64 * NS;
+        let window = self.policy.settings.dedup_window_ns();
         let mut out = Vec::new();
         for e in self.entries.values_mut() {
             if e.count > e.reported {
@@ -442,26 +510,140 @@ impl AlertEngine {
         }
         let before = self.entries.len();
         self.entries
-            .retain(|_, e| now_ns - e.last_seen_ns <= window);
+            .retain(|_, e| now_ns.saturating_sub(e.last_seen_ns) <= window);
         self.dirty |= self.entries.len() != before;
         out
     }
 
-    /// Writes the dedup state if it changed (atomically: a crash leaves the old or the new file).
-    pub fn save(&mut self) {
-        if !self.dirty {
+    /// Hands the dedup state to its writer thread if it changed and the last save is
+    /// `SAVE_EVERY_NS` old: serializing and fsyncing never run on the event loop.
+    pub fn save(&mut self, now_ns: i64) {
+        self.counters.state_write_failed = self.writer.failed();
+        if !self.dirty || now_ns.saturating_sub(self.last_save_ns) < SAVE_EVERY_NS {
             return;
         }
-        let state = StateFile {
-            version: 1,
-            entries: self.entries.clone(),
-        };
-        match write_atomic(&self.state_path, &state) {
-            Ok(()) => self.dirty = false,
-            Err(e) => {
-                self.counters.state_write_failed += 1;
-                tracing::warn!(path = %self.state_path.display(), error = %e, "saving the alert state failed; will retry");
+        if self.writer.send(self.entries.clone()) {
+            self.dirty = false;
+            self.last_save_ns = now_ns;
+        }
+    }
+
+    /// Writes what changed and waits for it (at shutdown).
+    pub fn finish(&mut self) {
+        if self.dirty {
+            self.writer.wait_idle();
+            self.dirty = !self.writer.send(self.entries.clone());
+        }
+        self.writer.wait_idle();
+        self.counters.state_write_failed = self.writer.failed();
+    }
+}
+
+/// Cuts a command line kept in memory for dedup and summaries to `KEPT_CMDLINE_BYTES`.
+fn cut_command_line(p: &mut crate::facts::ProcessFacts) {
+    let Some(argv) = &mut p.command_line else {
+        return;
+    };
+    let mut budget = KEPT_CMDLINE_BYTES;
+    let mut kept = 0;
+    for a in argv.iter_mut() {
+        if a.len() > budget {
+            let mut cut = budget;
+            while !a.is_char_boundary(cut) {
+                cut -= 1;
             }
+            a.truncate(cut);
+            p.command_line_truncated = true;
+            kept += 1;
+            break;
+        }
+        budget -= a.len();
+        kept += 1;
+    }
+    if kept < argv.len() {
+        argv.truncate(kept);
+        p.command_line_truncated = true;
+    }
+}
+
+/// The thread that writes the alert state: one pending state at a time (a newer one waits for
+/// the next save), failures counted.
+struct StateWriter {
+    tx: Option<std::sync::mpsc::SyncSender<BTreeMap<String, Entry>>>,
+    busy: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StateWriter {
+    fn start(path: PathBuf) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<BTreeMap<String, Entry>>(1);
+        let busy = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (b, f) = (busy.clone(), failed.clone());
+        let thread = std::thread::Builder::new()
+            .name("alert-state".into())
+            .spawn(move || {
+                for entries in rx {
+                    let state = StateFile {
+                        version: 1,
+                        entries,
+                    };
+                    if let Err(e) = write_atomic(&path, &state) {
+                        f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(path = %path.display(), error = %e, "saving the alert state failed; will retry");
+                    }
+                    let (lock, cv) = &*b;
+                    if let Ok(mut busy) = lock.lock() {
+                        *busy = false;
+                    }
+                    cv.notify_all();
+                }
+            })
+            .map_err(|e| tracing::error!(error = %e, "alert state writer thread could not start; the state is not saved"))
+            .ok();
+        StateWriter {
+            tx: Some(tx),
+            busy,
+            failed,
+            thread,
+        }
+    }
+
+    /// Queues a state; false when the previous one is still being written.
+    fn send(&self, entries: BTreeMap<String, Entry>) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        if self.thread.is_none() {
+            return false;
+        }
+        let (lock, _) = &*self.busy;
+        let Ok(mut busy) = lock.lock() else {
+            return false;
+        };
+        if *busy {
+            return false;
+        }
+        *busy = tx.try_send(entries).is_ok();
+        *busy
+    }
+
+    fn wait_idle(&self) {
+        let (lock, cv) = &*self.busy;
+        if let Ok(guard) = lock.lock() {
+            let _ = cv.wait_timeout_while(guard, std::time::Duration::from_secs(10), |b| *b);
+        }
+    }
+
+    fn failed(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for StateWriter {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -544,7 +726,7 @@ mod tests {
         let s = e.summarise(4 * NS);
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].body.count, s[0].body.summary), (2, true));
-        e.save();
+        e.finish();
         let mut again = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
         assert_eq!(again.remembered(), 3);
         assert!(
@@ -628,12 +810,63 @@ mod tests {
                 .len(),
             1
         );
-        e.save();
+        e.finish();
         use std::os::unix::fs::PermissionsExt as _;
         let mode = fs::metadata(dir.path().join(STATE_FILE))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600, "the alert state is root's alone");
+    }
+
+    fn by_user(addr: &str, uid: u32) -> Listener {
+        let mut l = listener(addr, "/a");
+        l.facts.process.user.id = uid;
+        l
+    }
+
+    #[test]
+    fn one_users_flood_never_holds_back_another_users_alert() {
+        let (_dir, mut e) = engine("[settings]\nrate_limit_per_minute = 5\n");
+        let mut flood = 0;
+        for port in 2000..2100 {
+            flood += e
+                .listener(
+                    by_user(&format!("0.0.0.0:{port}"), 1000),
+                    Origin::Kernel,
+                    NS,
+                )
+                .len();
+        }
+        assert_eq!(flood, 5, "the flooding user is limited");
+        let root = e.listener(by_user("0.0.0.0:7000", 0), Origin::Kernel, NS);
+        assert_eq!(root.len(), 1, "root's alert goes out at once");
+        // The same executable and port by another user is another alert, not a repeat.
+        let other = e.listener(by_user("0.0.0.0:2000", 0), Origin::Kernel, NS);
+        assert_eq!(other.len(), 1);
+    }
+
+    #[test]
+    fn remembered_alerts_and_listeners_stay_bounded_and_count_what_they_forget() {
+        let (_dir, mut e) = engine("[settings]\nrate_limit_per_minute = 100000\n");
+        let mut l = listener("0.0.0.0:1", "/a");
+        l.facts.process.command_line = Some(vec!["x".repeat(64 * 1024)]);
+        e.listener(l, Origin::Kernel, NS);
+        for i in 0..(MAX_REMEMBERED as u32 + 100) {
+            let mut l = by_user(&format!("0.0.0.0:{}", 1 + i % 60_000), 1000);
+            l.facts.event.netns = i;
+            e.listener(l, Origin::Kernel, NS + i64::from(i));
+        }
+        assert_eq!(e.remembered(), MAX_REMEMBERED);
+        assert!(e.counters.forgotten >= 100, "{:?}", e.counters);
+        assert!(e.listener_count() <= MAX_LISTENERS);
+        let kept: usize = e
+            .entries
+            .values()
+            .filter_map(|en| en.subject.process.as_ref()?.command_line.as_ref())
+            .map(|a| a.iter().map(String::len).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        assert!(kept <= KEPT_CMDLINE_BYTES, "{kept}");
     }
 }

@@ -184,9 +184,17 @@ impl Judgement {
         out
     }
 
+    /// Hands changed alert state to its writer (at most every few seconds).
     pub fn save(&mut self) {
         if let Some(e) = &mut self.engine {
-            e.save();
+            e.save(clock::now_unix_ns());
+        }
+    }
+
+    /// Writes the alert state and waits for it (at shutdown).
+    pub fn finish(&mut self) {
+        if let Some(e) = &mut self.engine {
+            e.finish();
         }
     }
 

@@ -9,7 +9,10 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::facts::{Kind, PortFacts, Transport};
+use crate::{
+    facts::{Kind, PortFacts, Transport},
+    ops::bounds::within,
+};
 use serde::{
     Deserialize, Deserializer,
     de::{self, SeqAccess, Visitor},
@@ -61,22 +64,33 @@ impl Default for AlertSwitches {
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// Seconds between comparisons of the policy with a fresh socket snapshot.
-    #[serde(deserialize_with = "positive_u64")]
+    /// Seconds between comparisons of the policy with a fresh socket snapshot (1 to a day).
+    #[serde(deserialize_with = "within::<_, _, 1, 86_400>")]
     pub reconcile_interval_seconds: u64,
     /// Connects to one destination holding more than this share of the ephemeral range alert.
     #[serde(deserialize_with = "share")]
     pub exhaustion_share: f64,
     /// Repeats of an alert within this many seconds of its last sighting are counted, not
-    /// alerted again.
-    #[serde(deserialize_with = "positive_u64")]
+    /// alerted again (1 s to a year).
+    #[serde(deserialize_with = "within::<_, _, 1, 31_536_000>")]
     pub dedup_window_seconds: u64,
-    /// How often counted repeats are summarised in an `alert` line with `summary: true`.
-    #[serde(deserialize_with = "positive_u64")]
+    /// How often counted repeats are summarised in an `alert` line with `summary: true` (1 s to
+    /// a week).
+    #[serde(deserialize_with = "within::<_, _, 1, 604_800>")]
     pub summary_interval_seconds: u64,
-    /// At most this many alert lines per minute; beyond it they are counted and summarised.
-    #[serde(deserialize_with = "positive_u64")]
+    /// At most this many alert lines per minute and user; beyond it they are counted and
+    /// summarised (1 to 100000).
+    #[serde(deserialize_with = "within::<_, _, 1, 100_000>")]
     pub rate_limit_per_minute: u64,
+}
+
+impl Settings {
+    /// The dedup window in nanoseconds (the bounds keep it far from overflow).
+    pub fn dedup_window_ns(&self) -> i64 {
+        i64::try_from(self.dedup_window_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000_000)
+    }
 }
 
 impl Default for Settings {
@@ -97,11 +111,14 @@ impl Default for Settings {
 pub struct HookConfig {
     #[serde(deserialize_with = "hook_argv")]
     pub argv: Vec<String>,
-    /// Killed when it runs longer than this.
-    #[serde(default = "hook_timeout", deserialize_with = "positive_u64")]
+    /// Killed, with everything it started, when it runs longer than this (1 s to an hour).
+    #[serde(default = "hook_timeout", deserialize_with = "within::<_, _, 1, 3600>")]
     pub timeout_seconds: u64,
-    /// Hooks running at once; alerts beyond it skip the hook (counted).
-    #[serde(default = "hook_max_running", deserialize_with = "positive_u64")]
+    /// Hooks running at once; alerts beyond it skip the hook, counted (1 to 64).
+    #[serde(
+        default = "hook_max_running",
+        deserialize_with = "within::<_, _, 1, 64>"
+    )]
     pub max_running: u64,
 }
 
@@ -446,13 +463,6 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match u64::deserialize(d)? {
-        0 => Err(de::Error::custom("must be at least 1")),
-        v => Ok(v),
-    }
-}
-
 fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let v = f64::deserialize(d)?;
     if v > 0.0 && v <= 1.0 {
@@ -755,6 +765,19 @@ user = 1000
             ("[settings]\nexhaustion_share = 2.0\n", "not a share"),
             ("[hook]\nargv = [\"notify-send\"]\n", "not an absolute path"),
             ("[alerts]\nunexpected_listener = 1\n", "invalid type"),
+            (
+                "[settings]\nreconcile_interval_seconds = 9223372036854775807\n",
+                "out of range",
+            ),
+            (
+                "[settings]\ndedup_window_seconds = 99999999999\n",
+                "out of range",
+            ),
+            ("[settings]\nrate_limit_per_minute = 0\n", "at least 1"),
+            (
+                "[hook]\ntimeout_seconds = 86400\nargv = [\"/bin/true\"]\n",
+                "out of range",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err();

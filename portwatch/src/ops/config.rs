@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::kernel::attach::AttachMode;
+use crate::{kernel::attach::AttachMode, ops::bounds::within};
 
 /// What `portwatch run` runs with: the file's settings with the command line's flags on top
 /// (`cli::RunArgs::options`).
@@ -58,11 +58,11 @@ pub struct PolicyConfig {
 pub struct StoreConfig {
     /// Where the tenancy history (history.sqlite) lives.
     pub state_dir: PathBuf,
-    /// Closed intervals older than this many days are deleted.
-    #[serde(deserialize_with = "at_least_one")]
+    /// Closed intervals older than this many days are deleted (1 to 3650).
+    #[serde(deserialize_with = "within::<_, _, 1, 3650>")]
     pub max_age_days: u32,
-    /// At most this many intervals are kept (the oldest go first).
-    #[serde(deserialize_with = "at_least_one_u64")]
+    /// At most this many intervals are kept, the oldest go first (1 to 1e9).
+    #[serde(deserialize_with = "within::<_, _, 1, 1_000_000_000>")]
     pub max_rows: u64,
 }
 
@@ -76,25 +76,19 @@ impl Default for StoreConfig {
     }
 }
 
-fn at_least_one_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match u64::deserialize(d)? {
-        0 => Err(serde::de::Error::custom("must be at least 1")),
-        v => Ok(v),
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Processes whose /proc facts are remembered (each for 2 s) so storms do not re-read /proc.
-    #[serde(deserialize_with = "at_least_one_usize")]
+    /// Processes whose /proc facts are remembered (each for 2 s) so storms do not re-read /proc
+    /// (1 to 1048576).
+    #[serde(deserialize_with = "within::<_, _, 1, 1_048_576>")]
     pub processes: usize,
-    /// User names remembered from the user database.
-    #[serde(deserialize_with = "at_least_one_usize")]
+    /// User names remembered from the user database (1 to 1048576).
+    #[serde(deserialize_with = "within::<_, _, 1, 1_048_576>")]
     pub users: usize,
     /// Processes the lineage table remembers (from exec records and the start-up scan), so
-    /// events of processes already gone are still attributed.
-    #[serde(deserialize_with = "at_least_one_usize")]
+    /// events of processes already gone are still attributed (1 to 4194304).
+    #[serde(deserialize_with = "within::<_, _, 1, 4_194_304>")]
     pub process_table: usize,
 }
 
@@ -115,10 +109,11 @@ pub struct LogConfig {
     pub file: Option<PathBuf>,
     /// Also write events to stdout.
     pub stdout: bool,
-    /// Rotate the file when it would grow past this many MiB (0: never).
+    /// Rotate the file when it would grow past this many MiB (0: never; at most 1048576).
+    #[serde(deserialize_with = "within::<_, _, 0, 1_048_576>")]
     pub rotate_size_mib: u64,
-    /// Rotated files to keep (`events.jsonl.1` is the newest).
-    #[serde(deserialize_with = "at_least_one")]
+    /// Rotated files to keep, `events.jsonl.1` is the newest (1 to 1000).
+    #[serde(deserialize_with = "within::<_, _, 1, 1000>")]
     pub rotate_keep: u32,
 }
 
@@ -128,10 +123,12 @@ pub struct StatusConfig {
     /// Unix socket `portwatch status` asks (created mode 0600).
     pub socket: PathBuf,
     /// A `status` line with the daemon's counters goes into the event log this often (seconds);
-    /// 0: only at start and stop.
+    /// 0: only at start and stop; at most a day.
+    #[serde(deserialize_with = "within::<_, _, 0, 86_400>")]
     pub event_interval_seconds: u64,
     /// Seconds between canary rounds: the daemon's own loopback sockets must come back as events,
-    /// or the hook families that stayed silent are reported blind. 0: off.
+    /// or the hook families that stayed silent are reported blind. 0: off; at most a day.
+    #[serde(deserialize_with = "within::<_, _, 0, 86_400>")]
     pub canary_interval_seconds: u64,
 }
 
@@ -182,20 +179,6 @@ pub fn valid_ring_kib(v: u32) -> Result<u32, String> {
 
 fn ring_kib<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     valid_ring_kib(u32::deserialize(d)?).map_err(serde::de::Error::custom)
-}
-
-fn at_least_one_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    match usize::deserialize(d)? {
-        0 => Err(serde::de::Error::custom("must be at least 1")),
-        v => Ok(v),
-    }
-}
-
-fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    match u32::deserialize(d)? {
-        0 => Err(serde::de::Error::custom("must be at least 1")),
-        v => Ok(v),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
