@@ -149,7 +149,7 @@ impl Daemon {
     fn start(opts: &RunOptions) -> anyhow::Result<Self> {
         // A bad policy is a clear error before anything is attached.
         let policy = match &opts.policy {
-            Some(path) => Some(Policy::load(path)?),
+            Some(path) => Some(Policy::load_trusted(path)?),
             None => {
                 tracing::info!("no policy file; listeners are logged but not judged (no alerts)");
                 None

@@ -31,7 +31,7 @@ fn init_tracing() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            let config = Config::load(args.config.as_deref())?;
+            let config = Config::load_trusted(args.config.as_deref())?;
             let opts = args.options(&config);
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -256,6 +256,8 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hook.json");
     let pidfile = dir.path().join("hook.pid");
+    let grandchild = dir.path().join("grandchild.pid");
+    let envfile = dir.path().join("hook.env");
     // Every port but ours is allowed and the other kinds are off, so only our listener runs the
     // hook (the host's and the other tests' listeners would otherwise take its turn).
     let only_unexpected = "[alerts]\nwildcard_listener = false\nephemeral_port_listener = false\nrequired_listener_missing = false\nephemeral_port_exhaustion = false\n";
@@ -297,7 +299,9 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
     let mut d = Daemon::start_with_policy(
         dir.path(),
         &format!(
-            "[alerts]\nunexpected_listener = false\nwildcard_listener = false\nephemeral_port_listener = false\n[[allow]]\nport = {port}\nrequired = true\n[hook]\nargv = [\"/bin/sh\", \"-c\", \"echo $$ > {}; exec sleep 60\"]\ntimeout_seconds = 1\n",
+            "[alerts]\nunexpected_listener = false\nwildcard_listener = false\nephemeral_port_listener = false\n[[allow]]\nport = {port}\nrequired = true\n[hook]\nargv = [\"/bin/sh\", \"-c\", \"env > {}; sleep 60 & echo $! > {}; echo $$ > {}; exec sleep 60\"]\ntimeout_seconds = 1\n",
+            envfile.display(),
+            grandchild.display(),
             pidfile.display()
         ),
         &[],
@@ -321,7 +325,30 @@ fn the_exec_hook_gets_the_alert_json_and_a_hanging_hook_is_killed() {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "the hook {pid} outlived its timeout"
     );
+    let orphan: i32 = fs::read_to_string(&grandchild)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until(
+        "the hook's own child killed with it",
+        Duration::from_secs(5),
+        || !Path::new(&format!("/proc/{orphan}")).exists(),
+        || format!("pid {orphan} still runs"),
+    );
     assert!(d.stderr_text().contains("killed at its timeout"));
+    // Nothing of the daemon's environment reaches the hook: a fixed PATH and what sh sets.
+    let env = fs::read_to_string(&envfile).unwrap();
+    assert!(
+        env.lines().any(|l| l.starts_with("PATH=/usr/local/sbin:")),
+        "{env}"
+    );
+    for inherited in ["HOME=", "CARGO", "RUST", "USER="] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(inherited)),
+            "{inherited} leaked into the hook: {env}"
+        );
+    }
 }
 
 #[test]

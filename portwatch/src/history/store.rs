@@ -83,7 +83,18 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         let dir = dir.display().to_string();
         move |source| StoreError::Dir { path: dir, source }
     };
-    crate::ops::private_dir::ensure_parent(path).map_err(dir_err(path.parent().unwrap_or(path)))?;
+    let dir = path.parent().unwrap_or(path);
+    crate::ops::files::ensure_parent(path).map_err(dir_err(dir))?;
+    crate::ops::files::check_parent(path, "tenancy store").map_err(dir_err(dir))?;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(StoreError::Dir {
+            path: path.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the tenancy store is a symbolic link; refusing to follow it",
+            ),
+        });
+    }
     let c = Connection::open(path).map_err(err(path))?;
     // Command lines can hold secrets: the history is as private as the event log (SQLite gives
     // its -wal and -shm files the same mode).

@@ -653,15 +653,11 @@ fn required_key(i: usize, line: usize) -> String {
 }
 
 fn write_atomic(path: &Path, state: &StateFile) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    crate::ops::private_dir::ensure_parent(path)?;
+    use crate::ops::files;
+    files::ensure_parent(path)?;
+    files::check_parent(path, "alert state")?;
     let tmp = path.with_extension("json.tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = files::create_exclusive(&tmp, 0o600)?;
     serde_json::to_writer(&mut f, state)?;
     f.write_all(b"\n")?;
     f.sync_all()?;

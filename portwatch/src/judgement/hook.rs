@@ -1,5 +1,6 @@
 //! The alert exec hook: runs the configured argv (no shell) with the alert line on stdin, off the
-//! event path, with a timeout after which it is killed. Failures are counted and logged.
+//! event path, with a cleared environment (a fixed PATH), in a session of its own, and a timeout
+//! after which its whole process group is killed. Failures are counted and logged.
 use std::{
     process::Stdio,
     sync::{
@@ -93,16 +94,31 @@ enum HookFailure {
     Failed(String),
 }
 
+/// The hook's whole environment: nothing of the daemon's leaks into it.
+const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 async fn run(argv: &[String], timeout: Duration, line: String) -> Result<(), HookFailure> {
     let failed = |what: &str, e: std::io::Error| HookFailure::Failed(format!("{what}: {e}"));
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", HOOK_PATH)
+        .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| failed("starting it", e))?;
+        .kill_on_drop(true);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent. The hook leads
+    // its own session and process group, so the timeout can kill everything it started.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| failed("starting it", e))?;
+    let group = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let mut stdin = child.stdin.take();
     let work = async {
         if let Some(s) = &mut stdin {
@@ -119,6 +135,9 @@ async fn run(argv: &[String], timeout: Duration, line: String) -> Result<(), Hoo
         Ok(Ok(status)) => Err(HookFailure::Failed(format!("exited with {status}"))),
         Ok(Err(e)) => Err(failed("waiting for it", e)),
         Err(_) => {
+            if let Some(g) = group {
+                let _ = nix::sys::signal::killpg(g, nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = child.kill().await;
             Err(HookFailure::TimedOut)
         }

@@ -202,7 +202,7 @@ impl Judgement {
     /// place (logged at error level). True when a new policy was installed.
     pub fn reload(&mut self, path: Option<&Path>) -> bool {
         let Some(path) = path else { return false };
-        match Policy::load(path) {
+        match Policy::load_trusted(path) {
             Ok(p) => {
                 tracing::info!(path = %path.display(), rules = p.rules.len(), "policy reloaded");
                 match &mut self.engine {

@@ -423,6 +423,16 @@ impl Policy {
         }
     }
 
+    /// The daemon's load: the file must be root's (or the daemon user's) in a directory no other
+    /// user can write, or another user could write the policy.
+    pub fn load_trusted(path: &Path) -> Result<Policy, PolicyError> {
+        crate::ops::files::check_trusted(path, "policy").map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Policy::load(path)
+    }
+
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.display().to_string(),

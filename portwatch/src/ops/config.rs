@@ -204,11 +204,29 @@ impl Config {
 
     /// Reads `explicit`, or the default path when it exists, or the defaults.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::read(explicit, false)
+    }
+
+    /// The daemon's load: a config file must be root's (or the daemon user's) in a directory no
+    /// other user can write.
+    pub fn load_trusted(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::read(explicit, true)
+    }
+
+    fn read(explicit: Option<&Path>, trusted: bool) -> Result<Config, ConfigError> {
         let path = match explicit {
             Some(p) => p,
             None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
             None => return Ok(Config::default()),
         };
+        if trusted {
+            crate::ops::files::check_trusted(path, "config").map_err(|source| {
+                ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,

@@ -2,6 +2,6 @@
 pub mod bounds;
 pub mod cli;
 pub mod config;
-pub mod private_dir;
+pub mod files;
 pub mod privileges;
 pub mod status;

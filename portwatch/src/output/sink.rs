@@ -261,12 +261,19 @@ impl LogFile {
 /// Opens the log for appending (mode 0640), first cutting off a trailing partial line left by a
 /// crash so the file stays valid JSON Lines.
 pub fn open_log(path: &Path) -> io::Result<File> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)?;
+    use crate::ops::files;
+    // It truncates: never a file another user pointed the path at.
+    files::check_parent(path, "event log")?;
+    let mut file = files::open_nofollow(
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o640),
+        path,
+        "event log",
+    )?;
+    files::check_owned(&file, path, "event log")?;
     repair_partial_line(&mut file)?;
     Ok(file)
 }
