@@ -1,11 +1,19 @@
-//! The ABI shared by the eBPF programs and the daemon: one fixed-layout record per port event,
-//! the per-CPU counters, and the numeric codes both sides agree on. Nothing else lives here.
+//! The ABI shared by the eBPF programs and the daemon: the fixed-layout ring-buffer records, each
+//! starting with a `RecordHeader` that names its kind, the per-CPU counters, and the numeric codes
+//! both sides agree on. Nothing else lives here.
+//!
+//! Every layout is pinned by `const` assertions next to its type. This crate compiles into both
+//! the eBPF object and the daemon, so a layout change that one side did not expect fails the build
+//! of both instead of being misread at run time.
 #![no_std]
+
+use core::mem::{offset_of, size_of};
 
 /// Length of `task_struct.comm`, including the trailing NUL.
 pub const COMM_LEN: usize = 16;
 
-/// What happened to the port. Values are part of the ring-buffer ABI.
+/// What happened to the port: the record kind (`RecordHeader::kind`) of a `PortEvent`. Values are
+/// part of the ring-buffer ABI.
 pub mod kind {
     pub const BIND: u8 = 1;
     pub const LISTEN: u8 = 2;
@@ -58,12 +66,59 @@ pub mod probe {
     pub const FENTRY_INET_RELEASE: u8 = 45;
 }
 
+/// The first field of every ring-buffer record: which kind of record it is, and so which layout
+/// follows. The record kinds are `kind::*` (a `PortEvent`), `lineage::EXEC` (an `ExecEvent`) and
+/// `lineage::FORK`/`lineage::EXIT` (a `ProcEvent`); 0 is never a kind.
+///
+/// Four bytes with alignment 1, so every record follows it with a `u32` and its 8-byte fields
+/// stay aligned without implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+impl RecordHeader {
+    pub const fn new(kind: u8) -> Self {
+        RecordHeader { kind, _pad: [0; 3] }
+    }
+}
+
+const _: () = assert!(size_of::<RecordHeader>() == 4);
+const _: () = assert!(offset_of!(RecordHeader, kind) == 0);
+// The decoder tells the records apart by their kind alone.
+const _: () = {
+    let kinds = [
+        kind::BIND,
+        kind::LISTEN,
+        kind::CONNECT,
+        kind::CLOSE,
+        lineage::EXEC,
+        lineage::FORK,
+        lineage::EXIT,
+    ];
+    let mut i = 0;
+    while i < kinds.len() {
+        assert!(kinds[i] != 0, "0 is never a record kind");
+        let mut j = i + 1;
+        while j < kinds.len() {
+            assert!(kinds[i] != kinds[j], "record kinds must be distinct");
+            j += 1;
+        }
+        i += 1;
+    }
+};
+
 /// One port event, written by the kernel side into the ring buffer.
 ///
 /// Addresses are in network byte order (IPv4 in the first four bytes); ports are in host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortEvent {
+    /// `kind::*`: what happened to the port.
+    pub header: RecordHeader,
+    pub cpu: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     /// Per-CPU sequence number, taken before the ring-buffer reserve, so gaps show loss too.
@@ -81,23 +136,23 @@ pub struct PortEvent {
     pub netns: u32,
     /// 0 on success, otherwise the positive errno the syscall returned.
     pub errno: i32,
-    pub cpu: u32,
-    pub kind: u8,
     pub family: u8,
     pub protocol: u8,
     pub probe: u8,
-    pub local_port: u16,
-    pub peer_port: u16,
     /// `flags::*` bits.
     pub flags: u8,
-    pub _pad: [u8; 3],
+    pub local_port: u16,
+    pub peer_port: u16,
     pub local_addr: [u8; 16],
     pub peer_addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
 }
 
 impl PortEvent {
+    /// Every field 0, the header's kind too: the kernel side sets it with the task's facts.
     pub const ZERO: PortEvent = PortEvent {
+        header: RecordHeader::new(0),
+        cpu: 0,
         ts_ns: 0,
         cpu_seq: 0,
         cookie: 0,
@@ -108,20 +163,22 @@ impl PortEvent {
         gid: 0,
         netns: 0,
         errno: 0,
-        cpu: 0,
-        kind: 0,
         family: 0,
         protocol: 0,
         probe: 0,
+        flags: 0,
         local_port: 0,
         peer_port: 0,
-        flags: 0,
-        _pad: [0; 3],
         local_addr: [0; 16],
         peer_addr: [0; 16],
         comm: [0; COMM_LEN],
     };
 }
+
+const _: () = assert!(size_of::<PortEvent>() == 120);
+const _: () = assert!(offset_of!(PortEvent, header) == 0);
+const _: () = assert!(offset_of!(PortEvent, ts_ns) == 8);
+const _: () = assert!(offset_of!(PortEvent, local_addr) == 72);
 
 /// An operation seen on syscall entry (or on a cgroup hook that runs before the kernel decides),
 /// kept per thread until the syscall returns and the outcome is known. Only what the entry hook
@@ -142,6 +199,8 @@ pub struct Pending {
     pub _pad: [u8; 2],
 }
 
+const _: () = assert!(size_of::<Pending>() == 40);
+
 /// Per-CPU counters kept by the kernel side, summed by the daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -155,8 +214,10 @@ pub struct CpuCounters {
     pub last_wakeup_ns: u64,
 }
 
+const _: () = assert!(size_of::<CpuCounters>() == 24);
+
 /// Process lineage records (`sched:sched_process_exec/fork/exit`), in the same ring buffer as
-/// port events; the record's size tells the kinds apart.
+/// port events; their record kinds (`RecordHeader::kind`) and sizes.
 pub mod lineage {
     pub const EXEC: u8 = 10;
     pub const FORK: u8 = 11;
@@ -170,16 +231,17 @@ pub mod lineage {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ExecEvent {
-    pub ts_ns: u64,
-    pub kind: u8,
-    /// Set when argv was longer than `ARGS_LEN` and cut.
-    pub args_truncated: u8,
-    pub filename_len: u16,
-    pub args_len: u32,
+    /// `lineage::EXEC`.
+    pub header: RecordHeader,
     pub pid: u32,
+    pub ts_ns: u64,
     pub ppid: u32,
     pub uid: u32,
-    pub _pad: u32,
+    pub args_len: u32,
+    pub filename_len: u16,
+    /// Set when argv was longer than `ARGS_LEN` and cut.
+    pub args_truncated: u8,
+    pub _pad: u8,
     pub comm: [u8; COMM_LEN],
     /// As passed to execve (after PATH search by the caller).
     pub filename: [u8; lineage::FILENAME_LEN],
@@ -191,14 +253,22 @@ pub struct ExecEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
-    pub ts_ns: u64,
-    pub kind: u8,
-    pub _pad: [u8; 3],
+    /// `lineage::FORK` or `lineage::EXIT`.
+    pub header: RecordHeader,
     pub pid: u32,
+    pub ts_ns: u64,
     /// fork: the parent's thread group id; exit: 0.
     pub ppid: u32,
-    pub _pad2: u32,
+    pub _pad: u32,
 }
+
+const _: () = assert!(size_of::<ExecEvent>() == 1328);
+const _: () = assert!(offset_of!(ExecEvent, header) == 0);
+const _: () = assert!(offset_of!(ExecEvent, ts_ns) == 8);
+const _: () = assert!(offset_of!(ExecEvent, comm) == 32);
+const _: () = assert!(size_of::<ProcEvent>() == 24);
+const _: () = assert!(offset_of!(ProcEvent, header) == 0);
+const _: () = assert!(offset_of!(ProcEvent, ts_ns) == 8);
 
 /// Names of the globals the daemon fills in at load time (struct offsets from BTF and tracepoint
 /// field offsets from tracefs). An offset of `u32::MAX` means "unknown; do not read".
@@ -244,6 +314,7 @@ pub const UNKNOWN_OFFSET: u32 = u32::MAX;
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding fields; every bit pattern is valid.
+    unsafe impl aya::Pod for super::RecordHeader {}
     unsafe impl aya::Pod for super::PortEvent {}
     unsafe impl aya::Pod for super::Pending {}
     unsafe impl aya::Pod for super::CpuCounters {}

@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{CpuCounters, Pending, PortEvent, family};
+use portwatch_common::{CpuCounters, Pending, PortEvent, RecordHeader, family};
 
 use crate::offsets;
 
@@ -62,7 +62,7 @@ pub fn add_task_facts(ev: &mut PortEvent, kind: u8, probe: u8, sk: usize) {
         ev.ts_ns = bpf_ktime_get_ns();
     }
     ev.netns = sock_netns(sk);
-    ev.kind = kind;
+    ev.header = RecordHeader::new(kind);
     ev.probe = probe;
 }
 

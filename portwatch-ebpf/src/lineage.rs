@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{ExecEvent, ProcEvent, lineage};
+use portwatch_common::{ExecEvent, ProcEvent, RecordHeader, lineage};
 
 use crate::{
     emit::{self, EVENTS, read_kernel},
@@ -31,7 +31,7 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
     // through the probe-read helpers, with sizes bounded for the verifier.
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).kind = lineage::EXEC;
+        (*ev).header = RecordHeader::new(lineage::EXEC);
         (*ev).args_truncated = 0;
         (*ev).filename_len = 0;
         (*ev).args_len = 0;
@@ -101,13 +101,12 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn proc_event(kind: u8, pid: u32, ppid: u32) {
     let ev = ProcEvent {
+        header: RecordHeader::new(kind),
+        pid,
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        kind,
-        _pad: [0; 3],
-        pid,
         ppid,
-        _pad2: 0,
+        _pad: 0,
     };
     match EVENTS.reserve::<ProcEvent>(0) {
         Some(mut entry) => {
