@@ -270,46 +270,85 @@ const _: () = assert!(size_of::<ProcEvent>() == 24);
 const _: () = assert!(offset_of!(ProcEvent, header) == 0);
 const _: () = assert!(offset_of!(ProcEvent, ts_ns) == 8);
 
-/// Names of the globals the daemon fills in at load time (struct offsets from BTF and tracepoint
-/// field offsets from tracefs). An offset of `u32::MAX` means "unknown; do not read".
+/// Names of the globals the daemon fills in at load time.
 pub mod globals {
-    pub const SOCK_NUM: &str = "OFF_SOCK_NUM";
-    pub const INET_SPORT: &str = "OFF_INET_SPORT";
-    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
-    pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
-    pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
-    pub const SOCK_STATE: &str = "OFF_SOCK_STATE";
-    pub const SOCK_DADDR: &str = "OFF_SOCK_DADDR";
-    pub const SOCK_DPORT: &str = "OFF_SOCK_DPORT";
-    pub const SOCK_V6_DADDR: &str = "OFF_SOCK_V6_DADDR";
-    pub const SOCK_NET: &str = "OFF_SOCK_NET";
-    pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
-    pub const TASK_TGID: &str = "OFF_TASK_TGID";
-    pub const TASK_MM: &str = "OFF_TASK_MM";
-    pub const MM_ARG_START: &str = "OFF_MM_ARG_START";
-    pub const MM_ARG_END: &str = "OFF_MM_ARG_END";
-    pub const TP_EXEC_FILENAME: &str = "TP_EXEC_FILENAME";
-    pub const TP_FORK_CHILD_PID: &str = "TP_FORK_CHILD_PID";
-    pub const SOCK_RCV_SADDR: &str = "OFF_SOCK_RCV_SADDR";
-    pub const SOCK_V6_RCV_SADDR: &str = "OFF_SOCK_V6_RCV_SADDR";
-    pub const TASK_COMM: &str = "OFF_TASK_COMM";
-    pub const TASK_FILES: &str = "OFF_TASK_FILES";
-    pub const FILES_FDT: &str = "OFF_FILES_FDT";
-    pub const FDTABLE_MAX_FDS: &str = "OFF_FDTABLE_MAX_FDS";
-    pub const FDTABLE_FD: &str = "OFF_FDTABLE_FD";
-    pub const FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
-    pub const SOCKET_FILE: &str = "OFF_SOCKET_FILE";
-    pub const SOCK_COOKIE: &str = "OFF_SOCK_COOKIE";
-    pub const REGS_ARG0: &str = "OFF_REGS_ARG0";
-    pub const REGS_ARG1: &str = "OFF_REGS_ARG1";
-    pub const TP_LISTEN_FD: &str = "TP_LISTEN_FD";
-    pub const NET_NS_INUM: &str = "OFF_NET_NS_INUM";
-    pub const TP_SYS_EXIT_RET: &str = "TP_SYS_EXIT_RET";
-    /// Bytes waiting in the ring buffer above which a record wakes the reader.
+    /// The `KernelOffsets` the programs read kernel memory and tracepoint records with.
+    pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+    /// Bytes waiting in the ring buffer above which a record wakes the reader (a `u32`;
+    /// `UNKNOWN_OFFSET`: wake on every record).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 }
 
+/// An offset that is not known: the programs do not read what it locates.
 pub const UNKNOWN_OFFSET: u32 = u32::MAX;
+
+/// Where the programs find what they read: kernel struct members (from the running kernel's BTF)
+/// and tracepoint record fields (from tracefs `format` files), in bytes. aya-ebpf has no CO-RE, so
+/// the daemon finds these at load time and hands them over once, as the global
+/// `globals::KERNEL_OFFSETS`; nothing kernel-internal is hard-coded on the eBPF side.
+///
+/// Every field is a `u32`, `UNKNOWN_OFFSET` when not known. Adding an offset takes a field here,
+/// the code that finds it (`portwatch/src/kernel/attach`: `btf.rs` for struct members,
+/// `KernelLayout::discover` for tracepoint fields) and its use (`offsets::get(|o| &o.field)` in
+/// the eBPF crate).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sock.__sk_common.skc_num`: the local port, host order.
+    pub sock_num: u32,
+    pub sock_family: u32,
+    pub sock_state: u32,
+    pub sock_protocol: u32,
+    pub sock_daddr: u32,
+    pub sock_dport: u32,
+    pub sock_v6_daddr: u32,
+    pub sock_rcv_saddr: u32,
+    pub sock_v6_rcv_saddr: u32,
+    pub sock_net: u32,
+    pub sock_cookie: u32,
+    /// `inet_sock.inet_sport`: the local port, network order; still set once a closed TCP
+    /// socket has given the port back.
+    pub inet_sport: u32,
+    pub socket_sk: u32,
+    pub socket_file: u32,
+    /// `net.ns.inum`: the network namespace's inode number.
+    pub net_ns_inum: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_mm: u32,
+    pub task_comm: u32,
+    pub task_files: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    /// `struct pt_regs` members holding a syscall's first two arguments at its exit; unknown
+    /// where the architecture's layout is not known, and then every bind is parked instead.
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    /// The `fd` field of a `syscalls:sys_enter_listen` record.
+    pub tp_listen_fd: u32,
+    /// The `ret` field of a `syscalls:sys_exit_{bind,listen,connect}` record (one offset for all
+    /// three).
+    pub tp_sys_exit_ret: u32,
+    /// The `filename` field (`__data_loc`) of a `sched:sched_process_exec` record.
+    pub tp_exec_filename: u32,
+    /// The `child_pid` field of a `sched:sched_process_fork` record.
+    pub tp_fork_child_pid: u32,
+}
+
+impl KernelOffsets {
+    /// Every offset unknown: the global's value until the daemon overrides it.
+    // SAFETY: plain integers, valid for any bit pattern; `transmute` checks at compile time that
+    // the array is exactly as large as the struct.
+    pub const UNKNOWN: KernelOffsets =
+        unsafe { core::mem::transmute([UNKNOWN_OFFSET; size_of::<KernelOffsets>() / 4]) };
+}
+
+// Every field is a u32, which `UNKNOWN` relies on: a wider one would show as alignment 8.
+const _: () = assert!(core::mem::align_of::<KernelOffsets>() == 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -320,4 +359,5 @@ mod pod {
     unsafe impl aya::Pod for super::CpuCounters {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }

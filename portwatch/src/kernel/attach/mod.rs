@@ -14,10 +14,8 @@ use aya::{
         TracePoint,
     },
 };
-use portwatch_common::globals;
+use portwatch_common::{KernelOffsets, globals};
 use serde::Serialize;
-
-use self::btf::StructOffsets;
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
@@ -163,19 +161,17 @@ pub struct AttachOptions {
 
 /// Offsets and paths found once, before anything is loaded.
 struct KernelLayout {
-    structs: StructOffsets,
-    tp_listen_fd: u32,
-    tp_sys_exit_ret: u32,
-    tp_exec_filename: u32,
-    tp_fork_child_pid: u32,
+    offsets: KernelOffsets,
     cgroup_root: PathBuf,
 }
 
 impl KernelLayout {
+    /// Struct member offsets from BTF (`btf::struct_offsets`), then the tracepoint fields from
+    /// tracefs.
     fn discover() -> Result<Self, AttachError> {
-        let structs = StructOffsets::from_btf_file(std::path::Path::new(btf::VMLINUX_BTF))?;
+        let mut offsets = btf::struct_offsets_from_file(std::path::Path::new(btf::VMLINUX_BTF))?;
         let tracefs = tracefs::ensure_tracefs()?;
-        let tp_listen_fd =
+        offsets.tp_listen_fd =
             tracefs::field_offsets(&tracefs, "syscalls", "sys_enter_listen", &[("fd", 8)])?[0];
         let mut ret = None;
         for sys in ["sys_exit_bind", "sys_exit_listen", "sys_exit_connect"] {
@@ -190,17 +186,14 @@ impl KernelLayout {
                 }
             }
         }
-        let tp_exec_filename =
+        offsets.tp_sys_exit_ret = ret.unwrap_or(16);
+        offsets.tp_exec_filename =
             tracefs::field_offsets(&tracefs, "sched", "sched_process_exec", &[("filename", 4)])?[0];
-        let tp_fork_child_pid =
+        offsets.tp_fork_child_pid =
             tracefs::field_offsets(&tracefs, "sched", "sched_process_fork", &[("child_pid", 4)])?
                 [0];
         Ok(Self {
-            structs,
-            tp_listen_fd,
-            tp_sys_exit_ret: ret.unwrap_or(16),
-            tp_exec_filename,
-            tp_fork_child_pid,
+            offsets,
             cgroup_root: cgroup2_mount()?,
         })
     }
@@ -226,49 +219,17 @@ pub fn cgroup2_mount() -> Result<PathBuf, AttachError> {
 /// Loads the object and walks the ladder for every family.
 pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
     let layout = KernelLayout::discover()?;
-    let s = &layout.structs;
     // Wake the reader once a quarter of the ring is queued (it also drains on a timer).
     let wakeup_bytes = opts.ring_buffer_bytes / 4;
     // `EbpfLoader::new` parses the kernel's BTF for CO-RE relocations, which these programs do
-    // not use (kernel offsets reach them as globals). Dropping that copy at once, before the one
+    // not use (kernel offsets reach them in a global). Dropping that copy at once, before the one
     // fentry/fexit attach by is parsed below, keeps the two (~20 MB each) from being in memory
     // together: that was the daemon's start-up peak (docs/benchmarks.md).
     let mut loader = EbpfLoader::new();
     loader
         .btf(None)
         .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
-        .override_global(globals::SOCK_NUM, &s.sock_num, true)
-        .override_global(globals::INET_SPORT, &s.inet_sport, true)
-        .override_global(globals::SOCKET_SK, &s.socket_sk, true)
-        .override_global(globals::SOCK_PROTOCOL, &s.sock_protocol, true)
-        .override_global(globals::SOCK_FAMILY, &s.sock_family, true)
-        .override_global(globals::SOCK_STATE, &s.sock_state, true)
-        .override_global(globals::SOCK_DADDR, &s.sock_daddr, true)
-        .override_global(globals::SOCK_DPORT, &s.sock_dport, true)
-        .override_global(globals::SOCK_V6_DADDR, &s.sock_v6_daddr, true)
-        .override_global(globals::SOCK_NET, &s.sock_net, true)
-        .override_global(globals::TASK_REAL_PARENT, &s.task_real_parent, true)
-        .override_global(globals::TASK_TGID, &s.task_tgid, true)
-        .override_global(globals::TASK_MM, &s.task_mm, true)
-        .override_global(globals::MM_ARG_START, &s.mm_arg_start, true)
-        .override_global(globals::MM_ARG_END, &s.mm_arg_end, true)
-        .override_global(globals::TP_EXEC_FILENAME, &layout.tp_exec_filename, true)
-        .override_global(globals::TP_FORK_CHILD_PID, &layout.tp_fork_child_pid, true)
-        .override_global(globals::SOCK_RCV_SADDR, &s.sock_rcv_saddr, true)
-        .override_global(globals::SOCK_V6_RCV_SADDR, &s.sock_v6_rcv_saddr, true)
-        .override_global(globals::TASK_COMM, &s.task_comm, true)
-        .override_global(globals::TASK_FILES, &s.task_files, true)
-        .override_global(globals::FILES_FDT, &s.files_fdt, true)
-        .override_global(globals::FDTABLE_MAX_FDS, &s.fdtable_max_fds, true)
-        .override_global(globals::FDTABLE_FD, &s.fdtable_fd, true)
-        .override_global(globals::FILE_PRIVATE_DATA, &s.file_private_data, true)
-        .override_global(globals::SOCKET_FILE, &s.socket_file, true)
-        .override_global(globals::SOCK_COOKIE, &s.sock_cookie, true)
-        .override_global(globals::REGS_ARG0, &s.regs_arg0, true)
-        .override_global(globals::REGS_ARG1, &s.regs_arg1, true)
-        .override_global(globals::NET_NS_INUM, &s.net_ns_inum, true)
-        .override_global(globals::TP_SYS_EXIT_RET, &layout.tp_sys_exit_ret, true)
-        .override_global(globals::TP_LISTEN_FD, &layout.tp_listen_fd, true)
+        .override_global(globals::KERNEL_OFFSETS, &layout.offsets, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(AttachError::Load)?;
     // The loader's copy is freed; hand it back before the next one is parsed.
