@@ -20,9 +20,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub fn struct_offsets_from_file(path: &Path) -> Result<KernelOffsets, AttachError> {
     let btf = Btf::from_file_with_backend(path, Backend::Mmap)
         .or_else(|_| Btf::from_file(path))
-        .map_err(|e| AttachError::Btf {
+        .map_err(|source| AttachError::Btf {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source,
         })?;
     struct_offsets(&btf)
 }
