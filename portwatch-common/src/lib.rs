@@ -1,11 +1,19 @@
-//! The ABI shared by the eBPF programs and the daemon: one fixed-layout record per port event,
-//! the per-CPU counters, and the numeric codes both sides agree on. Nothing else lives here.
+//! The ABI shared by the eBPF programs and the daemon: the fixed-layout ring-buffer records, each
+//! starting with a `RecordHeader` that names its kind, the per-CPU counters, and the numeric codes
+//! both sides agree on. Nothing else lives here.
+//!
+//! Every layout is pinned by `const` assertions next to its type. This crate compiles into both
+//! the eBPF object and the daemon, so a layout change that one side did not expect fails the build
+//! of both instead of being misread at run time.
 #![no_std]
+
+use core::mem::{offset_of, size_of};
 
 /// Length of `task_struct.comm`, including the trailing NUL.
 pub const COMM_LEN: usize = 16;
 
-/// What happened to the port. Values are part of the ring-buffer ABI.
+/// What happened to the port: the record kind (`RecordHeader::kind`) of a `PortEvent`. Values are
+/// part of the ring-buffer ABI.
 pub mod kind {
     pub const BIND: u8 = 1;
     pub const LISTEN: u8 = 2;
@@ -58,12 +66,59 @@ pub mod probe {
     pub const FENTRY_INET_RELEASE: u8 = 45;
 }
 
+/// The first field of every ring-buffer record: which kind of record it is, and so which layout
+/// follows. The record kinds are `kind::*` (a `PortEvent`), `lineage::EXEC` (an `ExecEvent`) and
+/// `lineage::FORK`/`lineage::EXIT` (a `ProcEvent`); 0 is never a kind.
+///
+/// Four bytes with alignment 1, so every record follows it with a `u32` and its 8-byte fields
+/// stay aligned without implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+impl RecordHeader {
+    pub const fn new(kind: u8) -> Self {
+        RecordHeader { kind, _pad: [0; 3] }
+    }
+}
+
+const _: () = assert!(size_of::<RecordHeader>() == 4);
+const _: () = assert!(offset_of!(RecordHeader, kind) == 0);
+// The decoder tells the records apart by their kind alone.
+const _: () = {
+    let kinds = [
+        kind::BIND,
+        kind::LISTEN,
+        kind::CONNECT,
+        kind::CLOSE,
+        lineage::EXEC,
+        lineage::FORK,
+        lineage::EXIT,
+    ];
+    let mut i = 0;
+    while i < kinds.len() {
+        assert!(kinds[i] != 0, "0 is never a record kind");
+        let mut j = i + 1;
+        while j < kinds.len() {
+            assert!(kinds[i] != kinds[j], "record kinds must be distinct");
+            j += 1;
+        }
+        i += 1;
+    }
+};
+
 /// One port event, written by the kernel side into the ring buffer.
 ///
 /// Addresses are in network byte order (IPv4 in the first four bytes); ports are in host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortEvent {
+    /// `kind::*`: what happened to the port.
+    pub header: RecordHeader,
+    pub cpu: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     /// Per-CPU sequence number, taken before the ring-buffer reserve, so gaps show loss too.
@@ -81,23 +136,23 @@ pub struct PortEvent {
     pub netns: u32,
     /// 0 on success, otherwise the positive errno the syscall returned.
     pub errno: i32,
-    pub cpu: u32,
-    pub kind: u8,
     pub family: u8,
     pub protocol: u8,
     pub probe: u8,
-    pub local_port: u16,
-    pub peer_port: u16,
     /// `flags::*` bits.
     pub flags: u8,
-    pub _pad: [u8; 3],
+    pub local_port: u16,
+    pub peer_port: u16,
     pub local_addr: [u8; 16],
     pub peer_addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
 }
 
 impl PortEvent {
+    /// Every field 0, the header's kind too: the kernel side sets it with the task's facts.
     pub const ZERO: PortEvent = PortEvent {
+        header: RecordHeader::new(0),
+        cpu: 0,
         ts_ns: 0,
         cpu_seq: 0,
         cookie: 0,
@@ -108,20 +163,22 @@ impl PortEvent {
         gid: 0,
         netns: 0,
         errno: 0,
-        cpu: 0,
-        kind: 0,
         family: 0,
         protocol: 0,
         probe: 0,
+        flags: 0,
         local_port: 0,
         peer_port: 0,
-        flags: 0,
-        _pad: [0; 3],
         local_addr: [0; 16],
         peer_addr: [0; 16],
         comm: [0; COMM_LEN],
     };
 }
+
+const _: () = assert!(size_of::<PortEvent>() == 120);
+const _: () = assert!(offset_of!(PortEvent, header) == 0);
+const _: () = assert!(offset_of!(PortEvent, ts_ns) == 8);
+const _: () = assert!(offset_of!(PortEvent, local_addr) == 72);
 
 /// An operation seen on syscall entry (or on a cgroup hook that runs before the kernel decides),
 /// kept per thread until the syscall returns and the outcome is known. Only what the entry hook
@@ -142,6 +199,8 @@ pub struct Pending {
     pub _pad: [u8; 2],
 }
 
+const _: () = assert!(size_of::<Pending>() == 40);
+
 /// Per-CPU counters kept by the kernel side, summed by the daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -155,8 +214,10 @@ pub struct CpuCounters {
     pub last_wakeup_ns: u64,
 }
 
+const _: () = assert!(size_of::<CpuCounters>() == 24);
+
 /// Process lineage records (`sched:sched_process_exec/fork/exit`), in the same ring buffer as
-/// port events; the record's size tells the kinds apart.
+/// port events; their record kinds (`RecordHeader::kind`) and sizes.
 pub mod lineage {
     pub const EXEC: u8 = 10;
     pub const FORK: u8 = 11;
@@ -170,16 +231,17 @@ pub mod lineage {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ExecEvent {
-    pub ts_ns: u64,
-    pub kind: u8,
-    /// Set when argv was longer than `ARGS_LEN` and cut.
-    pub args_truncated: u8,
-    pub filename_len: u16,
-    pub args_len: u32,
+    /// `lineage::EXEC`.
+    pub header: RecordHeader,
     pub pid: u32,
+    pub ts_ns: u64,
     pub ppid: u32,
     pub uid: u32,
-    pub _pad: u32,
+    pub args_len: u32,
+    pub filename_len: u16,
+    /// Set when argv was longer than `ARGS_LEN` and cut.
+    pub args_truncated: u8,
+    pub _pad: u8,
     pub comm: [u8; COMM_LEN],
     /// As passed to execve (after PATH search by the caller).
     pub filename: [u8; lineage::FILENAME_LEN],
@@ -191,62 +253,111 @@ pub struct ExecEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
-    pub ts_ns: u64,
-    pub kind: u8,
-    pub _pad: [u8; 3],
+    /// `lineage::FORK` or `lineage::EXIT`.
+    pub header: RecordHeader,
     pub pid: u32,
+    pub ts_ns: u64,
     /// fork: the parent's thread group id; exit: 0.
     pub ppid: u32,
-    pub _pad2: u32,
+    pub _pad: u32,
 }
 
-/// Names of the globals the daemon fills in at load time (struct offsets from BTF and tracepoint
-/// field offsets from tracefs). An offset of `u32::MAX` means "unknown; do not read".
+const _: () = assert!(size_of::<ExecEvent>() == 1328);
+const _: () = assert!(offset_of!(ExecEvent, header) == 0);
+const _: () = assert!(offset_of!(ExecEvent, ts_ns) == 8);
+const _: () = assert!(offset_of!(ExecEvent, comm) == 32);
+const _: () = assert!(size_of::<ProcEvent>() == 24);
+const _: () = assert!(offset_of!(ProcEvent, header) == 0);
+const _: () = assert!(offset_of!(ProcEvent, ts_ns) == 8);
+
+/// Names of the globals the daemon fills in at load time.
 pub mod globals {
-    pub const SOCK_NUM: &str = "OFF_SOCK_NUM";
-    pub const INET_SPORT: &str = "OFF_INET_SPORT";
-    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
-    pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
-    pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
-    pub const SOCK_STATE: &str = "OFF_SOCK_STATE";
-    pub const SOCK_DADDR: &str = "OFF_SOCK_DADDR";
-    pub const SOCK_DPORT: &str = "OFF_SOCK_DPORT";
-    pub const SOCK_V6_DADDR: &str = "OFF_SOCK_V6_DADDR";
-    pub const SOCK_NET: &str = "OFF_SOCK_NET";
-    pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
-    pub const TASK_TGID: &str = "OFF_TASK_TGID";
-    pub const TASK_MM: &str = "OFF_TASK_MM";
-    pub const MM_ARG_START: &str = "OFF_MM_ARG_START";
-    pub const MM_ARG_END: &str = "OFF_MM_ARG_END";
-    pub const TP_EXEC_FILENAME: &str = "TP_EXEC_FILENAME";
-    pub const TP_FORK_CHILD_PID: &str = "TP_FORK_CHILD_PID";
-    pub const SOCK_RCV_SADDR: &str = "OFF_SOCK_RCV_SADDR";
-    pub const SOCK_V6_RCV_SADDR: &str = "OFF_SOCK_V6_RCV_SADDR";
-    pub const TASK_COMM: &str = "OFF_TASK_COMM";
-    pub const TASK_FILES: &str = "OFF_TASK_FILES";
-    pub const FILES_FDT: &str = "OFF_FILES_FDT";
-    pub const FDTABLE_MAX_FDS: &str = "OFF_FDTABLE_MAX_FDS";
-    pub const FDTABLE_FD: &str = "OFF_FDTABLE_FD";
-    pub const FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
-    pub const SOCKET_FILE: &str = "OFF_SOCKET_FILE";
-    pub const SOCK_COOKIE: &str = "OFF_SOCK_COOKIE";
-    pub const REGS_ARG0: &str = "OFF_REGS_ARG0";
-    pub const REGS_ARG1: &str = "OFF_REGS_ARG1";
-    pub const TP_LISTEN_FD: &str = "TP_LISTEN_FD";
-    pub const NET_NS_INUM: &str = "OFF_NET_NS_INUM";
-    pub const TP_SYS_EXIT_RET: &str = "TP_SYS_EXIT_RET";
-    /// Bytes waiting in the ring buffer above which a record wakes the reader.
+    /// The `KernelOffsets` the programs read kernel memory and tracepoint records with.
+    pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+    /// Bytes waiting in the ring buffer above which a record wakes the reader (a `u32`;
+    /// `UNKNOWN_OFFSET`: wake on every record).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 }
 
+/// An offset that is not known: the programs do not read what it locates.
 pub const UNKNOWN_OFFSET: u32 = u32::MAX;
+
+/// Where the programs find what they read: kernel struct members (from the running kernel's BTF)
+/// and tracepoint record fields (from tracefs `format` files), in bytes. aya-ebpf has no CO-RE, so
+/// the daemon finds these at load time and hands them over once, as the global
+/// `globals::KERNEL_OFFSETS`; nothing kernel-internal is hard-coded on the eBPF side.
+///
+/// Every field is a `u32`, `UNKNOWN_OFFSET` when not known. Adding an offset takes a field here,
+/// the code that finds it (`portwatch/src/kernel/attach`: `btf.rs` for struct members,
+/// `KernelLayout::discover` for tracepoint fields) and its use (`offsets::get(|o| &o.field)` in
+/// the eBPF crate).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sock.__sk_common.skc_num`: the local port, host order.
+    pub sock_num: u32,
+    pub sock_family: u32,
+    pub sock_state: u32,
+    pub sock_protocol: u32,
+    pub sock_daddr: u32,
+    pub sock_dport: u32,
+    pub sock_v6_daddr: u32,
+    pub sock_rcv_saddr: u32,
+    pub sock_v6_rcv_saddr: u32,
+    pub sock_net: u32,
+    pub sock_cookie: u32,
+    /// `inet_sock.inet_sport`: the local port, network order; still set once a closed TCP
+    /// socket has given the port back.
+    pub inet_sport: u32,
+    pub socket_sk: u32,
+    pub socket_file: u32,
+    /// `net.ns.inum`: the network namespace's inode number.
+    pub net_ns_inum: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_mm: u32,
+    pub task_comm: u32,
+    pub task_files: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    /// `struct pt_regs` members holding a syscall's first two arguments at its exit; unknown
+    /// where the architecture's layout is not known, and then every bind is parked instead.
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    /// The `fd` field of a `syscalls:sys_enter_listen` record.
+    pub tp_listen_fd: u32,
+    /// The `ret` field of a `syscalls:sys_exit_{bind,listen,connect}` record (one offset for all
+    /// three).
+    pub tp_sys_exit_ret: u32,
+    /// The `filename` field (`__data_loc`) of a `sched:sched_process_exec` record.
+    pub tp_exec_filename: u32,
+    /// The `child_pid` field of a `sched:sched_process_fork` record.
+    pub tp_fork_child_pid: u32,
+}
+
+impl KernelOffsets {
+    /// Every offset unknown: the global's value until the daemon overrides it.
+    // SAFETY: plain integers, valid for any bit pattern; `transmute` checks at compile time that
+    // the array is exactly as large as the struct.
+    pub const UNKNOWN: KernelOffsets =
+        unsafe { core::mem::transmute([UNKNOWN_OFFSET; size_of::<KernelOffsets>() / 4]) };
+}
+
+// Every field is a u32, which `UNKNOWN` relies on: a wider one would show as alignment 8.
+const _: () = assert!(core::mem::align_of::<KernelOffsets>() == 4);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding fields; every bit pattern is valid.
+    unsafe impl aya::Pod for super::RecordHeader {}
     unsafe impl aya::Pod for super::PortEvent {}
     unsafe impl aya::Pod for super::Pending {}
     unsafe impl aya::Pod for super::CpuCounters {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }

@@ -18,7 +18,7 @@ use crate::{
 /// Whether this kernel's register layout is known, so that binds need not be parked.
 #[inline(always)]
 pub fn syscall_args_known() -> bool {
-    offsets::regs_arg0().is_some() && offsets::regs_arg1().is_some()
+    offsets::get(|o| &o.regs_arg0).is_some() && offsets::get(|o| &o.regs_arg1).is_some()
 }
 
 /// The record of a bind(2) that failed with `errno` and parked nothing: its socket from the file
@@ -45,7 +45,7 @@ pub fn failed_bind(errno: i32) -> Option<PortEvent> {
             ev.local_addr = addr;
         }
     }
-    if let Some(off) = offsets::sock_cookie() {
+    if let Some(off) = offsets::get(|o| &o.sock_cookie) {
         // SAFETY: a kernel read; 0 when no cookie was ever taken for this socket.
         ev.cookie = unsafe { read_kernel::<u64>(sk, off) }.unwrap_or(0);
     }
@@ -55,7 +55,10 @@ pub fn failed_bind(errno: i32) -> Option<PortEvent> {
 /// The first two arguments of the current syscall.
 #[inline(always)]
 fn syscall_args() -> Option<(u64, u64)> {
-    let (arg0, arg1) = (offsets::regs_arg0()?, offsets::regs_arg1()?);
+    let (arg0, arg1) = (
+        offsets::get(|o| &o.regs_arg0)?,
+        offsets::get(|o| &o.regs_arg1)?,
+    );
     // SAFETY: the helpers take the current task; the registers are read through
     // bpf_probe_read_kernel.
     unsafe {
@@ -73,29 +76,29 @@ pub fn socket_of_fd(fd: u64) -> Option<usize> {
     // SAFETY: kernel reads through bpf_probe_read_kernel, each checked before it is followed.
     unsafe {
         let task = bpf_get_current_task() as usize;
-        let files: usize = read_kernel(task, offsets::task_files()?)?;
+        let files: usize = read_kernel(task, offsets::get(|o| &o.task_files)?)?;
         if files == 0 {
             return None;
         }
-        let fdt: usize = read_kernel(files, offsets::files_fdt()?)?;
+        let fdt: usize = read_kernel(files, offsets::get(|o| &o.files_fdt)?)?;
         if fdt == 0 {
             return None;
         }
-        let max_fds: u32 = read_kernel(fdt, offsets::fdtable_max_fds()?)?;
+        let max_fds: u32 = read_kernel(fdt, offsets::get(|o| &o.fdtable_max_fds)?)?;
         if fd >= max_fds as u64 {
             return None;
         }
-        let fds: usize = read_kernel(fdt, offsets::fdtable_fd()?)?;
+        let fds: usize = read_kernel(fdt, offsets::get(|o| &o.fdtable_fd)?)?;
         let file: usize = read_kernel(fds, (fd as usize) * core::mem::size_of::<usize>())?;
         if file == 0 {
             return None;
         }
-        let socket: usize = read_kernel(file, offsets::file_private_data()?)?;
+        let socket: usize = read_kernel(file, offsets::get(|o| &o.file_private_data)?)?;
         if socket == 0 {
             return None;
         }
         // Any file has private data; only a socket's points back at the file.
-        let back: usize = read_kernel(socket, offsets::socket_file()?)?;
+        let back: usize = read_kernel(socket, offsets::get(|o| &o.socket_file)?)?;
         (back == file).then_some(socket)
     }
 }

@@ -139,7 +139,7 @@ pub fn portwatch_sys_exit_bind(ctx: TracePointContext) -> u32 {
 /// The `ret` field of a `syscalls:sys_exit_*` record.
 #[inline(always)]
 pub fn syscall_ret(ctx: &TracePointContext) -> Option<i64> {
-    let off = offsets::tp_sys_exit_ret()?;
+    let off = offsets::get(|o| &o.tp_sys_exit_ret)?;
     // SAFETY: the offset comes from the tracepoint's format file.
     unsafe { ctx.read_at::<i64>(off).ok() }
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{CpuCounters, Pending, PortEvent, family};
+use portwatch_common::{CpuCounters, Pending, PortEvent, RecordHeader, family};
 
 use crate::offsets;
 
@@ -62,7 +62,7 @@ pub fn add_task_facts(ev: &mut PortEvent, kind: u8, probe: u8, sk: usize) {
         ev.ts_ns = bpf_ktime_get_ns();
     }
     ev.netns = sock_netns(sk);
-    ev.kind = kind;
+    ev.header = RecordHeader::new(kind);
     ev.probe = probe;
 }
 
@@ -70,7 +70,7 @@ pub fn add_task_facts(ev: &mut PortEvent, kind: u8, probe: u8, sk: usize) {
 /// read can tear it, as it can for `bpf_get_current_comm`, which also reads it without a lock.
 #[inline(always)]
 fn current_comm() -> [u8; 16] {
-    match offsets::task_comm() {
+    match offsets::get(|o| &o.task_comm) {
         // SAFETY: a read through bpf_probe_read_kernel of the current task.
         Some(off) => unsafe {
             read_kernel::<[u8; 16]>(bpf_get_current_task() as usize, off).unwrap_or([0; 16])
@@ -83,7 +83,10 @@ fn current_comm() -> [u8; 16] {
 /// task's, it is still there while a process's sockets are released during exit.
 #[inline(always)]
 pub fn sock_netns(sk: usize) -> u32 {
-    let (Some(net_off), Some(inum_off)) = (offsets::sock_net(), offsets::net_ns_inum()) else {
+    let (Some(net_off), Some(inum_off)) = (
+        offsets::get(|o| &o.sock_net),
+        offsets::get(|o| &o.net_ns_inum),
+    ) else {
         return 0;
     };
     if sk == 0 {
@@ -114,12 +117,12 @@ pub fn local_from_sock(ev: &mut PortEvent, sk: usize) {
     }
     // SAFETY: kernel reads via bpf_probe_read_kernel.
     unsafe {
-        if let Some(off) = offsets::sock_num()
+        if let Some(off) = offsets::get(|o| &o.sock_num)
             && let Some(port) = read_kernel::<u16>(sk, off)
             && port != 0
         {
             ev.local_port = port;
-        } else if let Some(off) = offsets::inet_sport()
+        } else if let Some(off) = offsets::get(|o| &o.inet_sport)
             && let Some(port) = read_kernel::<u16>(sk, off)
             && port != 0
         {
@@ -128,12 +131,12 @@ pub fn local_from_sock(ev: &mut PortEvent, sk: usize) {
             ev.local_port = u16::from_be(port);
         }
         if ev.family == family::INET {
-            if let Some(off) = offsets::sock_rcv_saddr()
+            if let Some(off) = offsets::get(|o| &o.sock_rcv_saddr)
                 && let Some(addr) = read_kernel::<[u8; 4]>(sk, off)
             {
                 ev.local_addr[..4].copy_from_slice(&addr);
             }
-        } else if let Some(off) = offsets::sock_v6_rcv_saddr()
+        } else if let Some(off) = offsets::get(|o| &o.sock_v6_rcv_saddr)
             && let Some(addr) = read_kernel::<[u8; 16]>(sk, off)
         {
             ev.local_addr = addr;

@@ -19,12 +19,12 @@ const TCP_LISTEN: u8 = 10;
 pub fn sock_of(socket: usize) -> Option<(usize, u8, u8)> {
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
-        let sk: usize = read_kernel(socket, offsets::socket_sk()?)?;
+        let sk: usize = read_kernel(socket, offsets::get(|o| &o.socket_sk)?)?;
         if sk == 0 {
             return None;
         }
-        let proto: u16 = read_kernel(sk, offsets::sock_protocol()?)?;
-        let fam: u16 = read_kernel(sk, offsets::sock_family()?)?;
+        let proto: u16 = read_kernel(sk, offsets::get(|o| &o.sock_protocol)?)?;
+        let fam: u16 = read_kernel(sk, offsets::get(|o| &o.sock_family)?)?;
         let proto_ok = proto == protocol::TCP as u16 || proto == protocol::UDP as u16;
         let fam_ok = fam == family::INET as u16 || fam == family::INET6 as u16;
         (proto_ok && fam_ok).then_some((sk, proto as u8, fam as u8))
@@ -128,10 +128,11 @@ pub fn listen_entry(socket: usize, probe: u8) {
 #[inline(always)]
 pub fn park_listen(sk: usize, protocol: u8, family: u8, probe: u8) {
     // SAFETY: kernel read through bpf_probe_read_kernel.
-    let state: u8 = match offsets::sock_state().and_then(|o| unsafe { read_kernel(sk, o) }) {
-        Some(s) => s,
-        None => return,
-    };
+    let state: u8 =
+        match offsets::get(|o| &o.sock_state).and_then(|o| unsafe { read_kernel(sk, o) }) {
+            Some(s) => s,
+            None => return,
+        };
     if state == TCP_LISTEN {
         return;
     }
@@ -175,18 +176,18 @@ pub fn release(socket: usize, probe: u8) {
     emit::add_task_facts(&mut ev, kind::CLOSE, probe, sk);
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
-        if let Some(off) = offsets::sock_dport()
+        if let Some(off) = offsets::get(|o| &o.sock_dport)
             && let Some(p) = read_kernel::<u16>(sk, off)
         {
             ev.peer_port = u16::from_be(p);
         }
         if fam == family::INET {
-            if let Some(off) = offsets::sock_daddr()
+            if let Some(off) = offsets::get(|o| &o.sock_daddr)
                 && let Some(a) = read_kernel::<[u8; 4]>(sk, off)
             {
                 ev.peer_addr[..4].copy_from_slice(&a);
             }
-        } else if let Some(off) = offsets::sock_v6_daddr()
+        } else if let Some(off) = offsets::get(|o| &o.sock_v6_daddr)
             && let Some(a) = read_kernel::<[u8; 16]>(sk, off)
         {
             ev.peer_addr = a;

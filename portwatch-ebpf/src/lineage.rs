@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{ExecEvent, ProcEvent, lineage};
+use portwatch_common::{ExecEvent, ProcEvent, RecordHeader, lineage};
 
 use crate::{
     emit::{self, EVENTS, read_kernel},
@@ -31,7 +31,7 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
     // through the probe-read helpers, with sizes bounded for the verifier.
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).kind = lineage::EXEC;
+        (*ev).header = RecordHeader::new(lineage::EXEC);
         (*ev).args_truncated = 0;
         (*ev).filename_len = 0;
         (*ev).args_len = 0;
@@ -40,14 +40,17 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
         (*ev)._pad = 0;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         let task = bpf_get_current_task() as usize;
-        (*ev).ppid = match (offsets::task_real_parent(), offsets::task_tgid()) {
+        (*ev).ppid = match (
+            offsets::get(|o| &o.task_real_parent),
+            offsets::get(|o| &o.task_tgid),
+        ) {
             (Some(rp), Some(tg)) => read_kernel::<usize>(task, rp)
                 .and_then(|parent| read_kernel::<u32>(parent, tg))
                 .unwrap_or(0),
             _ => 0,
         };
         // __data_loc: offset in the low 16 bits, length in the high 16.
-        if let Some(off) = offsets::tp_exec_filename()
+        if let Some(off) = offsets::get(|o| &o.tp_exec_filename)
             && let Ok(loc) = ctx.read_at::<u32>(off)
         {
             let len =
@@ -63,9 +66,9 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
             }
         }
         if let (Some(mm_off), Some(start_off), Some(end_off)) = (
-            offsets::task_mm(),
-            offsets::mm_arg_start(),
-            offsets::mm_arg_end(),
+            offsets::get(|o| &o.task_mm),
+            offsets::get(|o| &o.mm_arg_start),
+            offsets::get(|o| &o.mm_arg_end),
         ) && let Some(mm) = read_kernel::<usize>(task, mm_off)
             && mm != 0
             && let (Some(start), Some(end)) = (
@@ -101,13 +104,12 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn proc_event(kind: u8, pid: u32, ppid: u32) {
     let ev = ProcEvent {
+        header: RecordHeader::new(kind),
+        pid,
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        kind,
-        _pad: [0; 3],
-        pid,
         ppid,
-        _pad2: 0,
+        _pad: 0,
     };
     match EVENTS.reserve::<ProcEvent>(0) {
         Some(mut entry) => {
@@ -121,7 +123,7 @@ fn proc_event(kind: u8, pid: u32, ppid: u32) {
 /// `child_pid` is a thread id; for a new thread it names no process, and the daemon ignores it.
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn portwatch_sched_fork(ctx: TracePointContext) -> u32 {
-    let Some(off) = offsets::tp_fork_child_pid() else {
+    let Some(off) = offsets::get(|o| &o.tp_fork_child_pid) else {
         return 0;
     };
     // SAFETY: the offset comes from the tracepoint's format file.

@@ -20,7 +20,7 @@ pub fn portwatch_sys_enter_listen(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn park_listen(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: the offset comes from the tracepoint's format file.
-    let fd: u64 = unsafe { ctx.read_at(offsets::tp_listen_fd()?) }.ok()?;
+    let fd: u64 = unsafe { ctx.read_at(offsets::get(|o| &o.tp_listen_fd)?) }.ok()?;
     let (sk, proto, family) = kfunc::sock_of(args::socket_of_fd(fd)?)?;
     // As for the other strategies, which hook inet_listen: only TCP sockets get there.
     if proto != protocol::TCP {

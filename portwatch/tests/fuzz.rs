@@ -11,11 +11,11 @@ use portwatch::{
     judgement::alert::AlertEngine,
     judgement::policy::Policy,
     kernel::attach::tracefs::parse_format,
-    kernel::decode::{decode, decode_record},
+    kernel::decode::{decode, decode_any, decode_record},
     ops::config::{Config, DEFAULTS_TOML},
     output::errno,
 };
-use portwatch_common::PortEvent;
+use portwatch_common::{ExecEvent, PortEvent, ProcEvent};
 use proptest::prelude::*;
 
 /// A policy using every key, to mutate.
@@ -57,6 +57,27 @@ proptest! {
     #[test]
     fn decoder_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = decode(&bytes);
+        let _ = decode_any(&bytes);
+    }
+
+    #[test]
+    fn any_record_decodes_by_its_header_or_fails_cleanly(
+        kind in prop_oneof![any::<u8>(), 1u8..=4, 10u8..=12],
+        len in prop_oneof![
+            0usize..2000,
+            Just(size_of::<PortEvent>()),
+            Just(size_of::<ExecEvent>()),
+            Just(size_of::<ProcEvent>()),
+        ],
+        fill in any::<u8>(),
+    ) {
+        let mut bytes = vec![fill; len];
+        if let Some(b) = bytes.first_mut() {
+            *b = kind;
+        }
+        if let Err(e) = decode_any(&bytes) {
+            prop_assert!(!e.to_string().is_empty());
+        }
     }
 
     #[test]
@@ -75,7 +96,7 @@ proptest! {
         addr in any::<[u8; 16]>(), port in any::<u16>(), errno in any::<i32>(),
     ) {
         let mut r = PortEvent::ZERO;
-        (r.kind, r.family, r.protocol, r.probe, r.comm, r.local_addr, r.local_port, r.errno) =
+        (r.header.kind, r.family, r.protocol, r.probe, r.comm, r.local_addr, r.local_port, r.errno) =
             (kind, fam, proto, probe, comm, addr, port, errno);
         let ev = decode_record(&r).expect("valid codes decode");
         prop_assert_eq!(ev.local.port(), port);

@@ -1,7 +1,9 @@
 //! Turn the kernel's fixed-layout record into typed values. Pure: no I/O, no clocks.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portwatch_common::{ExecEvent, PortEvent, ProcEvent, family, kind, lineage, probe, protocol};
+use portwatch_common::{
+    ExecEvent, PortEvent, ProcEvent, RecordHeader, family, kind, lineage, probe, protocol,
+};
 
 pub use crate::facts::{KernelEvent, Kind, Transport};
 
@@ -34,56 +36,83 @@ pub enum Record {
     },
 }
 
-/// Decodes any ring-buffer record; the kinds have distinct sizes.
+/// Decodes any ring-buffer record: the kind in its header says which record it is, and the
+/// record must be exactly that kind's size.
 pub fn decode_any(bytes: &[u8]) -> Result<Record, DecodeError> {
-    if bytes.len() == size_of::<PortEvent>() {
-        return decode(bytes).map(Record::Port);
-    }
-    if bytes.len() == size_of::<ExecEvent>() {
-        // SAFETY: length checked; plain data valid for any bit pattern.
-        let e: ExecEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let flen = usize::from(e.filename_len).min(e.filename.len());
-        let alen = (e.args_len as usize).min(e.args.len());
-        return Ok(Record::Exec(ExecRecord {
-            monotonic_ns: e.ts_ns,
-            pid: e.pid,
-            ppid: e.ppid,
-            uid: e.uid,
-            filename: e.filename[..flen]
-                .split(|&b| b == 0)
-                .next()
-                .unwrap_or(&[])
-                .to_vec(),
-            args: e.args[..alen].to_vec(),
-            args_truncated: e.args_truncated != 0,
-        }));
-    }
-    if bytes.len() == size_of::<ProcEvent>() {
-        // SAFETY: as above.
-        let e: ProcEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        return match e.kind {
-            lineage::FORK => Ok(Record::Fork {
+    let header: RecordHeader = bytes
+        .get(..size_of::<RecordHeader>())
+        .and_then(read_exact)
+        .ok_or(DecodeError::Header { got: bytes.len() })?;
+    match header.kind {
+        k @ (kind::BIND | kind::LISTEN | kind::CONNECT | kind::CLOSE) => {
+            decode_record(&record::<PortEvent>(bytes, k)?).map(Record::Port)
+        }
+        k @ lineage::EXEC => Ok(Record::Exec(exec_record(&record(bytes, k)?))),
+        k @ lineage::FORK => {
+            let e: ProcEvent = record(bytes, k)?;
+            Ok(Record::Fork {
                 child: e.pid,
                 parent: e.ppid,
                 monotonic_ns: e.ts_ns,
-            }),
-            lineage::EXIT => Ok(Record::Exit {
+            })
+        }
+        k @ lineage::EXIT => {
+            let e: ProcEvent = record(bytes, k)?;
+            Ok(Record::Exit {
                 pid: e.pid,
                 monotonic_ns: e.ts_ns,
-            }),
-            k => Err(DecodeError::Kind(k)),
-        };
+            })
+        }
+        k => Err(DecodeError::Kind(k)),
     }
-    Err(DecodeError::Size {
+}
+
+/// `bytes` as a `T`, if they are exactly its size.
+fn read_exact<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    // SAFETY: the length is checked, and `T` is plain data valid for any bit pattern.
+    (bytes.len() == size_of::<T>())
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// `bytes` as the record of kind `kind`, whose layout is `T`.
+fn record<T: aya::Pod>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
+    read_exact(bytes).ok_or(DecodeError::RecordSize {
+        kind,
         got: bytes.len(),
-        expected: size_of::<PortEvent>(),
+        expected: size_of::<T>(),
     })
+}
+
+fn exec_record(e: &ExecEvent) -> ExecRecord {
+    let flen = usize::from(e.filename_len).min(e.filename.len());
+    let alen = (e.args_len as usize).min(e.args.len());
+    ExecRecord {
+        monotonic_ns: e.ts_ns,
+        pid: e.pid,
+        ppid: e.ppid,
+        uid: e.uid,
+        filename: e.filename[..flen]
+            .split(|&b| b == 0)
+            .next()
+            .unwrap_or(&[])
+            .to_vec(),
+        args: e.args[..alen].to_vec(),
+        args_truncated: e.args_truncated != 0,
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record is {got} bytes, expected {expected}")]
     Size { got: usize, expected: usize },
+    #[error("record is {got} bytes, too short for a record header")]
+    Header { got: usize },
+    #[error("record of kind {kind} is {got} bytes, expected {expected}")]
+    RecordSize {
+        kind: u8,
+        got: usize,
+        expected: usize,
+    },
     #[error("unknown event kind {0}")]
     Kind(u8),
     #[error("unknown address family {0}")]
@@ -94,22 +123,17 @@ pub enum DecodeError {
     Probe(u8),
 }
 
-/// Decodes one ring-buffer record.
+/// Decodes one port record (`decode_any` takes any record).
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
-    let expected = std::mem::size_of::<PortEvent>();
-    if bytes.len() != expected {
-        return Err(DecodeError::Size {
-            got: bytes.len(),
-            expected,
-        });
-    }
-    // SAFETY: the length is checked above and PortEvent is plain data valid for any bit pattern.
-    let raw: PortEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let raw: PortEvent = read_exact(bytes).ok_or(DecodeError::Size {
+        got: bytes.len(),
+        expected: size_of::<PortEvent>(),
+    })?;
     decode_record(&raw)
 }
 
 pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
-    let kind = match raw.kind {
+    let kind = match raw.header.kind {
         kind::BIND => Kind::Bind,
         kind::LISTEN => Kind::Listen,
         kind::CONNECT => Kind::Connect,
@@ -199,7 +223,7 @@ mod tests {
 
     fn raw() -> PortEvent {
         let mut e = PortEvent::ZERO;
-        e.kind = kind::CONNECT;
+        e.header = RecordHeader::new(kind::CONNECT);
         e.protocol = protocol::TCP;
         e.family = family::INET;
         e.probe = probe::CGROUP_CONNECT4;
@@ -213,12 +237,19 @@ mod tests {
         e
     }
 
-    fn bytes(e: &PortEvent) -> Vec<u8> {
+    fn bytes<T: aya::Pod>(e: &T) -> Vec<u8> {
         // SAFETY: plain data.
-        unsafe {
-            std::slice::from_raw_parts((e as *const PortEvent).cast::<u8>(), size_of::<PortEvent>())
+        unsafe { std::slice::from_raw_parts((e as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn proc_event(kind: u8, pid: u32, ppid: u32) -> ProcEvent {
+        ProcEvent {
+            header: RecordHeader::new(kind),
+            pid,
+            ts_ns: 7,
+            ppid,
+            _pad: 0,
         }
-        .to_vec()
     }
 
     #[test]
@@ -236,7 +267,7 @@ mod tests {
     #[test]
     fn decodes_ipv6_bind_failure_without_peer() {
         let mut r = raw();
-        r.kind = kind::BIND;
+        r.header.kind = kind::BIND;
         r.family = family::INET6;
         r.protocol = protocol::UDP;
         r.probe = probe::CGROUP_BIND6;
@@ -267,7 +298,7 @@ mod tests {
             })
         );
         let mut r = raw();
-        r.kind = 99;
+        r.header.kind = 99;
         assert_eq!(decode_record(&r), Err(DecodeError::Kind(99)));
         let mut r = raw();
         r.family = 1;
@@ -278,5 +309,76 @@ mod tests {
         let mut r = raw();
         r.probe = 200;
         assert_eq!(decode_record(&r), Err(DecodeError::Probe(200)));
+    }
+
+    #[test]
+    fn any_record_is_told_apart_by_its_header() {
+        assert_eq!(
+            decode_any(&bytes(&raw())),
+            Ok(Record::Port(decode_record(&raw()).unwrap()))
+        );
+        assert_eq!(
+            decode_any(&bytes(&proc_event(lineage::FORK, 10, 9))),
+            Ok(Record::Fork {
+                child: 10,
+                parent: 9,
+                monotonic_ns: 7
+            })
+        );
+        assert_eq!(
+            decode_any(&bytes(&proc_event(lineage::EXIT, 10, 0))),
+            Ok(Record::Exit {
+                pid: 10,
+                monotonic_ns: 7
+            })
+        );
+        // SAFETY: ExecEvent is plain data; all zeros is a valid value.
+        let mut exec: ExecEvent = unsafe { std::mem::zeroed() };
+        exec.header = RecordHeader::new(lineage::EXEC);
+        exec.pid = 5;
+        exec.filename[..7].copy_from_slice(b"/bin/sh");
+        exec.filename_len = 7;
+        exec.args[..6].copy_from_slice(b"sh\0-c\0");
+        exec.args_len = 6;
+        let Ok(Record::Exec(r)) = decode_any(&bytes(&exec)) else {
+            panic!("an exec record decodes as one");
+        };
+        assert_eq!(
+            (r.pid, &r.filename[..], &r.args[..]),
+            (5, &b"/bin/sh"[..], &b"sh\0-c\0"[..])
+        );
+    }
+
+    #[test]
+    fn any_record_of_the_wrong_size_or_kind_is_an_error() {
+        // A port record's kind with a lineage record's size.
+        let mut short = bytes(&raw());
+        short.truncate(size_of::<ProcEvent>());
+        assert_eq!(
+            decode_any(&short),
+            Err(DecodeError::RecordSize {
+                kind: kind::CONNECT,
+                got: size_of::<ProcEvent>(),
+                expected: size_of::<PortEvent>()
+            })
+        );
+        let mut long = bytes(&proc_event(lineage::EXIT, 1, 0));
+        long.push(0);
+        assert!(matches!(
+            decode_any(&long),
+            Err(DecodeError::RecordSize {
+                kind: lineage::EXIT,
+                got: 25,
+                expected: 24
+            })
+        ));
+        let mut unknown = bytes(&raw());
+        unknown[0] = 0;
+        assert_eq!(decode_any(&unknown), Err(DecodeError::Kind(0)));
+        assert_eq!(decode_any(&[]), Err(DecodeError::Header { got: 0 }));
+        assert_eq!(
+            decode_any(&[kind::BIND]),
+            Err(DecodeError::Header { got: 1 })
+        );
     }
 }

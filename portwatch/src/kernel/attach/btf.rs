@@ -1,99 +1,68 @@
 //! Kernel struct member offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
-//! aya-ebpf has no CO-RE, so the programs read these as globals set at load time.
+//! aya-ebpf has no CO-RE, so the programs read these from the `KernelOffsets` global set at load
+//! time.
 use std::path::Path;
 
 use btf_rs::{Backend, Btf, Type};
 
-use portwatch_common::UNKNOWN_OFFSET;
+use portwatch_common::{KernelOffsets, UNKNOWN_OFFSET};
 
 use super::AttachError;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The kernel struct offsets the programs use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StructOffsets {
-    pub sock_num: u32,
-    pub inet_sport: u32,
-    pub socket_sk: u32,
-    pub sock_protocol: u32,
-    pub sock_family: u32,
-    pub sock_state: u32,
-    pub sock_daddr: u32,
-    pub sock_dport: u32,
-    pub sock_v6_daddr: u32,
-    pub sock_net: u32,
-    pub task_real_parent: u32,
-    pub task_tgid: u32,
-    pub task_mm: u32,
-    pub mm_arg_start: u32,
-    pub mm_arg_end: u32,
-    pub sock_rcv_saddr: u32,
-    pub sock_v6_rcv_saddr: u32,
-    pub task_comm: u32,
-    pub net_ns_inum: u32,
-    pub task_files: u32,
-    pub files_fdt: u32,
-    pub fdtable_max_fds: u32,
-    pub fdtable_fd: u32,
-    pub file_private_data: u32,
-    pub socket_file: u32,
-    pub sock_cookie: u32,
-    /// Where a syscall's first two arguments are in `struct pt_regs` at its exit;
-    /// `UNKNOWN_OFFSET` on architectures whose layout is not known here (binds are then parked).
-    pub regs_arg0: u32,
-    pub regs_arg1: u32,
+/// The struct member offsets of `KernelOffsets`, read from a BTF file.
+///
+/// Maps the file rather than parsing all of it where the kernel allows mapping vmlinux BTF
+/// (6.18 here does): the few dozen lookups here do not need the whole type graph in memory,
+/// which took ~39 MB and was the daemon's start-up peak (docs/benchmarks.md). Where the
+/// mapping is refused, the file is parsed as before.
+pub fn struct_offsets_from_file(path: &Path) -> Result<KernelOffsets, AttachError> {
+    let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+        .or_else(|_| Btf::from_file(path))
+        .map_err(|source| AttachError::Btf {
+            path: path.display().to_string(),
+            source,
+        })?;
+    struct_offsets(&btf)
 }
 
-impl StructOffsets {
-    /// Maps the file rather than parsing all of it where the kernel allows mapping vmlinux BTF
-    /// (6.18 here does): the few dozen lookups here do not need the whole type graph in memory,
-    /// which took ~39 MB and was the daemon's start-up peak (docs/benchmarks.md). Where the
-    /// mapping is refused, the file is parsed as before.
-    pub fn from_btf_file(path: &Path) -> Result<Self, AttachError> {
-        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
-            .or_else(|_| Btf::from_file(path))
-            .map_err(|e| AttachError::Btf {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        Self::from_btf(&btf)
-    }
-
-    pub fn from_btf(btf: &Btf) -> Result<Self, AttachError> {
-        let (regs_arg0, regs_arg1) =
-            syscall_arg_offsets(btf).unwrap_or((UNKNOWN_OFFSET, UNKNOWN_OFFSET));
-        Ok(Self {
-            sock_num: member_offset(btf, "sock", &["__sk_common", "skc_num"])?,
-            inet_sport: member_offset(btf, "inet_sock", &["inet_sport"])?,
-            socket_sk: member_offset(btf, "socket", &["sk"])?,
-            sock_protocol: member_offset(btf, "sock", &["sk_protocol"])?,
-            sock_family: member_offset(btf, "sock", &["__sk_common", "skc_family"])?,
-            sock_state: member_offset(btf, "sock", &["__sk_common", "skc_state"])?,
-            sock_daddr: member_offset(btf, "sock", &["__sk_common", "skc_daddr"])?,
-            sock_dport: member_offset(btf, "sock", &["__sk_common", "skc_dport"])?,
-            sock_v6_daddr: member_offset(btf, "sock", &["__sk_common", "skc_v6_daddr"])?,
-            sock_net: member_offset(btf, "sock", &["__sk_common", "skc_net"])?,
-            task_real_parent: member_offset(btf, "task_struct", &["real_parent"])?,
-            task_tgid: member_offset(btf, "task_struct", &["tgid"])?,
-            task_mm: member_offset(btf, "task_struct", &["mm"])?,
-            mm_arg_start: member_offset(btf, "mm_struct", &["arg_start"])?,
-            mm_arg_end: member_offset(btf, "mm_struct", &["arg_end"])?,
-            sock_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_rcv_saddr"])?,
-            sock_v6_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
-            task_comm: member_offset(btf, "task_struct", &["comm"])?,
-            net_ns_inum: member_offset(btf, "net", &["ns", "inum"])?,
-            task_files: member_offset(btf, "task_struct", &["files"])?,
-            files_fdt: member_offset(btf, "files_struct", &["fdt"])?,
-            fdtable_max_fds: member_offset(btf, "fdtable", &["max_fds"])?,
-            fdtable_fd: member_offset(btf, "fdtable", &["fd"])?,
-            file_private_data: member_offset(btf, "file", &["private_data"])?,
-            socket_file: member_offset(btf, "socket", &["file"])?,
-            sock_cookie: member_offset(btf, "sock", &["__sk_common", "skc_cookie"])?,
-            regs_arg0,
-            regs_arg1,
-        })
-    }
+/// The struct member offsets of `KernelOffsets`; the tracepoint fields (`tp_*`) are left unknown
+/// for `KernelLayout::discover` to fill in from tracefs.
+pub fn struct_offsets(btf: &Btf) -> Result<KernelOffsets, AttachError> {
+    let (regs_arg0, regs_arg1) =
+        syscall_arg_offsets(btf).unwrap_or((UNKNOWN_OFFSET, UNKNOWN_OFFSET));
+    Ok(KernelOffsets {
+        sock_num: member_offset(btf, "sock", &["__sk_common", "skc_num"])?,
+        sock_family: member_offset(btf, "sock", &["__sk_common", "skc_family"])?,
+        sock_state: member_offset(btf, "sock", &["__sk_common", "skc_state"])?,
+        sock_protocol: member_offset(btf, "sock", &["sk_protocol"])?,
+        sock_daddr: member_offset(btf, "sock", &["__sk_common", "skc_daddr"])?,
+        sock_dport: member_offset(btf, "sock", &["__sk_common", "skc_dport"])?,
+        sock_v6_daddr: member_offset(btf, "sock", &["__sk_common", "skc_v6_daddr"])?,
+        sock_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_rcv_saddr"])?,
+        sock_v6_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
+        sock_net: member_offset(btf, "sock", &["__sk_common", "skc_net"])?,
+        sock_cookie: member_offset(btf, "sock", &["__sk_common", "skc_cookie"])?,
+        inet_sport: member_offset(btf, "inet_sock", &["inet_sport"])?,
+        socket_sk: member_offset(btf, "socket", &["sk"])?,
+        socket_file: member_offset(btf, "socket", &["file"])?,
+        net_ns_inum: member_offset(btf, "net", &["ns", "inum"])?,
+        task_real_parent: member_offset(btf, "task_struct", &["real_parent"])?,
+        task_tgid: member_offset(btf, "task_struct", &["tgid"])?,
+        task_mm: member_offset(btf, "task_struct", &["mm"])?,
+        task_comm: member_offset(btf, "task_struct", &["comm"])?,
+        task_files: member_offset(btf, "task_struct", &["files"])?,
+        mm_arg_start: member_offset(btf, "mm_struct", &["arg_start"])?,
+        mm_arg_end: member_offset(btf, "mm_struct", &["arg_end"])?,
+        files_fdt: member_offset(btf, "files_struct", &["fdt"])?,
+        fdtable_max_fds: member_offset(btf, "fdtable", &["max_fds"])?,
+        fdtable_fd: member_offset(btf, "fdtable", &["fd"])?,
+        file_private_data: member_offset(btf, "file", &["private_data"])?,
+        regs_arg0,
+        regs_arg1,
+        ..KernelOffsets::UNKNOWN
+    })
 }
 
 /// Offsets in `struct pt_regs` of a syscall's first two arguments as they stand at its exit.
@@ -193,7 +162,7 @@ mod tests {
         if !path.exists() {
             panic!("{VMLINUX_BTF} is missing: portwatch needs a kernel with CONFIG_DEBUG_INFO_BTF");
         }
-        let offs = StructOffsets::from_btf_file(path).expect("offsets");
+        let offs = struct_offsets_from_file(path).expect("offsets");
         // skc_num follows skc_dport inside the port pair: they are two bytes apart.
         assert!(offs.sock_num > 0);
         assert_ne!(offs.sock_rcv_saddr, offs.sock_v6_rcv_saddr);
@@ -202,6 +171,18 @@ mod tests {
         assert_ne!(
             offs.regs_arg0, UNKNOWN_OFFSET,
             "pt_regs.di must resolve on x86_64"
+        );
+    }
+
+    #[test]
+    fn tracepoint_fields_are_left_unknown_and_the_default_is_all_unknown() {
+        let offs = struct_offsets_from_file(Path::new(VMLINUX_BTF)).expect("offsets");
+        assert_eq!(offs.tp_listen_fd, UNKNOWN_OFFSET);
+        assert_eq!(offs.tp_fork_child_pid, UNKNOWN_OFFSET);
+        let unknown = KernelOffsets::UNKNOWN;
+        assert_eq!(
+            (unknown.sock_num, unknown.tp_fork_child_pid),
+            (UNKNOWN_OFFSET, UNKNOWN_OFFSET)
         );
     }
 

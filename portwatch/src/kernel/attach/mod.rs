@@ -14,31 +14,57 @@ use aya::{
         TracePoint,
     },
 };
-use portwatch_common::globals;
+use portwatch_common::{KernelOffsets, globals};
 use serde::Serialize;
-
-use self::btf::StructOffsets;
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("reading kernel BTF from {path}: {reason}")]
-    Btf { path: String, reason: String },
+    #[error("reading kernel BTF from {path}: {source}")]
+    Btf {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
     #[error("kernel BTF has no member {member}; this kernel's layout is not supported")]
     BtfMember { member: String },
+    #[error("tracefs: tracefs is not mounted and mounting it at {target} failed: {source}")]
+    TracefsMount {
+        target: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("tracefs: cannot read {}: {source}", .path.display())]
+    TracefsRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tracepoint's format is not what the programs expect.
     #[error("tracefs: {reason}")]
     Tracefs { reason: String },
-    #[error("cgroup v2: {reason}")]
-    Cgroup { reason: String },
+    #[error("cgroup v2: cannot read /proc/self/mounts: {0}")]
+    CgroupMounts(#[source] std::io::Error),
+    #[error("cgroup v2: no cgroup2 file system is mounted (see /proc/self/mounts)")]
+    NoCgroup2,
+    #[error("cgroup v2: cannot open {}: {source}", .path.display())]
+    CgroupOpen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
-    #[error("{strategy} strategy, hook {hook}: {reason}")]
+    /// The Display text carries the whole chain of `source`, which is where aya puts the kernel's
+    /// reason.
+    #[error("{strategy} strategy, hook {hook}: {}", error_chain(.source))]
     Hook {
         strategy: Strategy,
         hook: String,
-        reason: String,
+        #[source]
+        source: HookError,
     },
     #[error("{strategy} strategy for {family}: {reason}")]
     Unavailable {
@@ -48,6 +74,17 @@ pub enum AttachError {
     },
     #[error("no attach strategy worked for {family}: {tried}")]
     Exhausted { family: Family, tried: String },
+}
+
+/// Why one hook could not be loaded or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(String),
+    #[error("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")]
+    NoBtf,
+    #[error(transparent)]
+    Program(#[from] ProgramError),
 }
 
 /// One rung of the attach ladder.
@@ -163,19 +200,17 @@ pub struct AttachOptions {
 
 /// Offsets and paths found once, before anything is loaded.
 struct KernelLayout {
-    structs: StructOffsets,
-    tp_listen_fd: u32,
-    tp_sys_exit_ret: u32,
-    tp_exec_filename: u32,
-    tp_fork_child_pid: u32,
+    offsets: KernelOffsets,
     cgroup_root: PathBuf,
 }
 
 impl KernelLayout {
+    /// Struct member offsets from BTF (`btf::struct_offsets`), then the tracepoint fields from
+    /// tracefs.
     fn discover() -> Result<Self, AttachError> {
-        let structs = StructOffsets::from_btf_file(std::path::Path::new(btf::VMLINUX_BTF))?;
+        let mut offsets = btf::struct_offsets_from_file(std::path::Path::new(btf::VMLINUX_BTF))?;
         let tracefs = tracefs::ensure_tracefs()?;
-        let tp_listen_fd =
+        offsets.tp_listen_fd =
             tracefs::field_offsets(&tracefs, "syscalls", "sys_enter_listen", &[("fd", 8)])?[0];
         let mut ret = None;
         for sys in ["sys_exit_bind", "sys_exit_listen", "sys_exit_connect"] {
@@ -190,17 +225,14 @@ impl KernelLayout {
                 }
             }
         }
-        let tp_exec_filename =
+        offsets.tp_sys_exit_ret = ret.unwrap_or(16);
+        offsets.tp_exec_filename =
             tracefs::field_offsets(&tracefs, "sched", "sched_process_exec", &[("filename", 4)])?[0];
-        let tp_fork_child_pid =
+        offsets.tp_fork_child_pid =
             tracefs::field_offsets(&tracefs, "sched", "sched_process_fork", &[("child_pid", 4)])?
                 [0];
         Ok(Self {
-            structs,
-            tp_listen_fd,
-            tp_sys_exit_ret: ret.unwrap_or(16),
-            tp_exec_filename,
-            tp_fork_child_pid,
+            offsets,
             cgroup_root: cgroup2_mount()?,
         })
     }
@@ -208,9 +240,7 @@ impl KernelLayout {
 
 /// Where the unified (v2) cgroup hierarchy is mounted, from /proc/self/mounts.
 pub fn cgroup2_mount() -> Result<PathBuf, AttachError> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| AttachError::Cgroup {
-        reason: format!("cannot read /proc/self/mounts: {e}"),
-    })?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(AttachError::CgroupMounts)?;
     mounts
         .lines()
         .find_map(|l| {
@@ -218,57 +248,23 @@ pub fn cgroup2_mount() -> Result<PathBuf, AttachError> {
             let (_src, dir, fstype) = (parts.next()?, parts.next()?, parts.next()?);
             (fstype == "cgroup2").then(|| PathBuf::from(dir))
         })
-        .ok_or_else(|| AttachError::Cgroup {
-            reason: "no cgroup2 file system is mounted (see /proc/self/mounts)".into(),
-        })
+        .ok_or(AttachError::NoCgroup2)
 }
 
 /// Loads the object and walks the ladder for every family.
 pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
     let layout = KernelLayout::discover()?;
-    let s = &layout.structs;
     // Wake the reader once a quarter of the ring is queued (it also drains on a timer).
     let wakeup_bytes = opts.ring_buffer_bytes / 4;
     // `EbpfLoader::new` parses the kernel's BTF for CO-RE relocations, which these programs do
-    // not use (kernel offsets reach them as globals). Dropping that copy at once, before the one
+    // not use (kernel offsets reach them in a global). Dropping that copy at once, before the one
     // fentry/fexit attach by is parsed below, keeps the two (~20 MB each) from being in memory
     // together: that was the daemon's start-up peak (docs/benchmarks.md).
     let mut loader = EbpfLoader::new();
     loader
         .btf(None)
         .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
-        .override_global(globals::SOCK_NUM, &s.sock_num, true)
-        .override_global(globals::INET_SPORT, &s.inet_sport, true)
-        .override_global(globals::SOCKET_SK, &s.socket_sk, true)
-        .override_global(globals::SOCK_PROTOCOL, &s.sock_protocol, true)
-        .override_global(globals::SOCK_FAMILY, &s.sock_family, true)
-        .override_global(globals::SOCK_STATE, &s.sock_state, true)
-        .override_global(globals::SOCK_DADDR, &s.sock_daddr, true)
-        .override_global(globals::SOCK_DPORT, &s.sock_dport, true)
-        .override_global(globals::SOCK_V6_DADDR, &s.sock_v6_daddr, true)
-        .override_global(globals::SOCK_NET, &s.sock_net, true)
-        .override_global(globals::TASK_REAL_PARENT, &s.task_real_parent, true)
-        .override_global(globals::TASK_TGID, &s.task_tgid, true)
-        .override_global(globals::TASK_MM, &s.task_mm, true)
-        .override_global(globals::MM_ARG_START, &s.mm_arg_start, true)
-        .override_global(globals::MM_ARG_END, &s.mm_arg_end, true)
-        .override_global(globals::TP_EXEC_FILENAME, &layout.tp_exec_filename, true)
-        .override_global(globals::TP_FORK_CHILD_PID, &layout.tp_fork_child_pid, true)
-        .override_global(globals::SOCK_RCV_SADDR, &s.sock_rcv_saddr, true)
-        .override_global(globals::SOCK_V6_RCV_SADDR, &s.sock_v6_rcv_saddr, true)
-        .override_global(globals::TASK_COMM, &s.task_comm, true)
-        .override_global(globals::TASK_FILES, &s.task_files, true)
-        .override_global(globals::FILES_FDT, &s.files_fdt, true)
-        .override_global(globals::FDTABLE_MAX_FDS, &s.fdtable_max_fds, true)
-        .override_global(globals::FDTABLE_FD, &s.fdtable_fd, true)
-        .override_global(globals::FILE_PRIVATE_DATA, &s.file_private_data, true)
-        .override_global(globals::SOCKET_FILE, &s.socket_file, true)
-        .override_global(globals::SOCK_COOKIE, &s.sock_cookie, true)
-        .override_global(globals::REGS_ARG0, &s.regs_arg0, true)
-        .override_global(globals::REGS_ARG1, &s.regs_arg1, true)
-        .override_global(globals::NET_NS_INUM, &s.net_ns_inum, true)
-        .override_global(globals::TP_SYS_EXIT_RET, &layout.tp_sys_exit_ret, true)
-        .override_global(globals::TP_LISTEN_FD, &layout.tp_listen_fd, true)
+        .override_global(globals::KERNEL_OFFSETS, &layout.offsets, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(AttachError::Load)?;
     // The loader's copy is freed; hand it back before the next one is parsed.
@@ -280,8 +276,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         .contains(&Strategy::Fentry)
         .then(|| Btf::from_sys_fs().ok())
         .flatten();
-    let cgroup = File::open(&layout.cgroup_root).map_err(|e| AttachError::Cgroup {
-        reason: format!("cannot open {}: {e}", layout.cgroup_root.display()),
+    let cgroup = File::open(&layout.cgroup_root).map_err(|source| AttachError::CgroupOpen {
+        path: layout.cgroup_root.clone(),
+        source,
     })?;
 
     let mut families = Vec::new();
@@ -490,12 +487,12 @@ fn attach_hook(
     strategy: Strategy,
 ) -> Result<(), AttachError> {
     let label = hook.label();
-    let fail = |reason: String| AttachError::Hook {
+    let fail = |source: HookError| AttachError::Hook {
         strategy,
         hook: label.clone(),
-        reason,
+        source,
     };
-    let chain = |e: ProgramError| fail(error_chain(&e));
+    let chain = |e: ProgramError| fail(e.into());
     match *hook {
         // Attached as bpf_links, which always coexist with other programs on the cgroup
         // (including another portwatch); link creation rejects any mode flag but 0 (Single).
@@ -522,17 +519,13 @@ fn attach_hook(
             prog.attach(function, 0).map_err(chain)?;
         }
         Hook::FEntry(name, function) => {
-            let btf = btf.ok_or_else(|| {
-                fail("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)".into())
-            })?;
+            let btf = btf.ok_or_else(|| fail(HookError::NoBtf))?;
             let prog: &mut FEntry = program(ebpf, name, &fail)?;
             load_once(prog.load(function, btf)).map_err(chain)?;
             prog.attach().map_err(chain)?;
         }
         Hook::FExit(name, function) => {
-            let btf = btf.ok_or_else(|| {
-                fail("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)".into())
-            })?;
+            let btf = btf.ok_or_else(|| fail(HookError::NoBtf))?;
             let prog: &mut FExit = program(ebpf, name, &fail)?;
             load_once(prog.load(function, btf)).map_err(chain)?;
             prog.attach().map_err(chain)?;
@@ -562,16 +555,16 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
 fn program<'a, P>(
     ebpf: &'a mut Ebpf,
     name: &str,
-    fail: &dyn Fn(String) -> AttachError,
+    fail: &dyn Fn(HookError) -> AttachError,
 ) -> Result<&'a mut P, AttachError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     let prog = ebpf
         .program_mut(name)
-        .ok_or_else(|| fail(format!("program {name} is missing from the eBPF object")))?;
+        .ok_or_else(|| fail(HookError::MissingProgram(name.to_string())))?;
     prog.try_into()
-        .map_err(|e: aya::programs::ProgramError| fail(error_chain(&e)))
+        .map_err(|e: aya::programs::ProgramError| fail(e.into()))
 }
 
 /// The error and its causes on one line (aya puts the kernel's reason in the source chain).
@@ -584,4 +577,73 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn eperm() -> std::io::Error {
+        std::io::Error::from_raw_os_error(libc::EPERM)
+    }
+
+    #[test]
+    fn hook_errors_keep_their_cause_and_say_the_whole_chain() {
+        let e = AttachError::Hook {
+            strategy: Strategy::Fentry,
+            hook: "fexit:inet_bind".into(),
+            source: ProgramError::from(aya::sys::SyscallError {
+                call: "bpf_link_create",
+                io_error: eperm(),
+            })
+            .into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "fentry strategy, hook fexit:inet_bind: `bpf_link_create` failed: \
+             Operation not permitted (os error 1)"
+        );
+        let cause = e.source().expect("a source");
+        assert!(
+            cause
+                .source()
+                .and_then(|c| c.downcast_ref::<std::io::Error>())
+                .is_some()
+        );
+        let e = AttachError::Hook {
+            strategy: Strategy::Tracepoint,
+            hook: "cgroup:post_bind4".into(),
+            source: HookError::MissingProgram("portwatch_post_bind4".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "tracepoint strategy, hook cgroup:post_bind4: \
+             program portwatch_post_bind4 is missing from the eBPF object"
+        );
+    }
+
+    #[test]
+    fn io_errors_keep_their_cause() {
+        let e = AttachError::CgroupOpen {
+            path: "/sys/fs/cgroup/unified".into(),
+            source: eperm(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cgroup v2: cannot open /sys/fs/cgroup/unified: Operation not permitted (os error 1)"
+        );
+        assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+        let e = AttachError::TracefsRead {
+            path: "/sys/kernel/tracing/events/x/y/format".into(),
+            source: eperm(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "tracefs: cannot read /sys/kernel/tracing/events/x/y/format: \
+             Operation not permitted (os error 1)"
+        );
+        assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+    }
 }

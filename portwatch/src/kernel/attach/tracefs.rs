@@ -24,9 +24,7 @@ pub fn ensure_tracefs() -> Result<PathBuf, AttachError> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(|e| AttachError::Tracefs {
-        reason: format!("tracefs is not mounted and mounting it at {target} failed: {e}"),
-    })?;
+    .map_err(|source| AttachError::TracefsMount { target, source })?;
     Ok(PathBuf::from(target))
 }
 
@@ -81,8 +79,9 @@ pub fn field_offsets(
         .join(category)
         .join(name)
         .join("format");
-    let text = fs::read_to_string(&path).map_err(|e| AttachError::Tracefs {
-        reason: format!("cannot read {}: {e}", path.display()),
+    let text = fs::read_to_string(&path).map_err(|source| AttachError::TracefsRead {
+        path: path.clone(),
+        source,
     })?;
     let fields = parse_format(&text);
     wanted
