@@ -47,7 +47,7 @@ impl Systemd {
         let config = stage(
             "portwatch.toml",
             &format!(
-                "[log]\nfile = \"{LOG}\"\nstdout = false\n[status]\nsocket = \"/run/portwatch/status.sock\"\n[policy]\nfile = \"/run/portwatch-test/policy.toml\"\n"
+                "[log]\nfile = \"{LOG}\"\nstdout = false\n[status]\nsocket = \"/run/portwatch/status.sock\"\ncanary_interval_seconds = 1\n[policy]\nfile = \"/run/portwatch-test/policy.toml\"\n"
             ),
         );
         // Allows nothing the tests open: every listener of theirs alerts.
@@ -270,6 +270,25 @@ fn unit_runs_under_a_real_systemd() {
     let st: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
     assert_eq!(st["log"]["path"], LOG);
     assert!(st["events"]["listen"].as_u64().unwrap() >= 1, "{st}");
+
+    // Blinding detection works inside the sandbox: the canary's loopback sockets are allowed
+    // (AF_INET, IPAddressAllow=localhost) and every round comes back whole.
+    let canary = || {
+        let out = sd.enter(&[
+            "/run/portwatch-test/bin/portwatch",
+            "status",
+            "--json",
+            "--socket",
+            "/run/portwatch/status.sock",
+        ]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()["canary"].clone()
+    };
+    sd.wait("complete canary rounds", Duration::from_secs(15), || {
+        canary()["rounds"]["complete"].as_u64() >= Some(2)
+    });
+    let c = canary();
+    assert_eq!(c["rounds"]["failed"], 0, "{c}");
+    assert_eq!(c["blind"], serde_json::json!([]), "{c}");
     let mode = sd.enter(&["stat", "-c", "%a", "/run/portwatch/status.sock"]);
     assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600");
 

@@ -77,6 +77,13 @@ pub fn parse(path: &str) -> CgroupFacts {
     }
 }
 
+/// The path lies inside a user's own service manager (`…/user@UID.service/…`), a subtree
+/// delegated to that user, who names its cgroups as they like.
+pub fn under_user_manager(path: &str) -> bool {
+    path.split('/')
+        .any(|c| c.starts_with("user@") && c.ends_with(".service"))
+}
+
 /// The cgroup v2 path from the contents of /proc/PID/cgroup (its `0::` line).
 pub fn v2_path(proc_cgroup: &str) -> Option<String> {
     proc_cgroup
@@ -112,6 +119,17 @@ mod tests {
         assert_eq!(parse("/init.scope").unit.as_deref(), Some("init.scope"));
         assert_eq!(parse("/"), CgroupFacts::default());
         assert_eq!(parse("/system.slice").unit, None);
+    }
+
+    #[test]
+    fn a_users_own_manager_is_told_apart() {
+        assert!(under_user_manager(
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service"
+        ));
+        assert!(!under_user_manager("/system.slice/nginx.service"));
+        assert!(!under_user_manager(
+            "/user.slice/user-1000.slice/session-3.scope"
+        ));
     }
 
     #[test]

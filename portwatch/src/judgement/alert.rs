@@ -687,7 +687,7 @@ mod tests {
         facts.process.user.name = Some("root".into());
         Listener {
             facts,
-            container_name: None,
+            trusted: Default::default(),
         }
     }
 

@@ -35,8 +35,10 @@ pub fn listeners() -> Result<Vec<PortFacts>, sockets::SockDiagError> {
 pub fn render(found: &[PortFacts], host: &str, now: &str) -> String {
     let mut groups: BTreeMap<Holder, Group> = BTreeMap::new();
     for f in found {
+        // Only what a rule can match on: a unit inside a user's own manager is not trusted.
+        let trusted = crate::judgement::listener(f.clone()).trusted;
         let holder = Holder {
-            unit: f.process.unit.clone(),
+            unit: trusted.unit,
             executable: f.process.executable.clone(),
             transport: f.event.transport,
         };
@@ -117,7 +119,7 @@ pub fn render(found: &[PortFacts], host: &str, now: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judgement::policy::{Listener, Policy, Verdict};
+    use crate::judgement::policy::{Policy, Verdict};
 
     #[test]
     fn the_baseline_parses_and_allows_what_listens_now() {
@@ -132,10 +134,7 @@ mod tests {
             .find(|f| f.event.local.port() == port)
             .expect("this test's listener")
             .clone();
-        let view = Listener {
-            facts: mine,
-            container_name: None,
-        };
+        let view = crate::judgement::listener(mine);
         assert!(matches!(p.judge(&view), Verdict::Allowed(_)), "{text}");
         let mut other = view;
         other.facts.event.local.set_ip("0.0.0.0".parse().unwrap());

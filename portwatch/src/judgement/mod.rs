@@ -21,10 +21,10 @@ use self::{
     alert::{AlertCounters, AlertEngine},
     canary::{Canary, CanaryFigures},
     hook::{HookCounters, HookFigures},
-    policy::{Listener, Policy, Settings, is_listener},
+    policy::{Listener, Policy, Settings, Trusted, is_listener},
 };
 use crate::{
-    attribution::{Scan, containers, ephemeral_per_destination},
+    attribution::{Scan, cgroup, containers, ephemeral_per_destination},
     clock,
     facts::{
         Alert, AlertBody, AlertKind, KernelEvent, Kind, Origin, PortFacts, Severity, Subject,
@@ -288,22 +288,65 @@ impl Judgement {
     }
 }
 
-/// A listener with its container's name, where the runtime's state files tell it (listeners are
-/// rare: a state-file read each is cheap enough).
-fn listener(facts: PortFacts) -> Listener {
-    let container_name = facts.process.container.as_ref().and_then(|c| {
-        let home = nix::unistd::User::from_uid(facts.process.user.id.into())
-            .ok()
-            .flatten()
-            .map(|u| u.dir);
-        let roots = containers::Roots {
-            home: home.as_deref(),
-            ..containers::Roots::system()
-        };
-        containers::name(c, &roots)
-    });
+/// A listener with what of its holder's identity can be trusted (listeners are rare: the runtime
+/// state reads are cheap enough).
+pub fn listener(facts: PortFacts) -> Listener {
+    let p = &facts.process;
+    let roots = containers::Roots::system();
+    let unit = p
+        .unit
+        .clone()
+        .filter(|_| !p.cgroup.as_deref().is_some_and(cgroup::under_user_manager));
+    let container = p
+        .container
+        .clone()
+        .filter(|c| containers::confirmed(c, &roots));
+    let container_name = container.as_ref().and_then(|c| containers::name(c, &roots));
     Listener {
+        trusted: Trusted {
+            unit,
+            container,
+            container_name,
+        },
         facts,
-        container_name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{Container, ContainerRuntime, fixture};
+
+    #[test]
+    fn forged_units_and_containers_satisfy_no_rule() {
+        let policy = Policy::parse(
+            "[[allow]]\nunit = \"nginx.service\"\n[[allow]]\ncontainer = \"any\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let ev = fixture::event(Kind::Listen, Transport::Tcp, "0.0.0.0:8080");
+        let mut f = fixture::facts(ev, 1);
+        // `systemd-run --user --unit=nginx.service`: the name is the user's choice.
+        f.process.cgroup =
+            Some("/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service".into());
+        f.process.unit = Some("nginx.service".into());
+        let l = listener(f.clone());
+        assert_eq!(l.trusted.unit, None);
+        assert_eq!(policy.judge(&l), policy::Verdict::Unexpected);
+        // The system manager's unit of that name is trusted.
+        f.process.cgroup = Some("/system.slice/nginx.service".into());
+        assert!(matches!(
+            policy.judge(&listener(f.clone())),
+            policy::Verdict::Allowed(0)
+        ));
+        // A cgroup named like a docker scope that no runtime state backs.
+        f.process.unit = None;
+        f.process.container = Some(Container {
+            id: "0123456789abcdef0123".into(),
+            runtime: ContainerRuntime::Docker,
+        });
+        let l = listener(f);
+        assert_eq!(l.trusted.container, None);
+        assert_eq!(policy.judge(&l), policy::Verdict::Unexpected);
     }
 }

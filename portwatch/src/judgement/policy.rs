@@ -190,10 +190,24 @@ pub struct Policy {
 }
 
 /// A listener, as the policy judges it and the alert engine remembers it: the facts of the event
-/// or scan that found it, and the container's name where its runtime's state tells one.
+/// or scan that found it, and what of its holder's identity can be trusted. A process chooses its
+/// comm and, inside a delegated cgroup subtree, its cgroup names; rules match units and
+/// containers only on the trusted part.
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub facts: PortFacts,
+    pub trusted: Trusted,
+}
+
+/// Identities no process can forge for itself.
+#[derive(Debug, Clone, Default)]
+pub struct Trusted {
+    /// A unit of the system manager: never one inside a user's own manager (`user@UID.service`),
+    /// whose unit names that user picks.
+    pub unit: Option<String>,
+    /// A container its runtime's root-owned state confirms.
+    pub container: Option<crate::facts::Container>,
+    /// That container's name, from the runtime's state.
     pub container_name: Option<String>,
 }
 
@@ -267,7 +281,8 @@ impl Rule {
     /// (everything but the address matches, the address matches too).
     fn check(&self, l: &Listener) -> (bool, bool) {
         let p = &l.facts.process;
-        let container_id = p.container.as_ref().map(|c| c.id.as_str());
+        let claimed = p.container.is_some();
+        let container_id = l.trusted.container.as_ref().map(|c| c.id.as_str());
         let rest = self.transport.is_none_or(|t| t == l.transport())
             && self
                 .port
@@ -285,13 +300,14 @@ impl Rule {
             && self
                 .unit
                 .as_deref()
-                .is_none_or(|u| p.unit.as_deref() == Some(u))
+                .is_none_or(|u| l.trusted.unit.as_deref() == Some(u))
             && self.container.as_ref().is_none_or(|c| match c {
                 ContainerPattern::Any => container_id.is_some(),
-                ContainerPattern::None => container_id.is_none(),
+                // Not even a claimed one: a process outside any container claims none.
+                ContainerPattern::None => !claimed,
                 ContainerPattern::Id(id) => {
                     container_id.is_some_and(|c| c.starts_with(id.as_str()))
-                        || l.container_name.as_deref() == Some(id.as_str())
+                        || l.trusted.container_name.as_deref() == Some(id.as_str())
                 }
             });
         let addr = self
@@ -681,7 +697,10 @@ mod tests {
         facts.process.unit = Some("ssh.service".into());
         Listener {
             facts,
-            container_name: None,
+            trusted: Trusted {
+                unit: Some("ssh.service".into()),
+                ..Trusted::default()
+            },
         }
     }
 
@@ -729,13 +748,14 @@ user = 1000
         l.facts.process.executable = Some("/tmp/sshd".into());
         assert_eq!(p.judge(&l), Verdict::Unexpected);
         l = listener("0.0.0.0", 22);
-        l.facts.process.container = in_container("abc");
+        (l.facts.process.container, l.trusted.container) =
+            (in_container("abc"), in_container("abc"));
         assert_eq!(p.judge(&l), Verdict::Unexpected);
         let named = policy_with_container("web");
-        l.container_name = Some("web".into());
+        l.trusted.container_name = Some("web".into());
         assert_eq!(named.judge(&l), Verdict::Allowed(0), "by name");
-        l.container_name = None;
-        l.facts.process.container = in_container("4f1e2d3c4b5a6978");
+        l.trusted.container_name = None;
+        l.trusted.container = in_container("4f1e2d3c4b5a6978");
         assert_eq!(
             policy_with_container("4f1e2d3c").judge(&l),
             Verdict::Allowed(0),
