@@ -6,7 +6,11 @@ use std::net::{TcpListener, TcpStream};
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::decode::Kind;
+use crate::facts::{KernelEvent, Kind, Transport};
+
+/// The initial PID namespace's inode (the kernel's PROC_PID_INIT_INO): records carry pids as
+/// that namespace sees them.
+const INIT_PID_NS: &str = "pid:[4026531836]";
 
 /// The hook families as `status` and alerts name them.
 pub const FAMILIES: [&str; 4] = ["bind", "listen", "connect", "release"];
@@ -29,7 +33,12 @@ pub struct CanaryFigures {
 }
 
 pub struct Canary {
-    own_pid: u32,
+    /// The daemon's pid as the kernel's records carry it: `getpid()` in the initial PID
+    /// namespace; inside another one (a container, a test's systemd) it is learnt from the
+    /// first canary bind, whose port only the daemon can hold.
+    own_pid: Option<u32>,
+    /// The port of the canary listener of the round under way.
+    probe_port: Option<u16>,
     seen: [bool; 4],
     pending: bool,
     /// Families currently believed blind.
@@ -50,8 +59,11 @@ pub enum Verdict {
 
 impl Canary {
     pub fn new() -> Self {
+        let initial_ns =
+            std::fs::read_link("/proc/self/ns/pid").is_ok_and(|l| l.as_os_str() == INIT_PID_NS);
         Self {
-            own_pid: std::process::id(),
+            own_pid: initial_ns.then(std::process::id),
+            probe_port: None,
             seen: [false; 4],
             pending: false,
             blind: [false; 4],
@@ -61,11 +73,24 @@ impl Canary {
     }
 
     /// Swallows the daemon's own socket events (they are the canary's); true if it did.
-    pub fn absorb(&mut self, pid: u32, kind: Kind) -> bool {
-        if pid != self.own_pid {
+    pub fn absorb(&mut self, ev: &KernelEvent) -> bool {
+        if self.own_pid.is_none()
+            && ev.kind == Kind::Bind
+            && ev.errno.is_none()
+            && ev.transport == Transport::Tcp
+            && ev.local.ip().is_loopback()
+            && Some(ev.local.port()) == self.probe_port
+        {
+            tracing::info!(
+                pid = ev.pid,
+                "the daemon runs in a PID namespace of its own; its pid in the kernel's records learnt from the canary"
+            );
+            self.own_pid = Some(ev.pid);
+        }
+        if Some(ev.pid) != self.own_pid {
             return false;
         }
-        self.seen[family(kind)] = true;
+        self.seen[family(ev.kind)] = true;
         true
     }
 
@@ -112,7 +137,10 @@ impl Canary {
         self.lost_at_send = lost;
         self.figures.rounds += 1;
         match send() {
-            Ok(()) => self.pending = true,
+            Ok(port) => {
+                self.pending = true;
+                self.probe_port = Some(port);
+            }
             Err(e) => {
                 self.pending = false;
                 self.figures.failed += 1;
@@ -129,13 +157,14 @@ impl Default for Canary {
     }
 }
 
-/// bind + listen, connect, and two closes, on loopback.
-fn send() -> std::io::Result<()> {
+/// bind + listen, connect, and two closes, on loopback; returns the listener's port.
+fn send() -> std::io::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
     let c = TcpStream::connect(l.local_addr()?)?;
     drop(c);
     drop(l);
-    Ok(())
+    Ok(port)
 }
 
 #[cfg(test)]
@@ -146,29 +175,51 @@ mod tests {
     fn a_family_whose_event_stops_coming_is_blind_until_it_comes_back() {
         let mut c = Canary::new();
         let me = std::process::id();
+        c.own_pid = Some(me);
+        let ev = |pid: u32, kind: Kind| {
+            let mut e = crate::facts::fixture::event(kind, Transport::Tcp, "127.0.0.1:1");
+            e.pid = pid;
+            e
+        };
         assert!(c.round(0).is_empty(), "nothing to judge yet");
         for k in [Kind::Bind, Kind::Listen, Kind::Connect, Kind::Close] {
-            assert!(c.absorb(me, k));
+            assert!(c.absorb(&ev(me, k)));
         }
         assert!(
-            !c.absorb(me + 1, Kind::Bind),
+            !c.absorb(&ev(me + 1, Kind::Bind)),
             "others' events are not the canary's"
         );
         assert!(c.round(0).is_empty());
-        c.absorb(me, Kind::Listen);
-        c.absorb(me, Kind::Connect);
+        c.absorb(&ev(me, Kind::Listen));
+        c.absorb(&ev(me, Kind::Connect));
         assert_eq!(c.round(0), vec![Verdict::Blind(vec!["bind", "release"])]);
         assert_eq!(c.blind_families(), ["bind", "release"]);
         // Records lost meanwhile: no verdict either way.
         assert!(c.round(5).is_empty());
         assert_eq!(c.figures.unjudged, 1);
         for k in [Kind::Bind, Kind::Listen, Kind::Connect, Kind::Close] {
-            c.absorb(me, k);
+            c.absorb(&ev(me, k));
         }
         assert_eq!(
             c.round(5),
             vec![Verdict::Recovered(vec!["bind", "release"])]
         );
         assert_eq!(c.figures.complete, 2);
+    }
+
+    #[test]
+    fn inside_a_pid_namespace_the_pid_is_learnt_from_the_canarys_own_bind() {
+        let mut c = Canary::new();
+        c.own_pid = None;
+        c.probe_port = Some(40_000);
+        let mut other = crate::facts::fixture::event(Kind::Bind, Transport::Tcp, "127.0.0.1:41000");
+        other.pid = 71;
+        assert!(!c.absorb(&other), "another port is not the canary's");
+        let mut mine = crate::facts::fixture::event(Kind::Bind, Transport::Tcp, "127.0.0.1:40000");
+        mine.pid = 8623;
+        assert!(c.absorb(&mine));
+        assert!(!c.absorb(&other));
+        mine.kind = Kind::Listen;
+        assert!(c.absorb(&mine));
     }
 }

@@ -99,7 +99,7 @@ impl Judgement {
 
     /// The daemon's own socket events are the canary's: swallowed here, true if it was one.
     pub fn absorb_canary(&mut self, ev: &KernelEvent) -> bool {
-        self.canary.absorb(ev.pid, ev.kind)
+        self.canary.absorb(ev)
     }
 
     /// What one port event means to the policy.
