@@ -121,18 +121,34 @@ fn run(args: &[String]) -> Result<Value, String> {
         }
         "rename" => {
             // The new comm is given in hex so any byte (quote, newline, invalid UTF-8) can be used.
-            let bytes = hex(arg)?;
-            let mut name = [0u8; 16];
-            let n = bytes.len().min(15);
-            name[..n].copy_from_slice(&bytes[..n]);
-            // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
-            if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) }
-                != 0
-            {
-                return Err("prctl(PR_SET_NAME) failed".into());
-            }
+            set_comm(&hex(arg)?)?;
             let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
             json!({"local": l.local_addr().map_err(io)?.to_string()})
+        }
+        "udp-named-storm" => {
+            // `START COUNT`: a UDP socket bound to each named port, closed at once: every one a
+            // listener (a named port) of its own, so every one a new alert key.
+            let start: u16 = arg.parse().map_err(|_| format!("not a port: {arg}"))?;
+            let count: u16 = args
+                .get(2)
+                .and_then(|c| c.parse().ok())
+                .ok_or("not a count")?;
+            let mut bound = 0u32;
+            for p in start..start.saturating_add(count) {
+                if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+                    bound += 1;
+                }
+            }
+            json!({"bound": bound})
+        }
+        "hold-as" => {
+            // `HEXCOMM ADDR`: renamed (any bytes), a TCP listener on ADDR held until stdin closes.
+            set_comm(&hex(arg)?)?;
+            let a = args.get(2).ok_or("no address")?;
+            let l = TcpListener::bind(addr(a)?).map_err(io)?;
+            let v = json!({"local": l.local_addr().map_err(io)?.to_string()});
+            std::mem::forget(l);
+            v
         }
         "hold-listen" => {
             // The listener stays open until the process exits (when stdin closes).
@@ -181,6 +197,18 @@ fn run(args: &[String]) -> Result<Value, String> {
         _ => return Err(format!("unknown scenario `{op}`")),
     };
     Ok(out)
+}
+
+/// Sets this process's comm to `bytes` (at most 15 of them are kept).
+fn set_comm(bytes: &[u8]) -> Result<(), String> {
+    let mut name = [0u8; 16];
+    let n = bytes.len().min(15);
+    name[..n].copy_from_slice(&bytes[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err("prctl(PR_SET_NAME) failed".into());
+    }
+    Ok(())
 }
 
 fn unbound_udp(v6: bool) -> Result<UdpSocket, String> {
