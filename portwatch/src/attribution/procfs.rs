@@ -2,18 +2,37 @@
 //! cgroup) and which process holds a socket. Used by the daemon, `who` and `baseline` alike.
 //! Everything here is controlled by the process it describes: parsed defensively, read with
 //! bounds.
-use std::{collections::HashMap, fs, path::Path};
+use std::{
+    collections::HashMap,
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+};
 
 use crate::{attribution::cgroup, facts::ProcessFacts};
 
 /// Longest command line written into an event (bytes of /proc/PID/cmdline); longer ones are cut
 /// and marked, so one process cannot make a multi-megabyte log line.
 pub const MAX_CMDLINE_BYTES: usize = 8192;
+/// Longest cgroup file read: a path of up to 4 KiB per line, and a few lines.
+const MAX_CGROUP_BYTES: usize = 64 * 1024;
+/// /proc/PID/stat and /proc/PID/status are small; a hostile comm cannot make them large.
+const MAX_SMALL_BYTES: usize = 8 * 1024;
+
+/// At most `max` bytes of a /proc file: what a process controls costs a bounded read, however
+/// long it made it.
+fn read_capped(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    fs::File::open(path)?
+        .take(max as u64)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
 
 /// What /proc still has of the process in `dir` (`/proc/PID`); `None` when its directory is
 /// gone. User and group are the caller's to fill (the kernel record has them).
 pub fn read(dir: &Path) -> Option<ProcessFacts> {
-    let stat = fs::read(dir.join("stat")).ok()?;
+    let stat = read_capped(&dir.join("stat"), MAX_SMALL_BYTES).ok()?;
     let ppid = parse_stat_ppid(&stat);
     let comm = read_comm(dir);
     let parent_comm = ppid.and_then(|p| {
@@ -23,7 +42,7 @@ pub fn read(dir: &Path) -> Option<ProcessFacts> {
     let executable = fs::read_link(dir.join("exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
-    let (command_line, truncated) = match fs::read(dir.join("cmdline")) {
+    let (command_line, truncated) = match read_capped(&dir.join("cmdline"), MAX_CMDLINE_BYTES + 1) {
         Ok(mut b) => {
             let truncated = b.len() > MAX_CMDLINE_BYTES;
             b.truncate(MAX_CMDLINE_BYTES);
@@ -31,9 +50,9 @@ pub fn read(dir: &Path) -> Option<ProcessFacts> {
         }
         Err(_) => (None, false),
     };
-    let cgroup = fs::read_to_string(dir.join("cgroup"))
+    let cgroup = read_capped(&dir.join("cgroup"), MAX_CGROUP_BYTES)
         .ok()
-        .and_then(|t| cgroup::v2_path(&t));
+        .and_then(|t| cgroup::v2_path(&String::from_utf8_lossy(&t)));
     let cg = cgroup.as_deref().map(cgroup::parse).unwrap_or_default();
     Some(ProcessFacts {
         pid: dir
@@ -56,7 +75,7 @@ pub fn read(dir: &Path) -> Option<ProcessFacts> {
 
 /// /proc/PID/comm without its newline, as the kernel's bytes.
 pub fn comm_bytes(dir: &Path) -> Option<Vec<u8>> {
-    let mut c = fs::read(dir.join("comm")).ok()?;
+    let mut c = read_capped(&dir.join("comm"), 64).ok()?;
     if c.last() == Some(&b'\n') {
         c.pop();
     }
@@ -69,11 +88,14 @@ fn read_comm(dir: &Path) -> Option<String> {
 
 /// The real group id from /proc/PID/status (a socket scan has no kernel record to carry it).
 pub fn gid(dir: &Path) -> Option<u32> {
-    fs::read_to_string(dir.join("status")).ok().and_then(|st| {
-        st.lines()
-            .find_map(|l| l.strip_prefix("Gid:"))
-            .and_then(|g| g.split_whitespace().next()?.parse().ok())
-    })
+    read_capped(&dir.join("status"), MAX_SMALL_BYTES)
+        .ok()
+        .and_then(|st| {
+            String::from_utf8_lossy(&st)
+                .lines()
+                .find_map(|l| l.strip_prefix("Gid:"))
+                .and_then(|g| g.split_whitespace().next()?.parse().ok())
+        })
 }
 
 /// The parent pid from /proc/PID/stat. comm (field 2) may hold spaces and parentheses, so parse
@@ -101,7 +123,7 @@ pub fn split_cmdline(bytes: &[u8]) -> Option<Vec<String>> {
 }
 
 /// The pids under `proc_root`.
-pub fn pids(proc_root: &Path) -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+pub fn pids(proc_root: &Path) -> impl Iterator<Item = (u32, PathBuf)> {
     fs::read_dir(proc_root)
         .into_iter()
         .flatten()

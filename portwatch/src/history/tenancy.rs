@@ -2,7 +2,7 @@
 //! connect and close events, and written to the store as intervals (opened, upgraded to
 //! listening, closed).
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -33,6 +33,9 @@ const STORE_OPEN_AFTER_NS: i64 = 1_000_000_000;
 
 pub struct Tenancy {
     open: HashMap<Key, Open>,
+    max_open: usize,
+    /// The open intervals by (opened, id): the oldest is forgotten first, in O(log n).
+    by_age: BTreeMap<(i64, i64), Key>,
     pub store: StoreHandle,
     forgotten: u64,
     /// Intervals closed by a scan because their release event was lost.
@@ -53,8 +56,15 @@ pub struct HistoryCounters {
 
 impl Tenancy {
     pub fn new(store: StoreHandle) -> Self {
+        Self::with_max(store, MAX_OPEN)
+    }
+
+    /// A table that forgets its oldest open interval beyond `max_open`.
+    pub fn with_max(store: StoreHandle, max_open: usize) -> Self {
         Self {
+            max_open,
             open: HashMap::new(),
+            by_age: BTreeMap::new(),
             store,
             forgotten: 0,
             swept: 0,
@@ -114,8 +124,15 @@ impl Tenancy {
         }
     }
 
+    /// Takes an open interval out of the table.
+    fn take(&mut self, key: &Key) -> Option<Open> {
+        let o = self.open.remove(key)?;
+        self.by_age.remove(&(o.interval.opened_ns, o.interval.id));
+        Some(o)
+    }
+
     fn close(&mut self, key: &Key, wall_ns: i64) {
-        if let Some(mut o) = self.open.remove(key) {
+        if let Some(mut o) = self.take(key) {
             o.interval.closed_ns = Some(wall_ns);
             self.store.put(o.interval);
         }
@@ -147,7 +164,7 @@ impl Tenancy {
             .copied()
             .collect();
         for k in &gone {
-            if let Some(mut o) = self.open.remove(k) {
+            if let Some(mut o) = self.take(k) {
                 o.interval.closed_ns = Some(now_ns);
                 o.interval.close_note = Some(
                     "its release event was lost; closed when a scan no longer found the socket"
@@ -177,16 +194,12 @@ impl Tenancy {
 
     fn open_interval(&mut self, key: Key, role: SocketRole, f: &PortFacts) {
         let wall_ns = f.wall_ns;
-        if self.open.len() >= MAX_OPEN {
-            let oldest = self
-                .open
-                .iter()
-                .min_by_key(|(_, o)| o.interval.opened_ns)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                self.open.remove(&k);
-                self.forgotten += 1;
-            }
+        if self.open.len() >= self.max_open
+            && !self.open.contains_key(&key)
+            && let Some((_, oldest)) = self.by_age.pop_first()
+        {
+            self.open.remove(&oldest);
+            self.forgotten += 1;
         }
         let id = self.store.next_id;
         self.store.next_id += 1;
@@ -206,7 +219,10 @@ impl Tenancy {
             interval: i,
             stored: false,
         };
-        if let Some(mut old) = self.open.insert(key, new) {
+        let old = self.take(&key);
+        self.by_age.insert((wall_ns, id), key);
+        self.open.insert(key, new);
+        if let Some(mut old) = old {
             // The same address again without a release in between (a lost event): the old one
             // ended no later than now.
             old.interval.closed_ns = Some(wall_ns);
@@ -252,5 +268,31 @@ mod tests {
         let closed = crate::history::store::holdings(&c, 1000, None, 0, i64::MAX, 10).unwrap();
         assert_eq!(closed[0].closed_ns, Some(now + 9));
         assert!(closed[0].close_note.as_deref().unwrap().contains("lost"));
+    }
+
+    #[test]
+    fn a_full_table_forgets_its_oldest_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = crate::history::store::Retention {
+            max_age: std::time::Duration::from_secs(3600),
+            max_rows: 100,
+        };
+        let (store, _) = crate::history::store::start(dir.path(), retention, 0).unwrap();
+        let mut t = Tenancy::with_max(store, 3);
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+        for (i, port) in (2000..2005).enumerate() {
+            t.observe(&fixture::facts(bind(port), now + i as i64));
+        }
+        let c = t.counters();
+        assert_eq!((c.open_sockets, c.forgotten), (3, 2));
+        let kept: Vec<u16> = t.open.keys().map(|k| k.3).collect();
+        assert!(kept.iter().all(|p| *p >= 2002), "{kept:?}");
+        assert_eq!(t.by_age.len(), 3);
+        // Its release still closes a socket it kept.
+        let mut close = bind(2004);
+        close.kind = Kind::Close;
+        t.observe(&fixture::facts(close, now + 9));
+        assert_eq!((t.counters().open_sockets, t.by_age.len()), (2, 2));
+        t.store.finish();
     }
 }

@@ -9,6 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -21,11 +22,11 @@ use crate::{
 pub const STATE_FILE: &str = "alerts.json";
 const NS: i64 = 1_000_000_000;
 
-/// Alerts remembered for dedup (in memory and in the state file); beyond it the one seen longest
-/// ago is forgotten (counted). Any user can make new alert keys by binding named UDP ports.
+/// Alerts remembered for dedup (in memory and in the state file); beyond it the one seen least
+/// recently is forgotten (counted). Any user can make new alert keys by binding named UDP ports.
 pub const MAX_REMEMBERED: usize = 4096;
-/// Listeners known from events and scans; beyond it the oldest is forgotten (counted), and a
-/// scan finds it again.
+/// Listeners known from events and scans; beyond it the one seen least recently is forgotten
+/// (counted), and the next reconciliation scan finds it again.
 pub const MAX_LISTENERS: usize = 16_384;
 /// Users with their own rate-limit window; beyond it windows that ended are dropped first.
 const MAX_RATE_BUCKETS: usize = 4096;
@@ -74,6 +75,10 @@ impl Listener {
 
 type SockKey = (Option<u32>, Transport, IpAddr, u16);
 
+fn cap(n: usize) -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+
 /// One deduplicated alert, as kept in `alerts.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Entry {
@@ -118,10 +123,11 @@ pub struct AlertCounters {
 
 pub struct AlertEngine {
     pub policy: Policy,
-    entries: BTreeMap<String, Entry>,
+    /// Least recently seen first: the one forgotten when full, in O(1).
+    entries: LruCache<String, Entry>,
     dirty: bool,
-    /// Listeners known from events and scans.
-    listeners: HashMap<SockKey, Listener>,
+    /// Listeners known from events and scans, least recently seen first.
+    listeners: LruCache<SockKey, Listener>,
     /// Per user (None: alerts about no process): the start of its minute and alerts written in it.
     rate: HashMap<Option<u32>, (i64, u64)>,
     last_save_ns: i64,
@@ -144,7 +150,7 @@ impl AlertEngine {
     /// and alerting starts afresh rather than not at all.
     pub fn new(policy: Policy, state_dir: &Path) -> Self {
         let state_path = state_dir.join(STATE_FILE);
-        let entries = match fs::read(&state_path) {
+        let loaded = match fs::read(&state_path) {
             Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
                 Ok(s) if s.version == 1 => s.entries,
                 Ok(s) => {
@@ -165,12 +171,18 @@ impl AlertEngine {
                 BTreeMap::new()
             }
         };
+        let mut entries = LruCache::new(cap(MAX_REMEMBERED));
+        let mut by_age: Vec<(String, Entry)> = loaded.into_iter().collect();
+        by_age.sort_by_key(|(_, e)| e.last_seen_ns);
+        for (k, e) in by_age {
+            entries.push(k, e);
+        }
         Self {
             policy,
             writer: StateWriter::start(state_path),
             entries,
             dirty: false,
-            listeners: HashMap::new(),
+            listeners: LruCache::new(cap(MAX_LISTENERS)),
             rate: HashMap::new(),
             last_save_ns: 0,
             counters: AlertCounters::default(),
@@ -238,7 +250,7 @@ impl AlertEngine {
         // A required listener that is back ends its "missing" alert, so a next loss alerts anew.
         for (i, r) in self.policy.rules.iter().enumerate() {
             if r.required && self.policy.rule_matches(i, &l) {
-                self.dirty |= self.entries.remove(&required_key(i, r.line)).is_some();
+                self.dirty |= self.entries.pop(&required_key(i, r.line)).is_some();
             }
         }
         self.remember_listener(l);
@@ -251,19 +263,16 @@ impl AlertEngine {
 
     fn remember_listener(&mut self, mut l: Listener) {
         let key = l.key();
-        if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&key) {
-            let oldest = self
-                .listeners
-                .iter()
-                .min_by_key(|(_, l)| l.facts.wall_ns)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                self.listeners.remove(&k);
-                self.counters.listeners_forgotten += 1;
-            }
+        // Matching needs the holder's identity, not its command line.
+        (
+            l.facts.process.command_line,
+            l.facts.process.command_line_truncated,
+        ) = (None, false);
+        if let Some((old, _)) = self.listeners.push(key, l)
+            && old != key
+        {
+            self.counters.listeners_forgotten += 1;
         }
-        cut_command_line(&mut l.facts.process);
-        self.listeners.insert(key, l);
     }
 
     /// A socket closed: if it was a listener, forget it, and check the required rules.
@@ -276,7 +285,7 @@ impl AlertEngine {
     ) -> Vec<Alert> {
         if self
             .listeners
-            .remove(&(netns, transport, local.ip(), local.port()))
+            .pop(&(netns, transport, local.ip(), local.port()))
             .is_none()
         {
             return Vec::new();
@@ -326,8 +335,15 @@ impl AlertEngine {
         self.counters.reconciliations += 1;
         // The scan is the truth for its namespace (what it no longer lists is gone); listeners in
         // others are known from events.
-        self.listeners
-            .retain(|k, _| k.0 != netns || present.contains(&(k.1, SocketAddr::new(k.2, k.3))));
+        let gone: Vec<SockKey> = self
+            .listeners
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| k.0 == netns && !present.contains(&(k.1, SocketAddr::new(k.2, k.3))))
+            .collect();
+        for k in &gone {
+            self.listeners.pop(k);
+        }
         let mut out = Vec::new();
         for l in listeners {
             out.extend(self.listener(l, Origin::Reconcile, now_ns));
@@ -372,8 +388,8 @@ impl AlertEngine {
             }
             let present = self
                 .listeners
-                .values()
-                .any(|l| self.policy.rule_matches(i, l));
+                .iter()
+                .any(|(_, l)| self.policy.rule_matches(i, l));
             if !present {
                 findings.push(Finding {
                     key: required_key(i, r.line),
@@ -414,7 +430,6 @@ impl AlertEngine {
         if let Some(p) = &mut kept.process {
             cut_command_line(p);
         }
-        self.make_room();
         let entry = Entry {
             kind: f.kind,
             severity: f.severity,
@@ -426,7 +441,11 @@ impl AlertEngine {
             detail: f.detail.clone(),
             subject: kept,
         };
-        self.entries.insert(f.key, entry);
+        if let Some((old, _)) = self.entries.push(f.key.clone(), entry)
+            && old != f.key
+        {
+            self.counters.forgotten += 1;
+        }
         if !allowed {
             self.counters.rate_limited += 1;
             if self.counters.rate_limited.is_power_of_two() {
@@ -468,27 +487,12 @@ impl AlertEngine {
         *count <= self.policy.settings.rate_limit_per_minute
     }
 
-    /// Keeps the remembered alerts within `MAX_REMEMBERED`: the one seen longest ago goes (an
-    /// O(n) pass, only when full, n bounded).
-    fn make_room(&mut self) {
-        while self.entries.len() >= MAX_REMEMBERED {
-            let oldest = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_seen_ns)
-                .map(|(k, _)| k.clone());
-            let Some(k) = oldest else { break };
-            self.entries.remove(&k);
-            self.counters.forgotten += 1;
-        }
-    }
-
     /// Summaries of counted repeats (and of alerts the rate limit held back), then forgets
     /// alerts not seen for a dedup window. Called every `summary_interval_seconds`.
     pub fn summarise(&mut self, now_ns: i64) -> Vec<Alert> {
         let window = self.policy.settings.dedup_window_ns();
         let mut out = Vec::new();
-        for e in self.entries.values_mut() {
+        for (_, e) in self.entries.iter_mut() {
             if e.count > e.reported {
                 e.reported = e.count;
                 self.dirty = true;
@@ -508,10 +512,16 @@ impl AlertEngine {
                 });
             }
         }
-        let before = self.entries.len();
-        self.entries
-            .retain(|_, e| now_ns.saturating_sub(e.last_seen_ns) <= window);
-        self.dirty |= self.entries.len() != before;
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now_ns.saturating_sub(e.last_seen_ns) > window)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            self.entries.pop(k);
+        }
+        self.dirty |= !expired.is_empty();
         out
     }
 
@@ -522,17 +532,25 @@ impl AlertEngine {
         if !self.dirty || now_ns.saturating_sub(self.last_save_ns) < SAVE_EVERY_NS {
             return;
         }
-        if self.writer.send(self.entries.clone()) {
+        if self.writer.send(self.snapshot()) {
             self.dirty = false;
             self.last_save_ns = now_ns;
         }
+    }
+
+    /// The remembered alerts as the state file keeps them.
+    fn snapshot(&self) -> BTreeMap<String, Entry> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
     }
 
     /// Writes what changed and waits for it (at shutdown).
     pub fn finish(&mut self) {
         if self.dirty {
             self.writer.wait_idle();
-            self.dirty = !self.writer.send(self.entries.clone());
+            self.dirty = !self.writer.send(self.snapshot());
         }
         self.writer.wait_idle();
         self.counters.state_write_failed = self.writer.failed();
@@ -858,7 +876,8 @@ mod tests {
         assert!(e.listener_count() <= MAX_LISTENERS);
         let kept: usize = e
             .entries
-            .values()
+            .iter()
+            .map(|(_, en)| en)
             .filter_map(|en| en.subject.process.as_ref()?.command_line.as_ref())
             .map(|a| a.iter().map(String::len).sum::<usize>())
             .max()
