@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    attribution::Attributor,
+    attribution::{Attributor, RawScan, raw_scan},
     clock,
     facts::{Alert, Origin, PortFacts},
     history::{store, tenancy::Tenancy},
@@ -28,6 +28,7 @@ use crate::{
         Kernel,
         attach::{self, AttachOptions},
         decode::Record,
+        sockets::SockDiagError,
     },
     ops::{
         config::RunOptions,
@@ -103,31 +104,77 @@ impl Stages {
         self.alerts(alerts);
     }
 
-    /// The policy against a fresh scan, so a listener whose events were lost still alerts.
-    fn reconcile(&mut self) {
-        match self.attribution.scan(Origin::Reconcile) {
-            Ok(scan) => {
-                let size = self.attribution.ephemeral().size();
-                let alerts = self.judgement.reconcile(&scan, size);
+    /// A scan done off the loop comes back.
+    fn scanned(&mut self, why: ScanFor, raw: Result<RawScan, SockDiagError>) {
+        match (why, raw) {
+            // The policy against a fresh scan, so a listener whose events were lost still alerts.
+            // Only unconnected sockets can be listeners: only they are attributed.
+            (ScanFor::Reconcile, Ok(raw)) => {
+                let scan = self
+                    .attribution
+                    .attribute(raw, Origin::Reconcile, |s| s.peer.is_none());
+                let alerts = self
+                    .judgement
+                    .reconcile(&scan, self.attribution.ephemeral());
                 self.alerts(alerts);
+                self.output.flush();
             }
-            Err(e) => self.judgement.reconcile_failed(&e),
-        }
-        self.output.flush();
-    }
-
-    /// After losses: closes history intervals whose socket is gone (their release was among the
-    /// lost records), so `who` does not show them open forever.
-    fn sweep_history(&mut self) {
-        match self.attribution.scan(Origin::Reconcile) {
-            Ok(scan) => {
-                let closed = self.history.sweep_scan(&scan, clock::now_unix_ns());
+            (ScanFor::Reconcile, Err(e)) => self.judgement.reconcile_failed(&e),
+            // After losses: closes history intervals whose socket is gone (their release was
+            // among the lost records), so `who` does not show them open forever.
+            (ScanFor::Sweep, Ok(raw)) => {
+                let closed = self.history.sweep_scan(&raw, clock::now_unix_ns());
                 if closed > 0 {
                     tracing::info!(closed, "history intervals closed after lost release events");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "socket scan for the history failed"),
+            (ScanFor::Sweep, Err(e)) => {
+                tracing::warn!(error = %e, "socket scan for the history failed");
+            }
         }
+    }
+}
+
+/// What a socket scan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanFor {
+    Reconcile = 0,
+    Sweep = 1,
+}
+
+type ScanResult = (ScanFor, Result<RawScan, SockDiagError>);
+
+/// Socket scans (a sock_diag dump and a walk of every /proc/PID/fd) run on a blocking thread: on
+/// a host with many sockets, or while a user churns them, they must not stall the event loop.
+struct Scans {
+    tx: tokio::sync::mpsc::Sender<ScanResult>,
+    rx: tokio::sync::mpsc::Receiver<ScanResult>,
+    in_flight: [bool; 2],
+}
+
+impl Scans {
+    fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        Scans {
+            tx,
+            rx,
+            in_flight: [false; 2],
+        }
+    }
+
+    /// Starts a scan unless one for the same purpose is still running.
+    fn request(&mut self, why: ScanFor) {
+        if std::mem::replace(&mut self.in_flight[why as usize], true) {
+            return;
+        }
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.blocking_send((why, raw_scan(Path::new("/proc"))));
+        });
+    }
+
+    fn done(&mut self, why: ScanFor) {
+        self.in_flight[why as usize] = false;
     }
 }
 
@@ -136,6 +183,7 @@ struct Daemon {
     kernel: Kernel,
     stages: Stages,
     status_server: StatusServer,
+    scans: Scans,
     started: Instant,
     /// Live event counts once a second over the rate window.
     rates: VecDeque<(Instant, [u64; 4])>,
@@ -197,6 +245,7 @@ impl Daemon {
                 output: Output::new(sink),
             },
             status_server,
+            scans: Scans::new(),
             started: Instant::now(),
             rates: VecDeque::new(),
             swept_at_loss: 0,
@@ -232,7 +281,7 @@ impl Daemon {
         if self.kernel.lost() > self.swept_at_loss && self.last_sweep.elapsed() >= SWEEP_EVERY {
             // What the kernel still queued first, so the sweep sees every release it can.
             self.drain();
-            self.stages.sweep_history();
+            self.scans.request(ScanFor::Sweep);
             (self.swept_at_loss, self.last_sweep) = (self.kernel.lost(), Instant::now());
         }
         self.stages.history.store_open(clock::now_unix_ns(), false);
@@ -271,7 +320,7 @@ impl Daemon {
         });
         let installed = self.stages.judgement.reload(path.as_deref());
         if installed {
-            self.stages.reconcile();
+            self.scans.request(ScanFor::Reconcile);
         }
         installed
     }
@@ -442,7 +491,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             conn = d.status_server.accept() => d.answer_status(conn),
             _ = t.clock.tick() => d.stages.attribution.refresh(),
             _ = t.canary.tick(), if opts.canary_interval_seconds > 0 => d.canary_round(),
-            _ = t.reconcile.tick(), if d.stages.judgement.has_policy() => d.stages.reconcile(),
+            _ = t.reconcile.tick(), if d.stages.judgement.has_policy() => {
+                d.scans.request(ScanFor::Reconcile);
+            }
+            Some((why, raw)) = d.scans.rx.recv() => {
+                d.scans.done(why);
+                d.stages.scanned(why, raw);
+            }
             _ = t.summary.tick(), if d.stages.judgement.has_policy() => d.summarise(),
             _ = t.status.tick(), if opts.status_interval_seconds > 0 => {
                 d.status_line("periodic");

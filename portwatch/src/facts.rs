@@ -102,6 +102,15 @@ impl SocketRole {
         }
     }
 
+    /// What a socket found by a scan, shaped as an event of `kind`, does with its port.
+    pub fn of(kind: Kind) -> Self {
+        match kind {
+            Kind::Listen => SocketRole::Listening,
+            Kind::Connect => SocketRole::Connected,
+            Kind::Bind | Kind::Close => SocketRole::Bound,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "bound" => Some(SocketRole::Bound),

@@ -62,13 +62,38 @@ pub struct AttributionCounters {
     pub from_process_table: u64,
 }
 
-/// The sockets of one scan, each with its holder.
+/// The kernel's sockets at one moment and which process holds each: the slow part of a scan (a
+/// sock_diag dump and a walk of every /proc/PID/fd), done off the event loop where it can be.
+pub struct RawScan {
+    pub sockets: Vec<KernelSocket>,
+    /// Socket inode → the pid holding it.
+    owners: HashMap<u32, u32>,
+    /// The network namespace the scan saw (the caller's own).
+    pub netns: Option<u32>,
+    /// When the scan began (Unix ns): what opened later may be missing from it.
+    pub started_ns: i64,
+    monotonic_ns: u64,
+}
+
+/// Scans the kernel's sockets (in the caller's network namespace) and their holders under
+/// `proc_root`. Blocking; touches no daemon state.
+pub fn raw_scan(proc_root: &Path) -> Result<RawScan, sockets::SockDiagError> {
+    let (started_ns, monotonic_ns) = (clock::now_unix_ns(), clock::monotonic_now());
+    Ok(RawScan {
+        started_ns,
+        monotonic_ns,
+        sockets: sockets::dump_all()?,
+        owners: procfs::socket_owners(proc_root),
+        netns: sockets::own_netns(),
+    })
+}
+
+/// A scan with its sockets attributed: `facts` for the sockets the caller asked about.
 pub struct Scan {
     pub sockets: Vec<KernelSocket>,
-    /// The scan's facts, in the order of `sockets`.
     pub facts: Vec<PortFacts>,
-    /// The network namespace the scan saw (the daemon's own).
     pub netns: Option<u32>,
+    pub started_ns: i64,
 }
 
 pub struct Attributor {
@@ -145,15 +170,24 @@ impl Attributor {
 
     /// Every socket the kernel has now (in the caller's network namespace), with its holder.
     pub fn scan(&mut self, origin: Origin) -> Result<Scan, sockets::SockDiagError> {
-        let found = sockets::dump_all()?;
-        let owners = procfs::socket_owners(&self.proc_root);
-        let netns = sockets::own_netns();
-        let now = clock::monotonic_now();
-        let facts = found
+        let raw = raw_scan(&self.proc_root)?;
+        Ok(self.attribute(raw, origin, |_| true))
+    }
+
+    /// Attributes the sockets of `raw` that `wanted` picks (each costs /proc reads).
+    pub fn attribute(
+        &mut self,
+        raw: RawScan,
+        origin: Origin,
+        wanted: impl Fn(&KernelSocket) -> bool,
+    ) -> Scan {
+        let facts = raw
+            .sockets
             .iter()
+            .filter(|s| wanted(s))
             .map(|s| {
-                let pid = owners.get(&s.inode).copied().unwrap_or(0);
-                let mut ev = s.to_event(pid, netns, now);
+                let pid = raw.owners.get(&s.inode).copied().unwrap_or(0);
+                let mut ev = s.to_event(pid, raw.netns, raw.monotonic_ns);
                 if pid != 0 {
                     let dir = self.proc_root.join(pid.to_string());
                     ev.comm = procfs::comm_bytes(&dir).unwrap_or_default();
@@ -162,11 +196,12 @@ impl Attributor {
                 self.port(ev, origin)
             })
             .collect();
-        Ok(Scan {
-            sockets: found,
+        Scan {
+            sockets: raw.sockets,
             facts,
-            netns,
-        })
+            netns: raw.netns,
+            started_ns: raw.started_ns,
+        }
     }
 
     /// The process behind an event: from /proc while it lives, from the process table once it is
@@ -299,14 +334,15 @@ impl Attributor {
 /// Sockets holding an ephemeral port, per (transport, destination): how close one destination
 /// comes to exhausting the range.
 pub fn ephemeral_per_destination(
-    scan: &Scan,
+    sockets: &[KernelSocket],
+    range: &EphemeralRange,
 ) -> HashMap<(crate::facts::Transport, std::net::SocketAddr), u64> {
     let mut per: HashMap<_, u64> = HashMap::new();
-    for f in &scan.facts {
-        if let Some(peer) = f.event.peer
-            && f.port.ephemeral
+    for s in sockets {
+        if let Some(peer) = s.peer
+            && range.contains(s.local.port())
         {
-            *per.entry((f.event.transport, peer)).or_default() += 1;
+            *per.entry((s.transport, peer)).or_default() += 1;
         }
     }
     per

@@ -138,15 +138,15 @@ impl Tenancy {
         }
     }
 
-    /// After ring-buffer loss some releases were never seen: closes the intervals whose socket
-    /// `scan` no longer lists. Returns how many it closed.
-    pub fn sweep_scan(&mut self, scan: &crate::attribution::Scan, now_ns: i64) -> usize {
+    /// After ring-buffer loss some releases were never seen: closes the intervals opened before
+    /// `scan` began whose socket it no longer lists. Returns how many it closed.
+    pub fn sweep_scan(&mut self, scan: &crate::attribution::RawScan, now_ns: i64) -> usize {
         let mut present = HashSet::new();
         for s in &scan.sockets {
             present.insert((s.transport, s.local, s.peer));
             present.insert((s.transport, s.local, None));
         }
-        self.sweep(scan.netns, &present, now_ns)
+        self.sweep(scan.netns, &present, scan.started_ns, now_ns)
     }
 
     /// Closes the intervals in network namespace `netns` whose socket a fresh scan (`present`: transport, local, peer — and the
@@ -155,13 +155,19 @@ impl Tenancy {
         &mut self,
         netns: Option<u32>,
         present: &HashSet<(Transport, SocketAddr, Option<SocketAddr>)>,
+        scanned_ns: i64,
         now_ns: i64,
     ) -> usize {
+        // A socket opened after the scan began may be missing from it: not a lost release.
         let gone: Vec<Key> = self
             .open
-            .keys()
-            .filter(|k| k.0 == netns && !present.contains(&(k.1, SocketAddr::new(k.2, k.3), k.4)))
-            .copied()
+            .iter()
+            .filter(|(k, o)| {
+                k.0 == netns
+                    && o.interval.opened_ns < scanned_ns
+                    && !present.contains(&(k.1, SocketAddr::new(k.2, k.3), k.4))
+            })
+            .map(|(k, _)| *k)
             .collect();
         for k in &gone {
             if let Some(mut o) = self.take(k) {
@@ -259,7 +265,7 @@ mod tests {
         other_ns.netns = 8;
         t.observe(&fixture::facts(other_ns, now));
         let still: HashSet<_> = [(Transport::Udp, "127.0.0.1:1001".parse().unwrap(), None)].into();
-        assert_eq!(t.sweep(Some(7), &still, now + 9), 2);
+        assert_eq!(t.sweep(Some(7), &still, now + 1, now + 9), 2);
         // 1001 (still there) and 1003 (another namespace: the scan cannot see it) stay open.
         let c = t.counters();
         assert_eq!((c.open_sockets, c.swept), (2, 2));

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{
-    attribution::{Attributor, ports::EphemeralRange},
+    attribution::{Attributor, ports::EphemeralRange, raw_scan},
     clock,
     facts::{Endpoint, Origin, PortInfo, ProcessFacts, SocketRole, Transport},
     history::store,
@@ -138,21 +138,20 @@ pub fn holdings(
 /// Current sockets on `port`, from the kernel over sock_diag, with their processes. The
 /// network namespace is the caller's.
 fn now(port: u16, transport: Option<&str>, info: PortInfo) -> Result<Vec<Holding>, WhoError> {
-    let scan = Attributor::oneshot().scan(Origin::Snapshot)?;
+    let raw = raw_scan(Path::new("/proc"))?;
+    let scan = Attributor::oneshot().attribute(raw, Origin::Snapshot, |s| {
+        s.local.port() == port && transport.is_none_or(|t| t == s.transport.as_str())
+    });
     Ok(scan
-        .sockets
-        .iter()
-        .zip(scan.facts)
-        .filter(|(s, _)| {
-            s.local.port() == port && transport.is_none_or(|t| t == s.transport.as_str())
-        })
-        .map(|(s, f)| Holding {
+        .facts
+        .into_iter()
+        .map(|f| Holding {
             source: Source::Now,
             port: info,
-            transport: s.transport,
-            local: s.local.into(),
-            role: s.role(),
-            peer: s.peer.map(Endpoint::from),
+            transport: f.event.transport,
+            local: f.event.local.into(),
+            role: SocketRole::of(f.event.kind),
+            peer: f.event.peer.map(Endpoint::from),
             netns: scan.netns,
             process: (f.process.pid != 0).then_some(f.process),
             from: None,

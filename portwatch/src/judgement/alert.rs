@@ -75,6 +75,21 @@ impl Listener {
 
 type SockKey = (Option<u32>, Transport, IpAddr, u16);
 
+/// What reconciliation needs of a scan besides its listeners.
+#[derive(Debug, Default)]
+pub struct ScanSummary {
+    /// The network namespace the scan saw.
+    pub netns: Option<u32>,
+    /// Its unconnected sockets: (transport, local).
+    pub present: std::collections::HashSet<(Transport, SocketAddr)>,
+    /// Sockets holding ephemeral ports, per (transport, destination).
+    pub per_destination: HashMap<(Transport, SocketAddr), u64>,
+    /// Ports in the ephemeral range.
+    pub ephemeral_size: u64,
+    /// When the scan began (Unix ns).
+    pub started_ns: i64,
+}
+
 fn cap(n: usize) -> std::num::NonZeroUsize {
     std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN)
 }
@@ -320,26 +335,35 @@ impl AlertEngine {
         self.raise(f, Origin::Kernel, now_ns, true)
     }
 
-    /// Compares the policy with a fresh scan: `listeners` are every listener in the daemon's
-    /// network namespace `netns`, `per_destination` the sockets holding ephemeral ports per
-    /// (transport, destination).
+    /// Compares the policy with a fresh scan: `listeners` are every listener the scan found in
+    /// its network namespace.
     pub fn reconcile(
         &mut self,
-        netns: Option<u32>,
+        scan: &ScanSummary,
         listeners: Vec<Listener>,
-        present: &std::collections::HashSet<(Transport, SocketAddr)>,
-        per_destination: &HashMap<(Transport, SocketAddr), u64>,
-        ephemeral_size: u64,
         now_ns: i64,
     ) -> Vec<Alert> {
+        let ScanSummary {
+            netns,
+            present,
+            per_destination,
+            ephemeral_size,
+            started_ns: scanned_ns,
+        } = scan;
+        let (netns, ephemeral_size, scanned_ns) = (*netns, *ephemeral_size, *scanned_ns);
         self.counters.reconciliations += 1;
         // The scan is the truth for its namespace (what it no longer lists is gone); listeners in
         // others are known from events.
+        // A listener that appeared after the scan began may be missing from it: not gone.
         let gone: Vec<SockKey> = self
             .listeners
             .iter()
+            .filter(|(k, l)| {
+                k.0 == netns
+                    && l.facts.wall_ns < scanned_ns
+                    && !present.contains(&(k.1, SocketAddr::new(k.2, k.3)))
+            })
             .map(|(k, _)| *k)
-            .filter(|k| k.0 == netns && !present.contains(&(k.1, SocketAddr::new(k.2, k.3))))
             .collect();
         for k in &gone {
             self.listeners.pop(k);
@@ -690,6 +714,16 @@ mod tests {
         Policy::parse(text, Path::new("policy.toml")).unwrap()
     }
 
+    fn summary(per: HashMap<(Transport, SocketAddr), u64>, at: i64) -> ScanSummary {
+        ScanSummary {
+            netns: Some(1),
+            per_destination: per,
+            ephemeral_size: 28232,
+            started_ns: at,
+            ..ScanSummary::default()
+        }
+    }
+
     /// An engine with this policy text and its state in a fresh directory.
     fn engine(text: &str) -> (tempfile::TempDir, AlertEngine) {
         let dir = tempfile::tempdir().unwrap();
@@ -774,8 +808,7 @@ mod tests {
     #[test]
     fn required_rule_alerts_when_its_listener_goes_and_again_after_it_came_back() {
         let (_dir, mut e) = engine("[[allow]]\nport = 22\nrequired = true\n");
-        let none = HashMap::new();
-        let a = e.reconcile(Some(1), vec![], &Default::default(), &none, 28232, NS);
+        let a = e.reconcile(&summary(HashMap::new(), NS), vec![], NS);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].body.kind, AlertKind::RequiredListenerMissing);
         assert!(
@@ -807,7 +840,7 @@ mod tests {
         let mut per = HashMap::new();
         per.insert((Transport::Tcp, "127.0.0.1:80".parse().unwrap()), 300);
         per.insert((Transport::Tcp, "127.0.0.1:81".parse().unwrap()), 2);
-        let a = e.reconcile(Some(1), vec![], &Default::default(), &per, 28232, 2 * NS);
+        let a = e.reconcile(&summary(per, 2 * NS), vec![], 2 * NS);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].body.detail.as_ref().unwrap()["sockets"], 300);
     }

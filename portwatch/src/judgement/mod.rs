@@ -8,8 +8,6 @@ pub mod hook;
 pub mod policy;
 
 use std::{
-    collections::HashSet,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -18,18 +16,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use self::{
-    alert::{AlertCounters, AlertEngine},
+    alert::{AlertCounters, AlertEngine, ScanSummary},
     canary::{Canary, CanaryFigures},
     hook::{HookCounters, HookFigures},
     policy::{Listener, Policy, Settings, Trusted, is_listener},
 };
 use crate::{
-    attribution::{Scan, cgroup, containers, ephemeral_per_destination},
+    attribution::{Scan, cgroup, containers, ephemeral_per_destination, ports::EphemeralRange},
     clock,
-    facts::{
-        Alert, AlertBody, AlertKind, KernelEvent, Kind, Origin, PortFacts, Severity, Subject,
-        Transport,
-    },
+    facts::{Alert, AlertBody, AlertKind, KernelEvent, Kind, Origin, PortFacts, Severity, Subject},
 };
 
 /// What judgement did, for `status`: null `alerts` when no policy is loaded.
@@ -128,34 +123,33 @@ impl Judgement {
     }
 
     /// Compares the policy with a fresh scan (every `reconcile_interval_seconds`, and after a
-    /// policy reload), so a listener whose events were lost still alerts.
-    pub fn reconcile(&mut self, scan: &Scan, ephemeral_size: u64) -> Vec<Alert> {
+    /// policy reload), so a listener whose events were lost still alerts. The scan's facts need
+    /// only cover the unconnected sockets (`is_listener` picks from them).
+    pub fn reconcile(&mut self, scan: &Scan, ephemeral: &EphemeralRange) -> Vec<Alert> {
         let Some(engine) = &mut self.engine else {
             return Vec::new();
         };
-        // Unconnected sockets still there: a UDP listener known from its bind event stays known
-        // even where a scan alone could not call it one.
-        let present: HashSet<(Transport, SocketAddr)> = scan
-            .sockets
-            .iter()
-            .filter(|s| s.peer.is_none())
-            .map(|s| (s.transport, s.local))
-            .collect();
+        let summary = ScanSummary {
+            netns: scan.netns,
+            // Unconnected sockets still there: a UDP listener known from its bind event stays
+            // known even where a scan alone could not call it one.
+            present: scan
+                .sockets
+                .iter()
+                .filter(|s| s.peer.is_none())
+                .map(|s| (s.transport, s.local))
+                .collect(),
+            per_destination: ephemeral_per_destination(&scan.sockets, ephemeral),
+            ephemeral_size: ephemeral.size(),
+            started_ns: scan.started_ns,
+        };
         let listeners = scan
             .facts
             .iter()
             .filter(|f| is_listener(f))
             .map(|f| listener(f.clone()))
             .collect();
-        let per_destination = ephemeral_per_destination(scan);
-        engine.reconcile(
-            scan.netns,
-            listeners,
-            &present,
-            &per_destination,
-            ephemeral_size,
-            clock::now_unix_ns(),
-        )
+        engine.reconcile(&summary, listeners, clock::now_unix_ns())
     }
 
     /// A failed reconciliation scan: counted, and said.
@@ -315,7 +309,7 @@ pub fn listener(facts: PortFacts) -> Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{Container, ContainerRuntime, fixture};
+    use crate::facts::{Container, ContainerRuntime, Transport, fixture};
 
     #[test]
     fn forged_units_and_containers_satisfy_no_rule() {
