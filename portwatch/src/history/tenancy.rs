@@ -247,15 +247,20 @@ mod tests {
         fixture::event(Kind::Bind, Transport::Udp, &format!("127.0.0.1:{port}"))
     }
 
-    #[test]
-    fn a_sweep_closes_what_a_scan_no_longer_finds_and_keeps_the_rest() {
+    /// A table of at most `max` open sockets over a fresh store.
+    fn table(max: usize) -> (tempfile::TempDir, Tenancy, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let retention = crate::history::store::Retention {
             max_age: std::time::Duration::from_secs(3600),
             max_rows: 100,
         };
         let (store, path) = crate::history::store::start(dir.path(), retention, 0).unwrap();
-        let mut t = Tenancy::new(store);
+        (dir, Tenancy::with_max(store, max), path)
+    }
+
+    #[test]
+    fn a_sweep_closes_what_a_scan_no_longer_finds_and_keeps_the_rest() {
+        let (_dir, mut t, path) = table(MAX_OPEN);
         // Real times: the writer prunes by age against the clock.
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
         for port in [1000, 1001, 1002] {
@@ -278,13 +283,7 @@ mod tests {
 
     #[test]
     fn a_full_table_forgets_its_oldest_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let retention = crate::history::store::Retention {
-            max_age: std::time::Duration::from_secs(3600),
-            max_rows: 100,
-        };
-        let (store, _) = crate::history::store::start(dir.path(), retention, 0).unwrap();
-        let mut t = Tenancy::with_max(store, 3);
+        let (_dir, mut t, _) = table(3);
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
         for (i, port) in (2000..2005).enumerate() {
             t.observe(&fixture::facts(bind(port), now + i as i64));

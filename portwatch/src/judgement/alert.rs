@@ -791,16 +791,10 @@ mod tests {
     #[test]
     fn rate_limit_holds_back_and_the_summary_reports() {
         let (_dir, mut e) = engine("[settings]\nrate_limit_per_minute = 2\n");
-        let mut written = 0;
-        for port in 1000..1005 {
-            written += e
-                .listener(
-                    listener(&format!("0.0.0.0:{port}"), "/a"),
-                    Origin::Kernel,
-                    NS,
-                )
-                .len();
-        }
+        let written = raise_all(
+            &mut e,
+            (1000..1005).map(|p| listener(&format!("0.0.0.0:{p}"), "/a")),
+        );
         assert_eq!((written, e.counters.rate_limited), (2, 3));
         assert_eq!(e.summarise(2 * NS).len(), 3);
     }
@@ -866,6 +860,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600, "the alert state is root's alone");
     }
 
+    /// Alert lines written for these listeners, each seen once by the kernel at 1 s.
+    fn raise_all(e: &mut AlertEngine, ls: impl Iterator<Item = Listener>) -> usize {
+        ls.map(|l| e.listener(l, Origin::Kernel, NS).len()).sum()
+    }
+
     fn by_user(addr: &str, uid: u32) -> Listener {
         let mut l = listener(addr, "/a");
         l.facts.process.user.id = uid;
@@ -875,16 +874,10 @@ mod tests {
     #[test]
     fn one_users_flood_never_holds_back_another_users_alert() {
         let (_dir, mut e) = engine("[settings]\nrate_limit_per_minute = 5\n");
-        let mut flood = 0;
-        for port in 2000..2100 {
-            flood += e
-                .listener(
-                    by_user(&format!("0.0.0.0:{port}"), 1000),
-                    Origin::Kernel,
-                    NS,
-                )
-                .len();
-        }
+        let flood = raise_all(
+            &mut e,
+            (2000..2100).map(|p| by_user(&format!("0.0.0.0:{p}"), 1000)),
+        );
         assert_eq!(flood, 5, "the flooding user is limited");
         let root = e.listener(by_user("0.0.0.0:7000", 0), Origin::Kernel, NS);
         assert_eq!(root.len(), 1, "root's alert goes out at once");

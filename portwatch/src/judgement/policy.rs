@@ -539,122 +539,132 @@ fn port_number<E: de::Error>(v: i64) -> Result<(u16, u16), E> {
         .map_err(|_| E::custom(format!("{v} is not a port number (0-65535)")))
 }
 
-impl<'de> Deserialize<'de> for Ports {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Ports;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a port (8080), a range (\"8000-8100\") or a list of them")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ports, E> {
-                Ok(Ports(vec![port_number(v)?]))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ports, E> {
-                Ok(Ports(vec![port_range(v)?]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ports, A::Error> {
-                let mut out = Vec::new();
-                while let Some(item) = seq.next_element::<PortItem>()? {
-                    out.push(item.0);
-                }
-                if out.is_empty() {
-                    return Err(de::Error::custom("the port list is empty"));
-                }
-                Ok(Ports(out))
+/// A setting given as a number or as text (a port or range, an address, a user), each kind
+/// saying which it accepts and what is wrong with a value.
+trait Scalar: Sized {
+    const EXPECTING: &'static str;
+    fn number<E: de::Error>(v: i64) -> Result<Self, E> {
+        Err(E::invalid_type(de::Unexpected::Signed(v), &Self::EXPECTING))
+    }
+    fn text<E: de::Error>(v: &str) -> Result<Self, E>;
+}
+
+struct ScalarVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: Scalar> Visitor<'_> for ScalarVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        T::number(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        T::text(v)
+    }
+}
+
+/// One scalar, or a non-empty list of them (`port = 22`, `port = [22, "8000-8100"]`); the
+/// `&str` names the list in errors.
+struct OneOrMore<T>(std::marker::PhantomData<T>, &'static str);
+
+impl<'de, T: Scalar + Deserialize<'de>> Visitor<'de> for OneOrMore<T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}, or a list of them", T::EXPECTING)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Vec<T>, E> {
+        Ok(vec![T::number(v)?])
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+        Ok(vec![T::text(v)?])
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element::<T>()? {
+            out.push(item);
+        }
+        if out.is_empty() {
+            return Err(de::Error::custom(format!("the {} list is empty", self.1)));
+        }
+        Ok(out)
+    }
+}
+
+/// `Deserialize` for a `Scalar`.
+macro_rules! scalar_deserialize {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(ScalarVisitor(std::marker::PhantomData))
             }
         }
-        d.deserialize_any(V)
-    }
+    };
 }
 
 struct PortItem((u16, u16));
 
-impl<'de> Deserialize<'de> for PortItem {
+impl Scalar for PortItem {
+    const EXPECTING: &'static str = "a port (8080) or a range (\"8000-8100\")";
+    fn number<E: de::Error>(v: i64) -> Result<Self, E> {
+        port_number(v).map(PortItem)
+    }
+    fn text<E: de::Error>(v: &str) -> Result<Self, E> {
+        port_range(v).map(PortItem)
+    }
+}
+scalar_deserialize!(PortItem);
+
+impl<'de> Deserialize<'de> for Ports {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = PortItem;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a port (8080) or a range (\"8000-8100\")")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortItem, E> {
-                port_number(v).map(PortItem)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortItem, E> {
-                port_range(v).map(PortItem)
-            }
-        }
-        d.deserialize_any(V)
+        let items = d.deserialize_any(OneOrMore::<PortItem>(std::marker::PhantomData, "port"))?;
+        Ok(Ports(items.into_iter().map(|p| p.0).collect()))
     }
 }
 
-fn address_pattern<E: de::Error>(s: &str) -> Result<AddressPattern, E> {
-    match s {
-        "loopback" => Ok(AddressPattern::Loopback),
-        "wildcard" => Ok(AddressPattern::Wildcard),
-        _ => {
-            if let Ok(net) = s.parse::<IpNet>() {
-                return Ok(AddressPattern::Net(net));
+impl Scalar for AddressPattern {
+    const EXPECTING: &'static str = "\"loopback\", \"wildcard\", an address or CIDR";
+    fn text<E: de::Error>(s: &str) -> Result<Self, E> {
+        match s {
+            "loopback" => Ok(AddressPattern::Loopback),
+            "wildcard" => Ok(AddressPattern::Wildcard),
+            _ => {
+                if let Ok(net) = s.parse::<IpNet>() {
+                    return Ok(AddressPattern::Net(net));
+                }
+                s.parse::<IpAddr>().map(|ip| AddressPattern::Net(IpNet::from(ip))).map_err(|_| {
+                    E::custom(format!(
+                        "{s:?} is not an address: use \"loopback\", \"wildcard\", an IP address or a CIDR like \"10.0.0.0/8\""
+                    ))
+                })
             }
-            s.parse::<IpAddr>().map(|ip| AddressPattern::Net(IpNet::from(ip))).map_err(|_| {
-                E::custom(format!(
-                    "{s:?} is not an address: use \"loopback\", \"wildcard\", an IP address or a CIDR like \"10.0.0.0/8\""
-                ))
-            })
         }
     }
 }
+scalar_deserialize!(AddressPattern);
 
 impl<'de> Deserialize<'de> for Addresses {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Addresses;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"loopback\", \"wildcard\", an address or CIDR, or a list of them")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Addresses, E> {
-                Ok(Addresses(vec![address_pattern(v)?]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Addresses, A::Error> {
-                let mut out = Vec::new();
-                while let Some(s) = seq.next_element::<String>()? {
-                    out.push(address_pattern(&s)?);
-                }
-                if out.is_empty() {
-                    return Err(de::Error::custom("the address list is empty"));
-                }
-                Ok(Addresses(out))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(OneOrMore(std::marker::PhantomData, "address"))
+            .map(Addresses)
     }
 }
 
-impl<'de> Deserialize<'de> for UserPattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = UserPattern;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a user name or a numeric uid")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<UserPattern, E> {
-                u32::try_from(v)
-                    .map(UserPattern::Id)
-                    .map_err(|_| E::custom(format!("{v} is not a uid")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<UserPattern, E> {
-                if v.is_empty() {
-                    return Err(E::custom("the user name is empty"));
-                }
-                Ok(UserPattern::Name(v.to_string()))
-            }
+impl Scalar for UserPattern {
+    const EXPECTING: &'static str = "a user name or a numeric uid";
+    fn number<E: de::Error>(v: i64) -> Result<Self, E> {
+        u32::try_from(v)
+            .map(UserPattern::Id)
+            .map_err(|_| E::custom(format!("{v} is not a uid")))
+    }
+    fn text<E: de::Error>(v: &str) -> Result<Self, E> {
+        if v.is_empty() {
+            return Err(E::custom("the user name is empty"));
         }
-        d.deserialize_any(V)
+        Ok(UserPattern::Name(v.to_string()))
     }
 }
+scalar_deserialize!(UserPattern);
 
 impl<'de> Deserialize<'de> for ContainerPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -20,19 +20,22 @@ pub enum ReadError {
     Io(#[from] std::io::Error),
 }
 
+/// Takes map `name` out of the loaded object as the typed map `T`.
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ReadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ReadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ReadError::Map { name, source })
+}
+
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
 }
 
 impl EventReader {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
-        let map = ebpf
-            .take_map("EVENTS")
-            .ok_or(ReadError::MissingMap("EVENTS"))?;
-        let ring = RingBuf::try_from(map).map_err(|source| ReadError::Map {
-            name: "EVENTS",
-            source,
-        })?;
+        let ring: RingBuf<MapData> = take_map(ebpf, "EVENTS")?;
         Ok(Self {
             ring: register(ring)?,
         })
@@ -77,15 +80,8 @@ pub struct LossCounter {
 
 impl LossCounter {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
-        let map = ebpf
-            .take_map("COUNTERS")
-            .ok_or(ReadError::MissingMap("COUNTERS"))?;
-        let counters = PerCpuArray::try_from(map).map_err(|source| ReadError::Map {
-            name: "COUNTERS",
-            source,
-        })?;
         Ok(Self {
-            counters,
+            counters: take_map(ebpf, "COUNTERS")?,
             reported: 0,
         })
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use self::{
     schema::{
-        AlertRecord, DaemonInfo, Header, Host, KernelInfo, Loss, LossRecord, PortRecord,
+        AlertRecord, DaemonInfo, Header, Host, KernelInfo, Line, Loss, LossRecord, PortRecord,
         SCHEMA_VERSION, StatusRecord,
     },
     sink::Sink,
@@ -108,15 +108,16 @@ impl Output {
         }
         let ts = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(f.wall_ns));
         let header = self.stamp.header(f.event.kind.as_str(), ts);
-        let rec = PortRecord::new(header, f);
-        Self::write(&mut self.sink, &rec);
+        let body = PortRecord::new(f);
+        Self::write(&mut self.sink, &Line { header, body });
     }
 
     /// An `alert` line and a WARN diagnostic (journald priority warning under systemd). Returns
     /// the line, for the exec hook.
     pub fn alert(&mut self, a: &Alert) -> Option<String> {
         let header = self.stamp.header("alert", clock::now_rfc3339());
-        let line = match serde_json::to_string(&AlertRecord::new(header, a)) {
+        let body = AlertRecord::new(a);
+        let line = match serde_json::to_string(&Line { header, body }) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "serializing an alert failed");
@@ -157,8 +158,7 @@ impl Output {
         counters: C,
     ) {
         let header = self.stamp.header("status", clock::now_rfc3339());
-        let rec = StatusRecord {
-            header,
+        let body = StatusRecord {
             daemon: DaemonInfo {
                 version: env!("CARGO_PKG_VERSION"),
                 pid: std::process::id(),
@@ -171,7 +171,7 @@ impl Output {
             reason,
             counters,
         };
-        Self::write(&mut self.sink, &rec);
+        Self::write(&mut self.sink, &Line { header, body });
     }
 
     /// A `loss` line (ring-buffer losses are logged at once; log-write losses by `flush`, once
@@ -183,15 +183,14 @@ impl Output {
 
     fn push_loss(&mut self, count: u64, total: u64, reason: &'static str) {
         let header = self.stamp.header("loss", clock::now_rfc3339());
-        let rec = LossRecord {
-            header,
+        let body = LossRecord {
             loss: Loss {
                 count,
                 total,
                 reason,
             },
         };
-        Self::write(&mut self.sink, &rec);
+        Self::write(&mut self.sink, &Line { header, body });
     }
 
     /// Writes the queued lines; once writing works again after failures, says in the log itself

@@ -24,11 +24,19 @@ pub struct Host<'a> {
     pub name: &'a str,
 }
 
+/// One line of the log: the header, then the fields of its kind of event (one of the records
+/// below), side by side in one object.
+#[derive(Debug, Serialize)]
+pub struct Line<'a, B: Serialize> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    #[serde(flatten)]
+    pub body: B,
+}
+
 /// bind, listen, connect and close.
 #[derive(Debug, Serialize)]
 pub struct PortRecord<'a> {
-    #[serde(flatten)]
-    pub header: Header<'a>,
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -44,10 +52,9 @@ pub struct PortRecord<'a> {
 }
 
 impl<'a> PortRecord<'a> {
-    pub fn new(header: Header<'a>, f: &'a PortFacts) -> Self {
+    pub fn new(f: &'a PortFacts) -> Self {
         let errno = f.event.errno;
         PortRecord {
-            header,
             outcome: if errno.is_some() {
                 "failure"
             } else {
@@ -68,9 +75,7 @@ impl<'a> PortRecord<'a> {
 /// `attach` says which strategy each hook family took, `counters` what every stage did and could
 /// not do (their types are the stages'; see `ops::status::Counters`).
 #[derive(Debug, Serialize)]
-pub struct StatusRecord<'a, A: Serialize, C: Serialize> {
-    #[serde(flatten)]
-    pub header: Header<'a>,
+pub struct StatusRecord<A: Serialize, C: Serialize> {
     pub daemon: DaemonInfo,
     pub kernel: KernelInfo,
     pub attach: A,
@@ -93,9 +98,7 @@ pub struct KernelInfo {
 
 /// Records the kernel could not deliver.
 #[derive(Debug, Serialize)]
-pub struct LossRecord<'a> {
-    #[serde(flatten)]
-    pub header: Header<'a>,
+pub struct LossRecord {
     pub loss: Loss,
 }
 
@@ -114,8 +117,6 @@ pub struct Loss {
 /// alerts about an absence, like a required listener that is gone).
 #[derive(Debug, Serialize)]
 pub struct AlertRecord<'a> {
-    #[serde(flatten)]
-    pub header: Header<'a>,
     pub alert: &'a AlertBody,
     pub network: Option<&'a Network>,
     pub port: Option<PortInfo>,
@@ -125,9 +126,8 @@ pub struct AlertRecord<'a> {
 }
 
 impl<'a> AlertRecord<'a> {
-    pub fn new(header: Header<'a>, a: &'a Alert) -> Self {
+    pub fn new(a: &'a Alert) -> Self {
         AlertRecord {
-            header,
             alert: &a.body,
             network: a.subject.network.as_ref(),
             port: a.subject.port,
@@ -152,6 +152,13 @@ mod tests {
         }
     }
 
+    fn line(f: &PortFacts) -> Line<'static, PortRecord<'_>> {
+        Line {
+            header: header(),
+            body: PortRecord::new(f),
+        }
+    }
+
     fn facts() -> PortFacts {
         let mut ev = fixture::event(Kind::Connect, Transport::Tcp, "[::1]:5000");
         ev.pid = 10;
@@ -168,7 +175,7 @@ mod tests {
     #[test]
     fn failure_record_has_error_name_number_and_peer() {
         let f = facts();
-        let v: serde_json::Value = serde_json::to_value(PortRecord::new(header(), &f)).unwrap();
+        let v: serde_json::Value = serde_json::to_value(line(&f)).unwrap();
         assert_eq!(v["schema"], 1);
         assert_eq!(v["event"], "connect");
         assert_eq!(v["outcome"], "failure");
@@ -186,7 +193,7 @@ mod tests {
     #[test]
     fn hostile_comm_stays_one_valid_json_line() {
         let f = facts();
-        let line = serde_json::to_string(&PortRecord::new(header(), &f)).unwrap();
+        let line = serde_json::to_string(&line(&f)).unwrap();
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["process"]["comm"], "a\"b\n\u{fffd}");
@@ -196,7 +203,7 @@ mod tests {
     fn success_record_omits_error_fields() {
         let mut f = facts();
         f.event.errno = None;
-        let v = serde_json::to_value(PortRecord::new(header(), &f)).unwrap();
+        let v = serde_json::to_value(line(&f)).unwrap();
         assert_eq!(v["outcome"], "success");
         assert!(v.get("error").is_none() && v.get("errno").is_none());
     }
