@@ -1,11 +1,14 @@
 //! portwatch: eBPF-traced port events. One folder per stage of the data flow (docs/architecture.md):
 //! `kernel` (attach, read, decode) → `attribution` (process facts) → `history` (the live table and
-//! the store) and `judgement` (policy, alerts) → `output` (the event log). `ops` is the operator's
-//! side (config, CLI, status); `daemon` wires the stages and timers.
+//! the store) and `judgement` (policy, alerts) → `output` (the event log). `facts` holds what they
+//! hand each other; `ops` is the operator's side (config, CLI, status); `daemon` wires the stages
+//! and timers.
 pub mod attribution;
+pub mod bounds;
 pub mod clock;
 pub mod daemon;
 pub mod facts;
+pub mod files;
 pub mod history;
 pub mod judgement;
 pub mod kernel;

@@ -195,4 +195,18 @@ mod tests {
         assert!(read(Path::new("/proc/999999999")).is_none());
         assert!(gid(Path::new("/proc/self")).is_some());
     }
+
+    #[test]
+    fn a_socket_is_owned_by_the_process_holding_it() {
+        use std::os::unix::fs::MetadataExt as _;
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode = std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&u)
+        ))
+        .unwrap()
+        .ino() as u32;
+        let owners = socket_owners(Path::new("/proc"));
+        assert_eq!(owners.get(&inode), Some(&std::process::id()));
+    }
 }

@@ -84,8 +84,8 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         move |source| StoreError::Dir { path: dir, source }
     };
     let dir = path.parent().unwrap_or(path);
-    crate::ops::files::ensure_parent(path).map_err(dir_err(dir))?;
-    crate::ops::files::check_parent(path, "tenancy store").map_err(dir_err(dir))?;
+    crate::files::ensure_parent(path).map_err(dir_err(dir))?;
+    crate::files::check_parent(path, "tenancy store").map_err(dir_err(dir))?;
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(StoreError::Dir {
             path: path.display().to_string(),

@@ -695,7 +695,7 @@ fn required_key(i: usize, line: usize) -> String {
 }
 
 fn write_atomic(path: &Path, state: &StateFile) -> std::io::Result<()> {
-    use crate::ops::files;
+    use crate::files;
     files::ensure_parent(path)?;
     files::check_parent(path, "alert state")?;
     let tmp = path.with_extension("json.tmp");

@@ -10,8 +10,8 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
+    bounds::within,
     facts::{Kind, PortFacts, Transport},
-    ops::bounds::within,
 };
 use serde::{
     Deserialize, Deserializer,
@@ -442,7 +442,7 @@ impl Policy {
     /// The daemon's load: the file must be root's (or the daemon user's) in a directory no other
     /// user can write, or another user could write the policy.
     pub fn load_trusted(path: &Path) -> Result<Policy, PolicyError> {
-        crate::ops::files::check_trusted(path, "policy").map_err(|source| PolicyError::Read {
+        crate::files::check_trusted(path, "policy").map_err(|source| PolicyError::Read {
             path: path.display().to_string(),
             source,
         })?;

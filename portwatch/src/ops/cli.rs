@@ -94,7 +94,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Seconds between canary rounds (blinding detection) [default: from the config, else 30].
-    #[arg(long, value_name = "SECONDS", value_parser = crate::ops::bounds::flag_within::<0, 86_400>)]
+    #[arg(long, value_name = "SECONDS", value_parser = crate::bounds::flag_within::<0, 86_400>)]
     pub canary_interval_seconds: Option<u64>,
     /// Listener policy [default: from the config file, else /etc/portwatch/policy.toml when it
     /// exists; with none, no alerts].

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{kernel::attach::AttachMode, ops::bounds::within};
+use crate::{bounds::within, kernel::attach::AttachMode};
 
 /// What `portwatch run` runs with: the file's settings with the command line's flags on top
 /// (`cli::RunArgs::options`).
@@ -220,11 +220,9 @@ impl Config {
             None => return Ok(Config::default()),
         };
         if trusted {
-            crate::ops::files::check_trusted(path, "config").map_err(|source| {
-                ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                }
+            crate::files::check_trusted(path, "config").map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
             })?;
         }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

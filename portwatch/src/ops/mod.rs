@@ -1,7 +1,5 @@
 //! The operator's side: configuration, the command line, the status socket, privileges.
-pub mod bounds;
 pub mod cli;
 pub mod config;
-pub mod files;
 pub mod privileges;
 pub mod status;

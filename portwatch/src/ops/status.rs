@@ -66,8 +66,8 @@ impl StatusServer {
             // Left behind by a daemon that died: nobody answers on it.
             std::fs::remove_file(path).map_err(io)?;
         }
-        crate::ops::files::ensure_parent(path).map_err(io)?;
-        crate::ops::files::check_parent(path, "status socket").map_err(io)?;
+        crate::files::ensure_parent(path).map_err(io)?;
+        crate::files::check_parent(path, "status socket").map_err(io)?;
         let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         Ok(Self {

@@ -261,7 +261,7 @@ impl LogFile {
 /// Opens the log for appending (mode 0640), first cutting off a trailing partial line left by a
 /// crash so the file stays valid JSON Lines.
 pub fn open_log(path: &Path) -> io::Result<File> {
-    use crate::ops::files;
+    use crate::files;
     // It truncates: never a file another user pointed the path at.
     files::check_parent(path, "event log")?;
     let mut file = files::open_nofollow(
