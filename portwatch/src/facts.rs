@@ -334,6 +334,7 @@ pub enum AlertKind {
     RequiredListenerMissing,
     EphemeralPortExhaustion,
     MonitoringBlind,
+    AlertsForgotten,
 }
 
 impl AlertKind {
@@ -345,6 +346,7 @@ impl AlertKind {
             AlertKind::RequiredListenerMissing => "required_listener_missing",
             AlertKind::EphemeralPortExhaustion => "ephemeral_port_exhaustion",
             AlertKind::MonitoringBlind => "monitoring_blind",
+            AlertKind::AlertsForgotten => "alerts_forgotten",
         }
     }
 }

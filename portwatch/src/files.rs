@@ -74,6 +74,14 @@ pub fn check_owned(file: &File, path: &Path, what: &str) -> io::Result<()> {
             m.uid()
         )));
     }
+    // A second name for it, which someone else may have made (where protected_hardlinks is off).
+    if m.nlink() > 1 {
+        return Err(refused(format!(
+            "{what} {} has {} hard links; refusing a file with another name",
+            path.display(),
+            m.nlink()
+        )));
+    }
     Ok(())
 }
 

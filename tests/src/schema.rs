@@ -389,7 +389,8 @@ fn subject(v: &Value, event: &str, pid0_allowed: bool) -> R {
     Ok(())
 }
 
-const ALERT_KINDS: [&str; 6] = [
+const ALERT_KINDS: [&str; 7] = [
+    "alerts_forgotten",
     "monitoring_blind",
     "unexpected_listener",
     "wildcard_listener",
@@ -440,8 +441,13 @@ fn alert_event(v: &Value) -> R {
     }
     // A busy destination (exhaustion found by a scan) is about many sockets, not one.
     let busy_destination = kind == "ephemeral_port_exhaustion" && v["network"].is_null();
-    let about_a_socket =
-        !["required_listener_missing", "monitoring_blind"].contains(&kind) && !busy_destination;
+    let about_a_socket = ![
+        "required_listener_missing",
+        "monitoring_blind",
+        "alerts_forgotten",
+    ]
+    .contains(&kind)
+        && !busy_destination;
     if about_a_socket {
         subject(v, "alert", origin != "kernel")
     } else if v["network"].is_null() && v["port"].is_null() && v["process"].is_null() {

@@ -136,7 +136,7 @@ fn a_hostile_local_user_cannot_hide_forge_inject_or_grow_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start_with_policy(
         dir.path(),
-        "[settings]\nrate_limit_per_minute = 20\n\
+        "[settings]\nrate_limit_per_minute = 20\nsummary_interval_seconds = 2\n\
          [[allow]]\nnote = \"a system service of this name\"\nunit = \"nginx.service\"\n\
          [[allow]]\nnote = \"containers\"\ncontainer = \"any\"\n\
          [[allow]]\nport = 1\n",
@@ -253,6 +253,11 @@ fn a_hostile_local_user_cannot_hide_forge_inject_or_grow_the_daemon() {
         alerts["counters"]["rate_limited"].as_u64() >= Some(4000),
         "{st}"
     );
+    // What the flood made the daemon forget before it could be reported is said, once.
+    let forgot = d.wait_alert("the forgotten alerts summarised", |a| {
+        a["alert"]["kind"] == "alerts_forgotten" && a["alert"]["detail"]["user"] == 65534
+    });
+    assert!(forgot["alert"]["count"].as_u64() > Some(1000), "{forgot}");
     let after = rss_kib(d.pid());
     eprintln!("daemon RSS: {before} KiB before the flood, {after} KiB after");
     assert!(after < 32 * 1024, "{after} KiB after a 5000-key flood");

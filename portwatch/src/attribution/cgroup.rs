@@ -21,8 +21,16 @@ fn scoped_id<'a>(component: &'a str, prefix: &str) -> Option<&'a str> {
     is_container_id(id).then_some(id)
 }
 
-fn container(components: &[&str]) -> Option<Container> {
-    for (i, c) in components.iter().enumerate().rev() {
+/// The container a path names: the innermost one (what the process itself runs in), or with
+/// `outermost` the first from the root (the one its runtime placed; anything inside it, a nested
+/// name included, was named by whoever runs in that container).
+fn container(components: &[&str], outermost: bool) -> Option<Container> {
+    let order: Box<dyn Iterator<Item = (usize, &&str)>> = if outermost {
+        Box::new(components.iter().enumerate())
+    } else {
+        Box::new(components.iter().enumerate().rev())
+    };
+    for (i, c) in order {
         let found = if let Some(id) = scoped_id(c, "docker-") {
             Some((id, ContainerRuntime::Docker))
         } else if let Some(id) = scoped_id(c, "cri-containerd-") {
@@ -59,21 +67,36 @@ fn container(components: &[&str]) -> Option<Container> {
     None
 }
 
-/// The unit a process belongs to: the innermost unit in its path. Under a user's service manager
-/// (`user@1000.service/…`) that is the user unit.
-fn unit(components: &[&str]) -> Option<String> {
-    components
-        .iter()
-        .rev()
-        .find(|c| UNIT_SUFFIXES.iter().any(|s| c.ends_with(s)) && c.len() > 6)
-        .map(|c| c.to_string())
+fn is_unit(c: &str) -> bool {
+    UNIT_SUFFIXES.iter().any(|s| c.ends_with(s)) && c.len() > 6
 }
 
+fn components(path: &str) -> Vec<&str> {
+    path.split('/').filter(|c| !c.is_empty()).collect()
+}
+
+/// The unit and container a path names, as the event log shows them: the innermost unit (under a
+/// user's service manager, `user@1000.service/…`, the user unit) and the innermost container.
 pub fn parse(path: &str) -> CgroupFacts {
-    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let c = components(path);
     CgroupFacts {
-        unit: unit(&components),
-        container: container(&components),
+        unit: c.iter().rev().find(|c| is_unit(c)).map(|c| c.to_string()),
+        container: container(&c, false),
+    }
+}
+
+/// What of the path only the system manager and the container runtimes could have named, for
+/// policy rules: the outermost unit (the system manager places every process in exactly one of
+/// its units; whatever lies below it — a user manager's units, a container's own systemd — was
+/// named by someone else), and the outermost container, unless the path lies in a user's own
+/// manager (a delegated subtree: every name there is the user's).
+pub fn trusted(path: &str) -> CgroupFacts {
+    let c = components(path);
+    CgroupFacts {
+        unit: c.iter().find(|c| is_unit(c)).map(|c| c.to_string()),
+        container: (!under_user_manager(path))
+            .then(|| container(&c, true))
+            .flatten(),
     }
 }
 
@@ -119,6 +142,35 @@ mod tests {
         assert_eq!(parse("/init.scope").unit.as_deref(), Some("init.scope"));
         assert_eq!(parse("/"), CgroupFacts::default());
         assert_eq!(parse("/system.slice").unit, None);
+    }
+
+    #[test]
+    fn only_what_the_manager_and_runtimes_named_is_trusted() {
+        let nested = format!("/system.slice/docker-{ID}.scope/system.slice/nginx.service");
+        assert_eq!(parse(&nested).unit.as_deref(), Some("nginx.service"));
+        let t = trusted(&nested);
+        assert_eq!(t.unit, Some(format!("docker-{ID}.scope")));
+        assert_eq!(t.container.map(|c| c.id), Some(ID.to_string()));
+        let other = "0123456789ab0123456789ab";
+        let inner = format!("/system.slice/docker-{ID}.scope/docker-{other}.scope");
+        assert_eq!(
+            trusted(&inner).container.map(|c| c.id),
+            Some(ID.to_string())
+        );
+        let user =
+            format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope");
+        assert_eq!(trusted(&user).unit.as_deref(), Some("user@1000.service"));
+        assert_eq!(trusted(&user).container, None);
+        assert_eq!(
+            trusted("/system.slice/nginx.service").unit.as_deref(),
+            Some("nginx.service")
+        );
+        assert_eq!(
+            trusted("/user.slice/user-1000.slice/session-3.scope")
+                .unit
+                .as_deref(),
+            Some("session-3.scope")
+        );
     }
 
     #[test]

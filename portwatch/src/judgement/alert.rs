@@ -20,19 +20,26 @@ use crate::{
 };
 
 pub const STATE_FILE: &str = "alerts.json";
+/// 2: dedup keys carry the user and network namespace.
+const STATE_VERSION: u32 = 2;
 const NS: i64 = 1_000_000_000;
 
-/// Alerts remembered for dedup (in memory and in the state file); beyond it the one seen least
-/// recently is forgotten (counted). Any user can make new alert keys by binding named UDP ports.
+/// Alerts remembered for dedup (in memory and in the state file), and of them per user; beyond
+/// either the one seen least recently (of that user, or of the user with the most) is forgotten,
+/// counted. Any user can make new alert keys by binding named UDP ports: their flood forgets
+/// their own alerts, not anyone else's.
 pub const MAX_REMEMBERED: usize = 4096;
+pub const MAX_PER_USER: usize = 1024;
 /// Listeners known from events and scans; beyond it the one seen least recently is forgotten
 /// (counted), and the next reconciliation scan finds it again.
 pub const MAX_LISTENERS: usize = 16_384;
 /// Users with their own rate-limit window; beyond it windows that ended are dropped first.
 const MAX_RATE_BUCKETS: usize = 4096;
 /// Command lines kept with remembered alerts and listeners are cut here (the line written when
-/// the alert was raised has the whole of it).
+/// the alert was raised has the whole of it); other texts a process chose (executable, cgroup,
+/// the rule that names them) at `KEPT_TEXT_BYTES`.
 const KEPT_CMDLINE_BYTES: usize = 1024;
+const KEPT_TEXT_BYTES: usize = 1024;
 /// The state file is written at most this often (and at shutdown), from its own thread.
 const SAVE_EVERY_NS: i64 = 10 * NS;
 
@@ -61,14 +68,13 @@ impl Listener {
     fn dedup_key(&self, kind: AlertKind) -> String {
         let p = &self.facts.process;
         format!(
-            "{}|{}|{}|{}|{}|uid {}|netns {}",
+            "{}|{}|{}|{}|{}{}",
             kind.as_str(),
             p.executable.as_deref().unwrap_or(&p.comm),
             self.transport(),
             self.port(),
             policy::scope(self.address()),
-            p.user.id,
-            self.facts.event.netns,
+            user_scope(&Subject::of(&self.facts)),
         )
     }
 }
@@ -88,6 +94,37 @@ pub struct ScanSummary {
     pub ephemeral_size: u64,
     /// When the scan began (Unix ns).
     pub started_ns: i64,
+}
+
+/// The part of a dedup key that keeps users and network namespaces apart.
+fn user_scope(s: &Subject) -> String {
+    format!(
+        "|uid {}|netns {}",
+        s.process.as_ref().map_or(0, |p| p.user.id),
+        s.network.as_ref().and_then(|n| n.netns).unwrap_or(0)
+    )
+}
+
+/// Version 1 keys lacked the user and network namespace (`user_scope`): they are given theirs
+/// from the entry's own subject, so an upgrade neither alerts again nor keeps stale keys.
+fn migrate_v1(entries: BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
+    entries
+        .into_iter()
+        .map(|(k, e)| {
+            let per_user = matches!(
+                e.kind,
+                AlertKind::UnexpectedListener
+                    | AlertKind::WildcardListener
+                    | AlertKind::EphemeralPortListener
+            ) || k.starts_with("ephemeral_port_exhaustion|connect|");
+            let k = if per_user {
+                format!("{k}{}", user_scope(&e.subject))
+            } else {
+                k
+            };
+            (k, e)
+        })
+        .collect()
 }
 
 fn cap(n: usize) -> std::num::NonZeroUsize {
@@ -138,8 +175,10 @@ pub struct AlertCounters {
 
 pub struct AlertEngine {
     pub policy: Policy,
-    /// Least recently seen first: the one forgotten when full, in O(1).
-    entries: LruCache<String, Entry>,
+    entries: Remembered,
+    /// Per user: held-back alerts (never written) that were forgotten to stay within the bounds,
+    /// reported by the next summary.
+    forgotten_unreported: HashMap<Option<u32>, u64>,
     dirty: bool,
     /// Listeners known from events and scans, least recently seen first.
     listeners: LruCache<SockKey, Listener>,
@@ -167,7 +206,8 @@ impl AlertEngine {
         let state_path = state_dir.join(STATE_FILE);
         let loaded = match fs::read(&state_path) {
             Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
-                Ok(s) if s.version == 1 => s.entries,
+                Ok(s) if s.version == STATE_VERSION => s.entries,
+                Ok(s) if s.version == 1 => migrate_v1(s.entries),
                 Ok(s) => {
                     tracing::warn!(path = %state_path.display(), version = s.version, "alert state of an unknown version ignored");
                     BTreeMap::new()
@@ -186,16 +226,20 @@ impl AlertEngine {
                 BTreeMap::new()
             }
         };
-        let mut entries = LruCache::new(cap(MAX_REMEMBERED));
+        let mut entries = Remembered::default();
+        let now = clock::now_unix_ns();
         let mut by_age: Vec<(String, Entry)> = loaded.into_iter().collect();
         by_age.sort_by_key(|(_, e)| e.last_seen_ns);
-        for (k, e) in by_age {
-            entries.push(k, e);
+        for (k, mut e) in by_age {
+            // A sighting "in the future" (a clock stepped back) would never expire.
+            e.last_seen_ns = e.last_seen_ns.min(now);
+            entries.insert(e.user(), k, e);
         }
         Self {
             policy,
             writer: StateWriter::start(state_path),
             entries,
+            forgotten_unreported: HashMap::new(),
             dirty: false,
             listeners: LruCache::new(cap(MAX_LISTENERS)),
             rate: HashMap::new(),
@@ -265,7 +309,7 @@ impl AlertEngine {
         // A required listener that is back ends its "missing" alert, so a next loss alerts anew.
         for (i, r) in self.policy.rules.iter().enumerate() {
             if r.required && self.policy.rule_matches(i, &l) {
-                self.dirty |= self.entries.pop(&required_key(i, r.line)).is_some();
+                self.dirty |= self.entries.pop(None, &required_key(i, r.line)).is_some();
             }
         }
         self.remember_listener(l);
@@ -298,11 +342,21 @@ impl AlertEngine {
         local: SocketAddr,
         now_ns: i64,
     ) -> Vec<Alert> {
-        if self
+        let Some(gone) = self
             .listeners
             .pop(&(netns, transport, local.ip(), local.port()))
-            .is_none()
-        {
+        else {
+            return Vec::new();
+        };
+        // Only a listener a required rule wanted can leave one unsatisfied: any other close
+        // costs no pass over the known listeners.
+        let required = self
+            .policy
+            .rules
+            .iter()
+            .enumerate()
+            .any(|(i, r)| r.required && self.policy.rule_matches(i, &gone));
+        if !required {
             return Vec::new();
         }
         self.required_missing(Origin::Kernel, now_ns)
@@ -321,7 +375,10 @@ impl AlertEngine {
             return None;
         }
         let f = Finding {
-            key: format!("ephemeral_port_exhaustion|connect|{exe}|{transport}|{dest}"),
+            key: format!(
+                "ephemeral_port_exhaustion|connect|{exe}|{transport}|{dest}{}",
+                user_scope(&subject)
+            ),
             kind: AlertKind::EphemeralPortExhaustion,
             severity: Severity::High,
             rule: format!(
@@ -437,8 +494,9 @@ impl AlertEngine {
     fn raise(&mut self, f: Finding, origin: Origin, now_ns: i64, repeat: bool) -> Option<Alert> {
         let window = self.policy.settings.dedup_window_ns();
         self.dirty = true;
-        if let Some(e) = self.entries.get_mut(&f.key)
-            && now_ns - e.last_seen_ns <= window
+        let user = f.subject.process.as_ref().map(|p| p.user.id);
+        if let Some(e) = self.entries.get_mut(user, &f.key)
+            && now_ns.saturating_sub(e.last_seen_ns) <= window
         {
             e.last_seen_ns = now_ns;
             if repeat {
@@ -448,16 +506,23 @@ impl AlertEngine {
             return None;
         }
         let first_seen = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(now_ns));
-        let user = f.subject.process.as_ref().map(|p| p.user.id);
         let allowed = self.rate_allows(user, now_ns);
         let mut kept = f.subject.clone();
         if let Some(p) = &mut kept.process {
             cut_command_line(p);
+            for t in [&mut p.executable, &mut p.cgroup, &mut p.parent_comm]
+                .into_iter()
+                .flatten()
+            {
+                cut_text(t, KEPT_TEXT_BYTES);
+            }
         }
+        let mut rule = f.rule.clone();
+        cut_text(&mut rule, KEPT_TEXT_BYTES);
         let entry = Entry {
             kind: f.kind,
             severity: f.severity,
-            rule: f.rule.clone(),
+            rule,
             first_seen: first_seen.clone(),
             last_seen_ns: now_ns,
             count: 1,
@@ -465,10 +530,11 @@ impl AlertEngine {
             detail: f.detail.clone(),
             subject: kept,
         };
-        if let Some((old, _)) = self.entries.push(f.key.clone(), entry)
-            && old != f.key
-        {
+        if let Some((u, old)) = self.entries.insert(user, f.key.clone(), entry) {
             self.counters.forgotten += 1;
+            if old.count > old.reported {
+                *self.forgotten_unreported.entry(u).or_default() += old.count - old.reported;
+            }
         }
         if !allowed {
             self.counters.rate_limited += 1;
@@ -515,7 +581,7 @@ impl AlertEngine {
     /// alerts not seen for a dedup window. Called every `summary_interval_seconds`.
     pub fn summarise(&mut self, now_ns: i64) -> Vec<Alert> {
         let window = self.policy.settings.dedup_window_ns();
-        let mut out = Vec::new();
+        let mut out = self.forgotten_summaries(now_ns);
         for (_, e) in self.entries.iter_mut() {
             if e.count > e.reported {
                 e.reported = e.count;
@@ -536,17 +602,39 @@ impl AlertEngine {
                 });
             }
         }
-        let expired: Vec<String> = self
+        let expired = self
             .entries
-            .iter()
-            .filter(|(_, e)| now_ns.saturating_sub(e.last_seen_ns) > window)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &expired {
-            self.entries.pop(k);
-        }
-        self.dirty |= !expired.is_empty();
+            .retain(|e| now_ns.saturating_sub(e.last_seen_ns) <= window);
+        self.dirty |= expired > 0;
         out
+    }
+
+    /// One line per user whose held-back alerts had to be forgotten before a summary could
+    /// report them: what a flood hid is said, not lost silently.
+    fn forgotten_summaries(&mut self, now_ns: i64) -> Vec<Alert> {
+        let first_seen = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(now_ns));
+        std::mem::take(&mut self.forgotten_unreported)
+            .into_iter()
+            .map(|(user, n)| {
+                self.counters.summaries += 1;
+                let whose = user.map_or("no process".to_string(), |u| format!("user {u}"));
+                Alert {
+                    body: AlertBody {
+                        kind: AlertKind::AlertsForgotten,
+                        severity: Severity::High,
+                        rule: format!(
+                            "{n} alerts about listeners of {whose} were held back by the rate limit and forgotten before a summary could report them: that user made more than {MAX_PER_USER} alert identities"
+                        ),
+                        first_seen: first_seen.clone(),
+                        count: n,
+                        summary: true,
+                        detail: Some(json!({"user": user, "alerts": n})),
+                    },
+                    subject: Subject::default(),
+                    origin: Origin::Summary,
+                }
+            })
+            .collect()
     }
 
     /// Hands the dedup state to its writer thread if it changed and the last save is
@@ -566,7 +654,7 @@ impl AlertEngine {
     fn snapshot(&self) -> BTreeMap<String, Entry> {
         self.entries
             .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, e)| (k.to_string(), e.clone()))
             .collect()
     }
 
@@ -578,6 +666,117 @@ impl AlertEngine {
         }
         self.writer.wait_idle();
         self.counters.state_write_failed = self.writer.failed();
+    }
+}
+
+/// The remembered alerts: per user (None: alerts about no process), each user's least recently
+/// seen first.
+#[derive(Default)]
+struct Remembered {
+    by_user: HashMap<Option<u32>, LruCache<String, Entry>>,
+    len: usize,
+}
+
+impl Entry {
+    /// Whose alert it is.
+    fn user(&self) -> Option<u32> {
+        self.subject.process.as_ref().map(|p| p.user.id)
+    }
+}
+
+impl Remembered {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get_mut(&mut self, user: Option<u32>, key: &str) -> Option<&mut Entry> {
+        self.by_user.get_mut(&user)?.get_mut(key)
+    }
+
+    fn pop(&mut self, user: Option<u32>, key: &str) -> Option<Entry> {
+        let e = self.by_user.get_mut(&user)?.pop(key)?;
+        self.len -= 1;
+        Some(e)
+    }
+
+    /// Inserts (or replaces) an entry; when that takes the user past `MAX_PER_USER`, or all past
+    /// `MAX_REMEMBERED`, the least recently seen of this user (or of the user with the most) is
+    /// forgotten and returned with its user.
+    fn insert(&mut self, user: Option<u32>, key: String, e: Entry) -> Option<(Option<u32>, Entry)> {
+        let mine = self
+            .by_user
+            .entry(user)
+            .or_insert_with(|| LruCache::new(cap(MAX_PER_USER)));
+        if mine.contains(&key) {
+            mine.put(key, e);
+            return None;
+        }
+        let evicted = if mine.len() >= MAX_PER_USER {
+            mine.pop_lru().map(|(_, old)| (user, old))
+        } else if self.len >= MAX_REMEMBERED {
+            let busiest = self
+                .by_user
+                .iter()
+                .max_by_key(|(_, c)| c.len())
+                .map(|(u, _)| *u);
+            busiest.and_then(|u| {
+                let old = self.by_user.get_mut(&u)?.pop_lru()?.1;
+                Some((u, old))
+            })
+        } else {
+            None
+        };
+        if evicted.is_some() {
+            self.len -= 1;
+        }
+        self.by_user
+            .entry(user)
+            .or_insert_with(|| LruCache::new(cap(MAX_PER_USER)))
+            .push(key, e);
+        self.len += 1;
+        evicted
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.by_user
+            .values()
+            .flat_map(|c| c.iter().map(|(k, e)| (k.as_str(), e)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Entry)> {
+        self.by_user
+            .values_mut()
+            .flat_map(|c| c.iter_mut().map(|(k, e)| (k.as_str(), e)))
+    }
+
+    /// Keeps the entries `keep` says to; returns how many went.
+    fn retain(&mut self, keep: impl Fn(&Entry) -> bool) -> usize {
+        let mut gone = 0;
+        for c in self.by_user.values_mut() {
+            let drop: Vec<String> = c
+                .iter()
+                .filter(|(_, e)| !keep(e))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &drop {
+                c.pop(k);
+            }
+            gone += drop.len();
+        }
+        self.by_user.retain(|_, c| !c.is_empty());
+        self.len -= gone;
+        gone
+    }
+}
+
+/// Cuts `t` to at most `max` bytes, on a character boundary.
+fn cut_text(t: &mut String, max: usize) {
+    if t.len() > max {
+        let mut cut = max;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
     }
 }
 
@@ -628,7 +827,7 @@ impl StateWriter {
             .spawn(move || {
                 for entries in rx {
                     let state = StateFile {
-                        version: 1,
+                        version: STATE_VERSION,
                         entries,
                     };
                     if let Err(e) = write_atomic(&path, &state) {
@@ -891,23 +1090,97 @@ mod tests {
         let (_dir, mut e) = engine("[settings]\nrate_limit_per_minute = 100000\n");
         let mut l = listener("0.0.0.0:1", "/a");
         l.facts.process.command_line = Some(vec!["x".repeat(64 * 1024)]);
+        l.facts.process.executable = Some(format!("/{}", "y".repeat(8000)));
         e.listener(l, Origin::Kernel, NS);
-        for i in 0..(MAX_REMEMBERED as u32 + 100) {
+        // One user's flood forgets only that user's own alerts.
+        for i in 0..(MAX_PER_USER as u32 + 100) {
             let mut l = by_user(&format!("0.0.0.0:{}", 1 + i % 60_000), 1000);
             l.facts.event.netns = i;
             e.listener(l, Origin::Kernel, NS + i64::from(i));
         }
+        assert_eq!(
+            e.remembered(),
+            MAX_PER_USER + 1,
+            "root's alert is still remembered"
+        );
+        assert_eq!(e.counters.forgotten, 100, "{:?}", e.counters);
+        // Many users fill the whole store, and no more.
+        for uid in 2000..2010u32 {
+            for i in 0..600u32 {
+                let mut l = by_user(&format!("0.0.0.0:{}", 1 + i), uid);
+                l.facts.event.netns = i;
+                e.listener(l, Origin::Kernel, 2 * NS);
+            }
+        }
         assert_eq!(e.remembered(), MAX_REMEMBERED);
-        assert!(e.counters.forgotten >= 100, "{:?}", e.counters);
         assert!(e.listener_count() <= MAX_LISTENERS);
-        let kept: usize = e
-            .entries
+        let longest = |f: fn(&Entry) -> usize| e.entries.iter().map(|(_, en)| f(en)).max();
+        let kept = longest(|en| {
+            let p = en.subject.process.as_ref();
+            p.and_then(|p| p.command_line.as_ref())
+                .map_or(0, |a| a.iter().map(String::len).sum())
+        });
+        assert!(kept <= Some(KEPT_CMDLINE_BYTES), "{kept:?}");
+        let exe = longest(|en| {
+            let p = en.subject.process.as_ref();
+            p.and_then(|p| p.executable.as_ref()).map_or(0, String::len)
+        });
+        assert!(exe <= Some(KEPT_TEXT_BYTES), "{exe:?}");
+        assert!(longest(|en| en.rule.len()) <= Some(KEPT_TEXT_BYTES));
+    }
+
+    #[test]
+    fn held_back_alerts_a_flood_forgot_are_summarised_not_lost() {
+        let (_dir, mut e) = engine("[settings]\nrate_limit_per_minute = 1\n");
+        for i in 0..(MAX_PER_USER as u32 + 10) {
+            let mut l = by_user(&format!("0.0.0.0:{}", 1 + i), 1000);
+            l.facts.event.netns = i;
+            e.listener(l, Origin::Kernel, NS);
+        }
+        let s = e.summarise(2 * NS);
+        let forgot: Vec<_> = s
             .iter()
-            .map(|(_, en)| en)
-            .filter_map(|en| en.subject.process.as_ref()?.command_line.as_ref())
-            .map(|a| a.iter().map(String::len).sum::<usize>())
-            .max()
-            .unwrap_or(0);
-        assert!(kept <= KEPT_CMDLINE_BYTES, "{kept}");
+            .filter(|a| a.body.kind == AlertKind::AlertsForgotten)
+            .collect();
+        assert_eq!(forgot.len(), 1, "{s:?}");
+        // Ten were forgotten; the first, written before the limit held the rest back, was not one
+        // to report.
+        assert_eq!(forgot[0].body.count, 9);
+        assert_eq!(forgot[0].body.detail.as_ref().unwrap()["user"], 1000);
+        assert!(
+            e.summarise(3 * NS)
+                .iter()
+                .all(|a| a.body.kind != AlertKind::AlertsForgotten)
+        );
+    }
+
+    #[test]
+    fn a_version_1_state_file_is_migrated_not_alerted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
+        assert_eq!(
+            e.listener(listener("0.0.0.0:8080", "/a"), Origin::Kernel, NS)
+                .len(),
+            1
+        );
+        e.finish();
+        // Rewrite it the way version 1 wrote it: keys without user and namespace.
+        let path = dir.path().join(STATE_FILE);
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let entries = v["entries"].as_object().unwrap().clone();
+        let old: serde_json::Map<String, serde_json::Value> = entries
+            .into_iter()
+            .map(|(k, e)| (k.split("|uid ").next().unwrap().to_string(), e))
+            .collect();
+        v["entries"] = serde_json::Value::Object(old);
+        v["version"] = 1.into();
+        fs::write(&path, v.to_string()).unwrap();
+        let mut again = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
+        assert_eq!(again.remembered(), 1);
+        assert!(
+            again
+                .listener(listener("0.0.0.0:8080", "/a"), Origin::Snapshot, 2 * NS)
+                .is_empty()
+        );
     }
 }

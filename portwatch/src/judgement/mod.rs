@@ -285,15 +285,16 @@ impl Judgement {
 /// A listener with what of its holder's identity can be trusted (listeners are rare: the runtime
 /// state reads are cheap enough).
 pub fn listener(facts: PortFacts) -> Listener {
-    let p = &facts.process;
     let roots = containers::Roots::system();
-    let unit = p
-        .unit
-        .clone()
-        .filter(|_| !p.cgroup.as_deref().is_some_and(cgroup::under_user_manager));
-    let container = p
+    let claimed = facts
+        .process
+        .cgroup
+        .as_deref()
+        .map(cgroup::trusted)
+        .unwrap_or_default();
+    let unit = claimed.unit;
+    let container = claimed
         .container
-        .clone()
         .filter(|c| containers::confirmed(c, &roots));
     let container_name = container.as_ref().and_then(|c| containers::name(c, &roots));
     Listener {
@@ -325,7 +326,7 @@ mod tests {
             Some("/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service".into());
         f.process.unit = Some("nginx.service".into());
         let l = listener(f.clone());
-        assert_eq!(l.trusted.unit, None);
+        assert_eq!(l.trusted.unit.as_deref(), Some("user@1000.service"));
         assert_eq!(policy.judge(&l), policy::Verdict::Unexpected);
         // The system manager's unit of that name is trusted.
         f.process.cgroup = Some("/system.slice/nginx.service".into());
@@ -334,7 +335,8 @@ mod tests {
             policy::Verdict::Allowed(0)
         ));
         // A cgroup named like a docker scope that no runtime state backs.
-        f.process.unit = None;
+        f.process.cgroup = Some("/system.slice/docker-0123456789abcdef0123.scope".into());
+        f.process.unit = Some("docker-0123456789abcdef0123.scope".into());
         f.process.container = Some(Container {
             id: "0123456789abcdef0123".into(),
             runtime: ContainerRuntime::Docker,

@@ -59,6 +59,9 @@ impl StatusServer {
             path: path.display().to_string(),
             source,
         };
+        // The directory first: nothing in a directory others can write is removed or trusted.
+        crate::files::ensure_parent(path).map_err(io)?;
+        crate::files::check_parent(path, "status socket").map_err(io)?;
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(StatusError::AlreadyRunning(path.display().to_string()));
@@ -66,8 +69,6 @@ impl StatusServer {
             // Left behind by a daemon that died: nobody answers on it.
             std::fs::remove_file(path).map_err(io)?;
         }
-        crate::files::ensure_parent(path).map_err(io)?;
-        crate::files::check_parent(path, "status socket").map_err(io)?;
         let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         Ok(Self {
@@ -274,16 +275,29 @@ pub fn render(v: &StatusAnswer) -> String {
     match &c.judgement.alerts {
         None => line("alerts", "no policy".into()),
         Some(a) => {
+            let c = &a.counters;
             line(
                 "alerts",
                 format!(
                     "{} rules from {}; {} raised, {} repeats, {} rate-limited, {} listeners known",
                     a.rules,
                     printable(&a.policy.to_string_lossy()),
-                    a.counters.raised,
-                    a.counters.repeats,
-                    a.counters.rate_limited,
+                    c.raised,
+                    c.repeats,
+                    c.rate_limited,
                     a.listeners
+                ),
+            );
+            line(
+                "alert state",
+                format!(
+                    "{} remembered, {} forgotten, {} listeners forgotten, {} state writes failed, {} reloads ({} failed)",
+                    a.remembered,
+                    c.forgotten,
+                    c.listeners_forgotten,
+                    c.state_write_failed,
+                    a.reloads,
+                    a.reload_failures
                 ),
             );
             let h = &a.hook;
