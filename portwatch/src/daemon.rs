@@ -42,6 +42,10 @@ use crate::{
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 /// `status` reports event rates over this window.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Records handled per turn of the loop.
+const DRAIN_BATCH: usize = 4096;
+/// No ring-buffer record is smaller (a fork/exit record and the ring's own header).
+const MIN_RECORD_BYTES: usize = 32;
 /// After losses, the history is checked against a socket scan at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -123,6 +127,8 @@ impl Stages {
             // After losses: closes history intervals whose socket is gone (their release was
             // among the lost records), so `who` does not show them open forever.
             (ScanFor::Sweep, Ok(raw)) => {
+                // Releases the kernel queued while the scan ran were handled first (the caller
+                // drained), so no interval is closed as lost whose release was only queued.
                 let closed = self.history.sweep_scan(&raw, clock::now_unix_ns());
                 if closed > 0 {
                     tracing::info!(closed, "history intervals closed after lost release events");
@@ -190,6 +196,8 @@ struct Daemon {
     /// Losses when the history was last swept, and when.
     swept_at_loss: u64,
     last_sweep: Instant,
+    /// The last drain stopped at its batch bound with records still queued.
+    backlog: bool,
 }
 
 impl Daemon {
@@ -250,6 +258,7 @@ impl Daemon {
             rates: VecDeque::new(),
             swept_at_loss: 0,
             last_sweep: Instant::now(),
+            backlog: false,
         };
         // The status line comes first, the snapshot's events after it: whoever waits for that
         // line knows the scan is over once the snapshot lines follow.
@@ -259,13 +268,32 @@ impl Daemon {
         Ok(d)
     }
 
+    /// One batch of what the kernel queued. A batch is bounded so that under any load the loop
+    /// gets back to its timers (watchdog, loss reports, status) between batches; `backlog` says
+    /// more is waiting, and the loop drains it again as soon as nothing else is due.
     fn drain(&mut self) -> usize {
         let stages = &mut self.stages;
-        let n = self.kernel.drain(&mut |r| stages.record(r));
+        let n = self.kernel.drain(DRAIN_BATCH, &mut |r| stages.record(r));
+        self.backlog = n == DRAIN_BATCH;
         if n > 0 {
             self.stages.output.flush();
         }
         n
+    }
+
+    /// What the kernel queued (at shutdown, and before a history sweep is applied): at most a
+    /// full ring's worth, so producers that keep up cannot hold the loop here.
+    fn drain_all(&mut self) -> usize {
+        let ring_records = self.kernel.ring_buffer_bytes() as usize / MIN_RECORD_BYTES;
+        let mut total = 0;
+        while total < ring_records {
+            let n = self.drain();
+            total += n;
+            if n < DRAIN_BATCH {
+                break;
+            }
+        }
+        total
     }
 
     fn report_losses(&mut self) {
@@ -280,7 +308,7 @@ impl Daemon {
         self.stages.judgement.save();
         if self.kernel.lost() > self.swept_at_loss && self.last_sweep.elapsed() >= SWEEP_EVERY {
             // What the kernel still queued first, so the sweep sees every release it can.
-            self.drain();
+            self.drain_all();
             self.scans.request(ScanFor::Sweep);
             (self.swept_at_loss, self.last_sweep) = (self.kernel.lost(), Instant::now());
         }
@@ -383,7 +411,7 @@ impl Daemon {
     /// SIGINT/SIGTERM: what the kernel already queued is written, then the last status line.
     fn stop(mut self) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        let drained = self.drain();
+        let drained = self.drain_all();
         self.report_losses();
         self.status_line("stop");
         self.stages.output.flush();
@@ -483,6 +511,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 d.drain();
             }
             _ = t.drain.tick() => { d.drain(); }
+            // Ready at once while a backlog waits; select! picks fairly among what is ready, so
+            // timers and signals still get their turns under a sustained storm.
+            _ = std::future::ready(()), if d.backlog => { d.drain(); }
             _ = t.losses.tick() => d.report_losses(),
             _ = t.second.tick() => d.every_second(),
             _ = t.watchdog.tick(), if watchdog.is_some() => {
@@ -496,6 +527,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             Some((why, raw)) = d.scans.rx.recv() => {
                 d.scans.done(why);
+                d.drain_all();
                 d.stages.scanned(why, raw);
             }
             _ = t.summary.tick(), if d.stages.judgement.has_policy() => d.summarise(),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     attribution::{Attributor, ports::EphemeralRange, raw_scan},
     clock,
-    facts::{Endpoint, Origin, PortInfo, ProcessFacts, SocketRole, Transport},
+    facts::{Container, Endpoint, Origin, PortInfo, ProcessFacts, SocketRole, Transport, User},
     history::store,
     kernel::sockets,
     output::text::printable,
@@ -75,13 +75,37 @@ pub struct Holding {
     pub role: SocketRole,
     pub peer: Option<Endpoint>,
     pub netns: Option<u32>,
-    /// None: no process holds the socket (a kernel socket, or its holder is out of sight).
-    pub process: Option<ProcessFacts>,
+    pub process: Holder,
     /// RFC 3339; unknown for sockets found now.
     pub from: Option<String>,
     pub to: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why `to` is what it is, when not a release the kernel reported.
     pub note: Option<String>,
+}
+
+/// The holder as `who` shows it: what the history keeps of a process, nothing it does not know.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holder {
+    /// None: no process holds the socket (a kernel socket, or its holder is out of sight).
+    pub pid: Option<u32>,
+    pub executable: Option<String>,
+    pub command_line: Option<Vec<String>>,
+    pub user: User,
+    pub unit: Option<String>,
+    pub container: Option<Container>,
+}
+
+impl Holder {
+    fn of(p: ProcessFacts) -> Self {
+        Holder {
+            pid: (p.pid != 0).then_some(p.pid),
+            executable: p.executable,
+            command_line: p.command_line,
+            user: p.user,
+            unit: p.unit,
+            container: p.container,
+        }
+    }
 }
 
 /// Holdings: the kernel's current sockets first, then history, newest first; and a warning when
@@ -126,7 +150,7 @@ pub fn holdings(
             role: i.role,
             peer: i.peer,
             netns: i.netns,
-            process: (i.process.pid != 0).then_some(i.process),
+            process: Holder::of(i.process),
             from: Some(ts(i.opened_ns)),
             to: i.closed_ns.map(ts),
             note: i.close_note,
@@ -153,7 +177,7 @@ fn now(port: u16, transport: Option<&str>, info: PortInfo) -> Result<Vec<Holding
             role: SocketRole::of(f.event.kind),
             peer: f.event.peer.map(Endpoint::from),
             netns: scan.netns,
-            process: (f.process.pid != 0).then_some(f.process),
+            process: Holder::of(f.process),
             from: None,
             to: None,
             note: None,
@@ -208,32 +232,28 @@ pub fn render(rows: &[Holding]) -> String {
             Some(p) => format!("{} {}:{}", r.role.as_str(), p.address, p.port),
             None => format!("{} {}", r.role.as_str(), r.local.address),
         };
-        let p = r.process.as_ref();
-        let who = match p.and_then(|p| p.container.as_ref()) {
+        let p = &r.process;
+        let who = match &p.container {
             Some(c) => format!(
                 "{}:{}",
                 c.runtime.as_str(),
                 c.id.chars().take(12).collect::<String>()
             ),
-            None => p.and_then(|p| p.unit.clone()).unwrap_or_else(|| "-".into()),
+            None => p.unit.clone().unwrap_or_else(|| "-".into()),
         };
         let cmd = p
-            .and_then(|p| {
-                p.command_line
-                    .as_ref()
-                    .map(|a| a.join(" "))
-                    .or_else(|| p.executable.clone())
-            })
+            .command_line
+            .as_ref()
+            .map(|a| a.join(" "))
+            .or_else(|| p.executable.clone())
             .unwrap_or_else(|| "-".into());
         let to = match (r.source, &r.to) {
             (Source::Now, _) => "(now)".to_string(),
             (_, None) => "(still open)".to_string(),
             (_, Some(t)) => t.clone(),
         };
-        let pid = p.map_or("-".to_string(), |p| p.pid.to_string());
-        let user = p
-            .and_then(|p| p.user.name.clone())
-            .unwrap_or_else(|| "-".into());
+        let pid = p.pid.map_or("-".to_string(), |p| p.to_string());
+        let user = p.user.name.clone().unwrap_or_else(|| "-".into());
         let source = match r.source {
             Source::Now => "now",
             Source::History => "history",

@@ -37,8 +37,9 @@ pub struct Canary {
     /// namespace; inside another one (a container, a test's systemd) it is learnt from the
     /// first canary bind, whose port only the daemon can hold.
     own_pid: Option<u32>,
-    /// The port of the canary listener of the round under way.
+    /// The port and socket cookie of the canary listener of the round under way.
     probe_port: Option<u16>,
+    probe_cookie: u64,
     seen: [bool; 4],
     pending: bool,
     /// Families currently believed blind.
@@ -64,6 +65,7 @@ impl Canary {
         Self {
             own_pid: initial_ns.then(std::process::id),
             probe_port: None,
+            probe_cookie: 0,
             seen: [false; 4],
             pending: false,
             blind: [false; 4],
@@ -80,6 +82,9 @@ impl Canary {
             && ev.transport == Transport::Tcp
             && ev.local.ip().is_loopback()
             && Some(ev.local.port()) == self.probe_port
+            // Where the record has the socket's cookie, only the daemon's own socket has that
+            // one: a user who binds the port once the canary closed it is not taken for it.
+            && (ev.cookie == 0 || self.probe_cookie == 0 || ev.cookie == self.probe_cookie)
         {
             tracing::info!(
                 pid = ev.pid,
@@ -137,9 +142,10 @@ impl Canary {
         self.lost_at_send = lost;
         self.figures.rounds += 1;
         match send() {
-            Ok(port) => {
+            Ok((port, cookie)) => {
                 self.pending = true;
                 self.probe_port = Some(port);
+                self.probe_cookie = cookie;
             }
             Err(e) => {
                 self.pending = false;
@@ -157,14 +163,32 @@ impl Default for Canary {
     }
 }
 
-/// bind + listen, connect, and two closes, on loopback; returns the listener's port.
-fn send() -> std::io::Result<u16> {
+/// bind + listen, connect, and two closes, on loopback; returns the listener's port and socket
+/// cookie (0 where the kernel cannot tell it).
+fn send() -> std::io::Result<(u16, u64)> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let port = l.local_addr()?.port();
+    let cookie = socket_cookie(&l);
     let c = TcpStream::connect(l.local_addr()?)?;
     drop(c);
     drop(l);
-    Ok(port)
+    Ok((port, cookie))
+}
+
+fn socket_cookie(s: &impl std::os::fd::AsRawFd) -> u64 {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: SO_COOKIE writes one u64 into the buffer whose size is passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { cookie } else { 0 }
 }
 
 #[cfg(test)]
@@ -220,6 +244,21 @@ mod tests {
         assert!(c.absorb(&mine));
         assert!(!c.absorb(&other));
         mine.kind = Kind::Listen;
+        assert!(c.absorb(&mine));
+    }
+
+    #[test]
+    fn a_user_binding_the_port_after_the_canary_is_not_taken_for_it() {
+        let mut c = Canary::new();
+        c.own_pid = None;
+        (c.probe_port, c.probe_cookie) = (Some(40_000), 77);
+        let mut theirs =
+            crate::facts::fixture::event(Kind::Bind, Transport::Tcp, "127.0.0.1:40000");
+        (theirs.pid, theirs.cookie) = (5000, 78);
+        assert!(!c.absorb(&theirs));
+        assert_eq!(c.own_pid, None);
+        let mut mine = theirs.clone();
+        (mine.pid, mine.cookie) = (8623, 77);
         assert!(c.absorb(&mine));
     }
 }

@@ -49,12 +49,12 @@ impl Kernel {
         self.reader.wait().await
     }
 
-    /// Hands every queued record, decoded, to `f`; returns how many there were. An undecodable
-    /// record is counted and said, never fatal.
-    pub fn drain(&mut self, f: &mut impl FnMut(Record)) -> usize {
+    /// Hands at most `max` queued records, decoded, to `f`; returns how many there were. An
+    /// undecodable record is counted and said, never fatal.
+    pub fn drain(&mut self, max: usize, f: &mut impl FnMut(Record)) -> usize {
         let undecodable = &mut self.undecodable;
         self.reader
-            .drain(&mut |bytes| match decode::decode_any(bytes) {
+            .drain(max, &mut |bytes| match decode::decode_any(bytes) {
                 Ok(r) => f(r),
                 Err(e) => {
                     *undecodable += 1;

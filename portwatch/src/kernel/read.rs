@@ -49,19 +49,17 @@ impl EventReader {
         Ok(())
     }
 
-    /// Hands every queued record to `f`; returns how many there were.
-    pub fn drain(&mut self, f: &mut impl FnMut(&[u8])) -> usize {
-        drain(self.ring.get_mut(), f)
+    /// Hands at most `max` queued records to `f`; returns how many there were.
+    pub fn drain(&mut self, max: usize, f: &mut impl FnMut(&[u8])) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else { break };
+            f(&item);
+            n += 1;
+        }
+        n
     }
-}
-
-fn drain(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(&[u8])) -> usize {
-    let mut n = 0;
-    while let Some(item) = ring.next() {
-        f(&item);
-        n += 1;
-    }
-    n
 }
 
 /// Registers a map fd with the runtime for readability.
