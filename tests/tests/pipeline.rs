@@ -6,7 +6,7 @@ use std::time::Duration;
 use portwatch_tests::{
     Daemon, count, find, portwatch_output, scenario,
     scenarios::{self, Ctx, Strategy},
-    schema,
+    schema, wait_until,
 };
 use serde_json::Value;
 
@@ -224,4 +224,26 @@ fn config_errors_name_the_file_line_and_column() {
     assert!(!err.contains("panicked"), "{err}");
     let defaults = portwatch_output(["config", "--print-defaults"]);
     assert!(String::from_utf8_lossy(&defaults.stdout).contains("ring_buffer_kib = 1024"));
+}
+
+#[test]
+fn a_listen_is_attributed_to_the_image_that_made_it_even_after_an_exec() {
+    let mut d = Daemon::start(&[]);
+    // Stalled, the daemon attributes the listen only after the process has exec'd /bin/cat.
+    d.signal(libc::SIGSTOP);
+    let s = scenario(["listen-exec", "127.0.0.1:0"]);
+    let exe = s.report["executable"].as_str().unwrap().to_string();
+    wait_until(
+        "the exec",
+        Duration::from_secs(5),
+        || std::fs::read_link(format!("/proc/{}/exe", s.pid)).is_ok_and(|p| p.ends_with("cat")),
+        || String::new(),
+    );
+    d.signal(libc::SIGCONT);
+    let evs = d.events_of(s.pid, |e| count(e, "listen") >= 1);
+    let listen = find(&evs, "listen", "success");
+    assert_eq!(listen["process"]["comm"], "portwatch-scena");
+    assert_eq!(listen["process"]["executable"], exe.as_str(), "{listen}");
+    assert_ne!(listen["process"]["command_line"][0], "/bin/cat", "{listen}");
+    finish(d);
 }

@@ -60,6 +60,10 @@ pub struct AttributionCounters {
     pub process_gone: u64,
     /// Of those, the ones the process table still attributed.
     pub from_process_table: u64,
+    /// Events whose process ran another image (or renamed itself) by the time it was attributed:
+    /// attributed from the process table, not from /proc's later image.
+    #[serde(default)]
+    pub image_changed: u64,
 }
 
 /// The kernel's sockets at one moment and which process holds each: the slow part of a scan (a
@@ -181,6 +185,8 @@ impl Attributor {
         origin: Origin,
         wanted: impl Fn(&KernelSocket) -> bool,
     ) -> Scan {
+        // comm and group once per process, however many sockets it holds.
+        let mut seen: HashMap<u32, (Vec<u8>, u32)> = HashMap::new();
         let facts = raw
             .sockets
             .iter()
@@ -189,9 +195,14 @@ impl Attributor {
                 let pid = raw.owners.get(&s.inode).copied().unwrap_or(0);
                 let mut ev = s.to_event(pid, raw.netns, raw.monotonic_ns);
                 if pid != 0 {
-                    let dir = self.proc_root.join(pid.to_string());
-                    ev.comm = procfs::comm_bytes(&dir).unwrap_or_default();
-                    ev.gid = procfs::gid(&dir).unwrap_or(0);
+                    let (comm, gid) = seen.entry(pid).or_insert_with(|| {
+                        let dir = self.proc_root.join(pid.to_string());
+                        (
+                            procfs::comm_bytes(&dir).unwrap_or_default(),
+                            procfs::gid(&dir).unwrap_or(0),
+                        )
+                    });
+                    (ev.comm, ev.gid) = (comm.clone(), *gid);
                 }
                 self.port(ev, origin)
             })
@@ -212,6 +223,14 @@ impl Attributor {
         } else {
             self.read_cached(ev)
         };
+        if self.exec_since(ev, &facts) {
+            // /proc shows a later image than the one that made the call: what that one ran comes
+            // from the process table (its exec record), or stays unknown; never the new image's.
+            self.counters.image_changed += 1;
+            facts.executable = None;
+            facts.command_line = None;
+            facts.command_line_truncated = false;
+        }
         // Gone, or a zombie whose exe and cmdline are already empty: the exec record says what it
         // ran.
         if ev.pid != 0
@@ -249,6 +268,21 @@ impl Attributor {
         };
         facts.group = Group { id: ev.gid };
         facts
+    }
+
+    /// The calling thread's comm then is not its comm now: the process exec'd (or renamed
+    /// itself) between the call and its attribution. Threads name themselves, so the calling
+    /// thread's own comm is what is compared, read only when the main thread's differs.
+    fn exec_since(&self, ev: &KernelEvent, facts: &ProcessFacts) -> bool {
+        if ev.pid == 0 || ev.comm.is_empty() || facts.comm.as_bytes() == ev.comm.as_slice() {
+            return false;
+        }
+        let task = self
+            .proc_root
+            .join(ev.pid.to_string())
+            .join("task")
+            .join(ev.tid.to_string());
+        procfs::comm_bytes(&task).is_some_and(|now| now != ev.comm)
     }
 
     fn read_cached(&mut self, ev: &KernelEvent) -> ProcessFacts {

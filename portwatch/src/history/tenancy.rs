@@ -216,7 +216,7 @@ impl Tenancy {
             local: SocketAddr::new(key.2, key.3).into(),
             role,
             peer: key.4.map(Endpoint::from),
-            process: f.process.clone(),
+            process: kept_process(&f.process),
             opened_ns: wall_ns,
             closed_ns: None,
             close_note: None,
@@ -235,6 +235,42 @@ impl Tenancy {
             old.interval.close_note = Some("superseded; its release was not seen".into());
             self.store.put(old.interval);
         }
+    }
+}
+
+/// Command lines kept with open intervals are cut here: the table holds one per socket, and a
+/// user can hold many sockets with megabyte command lines (the event line has the whole 8 KiB).
+const KEPT_CMDLINE_BYTES: usize = 1024;
+
+/// What the history keeps of the process: its holder without the bulk.
+fn kept_process(p: &crate::facts::ProcessFacts) -> crate::facts::ProcessFacts {
+    let mut budget = KEPT_CMDLINE_BYTES;
+    let command_line = p.command_line.as_ref().map(|argv| {
+        argv.iter()
+            .map_while(|a| {
+                let take = a.len().min(budget);
+                (budget > 0).then(|| {
+                    budget -= take;
+                    let mut cut = take;
+                    while !a.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    a[..cut].to_string()
+                })
+            })
+            .collect()
+    });
+    let kept: usize = command_line
+        .as_ref()
+        .map_or(0, |a: &Vec<String>| a.iter().map(String::len).sum());
+    let whole: usize = p
+        .command_line
+        .as_ref()
+        .map_or(0, |a| a.iter().map(String::len).sum());
+    crate::facts::ProcessFacts {
+        command_line,
+        command_line_truncated: p.command_line_truncated || kept < whole,
+        ..p.clone()
     }
 }
 

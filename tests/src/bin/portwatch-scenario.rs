@@ -150,6 +150,18 @@ fn run(args: &[String]) -> Result<Value, String> {
             std::mem::forget(l);
             v
         }
+        "listen-exec" => {
+            // A listener, the report, then exec /bin/cat (which exits when stdin closes): the
+            // listen event must name this image, not the one /proc shows by then.
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let v = json!({"local": l.local_addr().map_err(io)?.to_string(),
+                           "executable": std::env::current_exe().map_err(io)?,
+                           "pid": std::process::id()});
+            println!("{v}");
+            use std::os::unix::process::CommandExt as _;
+            let e = std::process::Command::new("/bin/cat").exec();
+            return Err(format!("exec /bin/cat: {e}"));
+        }
         "hold-listen" => {
             // The listener stays open until the process exits (when stdin closes).
             let l = TcpListener::bind(addr(arg)?).map_err(io)?;
