@@ -237,7 +237,7 @@ fn a_listen_is_attributed_to_the_image_that_made_it_even_after_an_exec() {
         "the exec",
         Duration::from_secs(5),
         || std::fs::read_link(format!("/proc/{}/exe", s.pid)).is_ok_and(|p| p.ends_with("cat")),
-        || String::new(),
+        String::new,
     );
     d.signal(libc::SIGCONT);
     let evs = d.events_of(s.pid, |e| count(e, "listen") >= 1);

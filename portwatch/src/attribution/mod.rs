@@ -392,13 +392,22 @@ mod tests {
         let me = std::process::id();
         let mut ev =
             crate::facts::fixture::event(Kind::Bind, crate::facts::Transport::Tcp, "127.0.0.1:1");
-        (ev.pid, ev.tid, ev.comm) = (me, me, b"me".to_vec());
+        let comm = procfs::comm_bytes(Path::new("/proc/self")).unwrap();
+        (ev.pid, ev.tid, ev.comm) = (me, me, comm.clone());
         ev.monotonic_ns = clock::monotonic_now();
         ev.port_requested = true;
         let f = a.port(ev.clone(), Origin::Kernel);
         assert_eq!(f.process.pid, me);
-        assert_eq!(f.process.comm, "me");
+        assert_eq!(f.process.comm.as_bytes(), comm.as_slice());
         assert!(f.process.executable.is_some() && f.process.command_line.is_some());
+        // A comm the calling thread no longer has: /proc's image is not the caller's, and no
+        // exec record says what was: nothing is guessed.
+        let renamed = a.process(&KernelEvent {
+            comm: b"before-exec".to_vec(),
+            ..ev.clone()
+        });
+        assert_eq!(renamed.executable, None);
+        assert_eq!(a.counters().image_changed, 1);
         assert_eq!(f.process.user.name.as_deref(), Some("root"));
         assert_eq!(f.port.requested, Some(true));
         let gone = a.process(&KernelEvent {
