@@ -241,7 +241,8 @@ pub struct ExecEvent {
     pub filename_len: u16,
     /// Set when argv was longer than `ARGS_LEN` and cut.
     pub args_truncated: u8,
-    pub _pad: u8,
+    /// Set when the filename was longer than `FILENAME_LEN - 1` bytes and cut there.
+    pub filename_truncated: u8,
     pub comm: [u8; COMM_LEN],
     /// As passed to execve (after PATH search by the caller).
     pub filename: [u8; lineage::FILENAME_LEN],

@@ -37,7 +37,7 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
         (*ev).args_len = 0;
         (*ev).pid = (pid_tgid >> 32) as u32;
         (*ev).uid = bpf_get_current_uid_gid() as u32;
-        (*ev)._pad = 0;
+        (*ev).filename_truncated = 0;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         let task = bpf_get_current_task() as usize;
         (*ev).ppid = match (
@@ -53,8 +53,12 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
         if let Some(off) = offsets::get(|o| &o.tp_exec_filename)
             && let Ok(loc) = ctx.read_at::<u32>(off)
         {
-            let len =
-                ((loc >> 16) as usize).min(lineage::FILENAME_LEN) & (lineage::FILENAME_LEN - 1);
+            // The length counts the terminating NUL. A longer path is cut (and marked) at the
+            // buffer's size less one: the mask keeps the bound plain to the verifier and can no
+            // longer turn a full-length read into an empty one.
+            let whole = (loc >> 16) as usize;
+            let len = whole.min(lineage::FILENAME_LEN - 1) & (lineage::FILENAME_LEN - 1);
+            (*ev).filename_truncated = (whole > lineage::FILENAME_LEN) as u8;
             let src = (ctx.as_ptr() as usize).wrapping_add((loc & 0xffff) as usize);
             if bpf_probe_read_kernel(
                 (*ev).filename.as_mut_ptr().cast(),

@@ -361,7 +361,9 @@ impl Daemon {
             lost: Lost {
                 ring_buffer: kernel.ring_buffer_lost,
                 log_write_failed: s.output.lines_failed(),
+                stdout_write_failed: s.output.stdout_failed(),
                 undecodable: kernel.undecodable,
+                history_commit_failed: s.history.store.commit_failed(),
             },
             attribution: s.attribution.counters(),
             caches: s.attribution.caches(),

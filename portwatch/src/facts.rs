@@ -249,6 +249,10 @@ pub struct ProcessFacts {
     pub parent_comm: Option<String>,
     pub comm: String,
     pub executable: Option<String>,
+    /// Present (true) only when the executable path is the one captured at exec and was longer
+    /// than the record holds (255 bytes), so it is cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub executable_truncated: bool,
     pub command_line: Option<Vec<String>>,
     /// Present (true) only when the command line was cut at its bound.
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -277,6 +277,7 @@ fn subject(v: &Value, event: &str, pid0_allowed: bool) -> R {
             "parent_comm",
             "comm",
             "executable",
+            "executable_truncated",
             "command_line",
             "command_line_truncated",
             "cgroup",
@@ -364,12 +365,12 @@ fn subject(v: &Value, event: &str, pid0_allowed: bool) -> R {
     if !v["port"]["ephemeral"].is_boolean() {
         return Err("port.ephemeral is not a boolean".into());
     }
-    if let Some(t) = pr.get("command_line_truncated")
-        && t != &Value::Bool(true)
-    {
-        return Err(format!(
-            "process.command_line_truncated is only ever true: {t}"
-        ));
+    for flag in ["command_line_truncated", "executable_truncated"] {
+        if let Some(t) = pr.get(flag)
+            && t != &Value::Bool(true)
+        {
+            return Err(format!("process.{flag} is only ever true: {t}"));
+        }
     }
     only_keys(
         obj(&pr["user"], "process.user")?,

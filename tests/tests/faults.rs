@@ -329,3 +329,58 @@ fn deleted_executable_other_network_namespace_and_huge_argv() {
     assert!(exit.success());
     schema::check_log(&lines).unwrap();
 }
+
+#[test]
+fn a_process_exec_d_from_a_path_longer_than_the_record_is_named_cut_not_blank() {
+    let mut d = Daemon::start(&[]);
+    // A 300-byte path: the exec record holds 255 bytes of it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut long = dir.path().to_path_buf();
+    while long.as_os_str().len() < 280 {
+        long.push("a-directory-name-of-some-length");
+    }
+    std::fs::create_dir_all(&long).unwrap();
+    let copy = long.join("portwatch-scenario");
+    assert!(copy.as_os_str().len() >= 300, "{}", copy.display());
+    std::fs::copy(scenario_binary(), &copy).unwrap();
+    // Stalled until the process has exited: only its exec record can name it then.
+    d.signal(libc::SIGSTOP);
+    let mut attempts = 0;
+    let child = loop {
+        match Command::new(&copy)
+            .args(["exit-fast", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+        {
+            // Another test thread's fork can hold the copy's write descriptor for a moment.
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
+    let s = read_report(child);
+    wait_until(
+        "the process's exit",
+        Duration::from_secs(5),
+        || {
+            std::fs::read_to_string(format!("/proc/{}/stat", s.pid))
+                .map_or(true, |st| st.contains(") Z "))
+        },
+        String::new,
+    );
+    d.signal(libc::SIGCONT);
+    let evs = d.events_of(s.pid, |e| count(e, "close") >= 1);
+    let l = evs
+        .iter()
+        .find(|e| e["event"] == "listen")
+        .expect("its listen");
+    let exe = l["process"]["executable"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{l}"));
+    let path = copy.to_str().unwrap();
+    assert!(path.starts_with(exe) && exe.len() == 255, "{exe} of {path}");
+    assert_eq!(l["process"]["executable_truncated"], true, "{l}");
+    schema::check(l).unwrap();
+}

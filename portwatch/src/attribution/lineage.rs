@@ -24,14 +24,25 @@ pub struct ProcessTable {
     entries: HashMap<u32, Entry>,
     max: usize,
     pub evictions: u64,
+    /// Children of a fork that have not exec'd, with the image they inherited. Apart from
+    /// `entries`: a thread is a fork child too, and threads come and go by the thousand without an
+    /// exec or an exit record; their churn must never push out a process's exec record.
+    forks: lru::LruCache<u32, Entry>,
+    /// Fork children forgotten to stay within bounds.
+    pub fork_evictions: u64,
 }
 
 impl ProcessTable {
     pub fn new(max: usize) -> Self {
+        let max = max.max(16);
         Self {
             entries: HashMap::new(),
-            max: max.max(16),
+            max,
             evictions: 0,
+            forks: lru::LruCache::new(
+                std::num::NonZeroUsize::new(max / 4).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+            fork_evictions: 0,
         }
     }
 
@@ -45,6 +56,11 @@ impl ProcessTable {
 
     pub fn max(&self) -> usize {
         self.max
+    }
+
+    /// (fork children held, their bound).
+    pub fn forks(&self) -> (usize, usize) {
+        (self.forks.len(), self.forks.cap().get())
     }
 
     fn insert(&mut self, pid: u32, e: Entry) {
@@ -68,6 +84,7 @@ impl ProcessTable {
     }
 
     pub fn exec(&mut self, r: &ExecRecord) {
+        self.forks.pop(&r.pid);
         let executable =
             (!r.filename.is_empty()).then(|| String::from_utf8_lossy(&r.filename).into_owned());
         self.insert(
@@ -80,6 +97,7 @@ impl ProcessTable {
                     ppid: (r.ppid != 0).then_some(r.ppid),
                     comm: comm_of(&r.filename),
                     executable,
+                    executable_truncated: r.filename_truncated,
                     command_line: procfs::split_cmdline(&r.args),
                     command_line_truncated: r.args_truncated,
                     ..ProcessFacts::default()
@@ -94,20 +112,26 @@ impl ProcessTable {
         if child == parent {
             return;
         }
-        if let Some(p) = self.entries.get(&parent) {
-            let image = ProcessFacts {
+        let inherited = self
+            .entries
+            .get(&parent)
+            .or_else(|| self.forks.peek(&parent))
+            .map(|p| ProcessFacts {
                 pid: child,
                 ppid: Some(parent),
                 ..p.image.clone()
+            });
+        if let Some(image) = inherited {
+            let e = Entry {
+                started_ns: at_ns,
+                exited_ns: None,
+                image,
             };
-            self.insert(
-                child,
-                Entry {
-                    started_ns: at_ns,
-                    exited_ns: None,
-                    image,
-                },
-            );
+            if let Some((old, _)) = self.forks.push(child, e)
+                && old != child
+            {
+                self.fork_evictions += 1;
+            }
         }
     }
 
@@ -115,14 +139,25 @@ impl ProcessTable {
         if let Some(e) = self.entries.get_mut(&pid) {
             e.exited_ns = Some(at_ns);
         }
+        if let Some(e) = self.forks.peek_mut(&pid) {
+            e.exited_ns = Some(at_ns);
+        }
     }
 
     /// The process `pid` was at monotonic time `at_ns`: not one that started later (pid reuse),
     /// nor one that had exited well before.
     pub fn lookup(&self, pid: u32, at_ns: u64) -> Option<&Entry> {
-        self.entries.get(&pid).filter(|e| {
+        let live = |e: &&Entry| {
             e.started_ns <= at_ns && e.exited_ns.is_none_or(|x| at_ns <= x + EXIT_GRACE_NS)
-        })
+        };
+        // A fork child newer than the process's own exec record is what ran at `at_ns`.
+        let forked = self.forks.peek(&pid).filter(live);
+        let execd = self.entries.get(&pid).filter(live);
+        match (forked, execd) {
+            (Some(f), Some(e)) if f.started_ns < e.started_ns => Some(e),
+            (Some(f), _) => Some(f),
+            (None, e) => e,
+        }
     }
 
     /// Every process running now, from /proc.
@@ -161,6 +196,7 @@ mod tests {
             filename: exe.as_bytes().to_vec(),
             args: b"prog\0-x\0".to_vec(),
             args_truncated: false,
+            filename_truncated: false,
         }
     }
 
@@ -214,5 +250,27 @@ mod tests {
         t.seed_from_proc(Path::new("/proc"));
         let me = t.lookup(std::process::id(), 1).expect("this process");
         assert!(me.image.executable.is_some());
+    }
+
+    #[test]
+    fn thread_churn_never_pushes_out_a_process() {
+        let mut t = ProcessTable::new(64);
+        t.exec(&exec(10, 100, "/bin/server"));
+        // A server making threads by the thousand: each a fork record, none an exec or an exit.
+        for tid in 1000..50_000 {
+            t.fork(tid, 10, 200 + u64::from(tid));
+        }
+        assert_eq!(
+            t.lookup(10, 60_000).unwrap().image.executable.as_deref(),
+            Some("/bin/server")
+        );
+        assert!(t.fork_evictions > 0);
+        assert!(t.forks.len() <= 16);
+        // A forked child is still attributed while it lives among the churn.
+        t.fork(77, 10, 60_000);
+        assert_eq!(
+            t.lookup(77, 60_001).unwrap().image.executable.as_deref(),
+            Some("/bin/server")
+        );
     }
 }

@@ -51,6 +51,9 @@ pub struct CacheCounters {
     pub processes: CacheFigures,
     pub users: CacheFigures,
     pub process_table: CacheFigures,
+    /// Fork children that have not exec'd (threads among them), kept apart from the table.
+    #[serde(default)]
+    pub forks: CacheFigures,
 }
 
 /// What attribution could not do.
@@ -241,6 +244,7 @@ impl Attributor {
             facts.ppid = facts.ppid.or(e.image.ppid);
             if facts.executable.is_none() {
                 facts.executable = e.image.executable.clone();
+                facts.executable_truncated = e.image.executable_truncated;
             }
             if facts.command_line.is_none() {
                 facts.command_line = e.image.command_line.clone();
@@ -355,6 +359,14 @@ impl Attributor {
                 size: self.processes.len(),
                 max: self.processes.max(),
                 evictions: self.processes.evictions,
+            },
+            forks: {
+                let (size, max) = self.processes.forks();
+                CacheFigures {
+                    size,
+                    max,
+                    evictions: self.processes.fork_evictions,
+                }
             },
         }
     }

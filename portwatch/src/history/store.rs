@@ -299,11 +299,18 @@ pub struct StoreHandle {
     tx: Option<SyncSender<StoreOp>>,
     writer: Option<std::thread::JoinHandle<()>>,
     pub dropped: u64,
+    /// Intervals the writer could not commit (disk full, a broken store), from its thread.
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub next_id: i64,
     gap: PendingGap,
 }
 
 impl StoreHandle {
+    /// Intervals lost to failed commits so far.
+    pub fn commit_failed(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Lets the writer commit everything queued, then stops it (shutdown).
     pub fn finish(&mut self) {
         if let (Some(tx), PendingGap(Some((a, b, n)))) = (&self.tx, self.gap) {
@@ -373,9 +380,11 @@ pub fn start(
     // piling up in memory.
     let (tx, rx) = sync_channel(QUEUE);
     let p = path.clone();
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let f = failed.clone();
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer(c, rx, retention, p))
+        .spawn(move || writer(c, rx, retention, p, &f))
         .map_err(|source| StoreError::Dir {
             path: path.display().to_string(),
             source,
@@ -385,6 +394,7 @@ pub fn start(
             tx: Some(tx),
             writer: Some(writer),
             dropped: 0,
+            failed,
             next_id,
             gap: PendingGap::default(),
         },
@@ -392,7 +402,13 @@ pub fn start(
     ))
 }
 
-fn writer(mut c: Connection, rx: Receiver<StoreOp>, retention: Retention, path: PathBuf) {
+fn writer(
+    mut c: Connection,
+    rx: Receiver<StoreOp>,
+    retention: Retention,
+    path: PathBuf,
+    failed: &std::sync::atomic::AtomicU64,
+) {
     // History may lag (what does not fit the queue is counted); the event log must not. Yield
     // the CPU to the event loop: nice 10 for this thread only.
     // SAFETY: setpriority on this thread's own id.
@@ -430,7 +446,12 @@ fn writer(mut c: Connection, rx: Receiver<StoreOp>, retention: Retention, path: 
                 tx.commit()
             });
             if let Err(e) = r {
-                tracing::error!(path = %path.display(), error = %e, lost = batch.len(), "writing the tenancy store failed");
+                let puts = batch
+                    .iter()
+                    .filter(|op| matches!(op, StoreOp::Put(_)))
+                    .count() as u64;
+                let total = failed.fetch_add(puts, std::sync::atomic::Ordering::Relaxed) + puts;
+                tracing::error!(path = %path.display(), error = %e, lost = puts, total, "writing the tenancy store failed");
             }
         }
         if last_prune.elapsed() > Duration::from_secs(600) {

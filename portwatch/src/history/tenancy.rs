@@ -52,6 +52,9 @@ pub struct HistoryCounters {
     pub forgotten: u64,
     /// Intervals closed by a scan because their release event was lost.
     pub swept: u64,
+    /// Intervals the store writer could not commit (disk full, a broken store).
+    #[serde(default)]
+    pub commit_failed: u64,
 }
 
 impl Tenancy {
@@ -77,6 +80,7 @@ impl Tenancy {
             writes_dropped: self.store.dropped,
             forgotten: self.forgotten,
             swept: self.swept,
+            commit_failed: self.store.commit_failed(),
         }
     }
 

@@ -18,6 +18,8 @@ pub struct ExecRecord {
     /// argv, NUL-separated.
     pub args: Vec<u8>,
     pub args_truncated: bool,
+    /// The filename was longer than the record holds and is cut.
+    pub filename_truncated: bool,
 }
 
 /// Anything the ring buffer carries.
@@ -98,6 +100,7 @@ fn exec_record(e: &ExecEvent) -> ExecRecord {
             .to_vec(),
         args: e.args[..alen].to_vec(),
         args_truncated: e.args_truncated != 0,
+        filename_truncated: e.filename_truncated != 0,
     }
 }
 

@@ -154,7 +154,13 @@ pub struct Counters {
 pub struct Lost {
     pub ring_buffer: u64,
     pub log_write_failed: u64,
+    /// Lines stdout did not take (a closed or broken pipe).
+    #[serde(default)]
+    pub stdout_write_failed: u64,
     pub undecodable: u64,
+    /// History intervals the store could not commit.
+    #[serde(default)]
+    pub history_commit_failed: u64,
 }
 
 /// Live events per second over the rate window.
@@ -235,6 +241,8 @@ pub fn render(v: &StatusAnswer) -> String {
     }
     line("lost (kernel)", c.lost.ring_buffer.to_string());
     line("log lines failed", c.lost.log_write_failed.to_string());
+    line("stdout failed", c.lost.stdout_write_failed.to_string());
+    line("history failed", c.lost.history_commit_failed.to_string());
     line("undecodable", c.lost.undecodable.to_string());
     line("process gone", c.attribution.process_gone.to_string());
     let cache = |f: &CacheFigures| format!("{}/{} ({} evicted)", f.size, f.max, f.evictions);

@@ -235,6 +235,11 @@ impl Output {
     pub fn lines_failed(&self) -> u64 {
         self.sink.stats.lines_failed
     }
+
+    /// Lines stdout could not take.
+    pub fn stdout_failed(&self) -> u64 {
+        self.sink.stats.stdout_failed
+    }
 }
 
 /// The running kernel's release (`uname -r`).

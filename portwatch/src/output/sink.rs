@@ -13,6 +13,8 @@ pub struct SinkStats {
     /// Lines that could not be written to the log file (disk full, directory gone, ...).
     pub lines_failed: u64,
     pub rotations: u64,
+    /// Lines that could not be written to stdout (a closed pipe, a full one that errored).
+    pub stdout_failed: u64,
 }
 
 /// Size-based rotation: `events.jsonl` → `events.jsonl.1` → ... → `events.jsonl.<keep>`.
@@ -183,10 +185,14 @@ impl Sink {
         if self.batch.is_empty() {
             return;
         }
+        let mut stdout_ok = true;
         if let Some(out) = &mut self.stdout {
             let mut lock = out.lock();
             if let Err(e) = lock.write_all(&self.batch).and_then(|_| lock.flush()) {
-                tracing::warn!(error = %e, "writing events to stdout failed");
+                stdout_ok = false;
+                self.stats.stdout_failed += self.batch_lines;
+                tracing::warn!(error = %e, lines = self.batch_lines, total_failed = self.stats.stdout_failed,
+                    "writing events to stdout failed");
             }
         }
         if let (Some(f), Some(r)) = (&mut self.file, self.rotation)
@@ -218,7 +224,8 @@ impl Sink {
         } else if self.path.is_some() {
             self.stats.lines_failed += self.batch_lines;
             self.unreported_failed += self.batch_lines;
-        } else {
+        } else if stdout_ok {
+            // stdout only: written is what stdout took.
             self.stats.lines_written += self.batch_lines;
         }
         self.batch.clear();
