@@ -29,16 +29,12 @@ pub fn portwatch_sys_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(pending) = emit::take_parked(kind::CONNECT) else {
         return 0;
     };
-    // A non-blocking connect that was started is a success here; the handshake goes on.
-    const EINPROGRESS: i64 = 115;
-    let errno = if ret == -EINPROGRESS {
-        0
-    } else {
-        emit::errno_of(ret)
-    };
+    // A non-blocking connect returns EINPROGRESS: the record says so (the daemon writes
+    // `in_progress`); the handshake goes on after the call.
+    let errno = emit::errno_of(ret);
     let mut ev = emit::complete(&pending, errno);
     emit::local_from_sock(&mut ev, pending.sk as usize);
-    if ev.local_port == 0 && ev.errno == 0 {
+    if ev.local_port == 0 && (ev.errno == 0 || ev.errno == emit::EINPROGRESS) {
         aya_log_ebpf::warn!(
             &ctx,
             "connect by tid {}: local port unreadable from the socket",

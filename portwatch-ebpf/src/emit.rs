@@ -269,6 +269,9 @@ pub fn parked_bind_named_port() -> bool {
     }
 }
 
+/// A non-blocking connect that was started: the call returned before the handshake ended.
+pub const EINPROGRESS: i32 = 115;
+
 /// The errno of a syscall return value (0 on success).
 #[inline(always)]
 pub fn errno_of(ret: i64) -> i32 {

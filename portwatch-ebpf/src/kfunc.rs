@@ -76,12 +76,8 @@ fn call_event(socket: usize, uaddr: usize, kind: u8, probe: u8) -> Option<Pendin
 /// Completes a bind or connect with the function's return value and submits it.
 #[inline(always)]
 pub fn finish(pending: Pending, ret: i32) {
-    const EINPROGRESS: i32 = 115;
-    let errno = if ret < 0 && !(pending.kind == kind::CONNECT && ret == -EINPROGRESS) {
-        -ret
-    } else {
-        0
-    };
+    // A non-blocking connect's EINPROGRESS is kept: the daemon writes it as `in_progress`.
+    let errno = if ret < 0 { -ret } else { 0 };
     let mut ev = emit::complete(&pending, errno);
     // On success the socket holds what the kernel chose (port 0 → a real port; a connect's
     // ephemeral port). A failed bind keeps the requested address.

@@ -134,8 +134,11 @@ pub struct KernelEvent {
     pub uid: u32,
     pub gid: u32,
     pub netns: u32,
-    /// `None` on success.
+    /// `None` on success (and for a connect still in progress).
     pub errno: Option<i32>,
+    /// A non-blocking connect whose call returned before its handshake ended (EINPROGRESS): not
+    /// a failure, and not yet a success.
+    pub in_progress: bool,
     pub kind: Kind,
     pub transport: Transport,
     pub local: SocketAddr,
@@ -435,6 +438,7 @@ pub(crate) mod fixture {
             gid: 0,
             netns: 7,
             errno: None,
+            in_progress: false,
             kind,
             transport,
             local: local.parse().expect("a socket address"),

@@ -268,6 +268,13 @@ pub fn cases() -> Vec<Case> {
             check: check_connect_refused,
         },
         Case {
+            name: "connect_nonblocking_refused",
+            args: &["connect-nonblocking", "127.0.0.1:0"],
+            // the probe listener's close and the refused client's close
+            done: |e| e.iter().any(|x| x["event"] == "connect") && count(e, "close") >= 2,
+            check: check_connect_nonblocking,
+        },
+        Case {
             name: "short_lived_process",
             args: &["exit-fast", "127.0.0.1:0"],
             done: |e| closes(1)(e),
@@ -525,6 +532,38 @@ fn check_connect_refused(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) 
         probe(ctx.strategy, Op::TcpConnect { v6: true })
     );
     assert_process(ctx, fail, pid_of(report), case.args);
+}
+
+/// An event loop's connect: the call returns EINPROGRESS and the refusal comes after it. The
+/// connect event says the handshake was still going on, never that it succeeded.
+fn check_connect_nonblocking(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["call_errno"], libc::EINPROGRESS, "{report}");
+    assert_eq!(report["so_error"], libc::ECONNREFUSED, "{report}");
+    let peer = report["peer"].as_str().expect("peer");
+    assert_eq!(
+        kinds(evs),
+        ["bind", "listen", "close", "connect", "close"],
+        "{evs:#?}"
+    );
+    let c = evs
+        .iter()
+        .find(|e| e["event"] == "connect")
+        .expect("connect");
+    assert_eq!(c["outcome"], "in_progress", "{c}");
+    assert!(c.get("error").is_none() && c.get("errno").is_none(), "{c}");
+    assert_eq!(
+        c["network"]["peer"],
+        json!({"address": "127.0.0.1", "port": split_addr(peer).1})
+    );
+    assert_ne!(
+        c["network"]["local"]["port"], 0,
+        "the kernel picked a port: {c}"
+    );
+    assert_eq!(
+        c["probe"],
+        probe(ctx.strategy, Op::TcpConnect { v6: false })
+    );
+    assert_process(ctx, c, pid_of(report), case.args);
 }
 
 /// A process that binds and exits at once: by the time the daemon reads its records, /proc has

@@ -216,6 +216,14 @@ fn port_event(v: &Value, event: &str) -> R {
                 return Err("success with error fields".into());
             }
         }
+        "in_progress" => {
+            if event != "connect" {
+                return Err(format!("outcome in_progress on a {event}"));
+            }
+            if v.get("error").is_some() || v.get("errno").is_some() {
+                return Err("in_progress with error fields".into());
+            }
+        }
         "failure" => {
             let e = string(&v["error"], "error")?;
             if !e.starts_with('E') {

@@ -47,6 +47,7 @@ host_scenarios!(
     rebind_udp_ipv6,
     listen_einval_connected,
     connect_econnrefused,
+    connect_nonblocking_refused,
     short_lived_process,
 );
 

@@ -160,6 +160,8 @@ pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
         .iter()
         .position(|&b| b == 0)
         .unwrap_or(raw.comm.len());
+    const EINPROGRESS: i32 = 115;
+    let in_progress = kind == Kind::Connect && raw.errno == EINPROGRESS;
     Ok(KernelEvent {
         monotonic_ns: raw.ts_ns,
         cpu: raw.cpu,
@@ -171,7 +173,8 @@ pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
         uid: raw.uid,
         gid: raw.gid,
         netns: raw.netns,
-        errno: (raw.errno != 0).then_some(raw.errno),
+        errno: (raw.errno != 0 && !in_progress).then_some(raw.errno),
+        in_progress,
         kind,
         transport,
         local: SocketAddr::new(local_ip, raw.local_port),

@@ -78,6 +78,7 @@ impl KernelSocket {
             gid: 0,
             netns: netns.unwrap_or(0),
             errno: None,
+            in_progress: false,
             kind: match self.role() {
                 SocketRole::Listening => Kind::Listen,
                 SocketRole::Connected => Kind::Connect,

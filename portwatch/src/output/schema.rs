@@ -55,10 +55,10 @@ impl<'a> PortRecord<'a> {
     pub fn new(f: &'a PortFacts) -> Self {
         let errno = f.event.errno;
         PortRecord {
-            outcome: if errno.is_some() {
-                "failure"
-            } else {
-                "success"
+            outcome: match (errno, f.event.in_progress) {
+                (Some(_), _) => "failure",
+                (None, true) => "in_progress",
+                (None, false) => "success",
             },
             error: errno.map(errno::name),
             errno,

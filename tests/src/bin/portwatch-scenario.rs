@@ -112,6 +112,39 @@ fn run(args: &[String]) -> Result<Value, String> {
                 Err(e) => return Err(format!("connect to {port}: {e}")),
             }
         }
+        "connect-nonblocking" => {
+            // As an event loop connects: the call returns EINPROGRESS, the refusal comes later
+            // (SO_ERROR once the socket is writable).
+            use socket2::{Domain, Socket, Type};
+            let port = {
+                let probe = TcpListener::bind(addr(arg)?).map_err(io)?;
+                probe.local_addr().map_err(io)?
+            };
+            let s = Socket::new(Domain::for_address(port), Type::STREAM, None).map_err(io)?;
+            s.set_nonblocking(true).map_err(io)?;
+            let started = match s.connect(&port.into()) {
+                Ok(()) => 0,
+                Err(e) => errno_of(&e),
+            };
+            let mut fds = [libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&s),
+                events: libc::POLLOUT,
+                revents: 0,
+            }];
+            // SAFETY: poll(2) on one descriptor this function owns.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 5000) };
+            let outcome = match s.take_error().map_err(io)? {
+                Some(e) => errno_of(&e),
+                None => 0,
+            };
+            let local = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .map(|a| a.to_string());
+            json!({"peer": port.to_string(), "call_errno": started, "so_error": outcome,
+                   "local": local})
+        }
         "udp-storm" => {
             let n: u64 = arg.parse().map_err(|_| format!("not a count: {arg}"))?;
             for _ in 0..n {
