@@ -449,6 +449,15 @@ pub(crate) mod fixture {
         }
     }
 
+    /// A TCP event of `kind` on 127.0.0.1:1 by `pid` (as its only thread).
+    pub fn event_of(pid: u32, kind: Kind) -> KernelEvent {
+        KernelEvent {
+            pid,
+            tid: pid,
+            ..event(kind, Transport::Tcp, "127.0.0.1:1")
+        }
+    }
+
     /// The event with nothing learned about its process, at `wall_ns`.
     pub fn facts(event: KernelEvent, wall_ns: i64) -> PortFacts {
         PortFacts {

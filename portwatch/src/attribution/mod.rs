@@ -95,6 +95,41 @@ pub fn raw_scan(proc_root: &Path) -> Result<RawScan, sockets::SockDiagError> {
     })
 }
 
+/// What a scan can say is gone: a socket of the namespace it saw, known since before it began,
+/// that it does not list. (One opened after it began may be missing from it: not gone.)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanWindow {
+    pub netns: Option<u32>,
+    /// When the scan began (Unix ns).
+    pub started_ns: i64,
+}
+
+impl ScanWindow {
+    /// Of `known` — each a key, its namespace and since when it is known — those this scan
+    /// shows gone (`listed` says whether the scan lists a key).
+    pub fn gone<K: Copy>(
+        &self,
+        known: impl Iterator<Item = (K, Option<u32>, i64)>,
+        listed: impl Fn(&K) -> bool,
+    ) -> Vec<K> {
+        known
+            .filter(|(k, netns, since_ns)| {
+                *netns == self.netns && *since_ns < self.started_ns && !listed(k)
+            })
+            .map(|(k, _, _)| k)
+            .collect()
+    }
+}
+
+impl RawScan {
+    pub fn window(&self) -> ScanWindow {
+        ScanWindow {
+            netns: self.netns,
+            started_ns: self.started_ns,
+        }
+    }
+}
+
 /// A scan with its sockets attributed: `facts` for the sockets the caller asked about.
 pub struct Scan {
     pub sockets: Vec<KernelSocket>,
@@ -402,10 +437,9 @@ mod tests {
     fn own_process_is_attributed_and_root_is_named() {
         let mut a = Attributor::oneshot();
         let me = std::process::id();
-        let mut ev =
-            crate::facts::fixture::event(Kind::Bind, crate::facts::Transport::Tcp, "127.0.0.1:1");
+        let mut ev = crate::facts::fixture::event_of(me, Kind::Bind);
         let comm = procfs::comm_bytes(Path::new("/proc/self")).unwrap();
-        (ev.pid, ev.tid, ev.comm) = (me, me, comm.clone());
+        ev.comm = comm.clone();
         ev.monotonic_ns = clock::monotonic_now();
         ev.port_requested = true;
         let f = a.port(ev.clone(), Origin::Kernel);

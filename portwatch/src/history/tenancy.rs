@@ -150,29 +150,23 @@ impl Tenancy {
             present.insert((s.transport, s.local, s.peer));
             present.insert((s.transport, s.local, None));
         }
-        self.sweep(scan.netns, &present, scan.started_ns, now_ns)
+        self.sweep(scan.window(), &present, now_ns)
     }
 
     /// Closes the intervals in network namespace `netns` whose socket a fresh scan (`present`: transport, local, peer — and the
     /// same with no peer) no longer lists. Returns how many it closed.
     pub fn sweep(
         &mut self,
-        netns: Option<u32>,
+        scan: crate::attribution::ScanWindow,
         present: &HashSet<(Transport, SocketAddr, Option<SocketAddr>)>,
-        scanned_ns: i64,
         now_ns: i64,
     ) -> usize {
-        // A socket opened after the scan began may be missing from it: not a lost release.
-        let gone: Vec<Key> = self
-            .open
-            .iter()
-            .filter(|(k, o)| {
-                k.0 == netns
-                    && o.interval.opened_ns < scanned_ns
-                    && !present.contains(&(k.1, SocketAddr::new(k.2, k.3), k.4))
-            })
-            .map(|(k, _)| *k)
-            .collect();
+        let gone = scan.gone(
+            self.open
+                .iter()
+                .map(|(k, o)| (*k, k.0, o.interval.opened_ns)),
+            |k| present.contains(&(k.1, SocketAddr::new(k.2, k.3), k.4)),
+        );
         for k in &gone {
             if let Some(mut o) = self.take(k) {
                 o.interval.closed_ns = Some(now_ns);
@@ -310,7 +304,11 @@ mod tests {
         other_ns.netns = 8;
         t.observe(&fixture::facts(other_ns, now));
         let still: HashSet<_> = [(Transport::Udp, "127.0.0.1:1001".parse().unwrap(), None)].into();
-        assert_eq!(t.sweep(Some(7), &still, now + 1, now + 9), 2);
+        let window = crate::attribution::ScanWindow {
+            netns: Some(7),
+            started_ns: now + 1,
+        };
+        assert_eq!(t.sweep(window, &still, now + 9), 2);
         // 1001 (still there) and 1003 (another namespace: the scan cannot see it) stay open.
         let c = t.counters();
         assert_eq!((c.open_sockets, c.swept), (2, 2));

@@ -10,6 +10,8 @@ use std::{
 };
 
 use lru::LruCache;
+
+use crate::attribution::ScanWindow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -84,16 +86,14 @@ type SockKey = (Option<u32>, Transport, IpAddr, u16);
 /// What reconciliation needs of a scan besides its listeners.
 #[derive(Debug, Default)]
 pub struct ScanSummary {
-    /// The network namespace the scan saw.
-    pub netns: Option<u32>,
+    /// The namespace the scan saw and when it began.
+    pub window: ScanWindow,
     /// Its unconnected sockets: (transport, local).
     pub present: std::collections::HashSet<(Transport, SocketAddr)>,
     /// Sockets holding ephemeral ports, per (transport, destination).
     pub per_destination: HashMap<(Transport, SocketAddr), u64>,
     /// Ports in the ephemeral range.
     pub ephemeral_size: u64,
-    /// When the scan began (Unix ns).
-    pub started_ns: i64,
 }
 
 /// The part of a dedup key that keeps users and network namespaces apart.
@@ -401,27 +401,20 @@ impl AlertEngine {
         now_ns: i64,
     ) -> Vec<Alert> {
         let ScanSummary {
-            netns,
+            window,
             present,
             per_destination,
             ephemeral_size,
-            started_ns: scanned_ns,
         } = scan;
-        let (netns, ephemeral_size, scanned_ns) = (*netns, *ephemeral_size, *scanned_ns);
+        let ephemeral_size = *ephemeral_size;
         self.counters.reconciliations += 1;
-        // The scan is the truth for its namespace (what it no longer lists is gone); listeners in
-        // others are known from events.
-        // A listener that appeared after the scan began may be missing from it: not gone.
-        let gone: Vec<SockKey> = self
-            .listeners
-            .iter()
-            .filter(|(k, l)| {
-                k.0 == netns
-                    && l.facts.wall_ns < scanned_ns
-                    && !present.contains(&(k.1, SocketAddr::new(k.2, k.3)))
-            })
-            .map(|(k, _)| *k)
-            .collect();
+        // The scan is the truth for its namespace; listeners in others are known from events.
+        let gone = window.gone(
+            self.listeners
+                .iter()
+                .map(|(k, l)| (*k, k.0, l.facts.wall_ns)),
+            |k| present.contains(&(k.1, SocketAddr::new(k.2, k.3))),
+        );
         for k in &gone {
             self.listeners.pop(k);
         }
@@ -915,12 +908,27 @@ mod tests {
 
     fn summary(per: HashMap<(Transport, SocketAddr), u64>, at: i64) -> ScanSummary {
         ScanSummary {
-            netns: Some(1),
+            window: ScanWindow {
+                netns: Some(1),
+                started_ns: at,
+            },
             per_destination: per,
             ephemeral_size: 28232,
-            started_ns: at,
             ..ScanSummary::default()
         }
+    }
+
+    /// An engine started again on the state in `dir`: it remembers `n` alerts, and the listener
+    /// on 8080 that raised one, found again by a scan at `at`, alerts no more.
+    fn restarted(dir: &Path, n: usize, at: i64) -> AlertEngine {
+        let mut again = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir);
+        assert_eq!(again.remembered(), n);
+        assert!(
+            again
+                .listener(listener("0.0.0.0:8080", "/a"), Origin::Snapshot, at)
+                .is_empty()
+        );
+        again
     }
 
     /// An engine with this policy text and its state in a fresh directory.
@@ -974,13 +982,7 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].body.count, s[0].body.summary), (2, true));
         e.finish();
-        let mut again = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
-        assert_eq!(again.remembered(), 3);
-        assert!(
-            again
-                .listener(listener("0.0.0.0:8080", "/a"), Origin::Snapshot, 5 * NS)
-                .is_empty()
-        );
+        let mut again = restarted(dir.path(), 3, 5 * NS);
         assert!(
             again.summarise(6 * NS).is_empty(),
             "a snapshot sighting is not a repeat"
@@ -1175,12 +1177,6 @@ mod tests {
         v["entries"] = serde_json::Value::Object(old);
         v["version"] = 1.into();
         fs::write(&path, v.to_string()).unwrap();
-        let mut again = AlertEngine::new(policy("[[allow]]\nport = 22\n"), dir.path());
-        assert_eq!(again.remembered(), 1);
-        assert!(
-            again
-                .listener(listener("0.0.0.0:8080", "/a"), Origin::Snapshot, 2 * NS)
-                .is_empty()
-        );
+        restarted(dir.path(), 1, 2 * NS);
     }
 }

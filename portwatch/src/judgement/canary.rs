@@ -200,11 +200,7 @@ mod tests {
         let mut c = Canary::new();
         let me = std::process::id();
         c.own_pid = Some(me);
-        let ev = |pid: u32, kind: Kind| {
-            let mut e = crate::facts::fixture::event(kind, Transport::Tcp, "127.0.0.1:1");
-            e.pid = pid;
-            e
-        };
+        let ev = crate::facts::fixture::event_of;
         assert!(c.round(0).is_empty(), "nothing to judge yet");
         for k in [Kind::Bind, Kind::Listen, Kind::Connect, Kind::Close] {
             assert!(c.absorb(&ev(me, k)));

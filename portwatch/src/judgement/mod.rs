@@ -22,7 +22,9 @@ use self::{
     policy::{Listener, Policy, Settings, Trusted, is_listener},
 };
 use crate::{
-    attribution::{Scan, cgroup, containers, ephemeral_per_destination, ports::EphemeralRange},
+    attribution::{
+        Scan, ScanWindow, cgroup, containers, ephemeral_per_destination, ports::EphemeralRange,
+    },
     clock,
     facts::{Alert, AlertBody, AlertKind, KernelEvent, Kind, Origin, PortFacts, Severity, Subject},
 };
@@ -130,7 +132,10 @@ impl Judgement {
             return Vec::new();
         };
         let summary = ScanSummary {
-            netns: scan.netns,
+            window: ScanWindow {
+                netns: scan.netns,
+                started_ns: scan.started_ns,
+            },
             // Unconnected sockets still there: a UDP listener known from its bind event stays
             // known even where a scan alone could not call it one.
             present: scan
@@ -141,7 +146,6 @@ impl Judgement {
                 .collect(),
             per_destination: ephemeral_per_destination(&scan.sockets, ephemeral),
             ephemeral_size: ephemeral.size(),
-            started_ns: scan.started_ns,
         };
         let listeners = scan
             .facts
