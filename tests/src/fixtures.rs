@@ -5,7 +5,7 @@ use std::{
     fs,
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output},
     sync::atomic::{AtomicU16, Ordering},
 };
 
@@ -57,6 +57,22 @@ where
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Spawns `cmd`, a freshly copied executable: another test thread's fork can hold the copy's
+/// write descriptor for a moment (until its own exec closes it), and exec then fails with
+/// ETXTBSY. That is the tests' own race: retried, for up to a second.
+pub fn spawn_copy(cmd: &mut Command) -> Child {
+    let mut attempts = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.expect("spawn the copied executable"),
+        }
+    }
 }
 
 /// Runs `cmd`, asserts it exited 0 (quoting its stderr), and returns its stdout.

@@ -6,7 +6,7 @@ pub mod schema;
 
 pub use fixtures::{
     alerts, free_fixed_port, free_port, json_lines, on_port, portwatch, portwatch_output,
-    stdout_of, write_policy,
+    spawn_copy, stdout_of, write_policy,
 };
 
 use std::{

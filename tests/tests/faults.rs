@@ -10,7 +10,7 @@ use std::{
 
 use portwatch_tests::{
     Daemon, count, daemon_binary, json_lines, of_pid, read_report, scenario, scenario_binary,
-    schema, stdout_of, wait_until,
+    schema, spawn_copy, stdout_of, wait_until,
 };
 use serde_json::Value;
 
@@ -221,23 +221,12 @@ fn deleted_executable_other_network_namespace_and_huge_argv() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("portwatch-scenario");
     std::fs::copy(scenario_binary(), &copy).unwrap();
-    // A fork in another test thread can briefly hold the copy's write descriptor (until its
-    // exec closes it): exec then fails with ETXTBSY. That is the test's own race; retry.
-    let mut attempts = 0;
-    let mut child = loop {
-        match Command::new(&copy)
+    let mut child = spawn_copy(
+        Command::new(&copy)
             .args(["after-line", "tcp-listen", "127.0.0.1:0"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-        {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 50 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => break r.unwrap(),
-        }
-    };
+            .stdout(Stdio::piped()),
+    );
     std::fs::remove_file(&copy).unwrap();
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     let s = read_report(child);
@@ -345,21 +334,11 @@ fn a_process_exec_d_from_a_path_longer_than_the_record_is_named_cut_not_blank() 
     std::fs::copy(scenario_binary(), &copy).unwrap();
     // Stalled until the process has exited: only its exec record can name it then.
     d.signal(libc::SIGSTOP);
-    let mut attempts = 0;
-    let child = loop {
-        match Command::new(&copy)
+    let child = spawn_copy(
+        Command::new(&copy)
             .args(["exit-fast", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .spawn()
-        {
-            // Another test thread's fork can hold the copy's write descriptor for a moment.
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 50 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => break r.unwrap(),
-        }
-    };
+            .stdout(Stdio::piped()),
+    );
     let s = read_report(child);
     wait_until(
         "the process's exit",
