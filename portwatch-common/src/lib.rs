@@ -19,7 +19,15 @@ pub mod kind {
     pub const LISTEN: u8 = 2;
     pub const CONNECT: u8 = 3;
     pub const CLOSE: u8 = 4;
+    /// The end of a non-blocking TCP connect's handshake (`sock_ops`): `errno` is its outcome
+    /// (`HANDSHAKE_ABORTED` when the socket was closed first), `duration_ns` its length. The task
+    /// facts are those of the connect call.
+    pub const HANDSHAKE: u8 = 5;
 }
+
+/// `PortEvent::errno` of a `kind::HANDSHAKE` record whose socket was closed (or shut down) by its
+/// owner before the handshake ended: there is no error the kernel reported.
+pub const HANDSHAKE_ABORTED: i32 = -1;
 
 /// Address families as the kernel numbers them (`AF_INET`, `AF_INET6`).
 pub mod family {
@@ -39,6 +47,9 @@ pub mod protocol {
 pub mod flags {
     /// A bind named its port (non-zero) rather than letting the kernel pick one.
     pub const PORT_REQUESTED: u8 = 1;
+    /// A `kind::BIND` the kernel made without a bind() call: a UDP send from an unbound socket
+    /// took an ephemeral port (the record is of the first such send on the socket).
+    pub const IMPLICIT: u8 = 2;
 }
 
 pub mod probe {
@@ -52,6 +63,9 @@ pub mod probe {
     pub const TP_SYS_ENTER_LISTEN: u8 = 8;
     /// A failed bind that named no port, read back from the syscall's arguments at its exit.
     pub const TP_SYS_EXIT_BIND: u8 = 9;
+    pub const CGROUP_SENDMSG4: u8 = 10;
+    pub const CGROUP_SENDMSG6: u8 = 11;
+    pub const CGROUP_SOCK_OPS: u8 = 12;
     pub const KPROBE_INET_BIND: u8 = 20;
     pub const KPROBE_INET6_BIND: u8 = 21;
     pub const KPROBE_INET_LISTEN: u8 = 22;
@@ -94,6 +108,7 @@ const _: () = {
         kind::LISTEN,
         kind::CONNECT,
         kind::CLOSE,
+        kind::HANDSHAKE,
         lineage::EXEC,
         lineage::FORK,
         lineage::EXIT,
@@ -146,6 +161,8 @@ pub struct PortEvent {
     pub local_addr: [u8; 16],
     pub peer_addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
+    /// `kind::HANDSHAKE`: from the connect's SYN to the handshake's end; 0 otherwise.
+    pub duration_ns: u64,
 }
 
 impl PortEvent {
@@ -172,10 +189,11 @@ impl PortEvent {
         local_addr: [0; 16],
         peer_addr: [0; 16],
         comm: [0; COMM_LEN],
+        duration_ns: 0,
     };
 }
 
-const _: () = assert!(size_of::<PortEvent>() == 120);
+const _: () = assert!(size_of::<PortEvent>() == 128);
 const _: () = assert!(offset_of!(PortEvent, header) == 0);
 const _: () = assert!(offset_of!(PortEvent, ts_ns) == 8);
 const _: () = assert!(offset_of!(PortEvent, local_addr) == 72);
@@ -201,6 +219,41 @@ pub struct Pending {
 
 const _: () = assert!(size_of::<Pending>() == 40);
 
+/// What the kernel side remembers about one socket, keyed by its cookie, from the first hook that
+/// needs it until the socket is released. `flags` are `sock_state::*` bits, set with atomic adds
+/// (each bit once) because the handshake's end (softirq) and the connect call's return (the
+/// calling task) may run at once on two CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockState {
+    pub flags: u64,
+    /// `bpf_ktime_get_ns()` when the SYN was about to go out (`sock_state::CONNECTING`).
+    pub start_ns: u64,
+    /// When the handshake ended (`sock_state::DONE`), and how.
+    pub end_ns: u64,
+    pub errno: i32,
+    pub _pad: u32,
+    /// The connect call's own record, kept from its return (`sock_state::WAITING`) until the
+    /// handshake ends.
+    pub call: PortEvent,
+}
+
+const _: () = assert!(size_of::<SockState>() == 32 + size_of::<PortEvent>());
+
+/// `SockState::flags`.
+pub mod sock_state {
+    /// An accepted socket: its release is not a port event.
+    pub const ACCEPTED: u64 = 1;
+    /// A TCP connect's SYN is on its way.
+    pub const CONNECTING: u64 = 2;
+    /// The connect call returned EINPROGRESS; `call` holds its record.
+    pub const WAITING: u64 = 4;
+    /// The handshake ended; `end_ns` and `errno` say how.
+    pub const DONE: u64 = 8;
+    /// A UDP socket's first unconnected send was seen (its implicit bind, if any, reported).
+    pub const SENT: u64 = 16;
+}
+
 /// Per-CPU counters kept by the kernel side, summed by the daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,12 +262,21 @@ pub struct CpuCounters {
     pub next_seq: u64,
     /// Records dropped because the ring buffer had no room.
     pub lost: u64,
+    /// Calls whose record was lost because the pending table was full when they were parked.
+    pub pending_full: u64,
+    /// Parked calls whose completion never came (a kretprobe the kernel skipped, a connect made
+    /// by the kernel or io_uring rather than a syscall): found when the thread parked again or
+    /// exited.
+    pub pending_stale: u64,
+    /// Sockets the per-socket table had no room for: an accepted socket's release may then be
+    /// reported, a handshake's end or a UDP socket's implicit bind may be missed.
+    pub sockets_full: u64,
     /// `bpf_ktime_get_ns()` of this CPU's last forced wakeup of the reader (see the eBPF side's
     /// `emit::wake_flags`); kernel-side state, not a counter.
     pub last_wakeup_ns: u64,
 }
 
-const _: () = assert!(size_of::<CpuCounters>() == 24);
+const _: () = assert!(size_of::<CpuCounters>() == 48);
 
 /// Process lineage records (`sched:sched_process_exec/fork/exit`), in the same ring buffer as
 /// port events; their record kinds (`RecordHeader::kind`) and sizes.
@@ -222,7 +284,8 @@ pub mod lineage {
     pub const EXEC: u8 = 10;
     pub const FORK: u8 = 11;
     pub const EXIT: u8 = 12;
-    pub const FILENAME_LEN: usize = 256;
+    /// The kernel's PATH_MAX: an exec path is never cut.
+    pub const FILENAME_LEN: usize = 4096;
     pub const ARGS_LEN: usize = 1024;
 }
 
@@ -244,11 +307,15 @@ pub struct ExecEvent {
     /// Set when the filename was longer than `FILENAME_LEN - 1` bytes and cut there.
     pub filename_truncated: u8,
     pub comm: [u8; COMM_LEN],
-    /// As passed to execve (after PATH search by the caller).
-    pub filename: [u8; lineage::FILENAME_LEN],
     /// argv, NUL-separated, as the new image sees it.
     pub args: [u8; lineage::ARGS_LEN],
+    /// As passed to execve (after PATH search by the caller). Last, so that the kernel side sends
+    /// only the `filename_len` bytes used: a record is `EXEC_FIXED_LEN + filename_len` bytes long.
+    pub filename: [u8; lineage::FILENAME_LEN],
 }
+
+/// The bytes of an `ExecEvent` before its filename.
+pub const EXEC_FIXED_LEN: usize = offset_of!(ExecEvent, filename);
 
 /// A fork (`pid` is the child, which may be a thread) or a process exit.
 #[repr(C)]
@@ -263,7 +330,8 @@ pub struct ProcEvent {
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<ExecEvent>() == 1328);
+const _: () = assert!(size_of::<ExecEvent>() == 48 + lineage::ARGS_LEN + lineage::FILENAME_LEN);
+const _: () = assert!(EXEC_FIXED_LEN == 48 + lineage::ARGS_LEN);
 const _: () = assert!(offset_of!(ExecEvent, header) == 0);
 const _: () = assert!(offset_of!(ExecEvent, ts_ns) == 8);
 const _: () = assert!(offset_of!(ExecEvent, comm) == 32);
@@ -307,6 +375,8 @@ pub struct KernelOffsets {
     pub sock_v6_rcv_saddr: u32,
     pub sock_net: u32,
     pub sock_cookie: u32,
+    /// `sock.sk_err`: the error a failed handshake left on the socket.
+    pub sock_err: u32,
     /// `inet_sock.inet_sport`: the local port, network order; still set once a closed TCP
     /// socket has given the port back.
     pub inet_sport: u32,
@@ -357,6 +427,7 @@ mod pod {
     unsafe impl aya::Pod for super::RecordHeader {}
     unsafe impl aya::Pod for super::PortEvent {}
     unsafe impl aya::Pod for super::Pending {}
+    unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::CpuCounters {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ProcEvent {}

@@ -54,6 +54,9 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
             ev.flags |= portwatch_common::flags::PORT_REQUESTED;
         }
         emit::submit(&mut ev);
+        if protocol == portwatch_common::protocol::UDP as u32 {
+            crate::sockets::bound_udp(sk as usize);
+        }
     }
 }
 

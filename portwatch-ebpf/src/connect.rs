@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{kind, probe};
 
-use crate::{bind, emit};
+use crate::{bind, emit, sockets};
 
 #[cgroup_sock_addr(connect4)]
 pub fn portwatch_connect4(ctx: SockAddrContext) -> i32 {
@@ -42,5 +42,6 @@ pub fn portwatch_sys_exit_connect(ctx: TracePointContext) -> u32 {
         );
     }
     emit::submit(&mut ev);
+    sockets::connect_returned(&ev, pending.sk as usize);
     0
 }

@@ -1,5 +1,7 @@
 //! The ring buffer, the per-CPU counters, the per-thread pending table and the few helpers every
 //! hook shares: fill in the task facts, complete a pending record, submit or count the loss.
+use core::mem::offset_of;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -10,7 +12,7 @@ use aya_ebpf::{
         },
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{CpuCounters, Pending, PortEvent, RecordHeader, family};
 
@@ -23,10 +25,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<CpuCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Operations waiting for their syscall to return, keyed by thread id. LRU so that a syscall
-/// whose exit we never see (a killed thread) cannot leak an entry.
+/// Operations waiting for their call to return, keyed by thread id. Not an LRU: an LRU would
+/// evict a parked call without a trace, and this one counts what it cannot hold
+/// (`pending_full`). An entry whose return never came is counted and dropped when its thread
+/// parks again or exits (`pending_stale`). The daemon may resize it at load time.
 #[map]
-pub static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16384, 0);
+pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 pub fn current_tid() -> u32 {
@@ -106,6 +110,18 @@ pub fn sock_netns(sk: usize) -> u32 {
 #[inline(always)]
 pub unsafe fn read_kernel<T>(base: usize, off: usize) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off) as *const T).ok() }
+}
+
+/// The address a socket pointer of a program's context holds, as a plain number.
+///
+/// The verifier forbids arithmetic on such a pointer (`PTR_TO_SOCKET`), which every read of a
+/// member at a BTF offset needs; copied through `bpf_probe_read_kernel`, it is a number like any
+/// other kernel address, read again only through that helper.
+#[inline(always)]
+pub fn sock_address<T>(sk: *const T) -> usize {
+    let slot = sk as usize;
+    // SAFETY: reads the local variable above.
+    unsafe { bpf_probe_read_kernel(&raw const slot).unwrap_or(0) }
 }
 
 /// Fills in the local address and port from a `struct sock`, for hooks that run before the kernel
@@ -207,27 +223,50 @@ pub fn wake_flags(now_ns: u64) -> u64 {
 /// Counts a record the ring buffer had no room for.
 #[inline(always)]
 pub fn count_loss() {
+    count(offset_of!(CpuCounters, lost));
+}
+
+/// Adds one to the per-CPU counter at `offset` in `CpuCounters`:
+/// `count(offset_of!(CpuCounters, pending_full))`.
+#[inline(always)]
+pub fn count(offset: usize) {
     if let Some(c) = COUNTERS.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot. The loss count must be exact even if a program on this CPU
-        // preempts us mid-update, hence an atomic add (BPF_XADD; `core::sync::atomic` offers no
-        // 64-bit read-modify-write on the BPF target).
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                &raw mut (*c).lost,
-                1,
-            )
-        };
+        // SAFETY: a u64 field of this CPU's slot. A count must be exact even if a program on
+        // this CPU preempts us mid-update, hence an atomic add (BPF_XADD; `core::sync::atomic`
+        // offers no 64-bit read-modify-write on the BPF target).
+        unsafe { atomic_add(c.cast::<u8>().add(offset).cast::<u64>(), 1) };
     }
 }
 
-/// Remembers an operation until its call returns.
+/// `*target += value`, atomically (BPF_XADD, which every kernel has; the fetching atomics are
+/// 5.12+).
+///
+/// # Safety
+/// `target` points into a map value.
+#[inline(always)]
+pub unsafe fn atomic_add(target: *mut u64, value: u64) {
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            target, value,
+        )
+    };
+}
+
+/// Remembers an operation until its call returns. An entry the thread left behind (its return
+/// never came) is counted as stale; a full table counts the call as lost.
 #[inline(always)]
 pub fn park(p: &Pending) {
-    let _ = PENDING.insert(current_tid(), *p, 0);
+    let tid = current_tid();
+    if PENDING.get_ptr(tid).is_some() {
+        count(offset_of!(CpuCounters, pending_stale));
+    }
+    if PENDING.insert(tid, *p, 0).is_err() {
+        count(offset_of!(CpuCounters, pending_full));
+    }
 }
 
 /// Takes the current thread's parked operation if it is of `kind`. A parked entry of another
-/// kind is stale (its syscall exit was never seen) and is dropped.
+/// kind is stale (its call's return was never seen): counted and dropped.
 #[inline(always)]
 pub fn take_parked(kind: u8) -> Option<Pending> {
     let tid = current_tid();
@@ -235,7 +274,19 @@ pub fn take_parked(kind: u8) -> Option<Pending> {
     // SAFETY: a valid map value pointer; copied out before the entry is removed.
     let pending = unsafe { *pending };
     let _ = PENDING.remove(tid);
-    (pending.kind == kind).then_some(pending)
+    if pending.kind != kind {
+        count(offset_of!(CpuCounters, pending_stale));
+        return None;
+    }
+    Some(pending)
+}
+
+/// A thread is exiting: whatever it left parked will never complete.
+#[inline(always)]
+pub fn drop_parked_of_exiting_thread(tid: u32) {
+    if PENDING.remove(tid).is_ok() {
+        count(offset_of!(CpuCounters, pending_stale));
+    }
 }
 
 /// The record of a parked call, completed in the calling task once the outcome is known.

@@ -9,7 +9,7 @@ use portwatch_common::{Pending, PortEvent, family, kind, protocol};
 
 use crate::{
     emit::{self, read_kernel},
-    offsets,
+    offsets, sockets,
 };
 
 const TCP_LISTEN: u8 = 10;
@@ -85,6 +85,11 @@ pub fn finish(pending: Pending, ret: i32) {
         emit::local_from_sock(&mut ev, pending.sk as usize);
     }
     emit::submit(&mut ev);
+    if pending.kind == kind::CONNECT {
+        sockets::connect_returned(&ev, pending.sk as usize);
+    } else if errno == 0 && pending.protocol == protocol::UDP {
+        sockets::bound_udp(pending.sk as usize);
+    }
 }
 
 /// Entry of a bind or connect (kprobe): remember the call until it returns.
@@ -162,6 +167,9 @@ pub fn release(socket: usize, probe: u8) {
     let Some((sk, proto, fam)) = sock_of(socket) else {
         return;
     };
+    if sockets::released_was_accepted(sk) {
+        return;
+    }
     let mut ev = PortEvent::ZERO;
     ev.protocol = proto;
     ev.family = fam;
@@ -170,6 +178,7 @@ pub fn release(socket: usize, probe: u8) {
         return;
     }
     emit::add_task_facts(&mut ev, kind::CLOSE, probe, sk);
+    ev.cookie = sockets::socket_cookie(sk);
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
         if let Some(off) = offsets::get(|o| &o.sock_dport)

@@ -9,23 +9,28 @@ use aya_ebpf::{
             bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         },
     },
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
     programs::TracePointContext,
 };
-use portwatch_common::{ExecEvent, ProcEvent, RecordHeader, lineage};
+use portwatch_common::{EXEC_FIXED_LEN, ExecEvent, ProcEvent, RecordHeader, lineage};
 
 use crate::{
     emit::{self, EVENTS, read_kernel},
     offsets,
 };
 
+/// Where an exec record is put together: a path may be PATH_MAX long, and the ring buffer takes
+/// only the bytes used (`bpf_ringbuf_output` copies a length known at run time; a reservation's
+/// size must be a constant).
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        emit::count_loss();
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let ev = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `ev` points at a reserved ring-buffer record; kernel and user memory are read only
     // through the probe-read helpers, with sizes bounded for the verifier.
@@ -53,9 +58,9 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
         if let Some(off) = offsets::get(|o| &o.tp_exec_filename)
             && let Ok(loc) = ctx.read_at::<u32>(off)
         {
-            // The length counts the terminating NUL. A longer path is cut (and marked) at the
-            // buffer's size less one: the mask keeps the bound plain to the verifier and can no
-            // longer turn a full-length read into an empty one.
+            // The length counts the terminating NUL, which is left out. The kernel caps a path
+            // at PATH_MAX, the buffer's size; a longer one would be cut and marked. The mask
+            // keeps the bound plain to the verifier.
             let whole = (loc >> 16) as usize;
             let len = whole.min(lineage::FILENAME_LEN - 1) & (lineage::FILENAME_LEN - 1);
             (*ev).filename_truncated = (whole > lineage::FILENAME_LEN) as u8;
@@ -99,9 +104,23 @@ pub fn portwatch_sched_exec(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    // SAFETY: `ev` is the reserved record, written above.
-    let now = unsafe { (*ev).ts_ns };
-    entry.submit(emit::wake_flags(now));
+    // SAFETY: `ev` is this CPU's scratch record, written above; the length sent is bounded by
+    // its size.
+    unsafe {
+        let used = EXEC_FIXED_LEN + ((*ev).filename_len as usize & (lineage::FILENAME_LEN - 1));
+        let len = if used > size_of::<ExecEvent>() {
+            size_of::<ExecEvent>()
+        } else {
+            used
+        };
+        let bytes = core::slice::from_raw_parts(ev.cast::<u8>(), len);
+        if EVENTS
+            .output::<[u8]>(bytes, emit::wake_flags((*ev).ts_ns))
+            .is_err()
+        {
+            emit::count_loss();
+        }
+    }
     0
 }
 
@@ -142,10 +161,12 @@ pub fn portwatch_sched_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Only the thread group leader's exit ends a process.
+/// Only the thread group leader's exit ends a process; every exiting thread drops what it left
+/// parked.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn portwatch_sched_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    emit::drop_parked_of_exiting_thread(pid_tgid as u32);
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
         proc_event(lineage::EXIT, (pid_tgid >> 32) as u32, 0);
     }

@@ -18,6 +18,7 @@ mod lineage;
 mod listen;
 mod offsets;
 mod release;
+mod sockets;
 
 #[cfg(not(test))]
 #[panic_handler]

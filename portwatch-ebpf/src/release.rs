@@ -1,13 +1,13 @@
 //! Release: `cgroup/sock_release` runs in `inet_release`, in the context of the process that
 //! closed the last reference, while the socket still holds its port. Sockets that never had a
-//! port are not reported.
+//! port, and accepted sockets (`sockets`), are not reported.
 //!
 //! This program type may not read the source address or port from its context, but its context
 //! is the `struct sock` itself, so those are read from the socket at their BTF offsets.
 use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
 use portwatch_common::{PortEvent, family, kind, probe};
 
-use crate::emit;
+use crate::{emit, sockets};
 
 #[cgroup_sock(sock_release)]
 pub fn portwatch_sock_release(ctx: SockContext) -> i32 {
@@ -17,6 +17,9 @@ pub fn portwatch_sock_release(ctx: SockContext) -> i32 {
     unsafe {
         let protocol = (*sk).protocol;
         if !emit::is_inet_transport(protocol) {
+            return 1;
+        }
+        if sockets::released_was_accepted(sk as usize) {
             return 1;
         }
         let mut ev = PortEvent::ZERO;

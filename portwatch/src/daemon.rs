@@ -192,7 +192,7 @@ struct Daemon {
     scans: Scans,
     started: Instant,
     /// Live event counts once a second over the rate window.
-    rates: VecDeque<(Instant, [u64; 4])>,
+    rates: VecDeque<(Instant, [u64; crate::facts::Kind::ALL.len()])>,
     /// Losses when the history was last swept, and when.
     swept_at_loss: u64,
     last_sweep: Instant,
@@ -297,8 +297,11 @@ impl Daemon {
     }
 
     fn report_losses(&mut self) {
-        if let Some((count, total)) = self.kernel.poll_losses() {
-            self.stages.output.loss(count, total, "ring_buffer_full");
+        let losses = self.kernel.poll_losses();
+        for l in &losses {
+            self.stages.output.loss(l.count, l.total, l.reason);
+        }
+        if !losses.is_empty() {
             self.stages.output.flush();
         }
     }
@@ -360,6 +363,9 @@ impl Daemon {
             events: s.output.events(),
             lost: Lost {
                 ring_buffer: kernel.ring_buffer_lost,
+                pending_table_full: kernel.pending_full,
+                pending_stale: kernel.pending_stale,
+                socket_table_full: kernel.sockets_full,
                 log_write_failed: s.output.lines_failed(),
                 stdout_write_failed: s.output.stdout_failed(),
                 undecodable: kernel.undecodable,

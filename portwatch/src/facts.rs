@@ -14,10 +14,18 @@ pub enum Kind {
     Listen,
     Connect,
     Close,
+    /// The end of a non-blocking TCP connect's handshake.
+    ConnectResult,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Bind, Kind::Listen, Kind::Connect, Kind::Close];
+    pub const ALL: [Kind; 5] = [
+        Kind::Bind,
+        Kind::Listen,
+        Kind::Connect,
+        Kind::Close,
+        Kind::ConnectResult,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -25,6 +33,7 @@ impl Kind {
             Kind::Listen => "listen",
             Kind::Connect => "connect",
             Kind::Close => "close",
+            Kind::ConnectResult => "connect_result",
         }
     }
 
@@ -106,7 +115,7 @@ impl SocketRole {
     pub fn of(kind: Kind) -> Self {
         match kind {
             Kind::Listen => SocketRole::Listening,
-            Kind::Connect => SocketRole::Connected,
+            Kind::Connect | Kind::ConnectResult => SocketRole::Connected,
             Kind::Bind | Kind::Close => SocketRole::Bound,
         }
     }
@@ -148,6 +157,12 @@ pub struct KernelEvent {
     pub probe: &'static str,
     /// A bind that named its port (not `bind(…, 0)`).
     pub port_requested: bool,
+    /// A bind the kernel made without a bind() call (a UDP send from an unbound socket).
+    pub implicit: bool,
+    /// `ConnectResult`: the socket was closed by its owner before the handshake ended.
+    pub aborted: bool,
+    /// `ConnectResult`: from the SYN to the handshake's end.
+    pub duration_ns: Option<u64>,
 }
 
 impl KernelEvent {
@@ -446,6 +461,9 @@ pub(crate) mod fixture {
             comm: b"x".to_vec(),
             probe: "test",
             port_requested: false,
+            implicit: false,
+            aborted: false,
+            duration_ns: None,
         }
     }
 

@@ -114,6 +114,8 @@ impl Tenancy {
                 None => self.open_interval(key(None), SocketRole::Listening, f),
             },
             Kind::Connect => self.open_interval(key(peer), SocketRole::Connected, f),
+            // The connect opened the interval; the socket holds its port until released.
+            Kind::ConnectResult => {}
             Kind::Close => {
                 self.close(&key(peer), wall_ns);
                 // bind() then connect(): the bound interval ends with the connected one.

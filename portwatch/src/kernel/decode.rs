@@ -2,7 +2,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use portwatch_common::{
-    ExecEvent, PortEvent, ProcEvent, RecordHeader, family, kind, lineage, probe, protocol,
+    EXEC_FIXED_LEN, ExecEvent, HANDSHAKE_ABORTED, PortEvent, ProcEvent, RecordHeader, family, kind,
+    lineage, probe, protocol,
 };
 
 pub use crate::facts::{KernelEvent, Kind, Transport};
@@ -46,10 +47,10 @@ pub fn decode_any(bytes: &[u8]) -> Result<Record, DecodeError> {
         .and_then(read_exact)
         .ok_or(DecodeError::Header { got: bytes.len() })?;
     match header.kind {
-        k @ (kind::BIND | kind::LISTEN | kind::CONNECT | kind::CLOSE) => {
+        k @ (kind::BIND | kind::LISTEN | kind::CONNECT | kind::CLOSE | kind::HANDSHAKE) => {
             decode_record(&record::<PortEvent>(bytes, k)?).map(Record::Port)
         }
-        k @ lineage::EXEC => Ok(Record::Exec(exec_record(&record(bytes, k)?))),
+        lineage::EXEC => Ok(Record::Exec(exec_record(&exec_event(bytes)?))),
         k @ lineage::FORK => {
             let e: ProcEvent = record(bytes, k)?;
             Ok(Record::Fork {
@@ -83,6 +84,27 @@ fn record<T: aya::Pod>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
         got: bytes.len(),
         expected: size_of::<T>(),
     })
+}
+
+/// An exec record is sent without the unused end of its filename buffer: at least
+/// `EXEC_FIXED_LEN` bytes, at most a whole `ExecEvent`, and never shorter than its own
+/// `filename_len` says.
+fn exec_event(bytes: &[u8]) -> Result<ExecEvent, DecodeError> {
+    let size_error = || DecodeError::RecordSize {
+        kind: lineage::EXEC,
+        got: bytes.len(),
+        expected: EXEC_FIXED_LEN,
+    };
+    if bytes.len() < EXEC_FIXED_LEN || bytes.len() > size_of::<ExecEvent>() {
+        return Err(size_error());
+    }
+    let mut whole = [0u8; size_of::<ExecEvent>()];
+    whole[..bytes.len()].copy_from_slice(bytes);
+    let e: ExecEvent = read_exact(&whole).ok_or_else(size_error)?;
+    if EXEC_FIXED_LEN + usize::from(e.filename_len) > bytes.len() {
+        return Err(size_error());
+    }
+    Ok(e)
 }
 
 fn exec_record(e: &ExecEvent) -> ExecRecord {
@@ -141,6 +163,7 @@ pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
         kind::LISTEN => Kind::Listen,
         kind::CONNECT => Kind::Connect,
         kind::CLOSE => Kind::Close,
+        kind::HANDSHAKE => Kind::ConnectResult,
         k => return Err(DecodeError::Kind(k)),
     };
     let transport = match raw.protocol {
@@ -151,7 +174,7 @@ pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
     let local_ip = ip(raw.family, &raw.local_addr)?;
     let peer_ip = ip(raw.family, &raw.peer_addr)?;
     let peer = match kind {
-        Kind::Connect => Some(SocketAddr::new(peer_ip, raw.peer_port)),
+        Kind::Connect | Kind::ConnectResult => Some(SocketAddr::new(peer_ip, raw.peer_port)),
         _ if raw.peer_port != 0 => Some(SocketAddr::new(peer_ip, raw.peer_port)),
         _ => None,
     };
@@ -162,6 +185,7 @@ pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
         .unwrap_or(raw.comm.len());
     const EINPROGRESS: i32 = 115;
     let in_progress = kind == Kind::Connect && raw.errno == EINPROGRESS;
+    let aborted = kind == Kind::ConnectResult && raw.errno == HANDSHAKE_ABORTED;
     Ok(KernelEvent {
         monotonic_ns: raw.ts_ns,
         cpu: raw.cpu,
@@ -173,7 +197,7 @@ pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
         uid: raw.uid,
         gid: raw.gid,
         netns: raw.netns,
-        errno: (raw.errno != 0 && !in_progress).then_some(raw.errno),
+        errno: (raw.errno != 0 && !in_progress && !aborted).then_some(raw.errno),
         in_progress,
         kind,
         transport,
@@ -182,6 +206,9 @@ pub fn decode_record(raw: &PortEvent) -> Result<KernelEvent, DecodeError> {
         comm: raw.comm[..comm_len].to_vec(),
         probe: probe_name(raw.probe)?,
         port_requested: raw.flags & portwatch_common::flags::PORT_REQUESTED != 0,
+        implicit: kind == Kind::Bind && raw.flags & portwatch_common::flags::IMPLICIT != 0,
+        aborted,
+        duration_ns: (kind == Kind::ConnectResult).then_some(raw.duration_ns),
     })
 }
 
@@ -207,6 +234,9 @@ pub fn probe_name(id: u8) -> Result<&'static str, DecodeError> {
         probe::CGROUP_SOCK_RELEASE => "cgroup:sock_release",
         probe::TP_SYS_ENTER_LISTEN => "tracepoint:syscalls:sys_enter_listen",
         probe::TP_SYS_EXIT_BIND => "tracepoint:syscalls:sys_exit_bind",
+        probe::CGROUP_SENDMSG4 => "cgroup:sendmsg4",
+        probe::CGROUP_SENDMSG6 => "cgroup:sendmsg6",
+        probe::CGROUP_SOCK_OPS => "cgroup:sock_ops",
         probe::KPROBE_INET_BIND => "kprobe:inet_bind",
         probe::KPROBE_INET6_BIND => "kprobe:inet6_bind",
         probe::KPROBE_INET_LISTEN => "kprobe:inet_listen",
@@ -346,8 +376,8 @@ mod tests {
         exec.filename_len = 7;
         exec.args[..6].copy_from_slice(b"sh\0-c\0");
         exec.args_len = 6;
-        let Ok(Record::Exec(r)) = decode_any(&bytes(&exec)) else {
-            panic!("an exec record decodes as one");
+        let Ok(Record::Exec(r)) = decode_any(&bytes(&exec)[..EXEC_FIXED_LEN + 7]) else {
+            panic!("an exec record decodes as one, sent without its filename's unused end");
         };
         assert_eq!(
             (r.pid, &r.filename[..], &r.args[..]),
@@ -378,6 +408,19 @@ mod tests {
                 expected: 24
             })
         ));
+        // An exec record shorter than its own filename length says.
+        // SAFETY: ExecEvent is plain data; all zeros is a valid value.
+        let mut exec: ExecEvent = unsafe { std::mem::zeroed() };
+        exec.header = RecordHeader::new(lineage::EXEC);
+        exec.filename_len = 9;
+        assert!(matches!(
+            decode_any(&bytes(&exec)[..EXEC_FIXED_LEN + 8]),
+            Err(DecodeError::RecordSize {
+                kind: lineage::EXEC,
+                ..
+            })
+        ));
+        assert!(decode_any(&bytes(&exec)[..EXEC_FIXED_LEN - 1]).is_err());
         let mut unknown = bytes(&raw());
         unknown[0] = 0;
         assert_eq!(decode_any(&unknown), Err(DecodeError::Kind(0)));

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use self::{
     attach::{Attached, FamilyAttachment},
     decode::Record,
-    read::{EventReader, LossCounter, ReadError},
+    read::{EventReader, KernelLosses, LossCounter, NewLoss, ReadError},
 };
 
 /// Records the kernel side could not deliver, or the daemon could not read.
@@ -21,6 +21,12 @@ use self::{
 pub struct KernelCounters {
     /// Records dropped because the ring buffer was full (the kernel's per-CPU counters).
     pub ring_buffer_lost: u64,
+    /// Calls not recorded because the pending table was full.
+    pub pending_full: u64,
+    /// Parked calls whose return never came.
+    pub pending_stale: u64,
+    /// Sockets the per-socket table had no room for.
+    pub sockets_full: u64,
     /// Records that did not decode (a mismatch between the programs and the daemon).
     pub undecodable: u64,
 }
@@ -30,7 +36,14 @@ pub struct Kernel {
     reader: EventReader,
     losses: LossCounter,
     undecodable: u64,
+    /// Cookies of the latest handshake ends: when the handshake's end and the connect's return
+    /// race on two CPUs, both may write the record, and the second is dropped here.
+    recent_results: std::collections::VecDeque<u64>,
 }
+
+/// How many handshake ends `recent_results` remembers: the two copies of a raced record are
+/// written microseconds apart.
+const RECENT_RESULTS: usize = 256;
 
 impl Kernel {
     pub fn new(mut attached: Attached) -> Result<Self, ReadError> {
@@ -41,6 +54,7 @@ impl Kernel {
             reader,
             losses,
             undecodable: 0,
+            recent_results: std::collections::VecDeque::with_capacity(RECENT_RESULTS),
         })
     }
 
@@ -53,8 +67,19 @@ impl Kernel {
     /// undecodable record is counted and said, never fatal.
     pub fn drain(&mut self, max: usize, f: &mut impl FnMut(Record)) -> usize {
         let undecodable = &mut self.undecodable;
+        let recent = &mut self.recent_results;
         self.reader
             .drain(max, &mut |bytes| match decode::decode_any(bytes) {
+                Ok(Record::Port(ev)) if ev.kind == decode::Kind::ConnectResult => {
+                    if ev.cookie != 0 && recent.contains(&ev.cookie) {
+                        return;
+                    }
+                    if recent.len() == RECENT_RESULTS {
+                        recent.pop_front();
+                    }
+                    recent.push_back(ev.cookie);
+                    f(Record::Port(ev))
+                }
                 Ok(r) => f(r),
                 Err(e) => {
                     *undecodable += 1;
@@ -63,22 +88,32 @@ impl Kernel {
             })
     }
 
-    /// Ring-buffer losses not yet reported: `Some((new, total))` when the total grew.
-    pub fn poll_losses(&mut self) -> Option<(u64, u64)> {
+    /// Kernel-side losses not yet reported, by cause.
+    pub fn poll_losses(&mut self) -> Vec<NewLoss> {
         self.losses.poll().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading the loss counters failed");
-            None
+            Vec::new()
         })
     }
 
-    /// Ring-buffer losses reported so far.
+    /// Ring-buffer losses reported so far: records of releases among them, which a history
+    /// sweep makes up for.
     pub fn lost(&self) -> u64 {
-        self.losses.reported()
+        self.losses.reported().ring_buffer
     }
 
     pub fn counters(&self) -> KernelCounters {
+        let KernelLosses {
+            ring_buffer,
+            pending_full,
+            pending_stale,
+            sockets_full,
+        } = self.losses.reported();
         KernelCounters {
-            ring_buffer_lost: self.losses.reported(),
+            ring_buffer_lost: ring_buffer,
+            pending_full,
+            pending_stale,
+            sockets_full,
             undecodable: self.undecodable,
         }
     }

@@ -70,44 +70,94 @@ pub fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>
         .map_err(|e| e.into_parts().1)
 }
 
-/// Sums the kernel's per-CPU loss counters and reports increases.
+/// What the kernel side could not record, by cause: the per-CPU counters summed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLosses {
+    /// Records the ring buffer had no room for.
+    pub ring_buffer: u64,
+    /// Calls whose record was lost because the pending table was full.
+    pub pending_full: u64,
+    /// Parked calls whose return never came.
+    pub pending_stale: u64,
+    /// Sockets the per-socket table had no room for.
+    pub sockets_full: u64,
+}
+
+impl KernelLosses {
+    /// Each cause with its `loss` line reason.
+    fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("ring_buffer_full", self.ring_buffer),
+            ("pending_table_full", self.pending_full),
+            ("pending_stale", self.pending_stale),
+            ("socket_table_full", self.sockets_full),
+        ]
+    }
+}
+
+/// Sums the kernel's per-CPU counters and reports increases, cause by cause.
 pub struct LossCounter {
     counters: PerCpuArray<MapData, CpuCounters>,
-    reported: u64,
+    reported: KernelLosses,
+}
+
+/// One cause's losses not yet reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewLoss {
+    pub reason: &'static str,
+    pub count: u64,
+    pub total: u64,
 }
 
 impl LossCounter {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
         Ok(Self {
             counters: take_map(ebpf, "COUNTERS")?,
-            reported: 0,
+            reported: KernelLosses::default(),
         })
     }
 
-    /// Totals across CPUs: (records attempted, records lost).
-    pub fn totals(&self) -> Result<(u64, u64), ReadError> {
+    /// Totals across CPUs: (records attempted, losses by cause).
+    pub fn totals(&self) -> Result<(u64, KernelLosses), ReadError> {
         let per_cpu = self.counters.get(&0, 0).map_err(|source| ReadError::Map {
             name: "COUNTERS",
             source,
         })?;
         Ok(per_cpu
             .iter()
-            .fold((0, 0), |(a, l), c| (a + c.next_seq, l + c.lost)))
+            .fold((0, KernelLosses::default()), |(a, l), c| {
+                (
+                    a + c.next_seq,
+                    KernelLosses {
+                        ring_buffer: l.ring_buffer + c.lost,
+                        pending_full: l.pending_full + c.pending_full,
+                        pending_stale: l.pending_stale + c.pending_stale,
+                        sockets_full: l.sockets_full + c.sockets_full,
+                    },
+                )
+            }))
     }
 
     /// Losses reported so far.
-    pub fn reported(&self) -> u64 {
+    pub fn reported(&self) -> KernelLosses {
         self.reported
     }
 
-    /// Losses not yet reported: `Some((new, total))` when the total grew.
-    pub fn poll(&mut self) -> Result<Option<(u64, u64)>, ReadError> {
-        let (_, lost) = self.totals()?;
-        if lost > self.reported {
-            let new = lost - self.reported;
-            self.reported = lost;
-            return Ok(Some((new, lost)));
-        }
-        Ok(None)
+    /// The causes whose total grew since the last poll.
+    pub fn poll(&mut self) -> Result<Vec<NewLoss>, ReadError> {
+        let (_, now) = self.totals()?;
+        let new = now
+            .by_reason()
+            .into_iter()
+            .zip(self.reported.by_reason())
+            .filter(|((_, total), (_, before))| total > before)
+            .map(|((reason, total), (_, before))| NewLoss {
+                reason,
+                count: total - before,
+                total,
+            })
+            .collect();
+        self.reported = now;
+        Ok(new)
     }
 }

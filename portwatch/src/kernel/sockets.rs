@@ -91,6 +91,9 @@ impl KernelSocket {
             probe: "sock_diag",
             // sock_diag does not say whether a port was asked for.
             port_requested: false,
+            implicit: false,
+            aborted: false,
+            duration_ns: None,
         }
     }
 }

@@ -153,6 +153,16 @@ pub struct Counters {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lost {
     pub ring_buffer: u64,
+    /// Calls not recorded: the kernel's pending table was full.
+    #[serde(default)]
+    pub pending_table_full: u64,
+    /// Calls parked in the kernel whose return never came (a skipped kretprobe, a connect made
+    /// by io_uring or the kernel itself).
+    #[serde(default)]
+    pub pending_stale: u64,
+    /// Sockets the kernel's per-socket table could not hold.
+    #[serde(default)]
+    pub socket_table_full: u64,
     pub log_write_failed: u64,
     /// Lines stdout did not take (a closed or broken pipe).
     #[serde(default)]
@@ -175,7 +185,11 @@ pub struct Rates {
 
 impl Rates {
     /// From per-kind counts now and `window_seconds` ago.
-    pub fn between(now: [u64; 4], then: [u64; 4], window_seconds: f64) -> Self {
+    pub fn between(
+        now: [u64; Kind::ALL.len()],
+        then: [u64; Kind::ALL.len()],
+        window_seconds: f64,
+    ) -> Self {
         let rate = |n: u64, o: u64| {
             if window_seconds > 0.0 {
                 n.saturating_sub(o) as f64 / window_seconds
@@ -240,6 +254,9 @@ pub fn render(v: &StatusAnswer) -> String {
         );
     }
     line("lost (kernel)", c.lost.ring_buffer.to_string());
+    line("pending table full", c.lost.pending_table_full.to_string());
+    line("pending stale", c.lost.pending_stale.to_string());
+    line("socket table full", c.lost.socket_table_full.to_string());
     line("log lines failed", c.lost.log_write_failed.to_string());
     line("stdout failed", c.lost.stdout_write_failed.to_string());
     line("history failed", c.lost.history_commit_failed.to_string());

@@ -28,17 +28,21 @@ pub struct EventCounts {
     pub listen: u64,
     pub connect: u64,
     pub close: u64,
+    /// Ends of non-blocking connects' handshakes.
+    #[serde(default)]
+    pub connect_result: u64,
     pub total: u64,
     pub snapshot: u64,
 }
 
 impl EventCounts {
-    fn of(counts: [u64; 4], snapshot: u64) -> Self {
+    fn of(counts: [u64; Kind::ALL.len()], snapshot: u64) -> Self {
         EventCounts {
             bind: counts[Kind::Bind.index()],
             listen: counts[Kind::Listen.index()],
             connect: counts[Kind::Connect.index()],
             close: counts[Kind::Close.index()],
+            connect_result: counts[Kind::ConnectResult.index()],
             total: counts.iter().sum(),
             snapshot,
         }
@@ -77,7 +81,7 @@ pub struct Output {
     stamp: Stamp,
     pub sink: Sink,
     /// Live events written, by `Kind::index`.
-    counts: [u64; 4],
+    counts: [u64; Kind::ALL.len()],
     snapshot: u64,
 }
 
@@ -89,7 +93,7 @@ impl Output {
         Self {
             stamp: Stamp { host, seq: 0 },
             sink,
-            counts: [0; 4],
+            counts: [0; Kind::ALL.len()],
             snapshot: 0,
         }
     }
@@ -218,7 +222,7 @@ impl Output {
     }
 
     /// Live events by `Kind::index`, for rates.
-    pub fn counts(&self) -> [u64; 4] {
+    pub fn counts(&self) -> [u64; Kind::ALL.len()] {
         self.counts
     }
 

@@ -34,7 +34,7 @@ pub struct Line<'a, B: Serialize> {
     pub body: B,
 }
 
-/// bind, listen, connect and close.
+/// bind, listen, connect, close and connect_result.
 #[derive(Debug, Serialize)]
 pub struct PortRecord<'a> {
     pub outcome: &'static str,
@@ -42,6 +42,12 @@ pub struct PortRecord<'a> {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
+    /// connect_result: from the SYN to the handshake's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ns: Option<u64>,
+    /// bind: the kernel took the port without a bind() call.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub implicit: bool,
     pub network: &'a Network,
     /// Class of the local port.
     pub port: PortInfo,
@@ -55,13 +61,16 @@ impl<'a> PortRecord<'a> {
     pub fn new(f: &'a PortFacts) -> Self {
         let errno = f.event.errno;
         PortRecord {
-            outcome: match (errno, f.event.in_progress) {
-                (Some(_), _) => "failure",
-                (None, true) => "in_progress",
-                (None, false) => "success",
+            outcome: match (errno, f.event.in_progress, f.event.aborted) {
+                (Some(_), ..) => "failure",
+                (None, true, _) => "in_progress",
+                (None, _, true) => "aborted",
+                (None, false, false) => "success",
             },
             error: errno.map(errno::name),
             errno,
+            duration_ns: f.event.duration_ns,
+            implicit: f.event.implicit,
             network: &f.network,
             port: f.port,
             process: &f.process,

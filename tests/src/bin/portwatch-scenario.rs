@@ -145,6 +145,97 @@ fn run(args: &[String]) -> Result<Value, String> {
             json!({"peer": port.to_string(), "call_errno": started, "so_error": outcome,
                    "local": local})
         }
+        "connect-nonblocking-ok" => {
+            // An event loop's connect to a listener: EINPROGRESS, then writable with no error.
+            // The listener accepts it; the accepted socket's release is no port event.
+            use socket2::{Domain, Socket, Type};
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let server = l.local_addr().map_err(io)?;
+            let s = Socket::new(Domain::for_address(server), Type::STREAM, None).map_err(io)?;
+            s.set_nonblocking(true).map_err(io)?;
+            let started = match s.connect(&server.into()) {
+                Ok(()) => 0,
+                Err(e) => errno_of(&e),
+            };
+            let outcome = wait_connected(&s, 5000)?;
+            let (accepted, _) = l.accept().map_err(io)?;
+            drop(accepted);
+            let local = local_of(&s);
+            drop(s);
+            json!({"listener": server.to_string(), "local": local, "call_errno": started,
+                   "so_error": outcome})
+        }
+        "connect-timeout" => {
+            // A network namespace of our own, where a SYN is dropped: a listener whose accept
+            // queue is full (backlog 0, one connection never accepted) drops every further SYN.
+            // With one SYN retry the non-blocking connect times out after about 3 s.
+            use socket2::{Domain, Socket, Type};
+            own_netns()?;
+            let l = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+            l.bind(&addr("127.0.0.1:0")?.into()).map_err(io)?;
+            l.listen(0).map_err(io)?;
+            let server = l
+                .local_addr()
+                .map_err(io)?
+                .as_socket()
+                .ok_or("listener address")?;
+            let filler = TcpStream::connect(server).map_err(io)?;
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt(2) with a c_int option value on a socket we own.
+            if unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_SYNCNT,
+                    (&raw const one).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            } != 0
+            {
+                return Err(format!("TCP_SYNCNT: {}", std::io::Error::last_os_error()));
+            }
+            s.set_nonblocking(true).map_err(io)?;
+            let started = match s.connect(&server.into()) {
+                Ok(()) => 0,
+                Err(e) => errno_of(&e),
+            };
+            let began = std::time::Instant::now();
+            let outcome = wait_connected(&s, 15000)?;
+            let local = local_of(&s);
+            drop((s, filler, l));
+            json!({"listener": server.to_string(), "local": local, "call_errno": started,
+                   "so_error": outcome, "waited_ms": began.elapsed().as_millis() as u64})
+        }
+        "udp-sendto" => {
+            // DNS and statsd clients: sendto() on sockets never bound, over IPv4 and IPv6 (the
+            // kernel picks each port), and one on a socket that was bound (no implicit bind).
+            let v4 = unbound_udp(false)?;
+            v4.send_to(b"x", "127.0.0.1:9").map_err(io)?;
+            v4.send_to(b"y", "127.0.0.1:9").map_err(io)?;
+            let v6 = unbound_udp(true)?;
+            v6.send_to(b"x", "[::1]:9").map_err(io)?;
+            let bound = UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+            bound.send_to(b"z", "127.0.0.1:9").map_err(io)?;
+            let out = json!({"local4": v4.local_addr().map_err(io)?.to_string(),
+                             "local6": v6.local_addr().map_err(io)?.to_string(),
+                             "bound": bound.local_addr().map_err(io)?.to_string()});
+            if arg == "hold" {
+                std::mem::forget((v4, v6, bound));
+            }
+            out
+        }
+        "thread-churn" => {
+            // Threads started and joined one after another: each a fork record that no exec or
+            // exit record follows.
+            let n: u64 = arg.parse().map_err(|_| format!("not a count: {arg}"))?;
+            for _ in 0..n {
+                std::thread::spawn(|| ())
+                    .join()
+                    .map_err(|_| "thread panicked")?;
+            }
+            json!({"threads": n})
+        }
         "udp-storm" => {
             let n: u64 = arg.parse().map_err(|_| format!("not a count: {arg}"))?;
             for _ in 0..n {
@@ -276,6 +367,58 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex: {s}")))
         .collect()
+}
+
+/// Waits up to `ms` for a non-blocking connect to end: its SO_ERROR (0: connected).
+fn wait_connected(s: &socket2::Socket, ms: i32) -> Result<i32, String> {
+    let mut fds = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(s),
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
+    // SAFETY: poll(2) on one descriptor the caller owns.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) } != 1 {
+        return Err(format!("the connect did not end within {ms} ms"));
+    }
+    Ok(match s.take_error().map_err(|e| e.to_string())? {
+        Some(e) => errno_of(&e),
+        None => 0,
+    })
+}
+
+fn local_of(s: &socket2::Socket) -> Option<String> {
+    s.local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.to_string())
+}
+
+/// Moves this (single-threaded) process into a network namespace of its own, loopback up.
+fn own_netns() -> Result<(), String> {
+    // SAFETY: unshare(2) on this single-threaded process.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+    }
+    // SIOCGIFFLAGS/SIOCSIFFLAGS on "lo": no `ip` binary needed (the VM has none).
+    // SAFETY: a socket and two ioctls on a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+        let ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 && {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) == 0
+        };
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if !ok {
+            return Err(format!("bringing lo up: {err}"));
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -44,6 +44,7 @@ pub fn struct_offsets(btf: &Btf) -> Result<KernelOffsets, AttachError> {
         sock_v6_rcv_saddr: member_offset(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
         sock_net: member_offset(btf, "sock", &["__sk_common", "skc_net"])?,
         sock_cookie: member_offset(btf, "sock", &["__sk_common", "skc_cookie"])?,
+        sock_err: member_offset(btf, "sock", &["sk_err"])?,
         inet_sport: member_offset(btf, "inet_sock", &["inet_sport"])?,
         socket_sk: member_offset(btf, "socket", &["sk"])?,
         socket_file: member_offset(btf, "socket", &["file"])?,

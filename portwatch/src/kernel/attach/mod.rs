@@ -11,7 +11,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe, Program, ProgramError,
-        TracePoint,
+        SockOps, TracePoint,
     },
 };
 use portwatch_common::{KernelOffsets, globals};
@@ -137,20 +137,28 @@ pub enum Family {
     Release,
     /// exec/fork/exit: only ever tracepoints, whatever `--attach` says.
     Lineage,
+    /// `cgroup:sock_ops`, whatever `--attach` says: the end of a non-blocking connect's
+    /// handshake, and which sockets were accepted (their release is not reported).
+    Handshake,
+    /// `cgroup:sendmsg4/6`, whatever `--attach` says: the port a UDP send from an unbound socket
+    /// made the kernel pick.
+    ImplicitBind,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 7] = [
         Family::Bind,
         Family::Listen,
         Family::Connect,
         Family::Release,
         Family::Lineage,
+        Family::Handshake,
+        Family::ImplicitBind,
     ];
 
     fn ladder(self, mode: AttachMode) -> &'static [Strategy] {
         match self {
-            Family::Lineage => &[Strategy::Tracepoint],
+            Family::Lineage | Family::Handshake | Family::ImplicitBind => &[Strategy::Tracepoint],
             _ => mode.ladder(),
         }
     }
@@ -164,6 +172,8 @@ impl fmt::Display for Family {
             Family::Connect => "connect",
             Family::Release => "release",
             Family::Lineage => "lineage",
+            Family::Handshake => "handshake",
+            Family::ImplicitBind => "implicit_bind",
         })
     }
 }
@@ -329,6 +339,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
 enum Hook {
     CgroupSock(&'static str),
     CgroupSockAddr(&'static str),
+    SockOps(&'static str),
     TracePoint(&'static str, &'static str, &'static str),
     KProbe(&'static str, &'static str),
     KRetProbe(&'static str, &'static str),
@@ -339,7 +350,10 @@ enum Hook {
 impl Hook {
     fn program(&self) -> &'static str {
         match *self {
-            Hook::CgroupSock(p) | Hook::CgroupSockAddr(p) | Hook::TracePoint(p, ..) => p,
+            Hook::CgroupSock(p)
+            | Hook::CgroupSockAddr(p)
+            | Hook::SockOps(p)
+            | Hook::TracePoint(p, ..) => p,
             Hook::KProbe(p, _) | Hook::KRetProbe(p, _) | Hook::FEntry(p, _) | Hook::FExit(p, _) => {
                 p
             }
@@ -348,7 +362,7 @@ impl Hook {
 
     fn label(&self) -> String {
         match self {
-            Hook::CgroupSock(p) | Hook::CgroupSockAddr(p) => {
+            Hook::CgroupSock(p) | Hook::CgroupSockAddr(p) | Hook::SockOps(p) => {
                 format!("cgroup:{}", p.trim_start_matches("portwatch_"))
             }
             Hook::TracePoint(_, cat, name) => format!("tracepoint:{cat}:{name}"),
@@ -379,7 +393,19 @@ fn tracepoint_hooks(family: Family) -> Vec<Hook> {
             Hook::TracePoint("portwatch_sys_exit_connect", "syscalls", "sys_exit_connect"),
         ],
         Family::Release => vec![Hook::CgroupSock("portwatch_sock_release")],
-        Family::Lineage => lineage_hooks(),
+        Family::Lineage | Family::Handshake | Family::ImplicitBind => fixed_hooks(family),
+    }
+}
+
+/// The families that take the same hooks whatever the strategy.
+fn fixed_hooks(family: Family) -> Vec<Hook> {
+    match family {
+        Family::Handshake => vec![Hook::SockOps("portwatch_sock_ops")],
+        Family::ImplicitBind => vec![
+            Hook::CgroupSockAddr("portwatch_sendmsg4"),
+            Hook::CgroupSockAddr("portwatch_sendmsg6"),
+        ],
+        _ => lineage_hooks(),
     }
 }
 
@@ -418,7 +444,7 @@ fn kprobe_hooks(family: Family) -> Vec<Hook> {
             "portwatch_kprobe_inet_release",
             "inet_release",
         )],
-        Family::Lineage => lineage_hooks(),
+        Family::Lineage | Family::Handshake | Family::ImplicitBind => fixed_hooks(family),
     }
 }
 
@@ -440,7 +466,7 @@ fn fentry_hooks(family: Family) -> Vec<Hook> {
             "portwatch_fentry_inet_release",
             "inet_release",
         )],
-        Family::Lineage => lineage_hooks(),
+        Family::Lineage | Family::Handshake | Family::ImplicitBind => fixed_hooks(family),
     }
 }
 
@@ -508,6 +534,12 @@ fn attach_hook(
             prog.attach(cgroup, CgroupAttachMode::Single)
                 .map_err(chain)?;
         }
+        Hook::SockOps(name) => {
+            let prog: &mut SockOps = program(ebpf, name, &fail)?;
+            load_once(prog.load()).map_err(chain)?;
+            prog.attach(cgroup, CgroupAttachMode::Single)
+                .map_err(chain)?;
+        }
         Hook::TracePoint(name, category, tp) => {
             let prog: &mut TracePoint = program(ebpf, name, &fail)?;
             load_once(prog.load()).map_err(chain)?;
@@ -539,6 +571,7 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
     let r = match ebpf.program_mut(name) {
         Some(Program::CgroupSock(p)) => p.unload(),
         Some(Program::CgroupSockAddr(p)) => p.unload(),
+        Some(Program::SockOps(p)) => p.unload(),
         Some(Program::TracePoint(p)) => p.unload(),
         Some(Program::KProbe(p)) => p.unload(),
         Some(Program::FEntry(p)) => p.unload(),

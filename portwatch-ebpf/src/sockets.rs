@@ -1,0 +1,291 @@
+//! What the kernel side remembers per socket, keyed by the address of its `struct sock`, and the
+//! hooks that need it:
+//!
+//! - **a non-blocking connect's handshake**: the call returns `EINPROGRESS` and the outcome comes
+//!   later. `sock_ops` sees the SYN go out (`TCP_CONNECT_CB`), the handshake succeed
+//!   (`ACTIVE_ESTABLISHED_CB`) or the socket fall from SYN_SENT to CLOSE (`STATE_CB`, enabled for
+//!   that socket only while it connects), and the connect's return reports whether it was
+//!   non-blocking. On loopback the handshake usually ends before the call returns (the reply is
+//!   processed when the call releases the socket lock), elsewhere after: each side sets its bit
+//!   and whichever finds the other's bit set writes the `HANDSHAKE` record.
+//! - **accepted sockets**: `PASSIVE_ESTABLISHED_CB` marks them, so their release, which is not a
+//!   port acquisition's end, is not reported.
+//! - **implicit binds**: a UDP send from an unbound socket makes the kernel pick a port before
+//!   the `sendmsg4/6` hooks run; the first unconnected send of a socket that no bind reported
+//!   reports the port.
+//!
+//! The key is the socket's address rather than its cookie because every hook has it, while the
+//! fentry and kprobe programs cannot ask for a cookie on every kernel. An address is reused only
+//! once the socket is freed, and every release removes the socket's entry first. The table is a
+//! plain hash, not an LRU: what it cannot hold is counted (`sockets_full`), never evicted
+//! unseen.
+use core::{mem::offset_of, ptr::read_volatile};
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::HashMap,
+    programs::{SockAddrContext, SockOpsContext},
+};
+use portwatch_common::{
+    CpuCounters, HANDSHAKE_ABORTED, PortEvent, SockState, family, flags, kind, probe, protocol,
+    sock_state,
+};
+
+use crate::{
+    emit::{self, read_kernel},
+    offsets,
+};
+
+/// `BPF_F_NO_PREALLOC`: memory only for the sockets present, not for the table's capacity.
+const NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static SOCKETS: HashMap<usize, SockState> = HashMap::with_max_entries(65536, NO_PREALLOC);
+
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: u32 = 1 << 2;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_CLOSE: u32 = 7;
+
+const EMPTY: SockState = SockState {
+    flags: 0,
+    start_ns: 0,
+    end_ns: 0,
+    errno: 0,
+    _pad: 0,
+    call: PortEvent::ZERO,
+};
+
+#[sock_ops]
+pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => connecting(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            handshake_ended(&ctx, 0);
+            // Only the handshake's state changes are wanted, not the connection's.
+            let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let state = SockState {
+                flags: sock_state::ACCEPTED,
+                ..EMPTY
+            };
+            remember(sock_of_ops(&ctx), &state);
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == TCP_SYN_SENT && ctx.arg(1) == TCP_CLOSE => {
+            // The kernel sets sk_err before it closes a socket whose handshake failed
+            // (tcp_reset, tcp_write_err, tcp_v4_err); none means its owner closed it first.
+            let err = sock_err(&ctx);
+            handshake_ended(&ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
+        }
+        _ => {}
+    }
+    1
+}
+
+/// The `struct sock` behind the context (0 if the kernel gave none).
+#[inline(always)]
+fn sock_of_ops(ctx: &SockOpsContext) -> usize {
+    // SAFETY: a context read checked by the verifier.
+    emit::sock_address(unsafe { (*ctx.ops).__bindgen_anon_2.sk })
+}
+
+#[inline(always)]
+fn remember(sk: usize, state: &SockState) {
+    if sk != 0 && SOCKETS.insert(sk, *state, 0).is_err() {
+        emit::count(offset_of!(CpuCounters, sockets_full));
+    }
+}
+
+/// A UDP socket a bind reported: a later send reports no implicit bind for it.
+#[inline(always)]
+pub fn bound_udp(sk: usize) {
+    let state = SockState {
+        flags: sock_state::SENT,
+        ..EMPTY
+    };
+    remember(sk, &state);
+}
+
+/// The SYN is about to go out: remember when, and ask for this socket's state changes.
+#[inline(always)]
+fn connecting(ctx: &SockOpsContext) {
+    let state = SockState {
+        flags: sock_state::CONNECTING,
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        ..EMPTY
+    };
+    remember(sock_of_ops(ctx), &state);
+    // Gives the socket its cookie now, so that the fentry and kprobe programs, which can only
+    // read one the kernel already assigned, find it on the handshake's record.
+    // SAFETY: the helper takes the program's own context.
+    let _ = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+/// `sk->sk_err`, read from the socket behind the context.
+#[inline(always)]
+fn sock_err(ctx: &SockOpsContext) -> i32 {
+    let sk = sock_of_ops(ctx);
+    match offsets::get(|o| &o.sock_err) {
+        // SAFETY: a kernel read through bpf_probe_read_kernel.
+        Some(off) if sk != 0 => unsafe { read_kernel::<i32>(sk, off).unwrap_or(0) },
+        _ => 0,
+    }
+}
+
+/// The handshake ended with `errno` (0: established).
+#[inline(always)]
+fn handshake_ended(ctx: &SockOpsContext, errno: i32) {
+    let sk = sock_of_ops(ctx);
+    let Some(state) = SOCKETS.get_ptr_mut(sk) else {
+        return;
+    };
+    // SAFETY: a map value pointer; `flags` is only changed by atomic adds, each bit once.
+    unsafe {
+        if (*state).flags & sock_state::CONNECTING == 0 || (*state).flags & sock_state::DONE != 0 {
+            return;
+        }
+        (*state).errno = errno;
+        (*state).end_ns = bpf_ktime_get_ns();
+        emit::atomic_add(&raw mut (*state).flags, sock_state::DONE);
+        if read_volatile(&(*state).flags) & sock_state::WAITING != 0 {
+            report_handshake(sk, state);
+        }
+    }
+}
+
+/// A TCP connect call returned: `call` is its record, already submitted. A blocking call's
+/// result is the handshake's, so its entry is dropped; a non-blocking one leaves its record
+/// for the handshake's end.
+#[inline(always)]
+pub fn connect_returned(call: &PortEvent, sk: usize) {
+    if call.protocol != protocol::TCP || sk == 0 {
+        return;
+    }
+    let Some(state) = SOCKETS.get_ptr_mut(sk) else {
+        return;
+    };
+    // SAFETY: a map value pointer; `flags` is only changed by atomic adds, each bit once.
+    unsafe {
+        let flags = read_volatile(&(*state).flags);
+        if flags & sock_state::WAITING != 0 {
+            // connect() called again on a socket still connecting (EALREADY): the first call's
+            // record stays.
+            return;
+        }
+        if call.errno != emit::EINPROGRESS {
+            let _ = SOCKETS.remove(sk);
+            return;
+        }
+        (*state).call = *call;
+        if (*state).call.cookie == 0 {
+            (*state).call.cookie = socket_cookie(sk);
+        }
+        emit::atomic_add(&raw mut (*state).flags, sock_state::WAITING);
+        if read_volatile(&(*state).flags) & sock_state::DONE != 0 {
+            report_handshake(sk, state);
+        }
+    }
+}
+
+/// Writes the `HANDSHAKE` record from the connect call's record and the outcome, and forgets
+/// the socket's handshake. In the rare case that both sides see each other's bit, both write
+/// it; the daemon keeps the first.
+///
+/// # Safety
+/// `state` is `SOCKETS`' value for `sk`.
+#[inline(always)]
+unsafe fn report_handshake(sk: usize, state: *mut SockState) {
+    unsafe {
+        let mut ev = (*state).call;
+        ev.header.kind = kind::HANDSHAKE;
+        ev.probe = probe::CGROUP_SOCK_OPS;
+        ev.errno = (*state).errno;
+        ev.ts_ns = (*state).end_ns;
+        ev.duration_ns = (*state).end_ns.saturating_sub((*state).start_ns);
+        ev.flags = 0;
+        let _ = SOCKETS.remove(sk);
+        emit::submit(&mut ev);
+    }
+}
+
+/// The cookie of `sk` as the kernel already assigned it (0 if none was ever asked for), for the
+/// records of the fentry and kprobe programs, which cannot call `bpf_get_socket_cookie` on
+/// every kernel.
+#[inline(always)]
+pub fn socket_cookie(sk: usize) -> u64 {
+    match offsets::get(|o| &o.sock_cookie) {
+        // SAFETY: a kernel read through bpf_probe_read_kernel.
+        Some(off) if sk != 0 => unsafe { read_kernel::<u64>(sk, off).unwrap_or(0) },
+        _ => 0,
+    }
+}
+
+/// A socket with a port is being released: forget it, and say whether it was accepted (its
+/// release is then not reported).
+#[inline(always)]
+pub fn released_was_accepted(sk: usize) -> bool {
+    let Some(state) = SOCKETS.get_ptr(sk) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, read at once.
+    let accepted = unsafe { read_volatile(&(*state).flags) } & sock_state::ACCEPTED != 0;
+    let _ = SOCKETS.remove(sk);
+    accepted
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn portwatch_sendmsg4(ctx: SockAddrContext) -> i32 {
+    unconnected_send::<false>(&ctx, probe::CGROUP_SENDMSG4);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn portwatch_sendmsg6(ctx: SockAddrContext) -> i32 {
+    unconnected_send::<true>(&ctx, probe::CGROUP_SENDMSG6);
+    1
+}
+
+/// An unconnected UDP send. The first one of a socket no bind reported reports the socket's port
+/// as an implicit bind.
+#[inline(always)]
+fn unconnected_send<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
+    let sa = ctx.sock_addr;
+    // SAFETY: context reads of `struct bpf_sock_addr`, checked by the verifier; the socket's own
+    // fields are read with bpf_probe_read_kernel.
+    unsafe {
+        if (*sa).protocol != protocol::UDP as u32 {
+            return;
+        }
+        let sk = emit::sock_address((*sa).__bindgen_anon_1.sk);
+        if sk == 0 || SOCKETS.get_ptr(sk).is_some() {
+            return;
+        }
+        let state = SockState {
+            flags: sock_state::SENT,
+            ..EMPTY
+        };
+        if SOCKETS.insert(sk, state, 0).is_err() {
+            // Reporting without remembering would report every send.
+            emit::count(offset_of!(CpuCounters, sockets_full));
+            return;
+        }
+        let mut ev = PortEvent::ZERO;
+        ev.family = if V6 { family::INET6 } else { family::INET };
+        emit::local_from_sock(&mut ev, sk);
+        if ev.local_port == 0 {
+            return;
+        }
+        emit::add_task_facts(&mut ev, kind::BIND, probe, sk);
+        ev.protocol = protocol::UDP;
+        ev.cookie = bpf_get_socket_cookie(sa.cast());
+        ev.flags = flags::IMPLICIT;
+        emit::submit(&mut ev);
+    }
+}
