@@ -211,17 +211,18 @@ pub fn cases() -> Vec<Case> {
             done: |e| closes(1)(e),
             check: check_udp_bind,
         },
-        // listener: bind, listen, close; client: connect, close; accepted socket: close.
+        // listener: bind, listen, close; client: connect, close. The accepted socket is closed
+        // first, and its release is no port event.
         Case {
             name: "tcp_connect_ipv4",
             args: &["tcp-connect", "127.0.0.1:0"],
-            done: |e| closes(3)(e),
+            done: |e| closes(2)(e),
             check: check_tcp_connect,
         },
         Case {
             name: "tcp_connect_ipv6",
             args: &["tcp-connect", "[::1]:0"],
-            done: |e| closes(3)(e),
+            done: |e| closes(2)(e),
             check: check_tcp_connect,
         },
         Case {
@@ -271,8 +272,27 @@ pub fn cases() -> Vec<Case> {
             name: "connect_nonblocking_refused",
             args: &["connect-nonblocking", "127.0.0.1:0"],
             // the probe listener's close and the refused client's close
-            done: |e| e.iter().any(|x| x["event"] == "connect") && count(e, "close") >= 2,
+            done: |e| e.iter().any(|x| x["event"] == "connect_result") && count(e, "close") >= 2,
             check: check_connect_nonblocking,
+        },
+        Case {
+            name: "connect_nonblocking_established_ipv6",
+            args: &["connect-nonblocking-ok", "[::1]:0"],
+            done: |e| e.iter().any(|x| x["event"] == "connect_result") && count(e, "close") >= 2,
+            check: check_connect_nonblocking_ok,
+        },
+        Case {
+            name: "connect_nonblocking_timeout",
+            args: &["connect-timeout"],
+            // the listener, the connection filling its queue and the one that timed out
+            done: |e| e.iter().any(|x| x["event"] == "connect_result") && count(e, "close") >= 3,
+            check: check_connect_timeout,
+        },
+        Case {
+            name: "udp_sendto_unbound",
+            args: &["udp-sendto"],
+            done: |e| closes(3)(e),
+            check: check_udp_sendto,
         },
         Case {
             name: "short_lived_process",
@@ -427,6 +447,142 @@ fn check_tcp_connect(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
         .unwrap_or_else(|| panic!("no close of the client socket: {evs:#?}"));
     assert_net(client_close, "tcp", local, Some(server));
     assert_eq!(client_close["probe"], probe(ctx.strategy, Op::Close));
+    assert_no_accepted_close(evs, server);
+}
+
+/// The listener on `server` accepted a connection: that socket's release is not in the log.
+fn assert_no_accepted_close(evs: &[Value], server: &str) {
+    let port = split_addr(server).1;
+    assert!(
+        !evs.iter().any(|e| e["event"] == "close"
+            && e["network"]["local"]["port"] == port
+            && !e["network"]["peer"].is_null()),
+        "an accepted socket's release was reported: {evs:#?}"
+    );
+    assert_eq!(count(evs, "close"), 2, "{evs:#?}");
+}
+
+/// The handshake's end of the connect `call`: same socket, same process, from sock_ops.
+fn assert_connect_result<'a>(evs: &'a [Value], call: &Value) -> &'a Value {
+    let r = evs
+        .iter()
+        .find(|e| e["event"] == "connect_result")
+        .unwrap_or_else(|| panic!("no connect_result: {evs:#?}"));
+    assert_eq!(r["network"], call["network"], "{r}");
+    assert_eq!(r["process"], call["process"], "{r}");
+    assert_eq!(r["probe"], "cgroup:sock_ops", "{r}");
+    assert_eq!(r["origin"], "kernel", "{r}");
+    assert!(
+        r["duration_ns"].as_u64().is_some_and(|d| d > 0),
+        "a handshake takes time: {r}"
+    );
+    r
+}
+
+/// An event loop's connect that succeeds: in_progress at the call, then the handshake's success.
+fn check_connect_nonblocking_ok(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["call_errno"], libc::EINPROGRESS, "{report}");
+    assert_eq!(report["so_error"], 0, "{report}");
+    let (local, server) = (
+        report["local"].as_str().expect("local"),
+        report["listener"].as_str().expect("listener"),
+    );
+    assert_eq!(
+        kinds(evs),
+        [
+            "bind",
+            "listen",
+            "connect",
+            "connect_result",
+            "close",
+            "close"
+        ],
+        "{evs:#?}"
+    );
+    let c = find(evs, "connect", "in_progress");
+    assert_net(c, "tcp", local, Some(server));
+    assert_eq!(c["probe"], probe(ctx.strategy, Op::TcpConnect { v6: true }));
+    assert_process(ctx, c, pid_of(report), case.args);
+    let r = assert_connect_result(evs, c);
+    assert_eq!(r["outcome"], "success", "{r}");
+    assert!(r.get("error").is_none() && r.get("errno").is_none(), "{r}");
+    assert_no_accepted_close(evs, server);
+}
+
+/// A SYN that is dropped: the handshake times out after the call returned (ETIMEDOUT), in a
+/// network namespace of the client's own.
+fn check_connect_timeout(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["call_errno"], libc::EINPROGRESS, "{report}");
+    assert_eq!(report["so_error"], libc::ETIMEDOUT, "{report}");
+    let (local, server) = (
+        report["local"].as_str().expect("local"),
+        report["listener"].as_str().expect("listener"),
+    );
+    assert_eq!(
+        kinds(evs),
+        [
+            "bind",
+            "listen",
+            "connect",
+            "connect",
+            "connect_result",
+            "close",
+            "close",
+            "close"
+        ],
+        "{evs:#?}"
+    );
+    let c = find(evs, "connect", "in_progress");
+    assert_net(c, "tcp", local, Some(server));
+    assert_eq!(
+        c["network"]["netns"], report["netns"],
+        "the client's own namespace: {c}"
+    );
+    let r = assert_connect_result(evs, c);
+    assert_eq!(r["outcome"], "failure", "{r}");
+    assert_eq!(r["error"], "ETIMEDOUT", "{r}");
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "{r}");
+    // One SYN retry: about 1 s + 2 s.
+    let took = r["duration_ns"].as_u64().unwrap_or(0);
+    assert!(
+        took >= 2_000_000_000
+            && took <= report["waited_ms"].as_u64().unwrap_or(0) * 1_000_000 + 1_000_000_000,
+        "{took} ns against {report}"
+    );
+    let own = Ctx {
+        netns: report["netns"].as_u64().unwrap_or(0),
+        ..ctx.clone()
+    };
+    assert_process(&own, r, pid_of(report), case.args);
+}
+
+/// sendto() from unbound UDP sockets: an implicit bind each, with the port the kernel picked;
+/// the socket that was bound first has its bind and no implicit one.
+fn check_udp_sendto(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(
+        kinds(evs),
+        ["bind", "bind", "bind", "close", "close", "close"],
+        "{evs:#?}"
+    );
+    for (i, local, hook) in [
+        (0, "local4", "cgroup:sendmsg4"),
+        (1, "local6", "cgroup:sendmsg6"),
+    ] {
+        let b = &evs[i];
+        assert_net(b, "udp", report[local].as_str().expect(local), None);
+        assert_eq!(b["implicit"], true, "{b}");
+        assert_eq!(b["outcome"], "success", "{b}");
+        assert_eq!(b["port"]["requested"], false, "{b}");
+        assert_eq!(b["probe"], hook, "{b}");
+        assert_process(ctx, b, pid_of(report), case.args);
+    }
+    let bound = &evs[2];
+    assert_net(bound, "udp", report["bound"].as_str().expect("bound"), None);
+    assert!(bound.get("implicit").is_none(), "{bound}");
+    assert_eq!(
+        bound["probe"],
+        probe(ctx.strategy, Op::BindOk { v6: false })
+    );
 }
 
 /// An unbound UDP socket gets its port from connect: connect and close, no bind.
@@ -542,7 +698,14 @@ fn check_connect_nonblocking(ctx: &Ctx, case: &Case, report: &Value, evs: &[Valu
     let peer = report["peer"].as_str().expect("peer");
     assert_eq!(
         kinds(evs),
-        ["bind", "listen", "close", "connect", "close"],
+        [
+            "bind",
+            "listen",
+            "close",
+            "connect",
+            "connect_result",
+            "close"
+        ],
         "{evs:#?}"
     );
     let c = evs
@@ -550,6 +713,10 @@ fn check_connect_nonblocking(ctx: &Ctx, case: &Case, report: &Value, evs: &[Valu
         .find(|e| e["event"] == "connect")
         .expect("connect");
     assert_eq!(c["outcome"], "in_progress", "{c}");
+    let r = assert_connect_result(evs, c);
+    assert_eq!(r["outcome"], "failure", "{r}");
+    assert_eq!(r["error"], "ECONNREFUSED", "{r}");
+    assert_eq!(r["errno"], libc::ECONNREFUSED, "{r}");
     assert!(c.get("error").is_none() && c.get("errno").is_none(), "{c}");
     assert_eq!(
         c["network"]["peer"],

@@ -105,11 +105,20 @@ pub fn check(v: &Value) -> R {
     header(m, v)?;
     let event = string(&v["event"], "event")?;
     match event {
-        "bind" | "listen" | "connect" | "close" => {
+        "bind" | "listen" | "connect" | "close" | "connect_result" => {
             only_keys(
                 m,
                 &with(&[
-                    "outcome", "error", "errno", "network", "port", "process", "probe", "origin",
+                    "outcome",
+                    "error",
+                    "errno",
+                    "duration_ns",
+                    "implicit",
+                    "network",
+                    "port",
+                    "process",
+                    "probe",
+                    "origin",
                 ]),
                 event,
             )?;
@@ -147,10 +156,25 @@ pub fn check(v: &Value) -> R {
                 ],
                 "counters",
             )?;
-            for k in ["bind", "listen", "connect", "close", "total", "snapshot"] {
+            for k in [
+                "bind",
+                "listen",
+                "connect",
+                "close",
+                "connect_result",
+                "total",
+                "snapshot",
+            ] {
                 uint(&v["counters"]["events"][k], "counters.events", u64::MAX)?;
             }
-            for k in ["ring_buffer", "log_write_failed", "undecodable"] {
+            for k in [
+                "ring_buffer",
+                "pending_table_full",
+                "pending_stale",
+                "socket_table_full",
+                "log_write_failed",
+                "undecodable",
+            ] {
                 uint(&v["counters"]["lost"][k], "counters.lost", u64::MAX)?;
             }
             for cache in ["processes", "users", "process_table"] {
@@ -171,7 +195,14 @@ pub fn check(v: &Value) -> R {
                 u32::MAX as u64,
             )?;
             let attach = obj(&v["attach"], "attach")?;
-            for fam in ["bind", "listen", "connect", "release"] {
+            for fam in [
+                "bind",
+                "listen",
+                "connect",
+                "release",
+                "handshake",
+                "implicit_bind",
+            ] {
                 let f = attach
                     .get(fam)
                     .ok_or_else(|| format!("attach.{fam} missing"))?;
@@ -197,7 +228,18 @@ pub fn check(v: &Value) -> R {
             only_keys(m, &with(&["loss"]), event)?;
             let count = uint(&v["loss"]["count"], "loss.count", u64::MAX)?;
             let total = uint(&v["loss"]["total"], "loss.total", u64::MAX)?;
-            string(&v["loss"]["reason"], "loss.reason")?;
+            let reason = string(&v["loss"]["reason"], "loss.reason")?;
+            if ![
+                "ring_buffer_full",
+                "pending_table_full",
+                "pending_stale",
+                "socket_table_full",
+                "log_write_failed",
+            ]
+            .contains(&reason)
+            {
+                return Err(format!("unknown loss reason {reason}"));
+            }
             if count == 0 || total < count {
                 return Err(format!(
                     "loss counts inconsistent: count {count}, total {total}"
@@ -210,7 +252,44 @@ pub fn check(v: &Value) -> R {
 }
 
 fn port_event(v: &Value, event: &str) -> R {
+    // What only some events carry.
+    match v.get("duration_ns") {
+        Some(d) if event == "connect_result" => {
+            uint(d, "duration_ns", u64::MAX)?;
+            if v["origin"] != "kernel" {
+                return Err("a connect_result comes from the kernel only".into());
+            }
+        }
+        Some(_) => return Err(format!("duration_ns on a {event}")),
+        None if event == "connect_result" => {
+            return Err("connect_result without duration_ns".into());
+        }
+        None => {}
+    }
+    match v.get("implicit") {
+        Some(i) if event == "bind" && v["origin"] == "kernel" => {
+            if i != &Value::Bool(true) {
+                return Err(format!("implicit is {i}, only ever true"));
+            }
+            if v["network"]["transport"] != "udp" || v["outcome"] != "success" {
+                return Err("implicit on anything but a successful UDP bind".into());
+            }
+            if v["port"]["requested"] != false {
+                return Err("an implicit bind named no port".into());
+            }
+        }
+        Some(_) => return Err(format!("implicit on a {event} of origin {}", v["origin"])),
+        None => {}
+    }
     match string(&v["outcome"], "outcome")? {
+        "aborted" => {
+            if event != "connect_result" {
+                return Err(format!("outcome aborted on a {event}"));
+            }
+            if v.get("error").is_some() || v.get("errno").is_some() {
+                return Err("aborted with error fields".into());
+            }
+        }
         "success" => {
             if v.get("error").is_some() || v.get("errno").is_some() {
                 return Err("success with error fields".into());
@@ -268,7 +347,9 @@ fn subject(v: &Value, event: &str, pid0_allowed: bool) -> R {
     endpoint(&v["network"]["local"], ip_type, "network.local")?;
     match v["network"].get("peer") {
         Some(p) => endpoint(p, ip_type, "network.peer")?,
-        None if event == "connect" => return Err("connect without network.peer".into()),
+        None if event == "connect" || event == "connect_result" => {
+            return Err(format!("{event} without network.peer"));
+        }
         None => {}
     }
     nullable(&v["network"]["netns"], |n| {

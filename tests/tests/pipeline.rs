@@ -48,6 +48,9 @@ host_scenarios!(
     listen_einval_connected,
     connect_econnrefused,
     connect_nonblocking_refused,
+    connect_nonblocking_established_ipv6,
+    connect_nonblocking_timeout,
+    udp_sendto_unbound,
     short_lived_process,
 );
 
