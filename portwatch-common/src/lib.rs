@@ -227,6 +227,11 @@ const _: () = assert!(size_of::<Pending>() == 40);
 #[derive(Clone, Copy, Debug)]
 pub struct SockState {
     pub flags: u64,
+    /// The socket's cookie when the entry was made (0 if it had none then). A socket freed
+    /// without a release the programs see (an accepted connection never taken off its
+    /// listener's queue) leaves its entry behind; a later socket at the same address has
+    /// another cookie, and the entry is not taken for its own.
+    pub cookie: u64,
     /// `bpf_ktime_get_ns()` when the SYN was about to go out (`sock_state::CONNECTING`).
     pub start_ns: u64,
     /// When the handshake ended (`sock_state::DONE`), and how.
@@ -238,7 +243,7 @@ pub struct SockState {
     pub call: PortEvent,
 }
 
-const _: () = assert!(size_of::<SockState>() == 32 + size_of::<PortEvent>());
+const _: () = assert!(size_of::<SockState>() == 40 + size_of::<PortEvent>());
 
 /// `SockState::flags`.
 pub mod sock_state {

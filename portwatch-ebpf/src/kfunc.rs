@@ -88,7 +88,10 @@ pub fn finish(pending: Pending, ret: i32) {
     if pending.kind == kind::CONNECT {
         sockets::connect_returned(&ev, pending.sk as usize);
     } else if errno == 0 && pending.protocol == protocol::UDP {
-        sockets::bound_udp(pending.sk as usize);
+        sockets::bound_udp(
+            pending.sk as usize,
+            sockets::socket_cookie(pending.sk as usize),
+        );
     }
 }
 
@@ -167,7 +170,8 @@ pub fn release(socket: usize, probe: u8) {
     let Some((sk, proto, fam)) = sock_of(socket) else {
         return;
     };
-    if sockets::released_was_accepted(sk) {
+    let cookie = sockets::socket_cookie(sk);
+    if sockets::released_was_accepted(sk, cookie) {
         return;
     }
     let mut ev = PortEvent::ZERO;
@@ -178,7 +182,7 @@ pub fn release(socket: usize, probe: u8) {
         return;
     }
     emit::add_task_facts(&mut ev, kind::CLOSE, probe, sk);
-    ev.cookie = sockets::socket_cookie(sk);
+    ev.cookie = cookie;
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
         if let Some(off) = offsets::get(|o| &o.sock_dport)

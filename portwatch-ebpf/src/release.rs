@@ -19,7 +19,8 @@ pub fn portwatch_sock_release(ctx: SockContext) -> i32 {
         if !emit::is_inet_transport(protocol) {
             return 1;
         }
-        if sockets::released_was_accepted(sk as usize) {
+        let cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sk as *mut _);
+        if sockets::released_was_accepted(sk as usize, cookie) {
             return 1;
         }
         let mut ev = PortEvent::ZERO;
@@ -47,7 +48,7 @@ pub fn portwatch_sock_release(ctx: SockContext) -> i32 {
                 core::ptr::read_volatile(&dst[3]),
             ]);
         }
-        ev.cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sk as *mut _);
+        ev.cookie = cookie;
         emit::submit(&mut ev);
     }
     1

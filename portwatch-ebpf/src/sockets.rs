@@ -53,6 +53,7 @@ const TCP_CLOSE: u32 = 7;
 
 const EMPTY: SockState = SockState {
     flags: 0,
+    cookie: 0,
     start_ns: 0,
     end_ns: 0,
     errno: 0,
@@ -72,6 +73,7 @@ pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let state = SockState {
                 flags: sock_state::ACCEPTED,
+                cookie: cookie_of_ops(&ctx),
                 ..EMPTY
             };
             remember(sock_of_ops(&ctx), &state);
@@ -85,6 +87,12 @@ pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
         _ => {}
     }
     1
+}
+
+#[inline(always)]
+fn cookie_of_ops(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: the helper takes the program's own context.
+    unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
 }
 
 /// The `struct sock` behind the context (0 if the kernel gave none).
@@ -101,11 +109,13 @@ fn remember(sk: usize, state: &SockState) {
     }
 }
 
-/// A UDP socket a bind reported: a later send reports no implicit bind for it.
+/// A UDP socket a bind reported (`cookie` 0 where the hook cannot tell it): a later send
+/// reports no implicit bind for it.
 #[inline(always)]
-pub fn bound_udp(sk: usize) {
+pub fn bound_udp(sk: usize, cookie: u64) {
     let state = SockState {
         flags: sock_state::SENT,
+        cookie,
         ..EMPTY
     };
     remember(sk, &state);
@@ -114,17 +124,16 @@ pub fn bound_udp(sk: usize) {
 /// The SYN is about to go out: remember when, and ask for this socket's state changes.
 #[inline(always)]
 fn connecting(ctx: &SockOpsContext) {
+    // Asking for the cookie gives the socket one now, so that the fentry and kprobe programs,
+    // which can only read one the kernel already assigned, find it on the handshake's record.
     let state = SockState {
         flags: sock_state::CONNECTING,
+        cookie: cookie_of_ops(ctx),
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         ..EMPTY
     };
     remember(sock_of_ops(ctx), &state);
-    // Gives the socket its cookie now, so that the fentry and kprobe programs, which can only
-    // read one the kernel already assigned, find it on the handshake's record.
-    // SAFETY: the helper takes the program's own context.
-    let _ = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
@@ -227,15 +236,28 @@ pub fn socket_cookie(sk: usize) -> u64 {
     }
 }
 
-/// A socket with a port is being released: forget it, and say whether it was accepted (its
-/// release is then not reported).
+/// Whether the entry `state` is this socket's own (see `SockState::cookie`): `cookie` is the
+/// socket's, 0 where the hook cannot tell it.
+///
+/// # Safety
+/// `state` is a `SOCKETS` value pointer.
 #[inline(always)]
-pub fn released_was_accepted(sk: usize) -> bool {
+unsafe fn is_own(state: *const SockState, cookie: u64) -> bool {
+    let kept = unsafe { read_volatile(&(*state).cookie) };
+    kept == 0 || cookie == 0 || kept == cookie
+}
+
+/// A socket with a port is being released (`cookie` as for `is_own`): forget it, and say
+/// whether it was accepted (its release is then not reported).
+#[inline(always)]
+pub fn released_was_accepted(sk: usize, cookie: u64) -> bool {
     let Some(state) = SOCKETS.get_ptr(sk) else {
         return false;
     };
     // SAFETY: a map value pointer, read at once.
-    let accepted = unsafe { read_volatile(&(*state).flags) } & sock_state::ACCEPTED != 0;
+    let accepted = unsafe {
+        is_own(state, cookie) && read_volatile(&(*state).flags) & sock_state::ACCEPTED != 0
+    };
     let _ = SOCKETS.remove(sk);
     accepted
 }
@@ -264,11 +286,18 @@ fn unconnected_send<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
             return;
         }
         let sk = emit::sock_address((*sa).__bindgen_anon_1.sk);
-        if sk == 0 || SOCKETS.get_ptr(sk).is_some() {
+        if sk == 0 {
+            return;
+        }
+        let cookie = bpf_get_socket_cookie(sa.cast());
+        if let Some(state) = SOCKETS.get_ptr(sk)
+            && is_own(state, cookie)
+        {
             return;
         }
         let state = SockState {
             flags: sock_state::SENT,
+            cookie,
             ..EMPTY
         };
         if SOCKETS.insert(sk, state, 0).is_err() {
@@ -284,7 +313,7 @@ fn unconnected_send<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
         }
         emit::add_task_facts(&mut ev, kind::BIND, probe, sk);
         ev.protocol = protocol::UDP;
-        ev.cookie = bpf_get_socket_cookie(sa.cast());
+        ev.cookie = cookie;
         ev.flags = flags::IMPLICIT;
         emit::submit(&mut ev);
     }

@@ -220,6 +220,7 @@ impl Daemon {
         let mut attached = attach::attach(&AttachOptions {
             mode: opts.attach,
             ring_buffer_bytes: opts.ring_buffer_bytes,
+            tables: opts.tables,
         })
         .context("attaching the eBPF programs")?;
         // The kernel's BTF, parsed to attach, is freed now: give it back before anything else

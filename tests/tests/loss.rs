@@ -26,13 +26,13 @@ fn overflow_while_stalled_is_reported_as_loss_with_the_missing_count() {
     let delivered = (count(&mine, "bind") + count(&mine, "close")) as u64;
     let lost: u64 = lines
         .iter()
-        .filter(|e| e["event"] == "loss")
+        .filter(|e| e["loss"]["reason"] == "ring_buffer_full")
         .map(|e| e["loss"]["count"].as_u64().unwrap())
         .sum();
     let last_total = lines
         .iter()
         .rev()
-        .find(|e| e["event"] == "loss")
+        .find(|e| e["loss"]["reason"] == "ring_buffer_full")
         .map(|e| e["loss"]["total"].as_u64().unwrap())
         .unwrap();
     assert_eq!(lost, last_total, "the counts add up to the running total");

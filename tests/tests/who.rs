@@ -83,7 +83,7 @@ fn a_listener_that_lived_milliseconds_is_named_after_it_exited_and_after_a_resta
 fn a_connects_ephemeral_port_names_the_client_and_its_peer_at_that_time() {
     let mut d = Daemon::start(&[]);
     let s = scenario(["tcp-connect", "127.0.0.1:0"]);
-    let evs = d.events_of(s.pid, |e| count(e, "close") >= 3);
+    let evs = d.events_of(s.pid, |e| count(e, "close") >= 2);
     let connect = find(&evs, "connect", "success");
     let local_port = connect["network"]["local"]["port"]
         .as_u64()
@@ -101,6 +101,41 @@ fn a_connects_ephemeral_port_names_the_client_and_its_peer_at_that_time() {
     assert!(
         rows.iter().all(|r| r["process"]["pid"] != s.pid),
         "{rows:?}"
+    );
+}
+
+#[test]
+fn a_port_taken_by_sendto_without_bind_is_named_while_held_and_after() {
+    let mut d = Daemon::start(&[]);
+    let s = scenario(["udp-sendto", "hold"]);
+    let evs = d.events_of(s.pid, |e| count(e, "bind") >= 3);
+    let implicit = evs
+        .iter()
+        .find(|e| e["implicit"] == true && e["network"]["type"] == "ipv4")
+        .unwrap_or_else(|| panic!("{evs:#?}"));
+    let port = implicit["network"]["local"]["port"].as_u64().unwrap();
+    assert_eq!(
+        s.report["local4"].as_str().unwrap(),
+        format!("0.0.0.0:{port}")
+    );
+    let p = port.to_string();
+    // While the socket lives: its open interval names the process.
+    let row = history(&[&p], &d.state_dir, |r| r["process"]["pid"] == s.pid);
+    assert_eq!(row["role"], "bound", "{row}");
+    assert_eq!(row["transport"], "udp", "{row}");
+    assert!(row["to"].is_null(), "still held: {row}");
+    // And once it is gone, the closed interval still does.
+    let pid = s.pid;
+    drop(s);
+    d.events_of(pid, |e| count(e, "close") >= 3);
+    let row = history(&[&p, "--since", "10m"], &d.state_dir, |r| {
+        r["process"]["pid"] == pid && !r["to"].is_null()
+    });
+    assert!(
+        row["process"]["executable"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/portwatch-scenario")),
+        "{row}"
     );
 }
 

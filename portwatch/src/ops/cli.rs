@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// Ring buffer size in KiB: a power of two, 4 to 1048576.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_buffer_kib: Option<u32>,
+    /// Calls in flight the kernel side can hold, 64 to 1048576 [default: from the config, else
+    /// 16384].
+    #[arg(long, value_name = "N", value_parser = crate::bounds::flag_within::<64, 1_048_576>)]
+    pub pending_entries: Option<u64>,
     /// Unix socket for `portwatch status`.
     #[arg(long, value_name = "PATH")]
     pub status_socket: Option<PathBuf>,
@@ -142,6 +146,12 @@ impl RunArgs {
             }),
             log_file,
             ring_buffer_bytes: self.ring_buffer_kib.unwrap_or(config.ring_buffer_kib) * 1024,
+            tables: crate::ops::config::KernelTables {
+                pending_entries: self
+                    .pending_entries
+                    .map_or(config.kernel.pending_entries, |n| n as u32),
+                ..config.kernel
+            },
             status_socket: self
                 .status_socket
                 .clone()

@@ -15,6 +15,7 @@ pub struct RunOptions {
     pub stdout: bool,
     pub rotation: Option<crate::output::sink::Rotation>,
     pub ring_buffer_bytes: u32,
+    pub tables: KernelTables,
     pub status_socket: PathBuf,
     pub cache: CacheConfig,
     pub state_dir: PathBuf,
@@ -39,11 +40,35 @@ pub struct Config {
     /// Ring buffer size in KiB: a power of two from 4 to 1048576.
     #[serde(deserialize_with = "ring_kib")]
     pub ring_buffer_kib: u32,
+    /// The kernel side's tables: what each can hold is counted when exceeded, never evicted.
+    pub kernel: KernelTables,
     pub log: LogConfig,
     pub status: StatusConfig,
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelTables {
+    /// Calls in flight (bind, listen, connect between entry and return), one per thread at most;
+    /// a call that finds it full is lost and counted (`pending_table_full`).
+    #[serde(deserialize_with = "within::<_, _, 64, 1_048_576>")]
+    pub pending_entries: u32,
+    /// Sockets the kernel side follows (accepted, connecting, UDP that sent); memory is taken only
+    /// for those present. What does not fit is counted (`socket_table_full`).
+    #[serde(deserialize_with = "within::<_, _, 1024, 4_194_304>")]
+    pub socket_entries: u32,
+}
+
+impl Default for KernelTables {
+    fn default() -> Self {
+        Self {
+            pending_entries: 16_384,
+            socket_entries: 65_536,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -137,6 +162,7 @@ impl Default for Config {
         Self {
             attach: AttachMode::Auto,
             ring_buffer_kib: 1024,
+            kernel: KernelTables::default(),
             log: LogConfig::default(),
             status: StatusConfig::default(),
             cache: CacheConfig::default(),
@@ -243,6 +269,14 @@ attach = "auto"
 
 # Ring buffer between the kernel and the daemon, in KiB (a power of two, 4 to 1048576).
 ring_buffer_kib = 1024
+
+[kernel]
+# Calls in flight between their entry and return (at most one per thread), 64 to 1048576. A call
+# that finds the table full is not recorded, and is counted (lost.pending_table_full).
+pending_entries = 16384
+# Sockets followed in the kernel (accepted, connecting, UDP sockets that sent), 1024 to 4194304;
+# memory is taken only for those present. What does not fit is counted (lost.socket_table_full).
+socket_entries = 65536
 
 [log]
 # Append events (JSON Lines, mode 0640) to this file. Unset: no file.

@@ -181,20 +181,7 @@ fn run(args: &[String]) -> Result<Value, String> {
                 .ok_or("listener address")?;
             let filler = TcpStream::connect(server).map_err(io)?;
             let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt(2) with a c_int option value on a socket we own.
-            if unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_SYNCNT,
-                    (&raw const one).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            } != 0
-            {
-                return Err(format!("TCP_SYNCNT: {}", std::io::Error::last_os_error()));
-            }
+            set_syncnt(&s, 1)?;
             s.set_nonblocking(true).map_err(io)?;
             let started = match s.connect(&server.into()) {
                 Ok(()) => 0,
@@ -206,6 +193,43 @@ fn run(args: &[String]) -> Result<Value, String> {
             drop((s, filler, l));
             json!({"listener": server.to_string(), "local": local, "call_errno": started,
                    "so_error": outcome, "waited_ms": began.elapsed().as_millis() as u64})
+        }
+        "connect-parallel" => {
+            // `N`: N threads, each a blocking connect that hangs on a dropped SYN (as in
+            // connect-timeout) for about 3 s, all in flight at once.
+            use socket2::{Domain, Socket, Type};
+            let n: usize = arg.parse().map_err(|_| format!("not a count: {arg}"))?;
+            own_netns()?;
+            let l = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+            l.bind(&addr("127.0.0.1:0")?.into()).map_err(io)?;
+            l.listen(0).map_err(io)?;
+            let server = l
+                .local_addr()
+                .map_err(io)?
+                .as_socket()
+                .ok_or("listener address")?;
+            let filler = TcpStream::connect(server).map_err(io)?;
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+                        set_syncnt(&s, 1).ok()?;
+                        s.connect(&server.into())
+                            .err()
+                            .and_then(|e| e.raw_os_error())
+                    })
+                })
+                .collect();
+            let errnos: Vec<Option<i32>> = threads
+                .into_iter()
+                .map(|t| t.join().ok().flatten())
+                .collect();
+            let timed_out = errnos
+                .iter()
+                .filter(|e| **e == Some(libc::ETIMEDOUT))
+                .count();
+            drop((filler, l));
+            json!({"connects": n, "timed_out": timed_out, "listener": server.to_string()})
         }
         "udp-sendto" => {
             // DNS and statsd clients: sendto() on sockets never bound, over IPv4 and IPv6 (the
@@ -367,6 +391,24 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex: {s}")))
         .collect()
+}
+
+/// How many times a connect sends its SYN again before it gives up (TCP_SYNCNT).
+fn set_syncnt(s: &socket2::Socket, n: libc::c_int) -> Result<(), String> {
+    // SAFETY: setsockopt(2) with a c_int option value on a socket the caller owns.
+    if unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&raw const n).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(format!("TCP_SYNCNT: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Waits up to `ms` for a non-blocking connect to end: its SO_ERROR (0: connected).

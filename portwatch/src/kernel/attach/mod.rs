@@ -206,6 +206,7 @@ pub struct Attached {
 pub struct AttachOptions {
     pub mode: AttachMode,
     pub ring_buffer_bytes: u32,
+    pub tables: crate::ops::config::KernelTables,
 }
 
 /// Offsets and paths found once, before anything is loaded.
@@ -275,7 +276,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         .btf(None)
         .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(globals::KERNEL_OFFSETS, &layout.offsets, true)
-        .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .map_max_entries("PENDING", opts.tables.pending_entries)
+        .map_max_entries("SOCKETS", opts.tables.socket_entries);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(AttachError::Load)?;
     // The loader's copy is freed; hand it back before the next one is parsed.
     // SAFETY: malloc_trim only releases free heap memory.
