@@ -382,6 +382,10 @@ pub struct KernelOffsets {
     pub sock_cookie: u32,
     /// `sock.sk_err`: the error a failed handshake left on the socket.
     pub sock_err: u32,
+    /// `sock.sk_socket`: the `struct socket` of a socket a process holds.
+    pub sock_socket: u32,
+    /// `file.f_flags`: whether a socket's descriptor is non-blocking.
+    pub file_flags: u32,
     /// `inet_sock.inet_sport`: the local port, network order; still set once a closed TCP
     /// socket has given the port back.
     pub inet_sport: u32,

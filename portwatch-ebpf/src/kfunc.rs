@@ -13,6 +13,8 @@ use crate::{
 };
 
 const TCP_LISTEN: u8 = 10;
+const EALREADY: i32 = 114;
+const EISCONN: i32 = 106;
 
 /// The `struct sock` behind a `struct socket`, if it is a TCP or UDP socket over IPv4 or IPv6.
 #[inline(always)]
@@ -78,6 +80,11 @@ fn call_event(socket: usize, uaddr: usize, kind: u8, probe: u8) -> Option<Pendin
 pub fn finish(pending: Pending, ret: i32) {
     // A non-blocking connect's EINPROGRESS is kept: the daemon writes it as `in_progress`.
     let errno = if ret < 0 { -ret } else { 0 };
+    // connect() again on a socket already connecting or connected (event loops call it to learn
+    // the outcome) is no new connect: the tracepoint strategy's cgroup hook never sees it either.
+    if pending.kind == kind::CONNECT && (errno == EALREADY || errno == EISCONN) {
+        return;
+    }
     let mut ev = emit::complete(&pending, errno);
     // On success the socket holds what the kernel chose (port 0 → a real port; a connect's
     // ephemeral port). A failed bind keeps the requested address.

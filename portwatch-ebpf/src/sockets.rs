@@ -2,7 +2,8 @@
 //! hooks that need it:
 //!
 //! - **a non-blocking connect's handshake**: the call returns `EINPROGRESS` and the outcome comes
-//!   later. `sock_ops` sees the SYN go out (`TCP_CONNECT_CB`), the handshake succeed
+//!   later. `sock_ops` sees the SYN of a non-blocking socket go out (`TCP_CONNECT_CB`; a
+//!   blocking call returns the outcome itself, so it is left alone), the handshake succeed
 //!   (`ACTIVE_ESTABLISHED_CB`) or the socket fall from SYN_SENT to CLOSE (`STATE_CB`, enabled for
 //!   that socket only while it connects), and the connect's return reports whether it was
 //!   non-blocking. On loopback the handshake usually ends before the call returns (the reply is
@@ -66,9 +67,10 @@ pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => connecting(&ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            handshake_ended(&ctx, 0);
             // Only the handshake's state changes are wanted, not the connection's.
-            let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            if handshake_ended(&ctx, 0) {
+                let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            }
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let state = SockState {
@@ -82,7 +84,7 @@ pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
             // The kernel sets sk_err before it closes a socket whose handshake failed
             // (tcp_reset, tcp_write_err, tcp_v4_err); none means its owner closed it first.
             let err = sock_err(&ctx);
-            handshake_ended(&ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
+            let _ = handshake_ended(&ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
         }
         _ => {}
     }
@@ -121,9 +123,42 @@ pub fn bound_udp(sk: usize, cookie: u64) {
     remember(sk, &state);
 }
 
-/// The SYN is about to go out: remember when, and ask for this socket's state changes.
+/// `O_NONBLOCK`, as `file.f_flags` holds it.
+const O_NONBLOCK: u32 = 0o4000;
+
+/// Whether the descriptor behind `sk` is blocking, when that can be read: a blocking connect's
+/// call returns the handshake's outcome itself, and needs nothing remembered.
+#[inline(always)]
+fn blocking(sk: usize) -> bool {
+    let (Some(sock_socket), Some(socket_file), Some(file_flags)) = (
+        offsets::get(|o| &o.sock_socket),
+        offsets::get(|o| &o.socket_file),
+        offsets::get(|o| &o.file_flags),
+    ) else {
+        return false;
+    };
+    // SAFETY: kernel reads through bpf_probe_read_kernel.
+    unsafe {
+        match read_kernel::<usize>(sk, sock_socket)
+            .filter(|&s| s != 0)
+            .and_then(|s| read_kernel::<usize>(s, socket_file))
+            .filter(|&f| f != 0)
+            .and_then(|f| read_kernel::<u32>(f, file_flags))
+        {
+            Some(flags) => flags & O_NONBLOCK == 0,
+            None => false,
+        }
+    }
+}
+
+/// The SYN of a non-blocking connect is about to go out: remember when, and ask for this
+/// socket's state changes.
 #[inline(always)]
 fn connecting(ctx: &SockOpsContext) {
+    let sk = sock_of_ops(ctx);
+    if sk == 0 || blocking(sk) {
+        return;
+    }
     // Asking for the cookie gives the socket one now, so that the fentry and kprobe programs,
     // which can only read one the kernel already assigned, find it on the handshake's record.
     let state = SockState {
@@ -133,7 +168,7 @@ fn connecting(ctx: &SockOpsContext) {
         start_ns: unsafe { bpf_ktime_get_ns() },
         ..EMPTY
     };
-    remember(sock_of_ops(ctx), &state);
+    remember(sk, &state);
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
@@ -148,17 +183,17 @@ fn sock_err(ctx: &SockOpsContext) -> i32 {
     }
 }
 
-/// The handshake ended with `errno` (0: established).
+/// The handshake ended with `errno` (0: established). False when it was not one followed here.
 #[inline(always)]
-fn handshake_ended(ctx: &SockOpsContext, errno: i32) {
+fn handshake_ended(ctx: &SockOpsContext, errno: i32) -> bool {
     let sk = sock_of_ops(ctx);
     let Some(state) = SOCKETS.get_ptr_mut(sk) else {
-        return;
+        return false;
     };
     // SAFETY: a map value pointer; `flags` is only changed by atomic adds, each bit once.
     unsafe {
         if (*state).flags & sock_state::CONNECTING == 0 || (*state).flags & sock_state::DONE != 0 {
-            return;
+            return false;
         }
         (*state).errno = errno;
         (*state).end_ns = bpf_ktime_get_ns();
@@ -167,6 +202,7 @@ fn handshake_ended(ctx: &SockOpsContext, errno: i32) {
             report_handshake(sk, state);
         }
     }
+    true
 }
 
 /// A TCP connect call returned: `call` is its record, already submitted. A blocking call's

@@ -62,6 +62,8 @@ struct Sample {
     peak_rss_kib: u64,
     /// portwatch only: in-kernel nanoseconds of all its programs per recorded event.
     kernel_ns_per_event: Option<f64>,
+    /// nginx+ab: (ab's connects the tracer logged with their local port, ab's connects).
+    connects: Option<(u64, u64)>,
 }
 
 struct Paths {
@@ -111,17 +113,27 @@ fn measure(root: &Path, smoke: bool) -> Result<()> {
     };
     let modes = Mode::measured(smoke);
     let (scale, reps) = if smoke { (1u64, 1usize) } else { (50, 5) };
-    let workloads: [(&str, u64); 4] = [
+    let workloads: [(&str, u64); 7] = [
+        // The tax every syscall on the host pays, port event or not.
+        ("getppid", 60_000 * scale),
+        ("read-zero", 60_000 * scale),
         ("tcp-bind", 2000 * scale),
         ("udp-bind", 2000 * scale),
         ("tcp-connect", 600 * scale),
         ("listen-churn", 2000 * scale),
+        (WEB, if smoke { 2_000 } else { 20_000 }),
     ];
     let mut samples: BTreeMap<(&str, Mode), Vec<Sample>> = BTreeMap::new();
+    let web = WebServer::start(&paths.out)?;
     for rep in 0..reps {
         for (workload, ops) in workloads {
             for &mode in &modes {
-                let s = run_one(&paths, mode, workload, ops, None).with_context(|| {
+                let s = if workload == WEB {
+                    run_web(&paths, &web, mode, ops)
+                } else {
+                    run_one(&paths, mode, workload, ops, None)
+                };
+                let s = s.with_context(|| {
                     format!("{workload} with {} (round {})", mode.name(), rep + 1)
                 })?;
                 eprintln!(
@@ -137,6 +149,7 @@ fn measure(root: &Path, smoke: bool) -> Result<()> {
             }
         }
     }
+    drop(web);
     let max_rate = max_zero_loss_rate(&paths, smoke)?;
     let rss = rss_over_time(&paths, if smoke { 20_000 } else { 5_000_000 })?;
     let report = summarize(&samples, &workloads, max_rate, &rss, reps);
@@ -183,6 +196,119 @@ fn run_one(p: &Paths, mode: Mode, workload: &str, ops: u64, rate: Option<u64>) -
         cpu_seconds,
         peak_rss_kib,
         kernel_ns_per_event,
+        connects: None,
+    })
+}
+
+/// The real web workload's name in the tables.
+const WEB: &str = "nginx+ab";
+
+/// Debian's nginx serving a 1 KiB static file on a loopback port of its own, for `ab` (Debian's
+/// apache2-utils): a real server's accepts and a real client's non-blocking connects.
+struct WebServer {
+    child: Child,
+    url: String,
+}
+
+impl WebServer {
+    fn start(out: &Path) -> Result<WebServer> {
+        let dir = out.join("nginx");
+        fs::create_dir_all(dir.join("www"))?;
+        fs::create_dir_all(dir.join("tmp"))?;
+        fs::write(dir.join("www/index.html"), "x".repeat(1024))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let d = dir.display();
+        fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "user root;\nworker_processes 2;\npid {d}/nginx.pid;\ndaemon off;\n\
+                 events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n\
+                 client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
+                 fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+                 server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n"
+            ),
+        )?;
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(out.join("nginx.stderr"))?)
+            .spawn()
+            .context("starting nginx")?;
+        let url = format!("http://127.0.0.1:{port}/index.html");
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .context("nginx did not listen")?;
+        Ok(WebServer { child, url })
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the nginx master this process started; SIGQUIT stops it gracefully.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `ab -n REQUESTS -c 32` against the web server under `mode`: requests/s, and how many of ab's
+/// connects the tracer logged with their local port.
+fn run_web(p: &Paths, web: &WebServer, mode: Mode, requests: u64) -> Result<Sample> {
+    let tracer = Tracer::start(p, mode)?;
+    let before = tracer.cpu_ticks();
+    let ab = Command::new("ab")
+        .args(["-q", "-n", &requests.to_string(), "-c", "32", &web.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting ab")?;
+    let pid = ab.id();
+    let out = ab.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let (Some(rps), Some(failed)) = (field("Requests per second:"), field("Failed requests:"))
+    else {
+        anyhow::bail!(
+            "ab printed no result: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if failed > 0.0 {
+        eprintln!("bench: ab: {failed} failed requests");
+    }
+    // Per request portwatch writes ab's connect (in_progress), its connect_result and its
+    // close; the syscall tracers see the connect call.
+    let expected = match mode {
+        Mode::None => 0,
+        Mode::Portwatch => 3 * requests,
+        Mode::Bpftrace | Mode::Auditd => requests,
+    };
+    let (recorded, reported_lost) = tracer.settle(pid, expected)?;
+    let cpu_seconds = (tracer.cpu_ticks() - before) as f64 / ticks_per_second();
+    let peak_rss_kib = tracer.peak_rss_kib();
+    let connects = (mode != Mode::None).then(|| (tracer.connects_logged(pid), requests));
+    tracer.stop()?;
+    Ok(Sample {
+        ops_per_sec: rps,
+        expected,
+        recorded,
+        reported_lost,
+        cpu_seconds,
+        peak_rss_kib,
+        kernel_ns_per_event: None,
+        connects,
     })
 }
 
@@ -401,9 +527,43 @@ impl Tracer {
         }
     }
 
-    fn count(&self, pid: u32) -> (u64, u64) {
-        // portwatch rotates its log by size: a run's lines may span the rotated files too.
-        let text: String = if self.mode == Mode::Portwatch {
+    /// Connects of `pid` the tracer logged, with their local port where it records one.
+    fn connects_logged(&self, pid: u32) -> u64 {
+        let text = self.text();
+        match self.mode {
+            Mode::None => 0,
+            Mode::Portwatch => text
+                .lines()
+                .filter(|l| l.contains("\"event\":\"connect\""))
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| {
+                    v["process"]["pid"] == pid
+                        && v["network"]["local"]["port"].as_u64().unwrap_or(0) != 0
+                })
+                .count() as u64,
+            Mode::Bpftrace => {
+                let prefix = format!("{pid} ");
+                text.lines()
+                    .filter(|l| l.starts_with(&prefix) && l.contains("sys_exit_connect"))
+                    .count() as u64
+            }
+            Mode::Auditd => {
+                let needle = format!(" pid={pid} ");
+                // connect is syscall 42 on x86_64.
+                text.lines()
+                    .filter(|l| {
+                        l.starts_with("type=SYSCALL")
+                            && l.contains(&needle)
+                            && l.contains(" syscall=42 ")
+                    })
+                    .count() as u64
+            }
+        }
+    }
+
+    /// Everything the tracer wrote (portwatch's rotated files too).
+    fn text(&self) -> String {
+        if self.mode == Mode::Portwatch {
             rotated(&self.log)
                 .iter()
                 .chain(std::iter::once(&self.log))
@@ -411,7 +571,12 @@ impl Tracer {
                 .collect()
         } else {
             fs::read_to_string(&self.log).unwrap_or_default()
-        };
+        }
+    }
+
+    fn count(&self, pid: u32) -> (u64, u64) {
+        // portwatch rotates its log by size: a run's lines may span the rotated files too.
+        let text = self.text();
         match self.mode {
             Mode::None => (0, 0),
             Mode::Portwatch => {
@@ -589,6 +754,13 @@ fn summarize(
                 .map(|s| s.expected.saturating_sub(s.recorded))
                 .sum();
             let kns: Vec<f64> = ss.iter().filter_map(|s| s.kernel_ns_per_event).collect();
+            let connects = ss.iter().filter_map(|s| s.connects).fold(
+                None,
+                |acc: Option<(u64, u64)>, (l, e)| {
+                    let (al, ae) = acc.unwrap_or((0, 0));
+                    Some((al + l, ae + e))
+                },
+            );
             rows.push(json!({
                 "workload": workload, "ops_per_run": ops, "tracer": mode.name(),
                 "ops_per_sec": ops_s,
@@ -599,6 +771,9 @@ fn summarize(
                 "events_missing_all_runs": lost,
                 "events_reported_lost_all_runs": ss.iter().map(|s| s.reported_lost).sum::<u64>(),
                 "kernel_ns_per_event": if kns.is_empty() { Value::Null } else { json!(median(kns)) },
+                "ns_per_op": if ops_s > 0.0 { 1e9 / ops_s } else { 0.0 },
+                "connects_logged_all_runs": connects.map(|c| c.0),
+                "connects_all_runs": connects.map(|c| c.1),
                 "runs": ss.len(),
             }));
         }
@@ -610,15 +785,16 @@ fn summarize(
 
 fn print_table(report: &Value) {
     println!(
-        "\n| workload | tracer | ops/s | vs none | events/run | tracer CPU ms/1k ev | peak RSS MiB | missing | in-kernel ns/ev |"
+        "\n| workload | tracer | ops/s | ns/op | vs none | events/run | tracer CPU ms/1k ev | peak RSS MiB | missing | in-kernel ns/ev |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in report["rows"].as_array().into_iter().flatten() {
         println!(
-            "| {} | {} | {:.0} | {:.1}% | {:.0} | {:.2} | {:.1} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.1}% | {:.0} | {:.2} | {:.1} | {} | {} |",
             r["workload"].as_str().unwrap_or(""),
             r["tracer"].as_str().unwrap_or(""),
             r["ops_per_sec"].as_f64().unwrap_or(0.0),
+            r["ns_per_op"].as_f64().unwrap_or(0.0),
             r["relative_to_no_tracer"].as_f64().unwrap_or(0.0) * 100.0,
             r["events_recorded_per_run"].as_f64().unwrap_or(0.0),
             r["cpu_ms_per_1000_events"].as_f64().unwrap_or(0.0),
@@ -629,6 +805,18 @@ fn print_table(report: &Value) {
                 .map(|v| format!("{v:.0}"))
                 .unwrap_or_else(|| "-".into()),
         );
+    }
+    for r in report["rows"].as_array().into_iter().flatten() {
+        if let (Some(logged), Some(all)) = (
+            r["connects_logged_all_runs"].as_u64(),
+            r["connects_all_runs"].as_u64(),
+        ) {
+            println!(
+                "{} under {}: {logged} of ab's {all} connects logged (all runs)",
+                WEB,
+                r["tracer"].as_str().unwrap_or("")
+            );
+        }
     }
     println!(
         "\nmax zero-loss rate (udp-bind, portwatch): {} events/s",

@@ -98,11 +98,42 @@ pub fn test_packages() -> Result<()> {
 /// The peers `bench` measures portwatch against. Debian's auditd package starts auditd.service on
 /// install, which enables audit until reboot (see bench::AuditQuiet): only a bench that runs auditd
 /// may install it.
+/// The peers and the real workload of `cargo xtask bench`. nginx's package would start its
+/// service on port 80; a policy-rc.d keeps it (and auditd's) from starting while installing.
 pub fn bench_packages(auditd: bool) -> Result<()> {
+    let mut packages = vec!["bpftrace", "nginx-light", "apache2-utils"];
     if auditd {
-        install_packages(&["bpftrace", "auditd"])
-    } else {
-        install_packages(&["bpftrace"])
+        packages.push("auditd");
+    }
+    let _no_services = NoServiceStarts::new()?;
+    install_packages(&packages)
+}
+
+/// `/usr/sbin/policy-rc.d` answering "not now" (101) to every service start, while it lives;
+/// one that was already there is left alone.
+struct NoServiceStarts(Option<&'static str>);
+
+impl NoServiceStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn new() -> Result<Self> {
+        if std::path::Path::new(Self::PATH).exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(
+            Self::PATH,
+            "#!/bin/sh\n# cargo xtask bench: no service starts while installing\nexit 101\n",
+        )?;
+        crate::process::set_mode(std::path::Path::new(Self::PATH), 0o755)?;
+        Ok(Self(Some(Self::PATH)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

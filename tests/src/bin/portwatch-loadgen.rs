@@ -17,10 +17,15 @@ enum Workload {
     TcpBind,
     UdpBind,
     /// connect to a loopback listener and close with RST (no TIME_WAIT pile-up): a connect and
-    /// two closes (client and accepted socket) per operation.
+    /// the client's close per operation (an accepted socket's release is no port event).
     TcpConnect,
     /// bind, listen, close: short-lived listeners.
     ListenChurn,
+    /// getppid(2): a syscall that has nothing to do with ports, for the tax every syscall on the
+    /// host pays.
+    Getppid,
+    /// read(2) of one byte from /dev/zero: the same, with a file descriptor.
+    ReadZero,
 }
 
 impl Workload {
@@ -30,6 +35,8 @@ impl Workload {
             "udp-bind" => Self::UdpBind,
             "tcp-connect" => Self::TcpConnect,
             "listen-churn" => Self::ListenChurn,
+            "getppid" => Self::Getppid,
+            "read-zero" => Self::ReadZero,
             _ => return None,
         })
     }
@@ -122,6 +129,10 @@ fn run(workload: Workload, ops: u64, rate: Option<f64>) -> std::io::Result<serde
         });
         server = Some((addr, acceptor));
     }
+    let zero = match workload {
+        Workload::ReadZero => Some(std::fs::File::open("/dev/zero")?),
+        _ => None,
+    };
     let pacer = Pacer {
         start: Instant::now(),
         rate,
@@ -145,13 +156,25 @@ fn run(workload: Workload, ops: u64, rate: Option<f64>) -> std::io::Result<serde
                 rst_on_close(&s);
                 drop(s);
                 connect += 1;
-                close += 2;
+                close += 1;
             }
             Workload::ListenChurn => {
                 drop(TcpListener::bind(local)?);
                 bind += 1;
                 listen += 1;
                 close += 1;
+            }
+            // SAFETY: getppid(2) takes nothing and cannot fail.
+            Workload::Getppid => unsafe {
+                libc::getppid();
+            },
+            Workload::ReadZero => {
+                let mut byte = 0u8;
+                let fd = zero.as_ref().map_or(-1, |f| f.as_raw_fd());
+                // SAFETY: a one-byte read into a local.
+                if unsafe { libc::read(fd, (&raw mut byte).cast(), 1) } != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
         }
     }
@@ -165,6 +188,7 @@ fn run(workload: Workload, ops: u64, rate: Option<f64>) -> std::io::Result<serde
         "ops": ops,
         "seconds": seconds,
         "ops_per_sec": ops as f64 / seconds,
+        "ns_per_op": seconds * 1e9 / ops.max(1) as f64,
         "events": {"bind": bind, "listen": listen, "connect": connect, "close": close,
                    "total": bind + listen + connect + close},
         "syscalls": {"bind": bind, "listen": listen, "connect": connect},
@@ -173,7 +197,7 @@ fn run(workload: Workload, ops: u64, rate: Option<f64>) -> std::io::Result<serde
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: portwatch-loadgen tcp-bind|udp-bind|tcp-connect|listen-churn OPS [--rate OPS_PER_SEC]";
+    let usage = "usage: portwatch-loadgen tcp-bind|udp-bind|tcp-connect|listen-churn|getppid|read-zero OPS [--rate OPS_PER_SEC]";
     let (Some(workload), Some(ops)) = (
         args.first().and_then(|w| Workload::parse(w)),
         args.get(1).and_then(|n| n.parse::<u64>().ok()),

@@ -45,6 +45,8 @@ pub fn struct_offsets(btf: &Btf) -> Result<KernelOffsets, AttachError> {
         sock_net: member_offset(btf, "sock", &["__sk_common", "skc_net"])?,
         sock_cookie: member_offset(btf, "sock", &["__sk_common", "skc_cookie"])?,
         sock_err: member_offset(btf, "sock", &["sk_err"])?,
+        sock_socket: member_offset(btf, "sock", &["sk_socket"])?,
+        file_flags: member_offset(btf, "file", &["f_flags"])?,
         inet_sport: member_offset(btf, "inet_sock", &["inet_sport"])?,
         socket_sk: member_offset(btf, "socket", &["sk"])?,
         socket_file: member_offset(btf, "socket", &["file"])?,
