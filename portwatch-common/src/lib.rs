@@ -219,44 +219,49 @@ pub struct Pending {
 
 const _: () = assert!(size_of::<Pending>() == 40);
 
-/// What the kernel side remembers about one socket, keyed by its cookie, from the first hook that
-/// needs it until the socket is released. `flags` are `sock_state::*` bits, set with atomic adds
-/// (each bit once) because the handshake's end (softirq) and the connect call's return (the
-/// calling task) may run at once on two CPUs.
+/// What the kernel side remembers about one socket, keyed by the address of its `struct sock`,
+/// from the first hook that needs it until the socket is released.
+///
+/// The end of a non-blocking connect's handshake (softirq, or the calling task while it releases
+/// the socket) and the connect call's return may run at once on two CPUs. Each side writes its
+/// facts, then adds one to its own counter (`ended`, `returned`: an atomic add, which every
+/// kernel has; the fetching atomics are 5.12+), then reads the other's: whichever finds the other
+/// done writes the record. Both may; the daemon keeps one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockState {
+    /// `sock_state::*`, set when the entry is made.
     pub flags: u64,
     /// The socket's cookie when the entry was made (0 if it had none then). A socket freed
     /// without a release the programs see (an accepted connection never taken off its
     /// listener's queue) leaves its entry behind; a later socket at the same address has
     /// another cookie, and the entry is not taken for its own.
     pub cookie: u64,
-    /// `bpf_ktime_get_ns()` when the SYN was about to go out (`sock_state::CONNECTING`).
+    /// `bpf_ktime_get_ns()` when the SYN was about to go out.
     pub start_ns: u64,
-    /// When the handshake ended (`sock_state::DONE`), and how.
+    /// When the handshake ended, and how (`errno`).
     pub end_ns: u64,
+    /// Handshake ends seen (the race above).
+    pub ended: u64,
+    /// Connect calls that returned EINPROGRESS (the race above); `call` holds the record.
+    pub returned: u64,
     pub errno: i32,
-    pub _pad: u32,
-    /// The connect call's own record, kept from its return (`sock_state::WAITING`) until the
-    /// handshake ends.
+    /// `SENT`: the local port the socket's bind or implicit bind was reported with.
+    pub port: u32,
+    /// The connect call's own record, kept from its return until the handshake ends.
     pub call: PortEvent,
 }
 
-const _: () = assert!(size_of::<SockState>() == 40 + size_of::<PortEvent>());
+const _: () = assert!(size_of::<SockState>() == 56 + size_of::<PortEvent>());
 
 /// `SockState::flags`.
 pub mod sock_state {
     /// An accepted socket: its release is not a port event.
     pub const ACCEPTED: u64 = 1;
-    /// A TCP connect's SYN is on its way.
+    /// A non-blocking TCP connect's handshake is followed.
     pub const CONNECTING: u64 = 2;
-    /// The connect call returned EINPROGRESS; `call` holds its record.
-    pub const WAITING: u64 = 4;
-    /// The handshake ended; `end_ns` and `errno` say how.
-    pub const DONE: u64 = 8;
-    /// A UDP socket's first unconnected send was seen (its implicit bind, if any, reported).
-    pub const SENT: u64 = 16;
+    /// A UDP socket whose port was reported (by its bind, or its first unconnected send).
+    pub const SENT: u64 = 4;
 }
 
 /// Per-CPU counters kept by the kernel side, summed by the daemon.
@@ -384,6 +389,10 @@ pub struct KernelOffsets {
     pub sock_err: u32,
     /// `sock.sk_socket`: the `struct socket` of a socket a process holds.
     pub sock_socket: u32,
+    /// `sock.sk_sndtimeo`: a blocking connect with a send timeout can return EINPROGRESS.
+    pub sock_sndtimeo: u32,
+    /// `socket.state`: a connect on a socket not `SS_UNCONNECTED` is no new connect.
+    pub socket_state: u32,
     /// `file.f_flags`: whether a socket's descriptor is non-blocking.
     pub file_flags: u32,
     /// `inet_sock.inet_sport`: the local port, network order; still set once a closed TCP

@@ -1,5 +1,5 @@
 //! connect(2), TCP and UDP: the cgroup connect hooks park the peer before the kernel picks a local
-//! port; `sys_exit_connect` completes the record with the outcome and reads the local address and
+//! port (`sys_enter_connect` first clears what an earlier, unfinished park left); `sys_exit_connect` completes the record with the outcome and reads the local address and
 //! port the kernel chose from the socket.
 use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
@@ -8,6 +8,15 @@ use aya_ebpf::{
 use portwatch_common::{kind, probe};
 
 use crate::{bind, emit, sockets};
+
+/// A connect the cgroup hook parked but no connect(2) completed (io_uring's, a `sendto` with
+/// `MSG_FASTOPEN`) must not be taken for this call's: whatever the thread left is dropped, and
+/// counted as stale.
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn portwatch_sys_enter_connect(_ctx: TracePointContext) -> u32 {
+    emit::drop_parked(emit::current_tid());
+    0
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn portwatch_connect4(ctx: SockAddrContext) -> i32 {

@@ -281,9 +281,10 @@ pub fn take_parked(kind: u8) -> Option<Pending> {
     Some(pending)
 }
 
-/// A thread is exiting: whatever it left parked will never complete.
+/// Whatever thread `tid` left parked will never complete (it is exiting, or starting another
+/// call): dropped and counted.
 #[inline(always)]
-pub fn drop_parked_of_exiting_thread(tid: u32) {
+pub fn drop_parked(tid: u32) {
     if PENDING.remove(tid).is_ok() {
         count(offset_of!(CpuCounters, pending_stale));
     }

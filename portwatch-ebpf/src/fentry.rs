@@ -51,16 +51,17 @@ pub fn portwatch_fexit_inet_listen(ctx: FExitContext) -> i32 {
     0
 }
 
+/// The socket's state before the call tells a new connect from an event loop asking again how
+/// its connect went.
+#[fentry(function = "inet_stream_connect")]
+pub fn portwatch_fentry_inet_stream_connect(ctx: FEntryContext) -> i32 {
+    kfunc::stream_connect_entry(ctx.arg(0), ctx.arg(1), probe::FEXIT_INET_STREAM_CONNECT);
+    0
+}
+
 #[fexit(function = "inet_stream_connect")]
 pub fn portwatch_fexit_inet_stream_connect(ctx: FExitContext) -> i32 {
-    let r = ret(&ctx);
-    kfunc::call_returned(
-        ctx.arg(0),
-        ctx.arg(1),
-        r,
-        kind::CONNECT,
-        probe::FEXIT_INET_STREAM_CONNECT,
-    );
+    kfunc::finish_parked(kind::CONNECT, ret(&ctx));
     0
 }
 

@@ -13,8 +13,6 @@ use crate::{
 };
 
 const TCP_LISTEN: u8 = 10;
-const EALREADY: i32 = 114;
-const EISCONN: i32 = 106;
 
 /// The `struct sock` behind a `struct socket`, if it is a TCP or UDP socket over IPv4 or IPv6.
 #[inline(always)]
@@ -80,11 +78,6 @@ fn call_event(socket: usize, uaddr: usize, kind: u8, probe: u8) -> Option<Pendin
 pub fn finish(pending: Pending, ret: i32) {
     // A non-blocking connect's EINPROGRESS is kept: the daemon writes it as `in_progress`.
     let errno = if ret < 0 { -ret } else { 0 };
-    // connect() again on a socket already connecting or connected (event loops call it to learn
-    // the outcome) is no new connect: the tracepoint strategy's cgroup hook never sees it either.
-    if pending.kind == kind::CONNECT && (errno == EALREADY || errno == EISCONN) {
-        return;
-    }
     let mut ev = emit::complete(&pending, errno);
     // On success the socket holds what the kernel chose (port 0 → a real port; a connect's
     // ephemeral port). A failed bind keeps the requested address.
@@ -98,16 +91,35 @@ pub fn finish(pending: Pending, ret: i32) {
         sockets::bound_udp(
             pending.sk as usize,
             sockets::socket_cookie(pending.sk as usize),
+            ev.local_port,
         );
     }
 }
 
-/// Entry of a bind or connect (kprobe): remember the call until it returns.
+/// Entry of a bind or connect (kprobe, and fentry for a stream connect): remember the call until
+/// it returns.
 #[inline(always)]
 pub fn park_call(socket: usize, uaddr: usize, kind: u8, probe: u8) {
     if let Some(p) = call_event(socket, uaddr, kind, probe) {
         emit::park(&p);
     }
+}
+
+/// `SS_UNCONNECTED` of `enum socket_state`.
+const SS_UNCONNECTED: u32 = 1;
+
+/// Entry of a stream connect: only a socket not yet connecting starts a connect. Event loops call
+/// connect() again to learn how it went (EALREADY, EISCONN, 0 or the error); the tracepoint
+/// strategy's cgroup hook never sees those calls, and neither do these.
+#[inline(always)]
+pub fn stream_connect_entry(socket: usize, uaddr: usize, probe: u8) {
+    let state = offsets::get(|o| &o.socket_state)
+        // SAFETY: a kernel read through bpf_probe_read_kernel.
+        .and_then(|off| unsafe { read_kernel::<u32>(socket, off) });
+    if state.is_some_and(|s| s != SS_UNCONNECTED) {
+        return;
+    }
+    park_call(socket, uaddr, kind::CONNECT, probe);
 }
 
 /// Return of a parked bind or connect (kretprobe).
@@ -178,7 +190,7 @@ pub fn release(socket: usize, probe: u8) {
         return;
     };
     let cookie = sockets::socket_cookie(sk);
-    if sockets::released_was_accepted(sk, cookie) {
+    if !sockets::released(sk, cookie) {
         return;
     }
     let mut ev = PortEvent::ZERO;

@@ -55,10 +55,9 @@ pub fn portwatch_kretprobe_inet_listen(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn portwatch_kprobe_inet_stream_connect(ctx: ProbeContext) -> u32 {
-    kfunc::park_call(
+    kfunc::stream_connect_entry(
         arg(&ctx, 0),
         arg(&ctx, 1),
-        kind::CONNECT,
         probe::KPROBE_INET_STREAM_CONNECT,
     );
     0

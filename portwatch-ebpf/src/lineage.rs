@@ -166,7 +166,7 @@ pub fn portwatch_sched_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn portwatch_sched_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    emit::drop_parked_of_exiting_thread(pid_tgid as u32);
+    emit::drop_parked(pid_tgid as u32);
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
         proc_event(lineage::EXIT, (pid_tgid >> 32) as u32, 0);
     }

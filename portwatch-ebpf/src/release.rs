@@ -20,7 +20,7 @@ pub fn portwatch_sock_release(ctx: SockContext) -> i32 {
             return 1;
         }
         let cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sk as *mut _);
-        if sockets::released_was_accepted(sk as usize, cookie) {
+        if !sockets::released(sk as usize, cookie) {
             return 1;
         }
         let mut ev = PortEvent::ZERO;

@@ -7,19 +7,21 @@
 //!   (`ACTIVE_ESTABLISHED_CB`) or the socket fall from SYN_SENT to CLOSE (`STATE_CB`, enabled for
 //!   that socket only while it connects), and the connect's return reports whether it was
 //!   non-blocking. On loopback the handshake usually ends before the call returns (the reply is
-//!   processed when the call releases the socket lock), elsewhere after: each side sets its bit
-//!   and whichever finds the other's bit set writes the `HANDSHAKE` record.
+//!   processed when the call releases the socket lock), elsewhere after: see `SockState` for
+//!   how the two sides agree on who writes the `HANDSHAKE` record. A socket closed while it
+//!   connects is reported `aborted` at its release.
 //! - **accepted sockets**: `PASSIVE_ESTABLISHED_CB` marks them, so their release, which is not a
-//!   port acquisition's end, is not reported.
+//!   port acquisition's end, is not reported. Their state changes are followed too, so that a
+//!   connection freed without ever being accepted (its listener closed first) is forgotten.
 //! - **implicit binds**: a UDP send from an unbound socket makes the kernel pick a port before
-//!   the `sendmsg4/6` hooks run; the first unconnected send of a socket that no bind reported
-//!   reports the port.
+//!   the `sendmsg4/6` hooks run; the first unconnected send of a socket whose port no event
+//!   reported reports it.
 //!
 //! The key is the socket's address rather than its cookie because every hook has it, while the
 //! fentry and kprobe programs cannot ask for a cookie on every kernel. An address is reused only
-//! once the socket is freed, and every release removes the socket's entry first. The table is a
-//! plain hash, not an LRU: what it cannot hold is counted (`sockets_full`), never evicted
-//! unseen.
+//! once the socket is freed; every release removes the socket's entry, and an entry left by a
+//! socket freed unseen carries another socket's cookie. The table is a plain hash, not an LRU:
+//! what it cannot hold is counted (`sockets_full`), never evicted unseen.
 use core::{mem::offset_of, ptr::read_volatile};
 
 use aya_ebpf::{
@@ -29,8 +31,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
 };
 use portwatch_common::{
-    CpuCounters, HANDSHAKE_ABORTED, PortEvent, SockState, family, flags, kind, probe, protocol,
-    sock_state,
+    CpuCounters, HANDSHAKE_ABORTED, PortEvent, SockState, flags, kind, probe, protocol, sock_state,
 };
 
 use crate::{
@@ -41,6 +42,7 @@ use crate::{
 /// `BPF_F_NO_PREALLOC`: memory only for the sockets present, not for the table's capacity.
 const NO_PREALLOC: u32 = 1;
 
+/// The daemon sets the capacity at load time (`[kernel] socket_entries`).
 #[map]
 pub static SOCKETS: HashMap<usize, SockState> = HashMap::with_max_entries(65536, NO_PREALLOC);
 
@@ -49,6 +51,7 @@ const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
 const BPF_SOCK_OPS_STATE_CB_FLAG: u32 = 1 << 2;
+const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 
@@ -57,8 +60,10 @@ const EMPTY: SockState = SockState {
     cookie: 0,
     start_ns: 0,
     end_ns: 0,
+    ended: 0,
+    returned: 0,
     errno: 0,
-    _pad: 0,
+    port: 0,
     call: PortEvent::ZERO,
 };
 
@@ -69,22 +74,19 @@ pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             // Only the handshake's state changes are wanted, not the connection's.
             if handshake_ended(&ctx, 0) {
-                let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+                set_state_cb(&ctx, false);
             }
         }
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
-            let state = SockState {
-                flags: sock_state::ACCEPTED,
-                cookie: cookie_of_ops(&ctx),
-                ..EMPTY
-            };
-            remember(sock_of_ops(&ctx), &state);
-        }
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == TCP_SYN_SENT && ctx.arg(1) == TCP_CLOSE => {
-            // The kernel sets sk_err before it closes a socket whose handshake failed
-            // (tcp_reset, tcp_write_err, tcp_v4_err); none means its owner closed it first.
-            let err = sock_err(&ctx);
-            let _ = handshake_ended(&ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => accepted(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            if ctx.arg(0) == TCP_SYN_SENT {
+                // The kernel sets sk_err before it closes a socket whose handshake failed
+                // (tcp_reset, tcp_write_err, tcp_v4_err); none means its owner gave up first.
+                let err = sock_err(sock_of_ops(&ctx));
+                let _ = handshake_ended(&ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
+            } else {
+                forget_accepted(&ctx);
+            }
         }
         _ => {}
     }
@@ -105,33 +107,86 @@ fn sock_of_ops(ctx: &SockOpsContext) -> usize {
 }
 
 #[inline(always)]
+fn set_state_cb(ctx: &SockOpsContext, on: bool) {
+    let now = ctx.cb_flags();
+    let _ = ctx.set_cb_flags(if on {
+        now | BPF_SOCK_OPS_STATE_CB_FLAG
+    } else {
+        now & !BPF_SOCK_OPS_STATE_CB_FLAG
+    } as i32);
+}
+
+#[inline(always)]
 fn remember(sk: usize, state: &SockState) {
     if sk != 0 && SOCKETS.insert(sk, *state, 0).is_err() {
         emit::count(offset_of!(CpuCounters, sockets_full));
     }
 }
 
-/// A UDP socket a bind reported (`cookie` 0 where the hook cannot tell it): a later send
-/// reports no implicit bind for it.
+/// Whether the entry `state` is the socket's own, given the socket's `cookie` (0 when the
+/// socket has none yet): a cookie, once assigned, never changes. An entry made without one
+/// (`bound_udp` on the fentry and kprobe strategies) is taken as the socket's.
+///
+/// # Safety
+/// `state` is a `SOCKETS` value pointer.
 #[inline(always)]
-pub fn bound_udp(sk: usize, cookie: u64) {
+unsafe fn is_own(state: *const SockState, cookie: u64) -> bool {
+    let kept = unsafe { read_volatile(&(*state).cookie) };
+    kept == 0 || kept == cookie
+}
+
+/// `PASSIVE_ESTABLISHED_CB`: a connection a listener will hand to accept(). A connecting socket
+/// gets here too, in a simultaneous open (a socket connecting to itself on loopback among them):
+/// that is its handshake's end.
+#[inline(always)]
+fn accepted(ctx: &SockOpsContext) {
+    let sk = sock_of_ops(ctx);
+    let cookie = cookie_of_ops(ctx);
+    if let Some(state) = SOCKETS.get_ptr(sk)
+        // SAFETY: a map value pointer, read at once.
+        && unsafe { is_own(state, cookie) && (*state).flags & sock_state::CONNECTING != 0 }
+    {
+        if handshake_ended(ctx, 0) {
+            set_state_cb(ctx, false);
+        }
+        return;
+    }
     let state = SockState {
-        flags: sock_state::SENT,
+        flags: sock_state::ACCEPTED,
         cookie,
         ..EMPTY
     };
     remember(sk, &state);
+    // Its move to CLOSE forgets it, should it be freed without a release (never accepted).
+    set_state_cb(ctx, true);
 }
 
+/// An accepted connection went to CLOSE: its release, if any, came first and removed its
+/// entry; if there is one still, the socket was freed unseen.
+#[inline(always)]
+fn forget_accepted(ctx: &SockOpsContext) {
+    let sk = sock_of_ops(ctx);
+    if let Some(state) = SOCKETS.get_ptr(sk)
+        // SAFETY: a map value pointer, read at once.
+        && unsafe { (*state).flags & sock_state::ACCEPTED != 0 }
+    {
+        let _ = SOCKETS.remove(sk);
+    }
+}
+
+/// `LONG_MAX`: `sk_sndtimeo` of a socket without a send timeout.
+const NO_TIMEOUT: i64 = i64::MAX;
 /// `O_NONBLOCK`, as `file.f_flags` holds it.
 const O_NONBLOCK: u32 = 0o4000;
 
-/// Whether the descriptor behind `sk` is blocking, when that can be read: a blocking connect's
-/// call returns the handshake's outcome itself, and needs nothing remembered.
+/// Whether a connect on `sk` waits for the handshake's end, when that can be read: a blocking
+/// descriptor without a send timeout (with one, the call can return EINPROGRESS when it
+/// expires). Such a call returns the outcome itself, and needs nothing remembered.
 #[inline(always)]
 fn blocking(sk: usize) -> bool {
-    let (Some(sock_socket), Some(socket_file), Some(file_flags)) = (
+    let (Some(sock_socket), Some(sndtimeo), Some(socket_file), Some(file_flags)) = (
         offsets::get(|o| &o.sock_socket),
+        offsets::get(|o| &o.sock_sndtimeo),
         offsets::get(|o| &o.socket_file),
         offsets::get(|o| &o.file_flags),
     ) else {
@@ -139,6 +194,9 @@ fn blocking(sk: usize) -> bool {
     };
     // SAFETY: kernel reads through bpf_probe_read_kernel.
     unsafe {
+        if read_kernel::<i64>(sk, sndtimeo) != Some(NO_TIMEOUT) {
+            return false;
+        }
         match read_kernel::<usize>(sk, sock_socket)
             .filter(|&s| s != 0)
             .and_then(|s| read_kernel::<usize>(s, socket_file))
@@ -169,13 +227,12 @@ fn connecting(ctx: &SockOpsContext) {
         ..EMPTY
     };
     remember(sk, &state);
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    set_state_cb(ctx, true);
 }
 
-/// `sk->sk_err`, read from the socket behind the context.
+/// `sk->sk_err`.
 #[inline(always)]
-fn sock_err(ctx: &SockOpsContext) -> i32 {
-    let sk = sock_of_ops(ctx);
+fn sock_err(sk: usize) -> i32 {
     match offsets::get(|o| &o.sock_err) {
         // SAFETY: a kernel read through bpf_probe_read_kernel.
         Some(off) if sk != 0 => unsafe { read_kernel::<i32>(sk, off).unwrap_or(0) },
@@ -190,24 +247,38 @@ fn handshake_ended(ctx: &SockOpsContext, errno: i32) -> bool {
     let Some(state) = SOCKETS.get_ptr_mut(sk) else {
         return false;
     };
-    // SAFETY: a map value pointer; `flags` is only changed by atomic adds, each bit once.
+    // SAFETY: a map value pointer; `ended` and `returned` only grow, by atomic adds.
     unsafe {
-        if (*state).flags & sock_state::CONNECTING == 0 || (*state).flags & sock_state::DONE != 0 {
+        if !is_own(state, cookie_of_ops(ctx))
+            || (*state).flags & sock_state::CONNECTING == 0
+            || read_volatile(&(*state).ended) != 0
+        {
             return false;
         }
-        (*state).errno = errno;
-        (*state).end_ns = bpf_ktime_get_ns();
-        emit::atomic_add(&raw mut (*state).flags, sock_state::DONE);
-        if read_volatile(&(*state).flags) & sock_state::WAITING != 0 {
-            report_handshake(sk, state);
-        }
+        end_handshake(sk, state, errno);
     }
     true
 }
 
-/// A TCP connect call returned: `call` is its record, already submitted. A blocking call's
-/// result is the handshake's, so its entry is dropped; a non-blocking one leaves its record
-/// for the handshake's end.
+/// Writes the outcome, then reports it if the call already returned EINPROGRESS.
+///
+/// # Safety
+/// `state` is `SOCKETS`' value for `sk`.
+#[inline(always)]
+unsafe fn end_handshake(sk: usize, state: *mut SockState, errno: i32) {
+    unsafe {
+        (*state).errno = errno;
+        (*state).end_ns = bpf_ktime_get_ns();
+        emit::atomic_add(&raw mut (*state).ended, 1);
+        if read_volatile(&(*state).returned) != 0 {
+            report_handshake(sk, state);
+        }
+    }
+}
+
+/// A TCP connect call returned: `call` is its record, already submitted. A call that did not
+/// return EINPROGRESS carries its outcome, so the entry is dropped; one that did leaves its
+/// record for the handshake's end.
 #[inline(always)]
 pub fn connect_returned(call: &PortEvent, sk: usize) {
     if call.protocol != protocol::TCP || sk == 0 {
@@ -216,12 +287,9 @@ pub fn connect_returned(call: &PortEvent, sk: usize) {
     let Some(state) = SOCKETS.get_ptr_mut(sk) else {
         return;
     };
-    // SAFETY: a map value pointer; `flags` is only changed by atomic adds, each bit once.
+    // SAFETY: a map value pointer; `ended` and `returned` only grow, by atomic adds.
     unsafe {
-        let flags = read_volatile(&(*state).flags);
-        if flags & sock_state::WAITING != 0 {
-            // connect() called again on a socket still connecting (EALREADY): the first call's
-            // record stays.
+        if (*state).flags & sock_state::CONNECTING == 0 || read_volatile(&(*state).returned) != 0 {
             return;
         }
         if call.errno != emit::EINPROGRESS {
@@ -230,18 +298,17 @@ pub fn connect_returned(call: &PortEvent, sk: usize) {
         }
         (*state).call = *call;
         if (*state).call.cookie == 0 {
-            (*state).call.cookie = socket_cookie(sk);
+            (*state).call.cookie = (*state).cookie;
         }
-        emit::atomic_add(&raw mut (*state).flags, sock_state::WAITING);
-        if read_volatile(&(*state).flags) & sock_state::DONE != 0 {
+        emit::atomic_add(&raw mut (*state).returned, 1);
+        if read_volatile(&(*state).ended) != 0 {
             report_handshake(sk, state);
         }
     }
 }
 
 /// Writes the `HANDSHAKE` record from the connect call's record and the outcome, and forgets
-/// the socket's handshake. In the rare case that both sides see each other's bit, both write
-/// it; the daemon keeps the first.
+/// the socket's handshake.
 ///
 /// # Safety
 /// `state` is `SOCKETS`' value for `sk`.
@@ -261,8 +328,7 @@ unsafe fn report_handshake(sk: usize, state: *mut SockState) {
 }
 
 /// The cookie of `sk` as the kernel already assigned it (0 if none was ever asked for), for the
-/// records of the fentry and kprobe programs, which cannot call `bpf_get_socket_cookie` on
-/// every kernel.
+/// fentry and kprobe programs, which cannot call `bpf_get_socket_cookie` on every kernel.
 #[inline(always)]
 pub fn socket_cookie(sk: usize) -> u64 {
     match offsets::get(|o| &o.sock_cookie) {
@@ -272,48 +338,67 @@ pub fn socket_cookie(sk: usize) -> u64 {
     }
 }
 
-/// Whether the entry `state` is this socket's own (see `SockState::cookie`): `cookie` is the
-/// socket's, 0 where the hook cannot tell it.
-///
-/// # Safety
-/// `state` is a `SOCKETS` value pointer.
+/// A socket with a port is being released (`cookie`: its cookie, 0 if it has none): forget it.
+/// False when the release is not to be reported (an accepted socket). A socket still waiting for
+/// its handshake gets its `connect_result` now: the release comes before the close that would
+/// end the handshake.
 #[inline(always)]
-unsafe fn is_own(state: *const SockState, cookie: u64) -> bool {
-    let kept = unsafe { read_volatile(&(*state).cookie) };
-    kept == 0 || cookie == 0 || kept == cookie
+pub fn released(sk: usize, cookie: u64) -> bool {
+    let Some(state) = SOCKETS.get_ptr_mut(sk) else {
+        return true;
+    };
+    // SAFETY: a map value pointer; `ended` and `returned` only grow, by atomic adds.
+    unsafe {
+        if is_own(state, cookie) {
+            let flags = (*state).flags;
+            if flags & sock_state::ACCEPTED != 0 {
+                let _ = SOCKETS.remove(sk);
+                return false;
+            }
+            if flags & sock_state::CONNECTING != 0
+                && read_volatile(&(*state).returned) != 0
+                && read_volatile(&(*state).ended) == 0
+            {
+                let err = sock_err(sk);
+                end_handshake(sk, state, if err > 0 { err } else { HANDSHAKE_ABORTED });
+                return true;
+            }
+        }
+    }
+    let _ = SOCKETS.remove(sk);
+    true
 }
 
-/// A socket with a port is being released (`cookie` as for `is_own`): forget it, and say
-/// whether it was accepted (its release is then not reported).
+/// A UDP socket a bind reported on `port` (`cookie` 0 where the hook cannot tell it): a later
+/// send on that port reports no implicit bind for it.
 #[inline(always)]
-pub fn released_was_accepted(sk: usize, cookie: u64) -> bool {
-    let Some(state) = SOCKETS.get_ptr(sk) else {
-        return false;
+pub fn bound_udp(sk: usize, cookie: u64, port: u16) {
+    let state = SockState {
+        flags: sock_state::SENT,
+        cookie,
+        port: port as u32,
+        ..EMPTY
     };
-    // SAFETY: a map value pointer, read at once.
-    let accepted = unsafe {
-        is_own(state, cookie) && read_volatile(&(*state).flags) & sock_state::ACCEPTED != 0
-    };
-    let _ = SOCKETS.remove(sk);
-    accepted
+    remember(sk, &state);
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn portwatch_sendmsg4(ctx: SockAddrContext) -> i32 {
-    unconnected_send::<false>(&ctx, probe::CGROUP_SENDMSG4);
+    unconnected_send(&ctx, probe::CGROUP_SENDMSG4);
     1
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn portwatch_sendmsg6(ctx: SockAddrContext) -> i32 {
-    unconnected_send::<true>(&ctx, probe::CGROUP_SENDMSG6);
+    unconnected_send(&ctx, probe::CGROUP_SENDMSG6);
     1
 }
 
-/// An unconnected UDP send. The first one of a socket no bind reported reports the socket's port
-/// as an implicit bind.
+/// A UDP send to an address. The first one on a port no event reported reports the socket's
+/// port as an implicit bind: on a socket never bound, and again after `connect(AF_UNSPEC)` gave
+/// an autobound port back and a send took another.
 #[inline(always)]
-fn unconnected_send<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
+fn unconnected_send(ctx: &SockAddrContext, probe: u8) {
     let sa = ctx.sock_addr;
     // SAFETY: context reads of `struct bpf_sock_addr`, checked by the verifier; the socket's own
     // fields are read with bpf_probe_read_kernel.
@@ -325,26 +410,37 @@ fn unconnected_send<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
         if sk == 0 {
             return;
         }
+        // A connected socket sending to an explicit address: its connect reported the port.
+        if let Some(off) = offsets::get(|o| &o.sock_state)
+            && read_kernel::<u8>(sk, off) == Some(TCP_ESTABLISHED)
+        {
+            return;
+        }
+        // The socket's family, not the destination's: an IPv6 socket sending to an IPv4-mapped
+        // address runs sendmsg4, and its port is an IPv6 socket's.
+        let mut ev = PortEvent::ZERO;
+        ev.family = (*sa).family as u8;
+        emit::local_from_sock(&mut ev, sk);
+        if ev.local_port == 0 {
+            return;
+        }
         let cookie = bpf_get_socket_cookie(sa.cast());
         if let Some(state) = SOCKETS.get_ptr(sk)
             && is_own(state, cookie)
+            && (*state).flags & sock_state::SENT != 0
+            && (*state).port == ev.local_port as u32
         {
             return;
         }
         let state = SockState {
             flags: sock_state::SENT,
             cookie,
+            port: ev.local_port as u32,
             ..EMPTY
         };
         if SOCKETS.insert(sk, state, 0).is_err() {
             // Reporting without remembering would report every send.
             emit::count(offset_of!(CpuCounters, sockets_full));
-            return;
-        }
-        let mut ev = PortEvent::ZERO;
-        ev.family = if V6 { family::INET6 } else { family::INET };
-        emit::local_from_sock(&mut ev, sk);
-        if ev.local_port == 0 {
             return;
         }
         emit::add_task_facts(&mut ev, kind::BIND, probe, sk);

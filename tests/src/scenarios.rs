@@ -289,6 +289,24 @@ pub fn cases() -> Vec<Case> {
             check: check_connect_timeout,
         },
         Case {
+            name: "connect_nonblocking_aborted",
+            args: &["connect-abort"],
+            done: |e| e.iter().any(|x| x["event"] == "connect_result") && count(e, "close") >= 3,
+            check: check_connect_abort,
+        },
+        Case {
+            name: "connect_nonblocking_to_itself",
+            args: &["connect-self", "127.0.0.1:0"],
+            done: |e| e.iter().any(|x| x["event"] == "connect_result") && count(e, "close") >= 1,
+            check: check_connect_self,
+        },
+        Case {
+            name: "udp_sendto_mapped_and_after_disconnect",
+            args: &["udp-sendto-again"],
+            done: |e| closes(2)(e),
+            check: check_udp_sendto_again,
+        },
+        Case {
             name: "udp_sendto_unbound",
             args: &["udp-sendto"],
             done: |e| closes(3)(e),
@@ -483,6 +501,8 @@ fn assert_connect_result<'a>(evs: &'a [Value], call: &Value) -> &'a Value {
 fn check_connect_nonblocking_ok(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
     assert_eq!(report["call_errno"], libc::EINPROGRESS, "{report}");
     assert_eq!(report["so_error"], 0, "{report}");
+    // Asked again once connected: 0 or EISCONN, and no second connect event (the kinds below).
+    assert!([0, libc::EISCONN].contains(&(report["again_errno"].as_i64().unwrap_or(-1) as i32)));
     let (local, server) = (
         report["local"].as_str().expect("local"),
         report["listener"].as_str().expect("listener"),
@@ -554,6 +574,96 @@ fn check_connect_timeout(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) 
         ..ctx.clone()
     };
     assert_process(&own, r, pid_of(report), case.args);
+}
+
+/// Closed by its owner while its SYN went unanswered: the handshake's result is `aborted`, written
+/// at the release, before the release itself.
+fn check_connect_abort(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["call_errno"], libc::EINPROGRESS, "{report}");
+    let (local, server) = (
+        report["local"].as_str().expect("local"),
+        report["listener"].as_str().expect("listener"),
+    );
+    assert_eq!(
+        kinds(evs),
+        [
+            "bind",
+            "listen",
+            "connect",
+            "connect",
+            "connect_result",
+            "close",
+            "close",
+            "close"
+        ],
+        "{evs:#?}"
+    );
+    let c = find(evs, "connect", "in_progress");
+    assert_net(c, "tcp", local, Some(server));
+    let r = assert_connect_result(evs, c);
+    assert_eq!(r["outcome"], "aborted", "{r}");
+    assert!(r.get("error").is_none() && r.get("errno").is_none(), "{r}");
+    let own = Ctx {
+        netns: report["netns"].as_u64().unwrap_or(0),
+        ..ctx.clone()
+    };
+    assert_process(&own, r, pid_of(report), case.args);
+    let close = &evs[5];
+    assert_net(close, "tcp", local, Some(server));
+}
+
+/// A socket connected to itself: its handshake ends (success) by the path an accepted
+/// connection's takes, and its release is still reported.
+fn check_connect_self(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["call_errno"], libc::EINPROGRESS, "{report}");
+    assert_eq!(report["so_error"], 0, "{report}");
+    let me = report["local"].as_str().expect("local");
+    assert_eq!(
+        kinds(evs),
+        ["bind", "connect", "connect_result", "close"],
+        "{evs:#?}"
+    );
+    let c = find(evs, "connect", "in_progress");
+    assert_net(c, "tcp", me, Some(me));
+    let r = assert_connect_result(evs, c);
+    assert_eq!(r["outcome"], "success", "{r}");
+    assert_process(ctx, r, pid_of(report), case.args);
+    assert_net(&evs[3], "tcp", me, Some(me));
+}
+
+/// An implicit bind is an IPv6 socket's when the socket is (whatever address it sent to), and a
+/// new one when a socket that gave its port back sends again.
+fn check_udp_sendto_again(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(
+        kinds(evs),
+        ["bind", "close", "bind", "connect", "bind", "close"],
+        "{evs:#?}"
+    );
+    let mapped = &evs[0];
+    assert_net(
+        mapped,
+        "udp",
+        report["mapped"].as_str().expect("mapped"),
+        None,
+    );
+    assert_eq!(mapped["implicit"], true, "{mapped}");
+    assert_eq!(mapped["probe"], "cgroup:sendmsg4", "{mapped}");
+    assert_net(&evs[1], "udp", report["mapped"].as_str().unwrap(), None);
+    let first = report["first"].as_str().expect("first");
+    assert_net(&evs[2], "udp", first, None);
+    assert_eq!(evs[2]["implicit"], true);
+    assert_eq!(
+        evs[3]["network"]["local"]["port"],
+        split_addr(first).1,
+        "{}",
+        evs[3]
+    );
+    let second = report["second"].as_str().expect("second");
+    assert_net(&evs[4], "udp", second, None);
+    assert_eq!(evs[4]["implicit"], true, "{}", evs[4]);
+    for e in [&evs[0], &evs[2], &evs[4]] {
+        assert_process(ctx, e, pid_of(report), case.args);
+    }
 }
 
 /// sendto() from unbound UDP sockets: an implicit bind each, with the port the kernel picked;

@@ -51,6 +51,9 @@ host_scenarios!(
     connect_nonblocking_established_ipv6,
     connect_nonblocking_timeout,
     udp_sendto_unbound,
+    connect_nonblocking_aborted,
+    connect_nonblocking_to_itself,
+    udp_sendto_mapped_and_after_disconnect,
     short_lived_process,
 );
 

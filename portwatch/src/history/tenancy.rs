@@ -84,9 +84,24 @@ impl Tenancy {
         }
     }
 
-    /// Applies one successful port event.
+    /// Applies one successful port event, and the failed end of a handshake.
     pub fn observe(&mut self, f: &PortFacts) {
         let ev = &f.event;
+        if ev.kind == Kind::ConnectResult {
+            // The kernel gave the port back when the handshake failed: the socket, still open,
+            // holds none.
+            if ev.errno.is_some() || ev.aborted {
+                let key = (
+                    ev.netns(),
+                    ev.transport,
+                    ev.local.ip(),
+                    ev.local.port(),
+                    ev.peer,
+                );
+                self.close(&key, f.wall_ns);
+            }
+            return;
+        }
         if ev.errno.is_some() {
             return;
         }
@@ -114,7 +129,6 @@ impl Tenancy {
                 None => self.open_interval(key(None), SocketRole::Listening, f),
             },
             Kind::Connect => self.open_interval(key(peer), SocketRole::Connected, f),
-            // The connect opened the interval; the socket holds its port until released.
             Kind::ConnectResult => {}
             Kind::Close => {
                 self.close(&key(peer), wall_ns);

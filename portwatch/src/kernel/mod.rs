@@ -36,9 +36,10 @@ pub struct Kernel {
     reader: EventReader,
     losses: LossCounter,
     undecodable: u64,
-    /// Cookies of the latest handshake ends: when the handshake's end and the connect's return
-    /// race on two CPUs, both may write the record, and the second is dropped here.
-    recent_results: std::collections::VecDeque<u64>,
+    /// The latest handshake ends, as (socket cookie, when its SYN went out): when the handshake's
+    /// end and the connect's return race on two CPUs, both may write the record, and the second
+    /// is dropped here. A socket may connect again after a failure: another start, kept.
+    recent_results: std::collections::VecDeque<(u64, u64)>,
 }
 
 /// How many handshake ends `recent_results` remembers: the two copies of a raced record are
@@ -71,13 +72,17 @@ impl Kernel {
         self.reader
             .drain(max, &mut |bytes| match decode::decode_any(bytes) {
                 Ok(Record::Port(ev)) if ev.kind == decode::Kind::ConnectResult => {
-                    if ev.cookie != 0 && recent.contains(&ev.cookie) {
+                    let key = (
+                        ev.cookie,
+                        ev.monotonic_ns.saturating_sub(ev.duration_ns.unwrap_or(0)),
+                    );
+                    if ev.cookie != 0 && recent.contains(&key) {
                         return;
                     }
                     if recent.len() == RECENT_RESULTS {
                         recent.pop_front();
                     }
-                    recent.push_back(ev.cookie);
+                    recent.push_back(key);
                     f(Record::Port(ev))
                 }
                 Ok(r) => f(r),

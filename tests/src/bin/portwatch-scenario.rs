@@ -158,12 +158,61 @@ fn run(args: &[String]) -> Result<Value, String> {
                 Err(e) => errno_of(&e),
             };
             let outcome = wait_connected(&s, 5000)?;
+            // As libuv and APR do: connect() again, to learn how it went. No new connect.
+            let again = match s.connect(&server.into()) {
+                Ok(()) => 0,
+                Err(e) => errno_of(&e),
+            };
             let (accepted, _) = l.accept().map_err(io)?;
             drop(accepted);
             let local = local_of(&s);
             drop(s);
             json!({"listener": server.to_string(), "local": local, "call_errno": started,
-                   "so_error": outcome})
+                   "so_error": outcome, "again_errno": again})
+        }
+        "connect-abort" => {
+            // A non-blocking connect whose SYN is dropped (as in connect-timeout), closed by its
+            // owner while the handshake is still under way.
+            use socket2::{Domain, Socket, Type};
+            own_netns()?;
+            let l = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+            l.bind(&addr("127.0.0.1:0")?.into()).map_err(io)?;
+            l.listen(0).map_err(io)?;
+            let server = l
+                .local_addr()
+                .map_err(io)?
+                .as_socket()
+                .ok_or("listener address")?;
+            let filler = TcpStream::connect(server).map_err(io)?;
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+            s.set_nonblocking(true).map_err(io)?;
+            let started = match s.connect(&server.into()) {
+                Ok(()) => 0,
+                Err(e) => errno_of(&e),
+            };
+            let local = local_of(&s);
+            drop(s);
+            drop((filler, l));
+            json!({"listener": server.to_string(), "local": local, "call_errno": started})
+        }
+        "connect-self" => {
+            // A non-blocking connect of a socket to its own address: a simultaneous open, whose
+            // handshake the kernel ends as it ends an accepted connection's.
+            use socket2::{Domain, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+            s.bind(&addr(arg)?.into()).map_err(io)?;
+            let me = s
+                .local_addr()
+                .map_err(io)?
+                .as_socket()
+                .ok_or("own address")?;
+            s.set_nonblocking(true).map_err(io)?;
+            let started = match s.connect(&me.into()) {
+                Ok(()) => 0,
+                Err(e) => errno_of(&e),
+            };
+            let outcome = wait_connected(&s, 5000)?;
+            json!({"local": me.to_string(), "call_errno": started, "so_error": outcome})
         }
         "connect-timeout" => {
             // A network namespace of our own, where a SYN is dropped: a listener whose accept
@@ -248,6 +297,37 @@ fn run(args: &[String]) -> Result<Value, String> {
                 std::mem::forget((v4, v6, bound));
             }
             out
+        }
+        "udp-sendto-again" => {
+            // An IPv6 socket sending to an IPv4-mapped address (its port is an IPv6 socket's),
+            // and a socket that connect(AF_UNSPEC) made give its autobound port back, so that
+            // its next send takes another.
+            let v6 = unbound_udp(true)?;
+            v6.send_to(b"x", "[::ffff:127.0.0.1]:9").map_err(io)?;
+            let mapped = v6.local_addr().map_err(io)?.to_string();
+            drop(v6);
+            let u = unbound_udp(false)?;
+            u.send_to(b"x", "127.0.0.1:9").map_err(io)?;
+            let first = u.local_addr().map_err(io)?.to_string();
+            u.connect("127.0.0.1:9").map_err(io)?;
+            let unspec = libc::sockaddr {
+                sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+                sa_data: [0; 14],
+            };
+            // SAFETY: connect(2) with a zeroed AF_UNSPEC address on a socket we own.
+            if unsafe {
+                libc::connect(
+                    std::os::fd::AsRawFd::as_raw_fd(&u),
+                    &unspec,
+                    size_of::<libc::sockaddr>() as libc::socklen_t,
+                )
+            } != 0
+            {
+                return Err(format!("disconnect: {}", std::io::Error::last_os_error()));
+            }
+            u.send_to(b"y", "127.0.0.1:9").map_err(io)?;
+            let second = u.local_addr().map_err(io)?.to_string();
+            json!({"mapped": mapped, "first": first, "second": second})
         }
         "thread-churn" => {
             // Threads started and joined one after another: each a fork record that no exec or

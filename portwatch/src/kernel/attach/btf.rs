@@ -46,6 +46,8 @@ pub fn struct_offsets(btf: &Btf) -> Result<KernelOffsets, AttachError> {
         sock_cookie: member_offset(btf, "sock", &["__sk_common", "skc_cookie"])?,
         sock_err: member_offset(btf, "sock", &["sk_err"])?,
         sock_socket: member_offset(btf, "sock", &["sk_socket"])?,
+        sock_sndtimeo: member_offset(btf, "sock", &["sk_sndtimeo"])?,
+        socket_state: member_offset(btf, "socket", &["state"])?,
         file_flags: member_offset(btf, "file", &["f_flags"])?,
         inet_sport: member_offset(btf, "inet_sock", &["inet_sport"])?,
         socket_sk: member_offset(btf, "socket", &["sk"])?,

@@ -391,6 +391,11 @@ fn tracepoint_hooks(family: Family) -> Vec<Hook> {
             Hook::TracePoint("portwatch_sys_exit_listen", "syscalls", "sys_exit_listen"),
         ],
         Family::Connect => vec![
+            Hook::TracePoint(
+                "portwatch_sys_enter_connect",
+                "syscalls",
+                "sys_enter_connect",
+            ),
             Hook::CgroupSockAddr("portwatch_connect4"),
             Hook::CgroupSockAddr("portwatch_connect6"),
             Hook::TracePoint("portwatch_sys_exit_connect", "syscalls", "sys_exit_connect"),
@@ -462,6 +467,10 @@ fn fentry_hooks(family: Family) -> Vec<Hook> {
             Hook::FExit("portwatch_fexit_inet_listen", "inet_listen"),
         ],
         Family::Connect => vec![
+            Hook::FEntry(
+                "portwatch_fentry_inet_stream_connect",
+                "inet_stream_connect",
+            ),
             Hook::FExit("portwatch_fexit_inet_stream_connect", "inet_stream_connect"),
             Hook::FExit("portwatch_fexit_inet_dgram_connect", "inet_dgram_connect"),
         ],
