@@ -71,12 +71,8 @@ const EMPTY: SockState = SockState {
 pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => connecting(&ctx),
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            // Only the handshake's state changes are wanted, not the connection's.
-            if handshake_ended(&ctx, 0) {
-                set_state_cb(&ctx, false);
-            }
-        }
+        // Only the handshake's state changes are wanted, not the connection's.
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if handshake_ended(&ctx, 0) => set_state_cb(&ctx, false),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => accepted(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
             if ctx.arg(0) == TCP_SYN_SENT {
