@@ -373,7 +373,10 @@ impl Daemon {
                 history_commit_failed: s.history.store.commit_failed(),
             },
             attribution: s.attribution.counters(),
-            caches: s.attribution.caches(),
+            caches: crate::attribution::CacheCounters {
+                process_json: s.output.process_json.figures(),
+                ..s.attribution.caches()
+            },
             log: s.output.log(),
             store: Some(s.history.counters()),
             judgement: s.judgement.counters(),

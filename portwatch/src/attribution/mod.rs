@@ -54,6 +54,9 @@ pub struct CacheCounters {
     /// Fork children that have not exec'd (threads among them), kept apart from the table.
     #[serde(default)]
     pub forks: CacheFigures,
+    /// The output's serialized `process` objects, by pid (`output::ProcessJson`).
+    #[serde(default)]
+    pub process_json: CacheFigures,
 }
 
 /// What attribution could not do.
@@ -403,6 +406,8 @@ impl Attributor {
                     evictions: self.processes.fork_evictions,
                 }
             },
+            // The output's: the daemon fills it in.
+            process_json: CacheFigures::default(),
         }
     }
 

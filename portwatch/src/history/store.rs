@@ -402,6 +402,9 @@ pub fn start(
     ))
 }
 
+/// How long a batch of history writes gathers before it is committed.
+const BATCH_WAIT: Duration = Duration::from_millis(100);
+
 fn writer(
     mut c: Connection,
     rx: Receiver<StoreOp>,
@@ -424,8 +427,14 @@ fn writer(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut batch: Vec<StoreOp> = first.into_iter().collect();
+        // Every commit rewrites the pages it touched (the table's last page, the port index's):
+        // a commit per handful of intervals rewrote the same pages over and over. A batch gathers
+        // for up to BATCH_WAIT once it has begun (measured in docs/benchmarks.md: the writer's
+        // CPU per event fell by about a third).
+        let deadline = Instant::now() + BATCH_WAIT;
         while batch.len() < 10_000 {
-            match rx.try_recv() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }

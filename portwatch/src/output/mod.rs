@@ -17,7 +17,7 @@ use self::{
 };
 use crate::{
     clock,
-    facts::{Alert, Kind, Origin, PortFacts},
+    facts::{Alert, Kind, Origin, PortFacts, ProcessFacts},
     output::text::printable,
 };
 
@@ -77,9 +77,65 @@ impl Stamp {
     }
 }
 
+/// Each process's `process` object, serialized once and written again while the facts stay the
+/// same: a storm from one process, or a server's stream of events, escapes its command line once
+/// rather than per line (string escaping was the event loop's largest cost). Keyed by pid and
+/// checked against the whole `ProcessFacts`, so a changed fact (another thread, an exec, a
+/// rename) is serialized afresh.
+pub struct ProcessJson {
+    cache: lru::LruCache<u32, (ProcessFacts, Box<serde_json::value::RawValue>)>,
+    evictions: u64,
+}
+
+impl ProcessJson {
+    const MAX: usize = 1024;
+
+    fn new() -> Self {
+        Self {
+            cache: lru::LruCache::new(
+                std::num::NonZeroUsize::new(Self::MAX).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+            evictions: 0,
+        }
+    }
+
+    /// `p` as JSON, from the cache when nothing about it changed (`null` should serializing
+    /// fail, which plain strings and numbers cannot).
+    fn get(&mut self, p: &ProcessFacts) -> &serde_json::value::RawValue {
+        let fresh = !self.cache.peek(&p.pid).is_some_and(|(kept, _)| kept == p);
+        if fresh {
+            match serde_json::value::to_raw_value(p) {
+                Ok(json) => {
+                    if let Some((old, _)) = self.cache.push(p.pid, (p.clone(), json))
+                        && old != p.pid
+                    {
+                        self.evictions += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "serializing a process failed");
+                    return serde_json::value::RawValue::NULL;
+                }
+            }
+        }
+        self.cache
+            .get(&p.pid)
+            .map_or(serde_json::value::RawValue::NULL, |(_, json)| &**json)
+    }
+
+    pub fn figures(&self) -> crate::attribution::CacheFigures {
+        crate::attribution::CacheFigures {
+            size: self.cache.len(),
+            max: Self::MAX,
+            evictions: self.evictions,
+        }
+    }
+}
+
 pub struct Output {
     stamp: Stamp,
     pub sink: Sink,
+    pub process_json: ProcessJson,
     /// Live events written, by `Kind::index`.
     counts: [u64; Kind::ALL.len()],
     snapshot: u64,
@@ -93,6 +149,7 @@ impl Output {
         Self {
             stamp: Stamp { host, seq: 0 },
             sink,
+            process_json: ProcessJson::new(),
             counts: [0; Kind::ALL.len()],
             snapshot: 0,
         }
@@ -112,7 +169,8 @@ impl Output {
         }
         let ts = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(f.wall_ns));
         let header = self.stamp.header(f.event.kind.as_str(), ts);
-        let body = PortRecord::new(f);
+        let process = self.process_json.get(&f.process);
+        let body = PortRecord::new(f, process);
         Self::write(&mut self.sink, &Line { header, body });
     }
 
@@ -251,4 +309,46 @@ pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_serialized_again_only_when_a_fact_changed() {
+        let mut cache = ProcessJson::new();
+        let mut p = ProcessFacts {
+            pid: 7,
+            comm: "nginx".into(),
+            command_line: Some(vec!["nginx".into(), "-g".into()]),
+            ..ProcessFacts::default()
+        };
+        let first = cache.get(&p).get().to_string();
+        assert!(
+            first.contains("\"command_line\":[\"nginx\",\"-g\"]"),
+            "{first}"
+        );
+        assert_eq!(cache.get(&p).get(), first);
+        // Another thread of it, then another image: each written as it is now.
+        p.tid = 8;
+        assert!(cache.get(&p).get().contains("\"tid\":8"));
+        p.command_line = Some(vec!["sh".into()]);
+        let after = cache.get(&p).get().to_string();
+        assert!(
+            after.contains("[\"sh\"]") && !after.contains("-g"),
+            "{after}"
+        );
+        assert_eq!(cache.figures().size, 1);
+        // Bounded: the oldest pids are forgotten, and counted.
+        for pid in 100..100 + ProcessJson::MAX as u32 {
+            p.pid = pid;
+            cache.get(&p);
+        }
+        let f = cache.figures();
+        assert_eq!(
+            (f.size, f.max, f.evictions),
+            (ProcessJson::MAX, ProcessJson::MAX, 1)
+        );
+    }
 }

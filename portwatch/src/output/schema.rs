@@ -51,14 +51,16 @@ pub struct PortRecord<'a> {
     pub network: &'a Network,
     /// Class of the local port.
     pub port: PortInfo,
-    pub process: &'a ProcessFacts,
+    /// `ProcessFacts`, serialized once per process image (`output::ProcessJson`).
+    pub process: &'a serde_json::value::RawValue,
     pub probe: &'static str,
     /// `kernel` (a live eBPF record) or `snapshot` (found by the start-up socket scan).
     pub origin: Origin,
 }
 
 impl<'a> PortRecord<'a> {
-    pub fn new(f: &'a PortFacts) -> Self {
+    /// `process` is `f.process` as JSON.
+    pub fn new(f: &'a PortFacts, process: &'a serde_json::value::RawValue) -> Self {
         let errno = f.event.errno;
         PortRecord {
             outcome: match (errno, f.event.in_progress, f.event.aborted) {
@@ -73,7 +75,7 @@ impl<'a> PortRecord<'a> {
             implicit: f.event.implicit,
             network: &f.network,
             port: f.port,
-            process: &f.process,
+            process,
             probe: f.event.probe,
             origin: f.origin,
         }
@@ -161,11 +163,18 @@ mod tests {
         }
     }
 
-    fn line(f: &PortFacts) -> Line<'static, PortRecord<'_>> {
-        Line {
+    /// The line of `f`, as the output writes it (its process serialized on its own first).
+    fn text(f: &PortFacts) -> String {
+        let process = serde_json::value::to_raw_value(&f.process).unwrap();
+        serde_json::to_string(&Line {
             header: header(),
-            body: PortRecord::new(f),
-        }
+            body: PortRecord::new(f, &process),
+        })
+        .unwrap()
+    }
+
+    fn value(f: &PortFacts) -> serde_json::Value {
+        serde_json::from_str(&text(f)).unwrap()
     }
 
     fn facts() -> PortFacts {
@@ -184,7 +193,7 @@ mod tests {
     #[test]
     fn failure_record_has_error_name_number_and_peer() {
         let f = facts();
-        let v: serde_json::Value = serde_json::to_value(line(&f)).unwrap();
+        let v: serde_json::Value = value(&f);
         assert_eq!(v["schema"], 1);
         assert_eq!(v["event"], "connect");
         assert_eq!(v["outcome"], "failure");
@@ -202,7 +211,7 @@ mod tests {
     #[test]
     fn hostile_comm_stays_one_valid_json_line() {
         let f = facts();
-        let line = serde_json::to_string(&line(&f)).unwrap();
+        let line = text(&f);
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["process"]["comm"], "a\"b\n\u{fffd}");
@@ -212,7 +221,7 @@ mod tests {
     fn success_record_omits_error_fields() {
         let mut f = facts();
         f.event.errno = None;
-        let v = serde_json::to_value(line(&f)).unwrap();
+        let v = value(&f);
         assert_eq!(v["outcome"], "success");
         assert!(v.get("error").is_none() && v.get("errno").is_none());
     }
