@@ -135,7 +135,12 @@ fn build_initramfs(vm_dir: &Path, bin: &Path) -> Result<PathBuf> {
     set_mode(&init, 0o755)?;
     fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     fs::write(stage.join("etc/group"), "root:x:0:\n")?;
-    for name in ["portwatch", "portwatch-scenario", "portwatch-vm-runner"] {
+    for name in [
+        "portwatch",
+        "portwatch-scenario",
+        "portwatch-vm-runner",
+        "portwatch-loadgen",
+    ] {
         let src = bin.join(name);
         fs::copy(&src, stage.join("usr/bin").join(name))
             .with_context(|| format!("copying {} (build it first)", src.display()))?;
@@ -361,6 +366,7 @@ fn check(results: &[Value]) -> Result<()> {
             .collect();
         println!("| {} | {} |", case.name, cells.join(" | "));
     }
+    print_syscall_cost(results);
     let total = STRATEGIES.len() * scenarios::cases().len();
     let passed = verdicts.values().filter(|v| *v == "pass").count();
     println!("\nvm-test: {passed} passed, {} failed", total - passed);
@@ -372,5 +378,52 @@ fn check(results: &[Value]) -> Result<()> {
             eprintln!("vm-test: {f}");
         }
         bail!("{} VM check(s) failed", failures.len())
+    }
+}
+
+/// What unrelated syscalls cost in the VM with no daemon (before and after the strategies ran)
+/// and under each strategy. Printed, never judged: the VM is emulated, so only ratios mean
+/// anything, and even those are rough.
+fn print_syscall_cost(results: &[Value]) {
+    let none: Vec<&Value> = results
+        .iter()
+        .filter(|l| l["syscall_cost"] == "none")
+        .filter_map(|l| l.get("before").or_else(|| l.get("after")))
+        .collect();
+    let base = |key: &str| {
+        let v: Vec<f64> = none.iter().filter_map(|c| c[key].as_f64()).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let (Some(getppid), Some(read)) = (base("getppid_ns"), base("read_zero_ns")) else {
+        println!("\nvm-test: no syscall timings from the VM");
+        return;
+    };
+    println!(
+        "\nUnrelated syscalls in the VM (emulated: ratios only), ns per call and against no daemon\n"
+    );
+    println!("| daemon | getppid | vs none | 1-byte read | vs none |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| none (mean of before and after) | {getppid:.0} | 1.00 | {read:.0} | 1.00 |");
+    for (i, c) in none.iter().enumerate() {
+        println!(
+            "| none ({}) | {:.0} | {:.2} | {:.0} | {:.2} |",
+            if i == 0 { "before" } else { "after" },
+            c["getppid_ns"].as_f64().unwrap_or(0.0),
+            c["getppid_ns"].as_f64().unwrap_or(0.0) / getppid,
+            c["read_zero_ns"].as_f64().unwrap_or(0.0),
+            c["read_zero_ns"].as_f64().unwrap_or(0.0) / read,
+        );
+    }
+    for l in results.iter().filter(|l| l.get("cost").is_some()) {
+        let (g, r) = (
+            l["cost"]["getppid_ns"].as_f64().unwrap_or(0.0),
+            l["cost"]["read_zero_ns"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "| {} | {g:.0} | {:.2} | {r:.0} | {:.2} |",
+            l["syscall_cost"].as_str().unwrap_or("?"),
+            g / getppid,
+            r / read
+        );
     }
 }

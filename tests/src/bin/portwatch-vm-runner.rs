@@ -1,6 +1,8 @@
 //! Runs inside the test VM (`cargo xtask vm-test`): for each attach strategy, starts the daemon,
 //! runs every shared scenario against it, and writes what happened as JSON lines to OUT (a serial
-//! port). The host checks the results with the same assertions as the host tests.
+//! port). The host checks the results with the same assertions as the host tests. It also times
+//! unrelated syscalls with no daemon and under each strategy: what every task on the host pays
+//! for the daemon's hooks (ratios only: the VM is emulated).
 use std::{
     fs::OpenOptions,
     io::Write,
@@ -23,6 +25,27 @@ fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// Nanoseconds per call of the load generator's `getppid` and `read-zero` loops (the median of
+/// three runs each), or null when it could not run.
+fn syscall_cost() -> Value {
+    let loadgen = std::path::Path::new("/usr/bin/portwatch-loadgen");
+    let run = |workload: &str| {
+        let mut ns: Vec<f64> = (0..3)
+            .filter_map(|_| {
+                let out = std::process::Command::new(loadgen)
+                    .args([workload, "500000"])
+                    .output()
+                    .ok()?;
+                let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+                v["ns_per_op"].as_f64()
+            })
+            .collect();
+        ns.sort_by(|a, b| a.total_cmp(b));
+        ns.get(ns.len() / 2).copied()
+    };
+    json!({"getppid_ns": run("getppid"), "read_zero_ns": run("read-zero")})
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((out_path, strategies)) = args.split_first() else {
@@ -35,6 +58,10 @@ fn main() {
         .expect("open OUT");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     emit(&mut out, json!({"kernel": kernel.trim()}));
+    emit(
+        &mut out,
+        json!({"syscall_cost": "none", "before": syscall_cost()}),
+    );
     for strategy in strategies {
         eprintln!("vm-runner: strategy {strategy}");
         let started = catch_unwind(AssertUnwindSafe(|| Daemon::start(&["--attach", strategy])));
@@ -49,6 +76,10 @@ fn main() {
             }
         };
         let status = d.lines().first().cloned().unwrap_or(Value::Null);
+        emit(
+            &mut out,
+            json!({"syscall_cost": strategy, "cost": syscall_cost()}),
+        );
         for case in scenarios::cases() {
             let r = catch_unwind(AssertUnwindSafe(|| {
                 scenarios::run(&mut d, &case, Duration::from_secs(10))
@@ -75,5 +106,9 @@ fn main() {
                    "schema_error": schema_error, "lines": lines.len(), "stderr_tail": portwatch_tests::tail(&stderr, 4000)}),
         );
     }
+    emit(
+        &mut out,
+        json!({"syscall_cost": "none", "after": syscall_cost()}),
+    );
     emit(&mut out, json!({"done": true}));
 }
