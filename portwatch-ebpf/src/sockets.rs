@@ -11,8 +11,10 @@
 //!   how the two sides agree on who writes the `HANDSHAKE` record. A socket closed while it
 //!   connects is reported `aborted` at its release.
 //! - **accepted sockets**: `PASSIVE_ESTABLISHED_CB` marks them, so their release, which is not a
-//!   port acquisition's end, is not reported. Their state changes are followed too, so that a
-//!   connection freed without ever being accepted (its listener closed first) is forgotten.
+//!   port acquisition's end, is not reported. A connection freed without ever being accepted (its
+//!   listener closed first) leaves its entry until another socket's release at that address
+//!   removes it; no hook sees such a socket freed, and its move to CLOSE cannot tell it from one
+//!   a peer reset while it waited to be accepted, which accept() still returns.
 //! - **implicit binds**: a UDP send from an unbound socket makes the kernel pick a port before
 //!   the `sendmsg4/6` hooks run; the first unconnected send of a socket whose port no event
 //!   reported reports it.
@@ -74,15 +76,11 @@ pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
         // Only the handshake's state changes are wanted, not the connection's.
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if handshake_ended(&ctx, 0) => set_state_cb(&ctx, false),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => accepted(&ctx),
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
-            if ctx.arg(0) == TCP_SYN_SENT {
-                // The kernel sets sk_err before it closes a socket whose handshake failed
-                // (tcp_reset, tcp_write_err, tcp_v4_err); none means its owner gave up first.
-                let err = sock_err(sock_of_ops(&ctx));
-                let _ = handshake_ended(&ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
-            } else {
-                forget_accepted(&ctx);
-            }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == TCP_SYN_SENT && ctx.arg(1) == TCP_CLOSE => {
+            // The kernel sets sk_err before it closes a socket whose handshake failed
+            // (tcp_reset, tcp_write_err, tcp_v4_err); none means its owner gave up first.
+            let err = sock_err(sock_of_ops(&ctx));
+            let _ = handshake_ended(&ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
         }
         _ => {}
     }
@@ -153,21 +151,6 @@ fn accepted(ctx: &SockOpsContext) {
         ..EMPTY
     };
     remember(sk, &state);
-    // Its move to CLOSE forgets it, should it be freed without a release (never accepted).
-    set_state_cb(ctx, true);
-}
-
-/// An accepted connection went to CLOSE: its release, if any, came first and removed its
-/// entry; if there is one still, the socket was freed unseen.
-#[inline(always)]
-fn forget_accepted(ctx: &SockOpsContext) {
-    let sk = sock_of_ops(ctx);
-    if let Some(state) = SOCKETS.get_ptr(sk)
-        // SAFETY: a map value pointer, read at once.
-        && unsafe { (*state).flags & sock_state::ACCEPTED != 0 }
-    {
-        let _ = SOCKETS.remove(sk);
-    }
 }
 
 /// `LONG_MAX`: `sk_sndtimeo` of a socket without a send timeout.

@@ -226,6 +226,12 @@ pub fn cases() -> Vec<Case> {
             check: check_tcp_connect,
         },
         Case {
+            name: "tcp_connect_reset_by_client",
+            args: &["tcp-connect-reset", "127.0.0.1:0"],
+            done: |e| closes(2)(e),
+            check: check_tcp_connect_reset,
+        },
+        Case {
             name: "udp_connect_ipv4",
             args: &["udp-connect", "127.0.0.1:9"],
             done: |e| closes(1)(e),
@@ -465,6 +471,23 @@ fn check_tcp_connect(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
         .unwrap_or_else(|| panic!("no close of the client socket: {evs:#?}"));
     assert_net(client_close, "tcp", local, Some(server));
     assert_eq!(client_close["probe"], probe(ctx.strategy, Op::Close));
+    assert_no_accepted_close(evs, server);
+}
+
+/// The client reset the connection before the server closed its accepted socket: still no
+/// release of the accepted socket in the log.
+fn check_tcp_connect_reset(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    let local = report["local"].as_str().expect("local");
+    let server = report["listener"].as_str().expect("listener");
+    assert_eq!(
+        kinds(evs),
+        ["bind", "listen", "connect", "close", "close"],
+        "{evs:#?}"
+    );
+    let connect = find(evs, "connect", "success");
+    assert_net(connect, "tcp", local, Some(server));
+    assert_process(ctx, connect, pid_of(report), case.args);
+    assert_net(&evs[3], "tcp", local, Some(server));
     assert_no_accepted_close(evs, server);
 }
 

@@ -40,6 +40,7 @@ host_scenarios!(
     udp_bind_ipv6,
     tcp_connect_ipv4,
     tcp_connect_ipv6,
+    tcp_connect_reset_by_client,
     udp_connect_ipv4,
     udp_connect_ipv6,
     bind_eaddrinuse,

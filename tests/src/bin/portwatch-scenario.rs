@@ -47,6 +47,22 @@ fn run(args: &[String]) -> Result<Value, String> {
             json!({"listener": server.to_string(), "local": c.local_addr().map_err(io)?.to_string(),
                    "peer": c.peer_addr().map_err(io)?.to_string()})
         }
+        "tcp-connect-reset" => {
+            // The client resets its connection (SO_LINGER 0) before the server closes the
+            // accepted socket: that socket is closed by the peer first, released after.
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let server = l.local_addr().map_err(io)?;
+            let c = socket2::Socket::from(TcpStream::connect(server).map_err(io)?);
+            let (accepted, _) = l.accept().map_err(io)?;
+            let local = c.local_addr().map_err(io)?.as_socket().ok_or("local")?;
+            c.set_linger(Some(std::time::Duration::ZERO)).map_err(io)?;
+            drop(c);
+            // Until the reset has arrived: a read then fails (ECONNRESET) or ends.
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(&mut &accepted, &mut buf);
+            drop(accepted);
+            json!({"listener": server.to_string(), "local": local.to_string()})
+        }
         "udp-connect" => {
             let target = addr(arg)?;
             // std's UdpSocket always binds first; here connect must pick the port itself, so the
