@@ -190,16 +190,7 @@ fn run(args: &[String]) -> Result<Value, String> {
             // A non-blocking connect whose SYN is dropped (as in connect-timeout), closed by its
             // owner while the handshake is still under way.
             use socket2::{Domain, Socket, Type};
-            own_netns()?;
-            let l = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
-            l.bind(&addr("127.0.0.1:0")?.into()).map_err(io)?;
-            l.listen(0).map_err(io)?;
-            let server = l
-                .local_addr()
-                .map_err(io)?
-                .as_socket()
-                .ok_or("listener address")?;
-            let filler = TcpStream::connect(server).map_err(io)?;
+            let (l, filler, server) = syn_dropping_listener()?;
             let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
             s.set_nonblocking(true).map_err(io)?;
             let started = match s.connect(&server.into()) {
@@ -235,16 +226,7 @@ fn run(args: &[String]) -> Result<Value, String> {
             // queue is full (backlog 0, one connection never accepted) drops every further SYN.
             // With one SYN retry the non-blocking connect times out after about 3 s.
             use socket2::{Domain, Socket, Type};
-            own_netns()?;
-            let l = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
-            l.bind(&addr("127.0.0.1:0")?.into()).map_err(io)?;
-            l.listen(0).map_err(io)?;
-            let server = l
-                .local_addr()
-                .map_err(io)?
-                .as_socket()
-                .ok_or("listener address")?;
-            let filler = TcpStream::connect(server).map_err(io)?;
+            let (l, filler, server) = syn_dropping_listener()?;
             let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
             set_syncnt(&s, 1)?;
             s.set_nonblocking(true).map_err(io)?;
@@ -264,16 +246,7 @@ fn run(args: &[String]) -> Result<Value, String> {
             // connect-timeout) for about 3 s, all in flight at once.
             use socket2::{Domain, Socket, Type};
             let n: usize = arg.parse().map_err(|_| format!("not a count: {arg}"))?;
-            own_netns()?;
-            let l = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
-            l.bind(&addr("127.0.0.1:0")?.into()).map_err(io)?;
-            l.listen(0).map_err(io)?;
-            let server = l
-                .local_addr()
-                .map_err(io)?
-                .as_socket()
-                .ok_or("listener address")?;
-            let filler = TcpStream::connect(server).map_err(io)?;
+            let (l, filler, server) = syn_dropping_listener()?;
             let threads: Vec<_> = (0..n)
                 .map(|_| {
                     std::thread::spawn(move || {
@@ -487,6 +460,25 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex: {s}")))
         .collect()
+}
+
+/// In a network namespace of this process's own, a loopback listener that drops every SYN: its
+/// accept queue (backlog 0) is full with one connection never accepted. Returns the listener, that
+/// connection and the listener's address.
+fn syn_dropping_listener() -> Result<(socket2::Socket, TcpStream, SocketAddr), String> {
+    use socket2::{Domain, Socket, Type};
+    let io = |e: std::io::Error| e.to_string();
+    own_netns()?;
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+    l.bind(&addr("127.0.0.1:0")?.into()).map_err(io)?;
+    l.listen(0).map_err(io)?;
+    let server = l
+        .local_addr()
+        .map_err(io)?
+        .as_socket()
+        .ok_or("listener address")?;
+    let filler = TcpStream::connect(server).map_err(io)?;
+    Ok((l, filler, server))
 }
 
 /// How many times a connect sends its SYN again before it gives up (TCP_SYNCNT).
