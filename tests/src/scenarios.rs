@@ -552,11 +552,12 @@ fn check_connect_nonblocking_ok(ctx: &Ctx, case: &Case, report: &Value, evs: &[V
     assert_no_accepted_close(evs, server);
 }
 
-/// A SYN that is dropped: the handshake times out after the call returned (ETIMEDOUT), in a
-/// network namespace of the client's own.
-fn check_connect_timeout(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+/// The events of a non-blocking connect against `syn_dropping_listener` (the listener, the
+/// connection filling its queue, the connect, its result, three releases), all in the client's
+/// own network namespace; returns the connect_result after checking it belongs to the connect
+/// and names the client.
+fn dropped_syn_result<'a>(ctx: &Ctx, case: &Case, report: &Value, evs: &'a [Value]) -> &'a Value {
     assert_eq!(report["call_errno"], libc::EINPROGRESS, "{report}");
-    assert_eq!(report["so_error"], libc::ETIMEDOUT, "{report}");
     let (local, server) = (
         report["local"].as_str().expect("local"),
         report["listener"].as_str().expect("listener"),
@@ -582,6 +583,18 @@ fn check_connect_timeout(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) 
         "the client's own namespace: {c}"
     );
     let r = assert_connect_result(evs, c);
+    let own = Ctx {
+        netns: report["netns"].as_u64().unwrap_or(0),
+        ..ctx.clone()
+    };
+    assert_process(&own, r, pid_of(report), case.args);
+    r
+}
+
+/// A SYN that is dropped: the handshake times out after the call returned (ETIMEDOUT).
+fn check_connect_timeout(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    assert_eq!(report["so_error"], libc::ETIMEDOUT, "{report}");
+    let r = dropped_syn_result(ctx, case, report, evs);
     assert_eq!(r["outcome"], "failure", "{r}");
     assert_eq!(r["error"], "ETIMEDOUT", "{r}");
     assert_eq!(r["errno"], libc::ETIMEDOUT, "{r}");
@@ -592,47 +605,20 @@ fn check_connect_timeout(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) 
             && took <= report["waited_ms"].as_u64().unwrap_or(0) * 1_000_000 + 1_000_000_000,
         "{took} ns against {report}"
     );
-    let own = Ctx {
-        netns: report["netns"].as_u64().unwrap_or(0),
-        ..ctx.clone()
-    };
-    assert_process(&own, r, pid_of(report), case.args);
 }
 
 /// Closed by its owner while its SYN went unanswered: the handshake's result is `aborted`, written
 /// at the release, before the release itself.
 fn check_connect_abort(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
-    assert_eq!(report["call_errno"], libc::EINPROGRESS, "{report}");
-    let (local, server) = (
-        report["local"].as_str().expect("local"),
-        report["listener"].as_str().expect("listener"),
-    );
-    assert_eq!(
-        kinds(evs),
-        [
-            "bind",
-            "listen",
-            "connect",
-            "connect",
-            "connect_result",
-            "close",
-            "close",
-            "close"
-        ],
-        "{evs:#?}"
-    );
-    let c = find(evs, "connect", "in_progress");
-    assert_net(c, "tcp", local, Some(server));
-    let r = assert_connect_result(evs, c);
+    let r = dropped_syn_result(ctx, case, report, evs);
     assert_eq!(r["outcome"], "aborted", "{r}");
     assert!(r.get("error").is_none() && r.get("errno").is_none(), "{r}");
-    let own = Ctx {
-        netns: report["netns"].as_u64().unwrap_or(0),
-        ..ctx.clone()
-    };
-    assert_process(&own, r, pid_of(report), case.args);
-    let close = &evs[5];
-    assert_net(close, "tcp", local, Some(server));
+    assert_eq!(evs[5]["event"], "close");
+    assert_eq!(
+        evs[5]["network"], r["network"],
+        "the client's release: {}",
+        evs[5]
+    );
 }
 
 /// A socket connected to itself: its handshake ends (success) by the path an accepted
