@@ -200,6 +200,18 @@ pub fn cases() -> Vec<Case> {
             check: check_tcp_listen,
         },
         Case {
+            name: "tcp_listen_without_bind_ipv4",
+            args: &["listen-unbound", "v4"],
+            done: |e| closes(1)(e),
+            check: check_listen_unbound,
+        },
+        Case {
+            name: "tcp_listen_without_bind_ipv6",
+            args: &["listen-unbound", "v6"],
+            done: |e| closes(1)(e),
+            check: check_listen_unbound,
+        },
+        Case {
             name: "udp_bind_ipv4",
             args: &["udp-bind", "127.0.0.1:0"],
             done: |e| closes(1)(e),
@@ -425,6 +437,20 @@ fn check_tcp_listen(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
     );
     assert_eq!(evs[1]["probe"], probe(ctx.strategy, Op::Listen));
     assert_eq!(evs[2]["probe"], probe(ctx.strategy, Op::Close));
+}
+
+/// listen() on an unbound socket: no bind event; the listen carries the port the kernel chose.
+fn check_listen_unbound(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
+    let local = report["local"].as_str().expect("local");
+    assert_ne!(split_addr(local).1, 0);
+    assert_eq!(kinds(evs), ["listen", "close"], "{evs:#?}");
+    for ev in evs {
+        assert_eq!(ev["outcome"], "success", "{ev}");
+        assert_process(ctx, ev, pid_of(report), case.args);
+        assert_net(ev, "tcp", local, None);
+    }
+    assert_eq!(evs[0]["probe"], probe(ctx.strategy, Op::Listen));
+    assert_eq!(evs[1]["probe"], probe(ctx.strategy, Op::Close));
 }
 
 fn check_udp_bind(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {

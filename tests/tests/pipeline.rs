@@ -36,6 +36,8 @@ host_scenarios!(
     tcp_listen_ipv4_wildcard,
     tcp_listen_ipv6_loopback,
     tcp_listen_ipv6_wildcard,
+    tcp_listen_without_bind_ipv4,
+    tcp_listen_without_bind_ipv6,
     udp_bind_ipv4,
     udp_bind_ipv6,
     tcp_connect_ipv4,

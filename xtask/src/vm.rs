@@ -261,9 +261,9 @@ fn check(results: &[Value]) -> Result<()> {
     let mut shapes: BTreeMap<&str, Vec<(&str, Vec<Value>)>> = BTreeMap::new();
     for strategy in STRATEGIES {
         // Per strategy, the one line without a `case`: the daemon's summary, or why it did not start.
-        let summary = results
-            .iter()
-            .find(|l| l["strategy"] == strategy && l.get("case").is_none());
+        let summary = results.iter().find(|l| {
+            l["strategy"] == strategy && l.get("case").is_none() && l.get("parallel").is_none()
+        });
         match summary {
             None => failures.push(format!("{strategy}: no result from the VM")),
             Some(s) if s.get("error").is_some() => {
@@ -367,6 +367,28 @@ fn check(results: &[Value]) -> Result<()> {
         println!("| {} | {} |", case.name, cells.join(" | "));
     }
     print_syscall_cost(results);
+    println!(
+        "\nBlocking connects in flight at once (30; a kretprobe tracks 10 here by default):\n"
+    );
+    for l in results.iter().filter(|l| l.get("parallel").is_some()) {
+        let p = &l["parallel"];
+        let strategy = l["strategy"].as_str().unwrap_or("?");
+        let (n, logged, stale, full) = (
+            p["connects"].as_u64().unwrap_or(0),
+            p["logged"].as_u64().unwrap_or(0),
+            p["pending_stale"].as_u64().unwrap_or(0),
+            p["pending_table_full"].as_u64().unwrap_or(0),
+        );
+        println!(
+            "{strategy}: {logged} logged, {stale} counted stale, {full} counted table-full, of {n}"
+        );
+        if logged + stale + full < n {
+            failures.push(format!(
+                "{strategy}: {} of {n} parallel connects neither logged nor counted",
+                n - logged - stale - full
+            ));
+        }
+    }
     let total = STRATEGIES.len() * scenarios::cases().len();
     let passed = verdicts.values().filter(|v| *v == "pass").count();
     println!("\nvm-test: {passed} passed, {} failed", total - passed);

@@ -35,6 +35,16 @@ fn run(args: &[String]) -> Result<Value, String> {
             let l = TcpListener::bind(addr(arg)?).map_err(io)?;
             json!({"local": l.local_addr().map_err(io)?.to_string()})
         }
+        "listen-unbound" => {
+            // listen() on a socket never bound: the kernel picks the port in listen itself.
+            use socket2::{Domain, Socket, Type};
+            let v6 = arg == "v6";
+            let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+            let l = Socket::new(domain, Type::STREAM, None).map_err(io)?;
+            l.listen(8).map_err(io)?;
+            let local = l.local_addr().map_err(io)?.as_socket().ok_or("address")?;
+            json!({"local": local.to_string()})
+        }
         "udp-bind" => {
             let u = UdpSocket::bind(addr(arg)?).map_err(io)?;
             json!({"local": u.local_addr().map_err(io)?.to_string()})
