@@ -226,7 +226,9 @@ const _: () = assert!(size_of::<Pending>() == 40);
 /// the socket) and the connect call's return may run at once on two CPUs. Each side writes its
 /// facts, then adds one to its own counter (`ended`, `returned`: an atomic add, which every
 /// kernel has; the fetching atomics are 5.12+), then reads the other's: whichever finds the other
-/// done writes the record. Both may; the daemon keeps one.
+/// done writes the record. Both may; the daemon keeps one. The atomic add is a full barrier on
+/// x86_64 (`lock xadd`), which is what makes one side see the other's write; arm64's relaxed
+/// add is not, and the arm64 port has to check this before it is trusted there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockState {

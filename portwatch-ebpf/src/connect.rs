@@ -1,6 +1,7 @@
 //! connect(2), TCP and UDP: the cgroup connect hooks park the peer before the kernel picks a local
-//! port (`sys_enter_connect` first clears what an earlier, unfinished park left); `sys_exit_connect` completes the record with the outcome and reads the local address and
-//! port the kernel chose from the socket.
+//! port (`sys_enter_connect` first clears what an earlier, unfinished park left);
+//! `sys_exit_connect` completes the record with the outcome and reads the local address and port
+//! the kernel chose from the socket.
 use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},

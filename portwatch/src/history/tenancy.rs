@@ -87,24 +87,6 @@ impl Tenancy {
     /// Applies one successful port event, and the failed end of a handshake.
     pub fn observe(&mut self, f: &PortFacts) {
         let ev = &f.event;
-        if ev.kind == Kind::ConnectResult {
-            // The kernel gave the port back when the handshake failed: the socket, still open,
-            // holds none.
-            if ev.errno.is_some() || ev.aborted {
-                let key = (
-                    ev.netns(),
-                    ev.transport,
-                    ev.local.ip(),
-                    ev.local.port(),
-                    ev.peer,
-                );
-                self.close(&key, f.wall_ns);
-            }
-            return;
-        }
-        if ev.errno.is_some() {
-            return;
-        }
         let wall_ns = f.wall_ns;
         let key = |peer: Option<SocketAddr>| -> Key {
             (
@@ -116,6 +98,17 @@ impl Tenancy {
             )
         };
         let peer = ev.peer;
+        if ev.kind == Kind::ConnectResult {
+            // The kernel gave the port back when the handshake failed: the socket, still open,
+            // holds none.
+            if ev.errno.is_some() || ev.aborted {
+                self.close(&key(peer), wall_ns);
+            }
+            return;
+        }
+        if ev.errno.is_some() {
+            return;
+        }
         match ev.kind {
             Kind::Bind => self.open_interval(key(None), SocketRole::Bound, f),
             Kind::Listen => match self.open.get_mut(&key(None)) {
