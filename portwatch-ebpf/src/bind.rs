@@ -55,7 +55,7 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
         }
         emit::submit(&mut ev);
         if protocol == portwatch_common::protocol::UDP as u32 {
-            crate::sockets::bound_udp(sk as usize, ev.cookie, ev.local_port);
+            let _ = crate::sockets::bound_udp(sk as usize, ev.cookie, ev.local_port);
         }
     }
 }

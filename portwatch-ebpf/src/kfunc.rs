@@ -88,7 +88,7 @@ pub fn finish(pending: Pending, ret: i32) {
     if pending.kind == kind::CONNECT {
         sockets::connect_returned(&ev, pending.sk as usize);
     } else if errno == 0 && pending.protocol == protocol::UDP {
-        sockets::bound_udp(
+        let _ = sockets::bound_udp(
             pending.sk as usize,
             sockets::socket_cookie(pending.sk as usize),
             ev.local_port,

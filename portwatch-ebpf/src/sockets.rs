@@ -110,11 +110,17 @@ fn set_state_cb(ctx: &SockOpsContext, on: bool) {
     } as i32);
 }
 
+/// Makes `state` the entry of `sk`; false (and counted) when the table had no room.
 #[inline(always)]
-fn remember(sk: usize, state: &SockState) {
-    if sk != 0 && SOCKETS.insert(sk, *state, 0).is_err() {
-        emit::count(offset_of!(CpuCounters, sockets_full));
+fn remember(sk: usize, state: &SockState) -> bool {
+    if sk == 0 {
+        return false;
     }
+    if SOCKETS.insert(sk, *state, 0).is_err() {
+        emit::count(offset_of!(CpuCounters, sockets_full));
+        return false;
+    }
+    true
 }
 
 /// Whether the entry `state` is the socket's own, given the socket's `cookie` (0 when the
@@ -150,7 +156,7 @@ fn accepted(ctx: &SockOpsContext) {
         cookie,
         ..EMPTY
     };
-    remember(sk, &state);
+    let _ = remember(sk, &state);
 }
 
 /// `LONG_MAX`: `sk_sndtimeo` of a socket without a send timeout.
@@ -205,7 +211,7 @@ fn connecting(ctx: &SockOpsContext) {
         start_ns: unsafe { bpf_ktime_get_ns() },
         ..EMPTY
     };
-    remember(sk, &state);
+    let _ = remember(sk, &state);
     set_state_cb(ctx, true);
 }
 
@@ -348,17 +354,18 @@ pub fn released(sk: usize, cookie: u64) -> bool {
     true
 }
 
-/// A UDP socket a bind reported on `port` (`cookie` 0 where the hook cannot tell it): a later
-/// send on that port reports no implicit bind for it.
+/// A UDP socket whose port an event reported (its bind, or its first send, on `port`; `cookie`
+/// 0 where the hook cannot tell it): a later send on that port reports no implicit bind for it.
+/// False when the table had no room.
 #[inline(always)]
-pub fn bound_udp(sk: usize, cookie: u64, port: u16) {
+pub fn bound_udp(sk: usize, cookie: u64, port: u16) -> bool {
     let state = SockState {
         flags: sock_state::SENT,
         cookie,
         port: port as u32,
         ..EMPTY
     };
-    remember(sk, &state);
+    remember(sk, &state)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -411,15 +418,8 @@ fn unconnected_send(ctx: &SockAddrContext, probe: u8) {
         {
             return;
         }
-        let state = SockState {
-            flags: sock_state::SENT,
-            cookie,
-            port: ev.local_port as u32,
-            ..EMPTY
-        };
-        if SOCKETS.insert(sk, state, 0).is_err() {
-            // Reporting without remembering would report every send.
-            emit::count(offset_of!(CpuCounters, sockets_full));
+        // Reporting without remembering would report every send.
+        if !bound_udp(sk, cookie, ev.local_port) {
             return;
         }
         emit::add_task_facts(&mut ev, kind::BIND, probe, sk);
