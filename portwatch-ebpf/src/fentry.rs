@@ -1,4 +1,7 @@
 //! The fentry/fexit strategy: fexit sees a call's arguments and its return value together.
+//!
+//! The return value is read from the context, where the trampoline stores it after the
+//! arguments, rather than with `bpf_get_func_ret`: that helper is 5.17+, fexit itself 5.5+.
 use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
@@ -7,14 +10,18 @@ use portwatch_common::{kind, probe};
 
 use crate::kfunc;
 
+/// The return value of a function taking `ARGS` arguments: the trampoline's context is the
+/// arguments, one u64 each, then the return value.
 #[inline(always)]
-fn ret(ctx: &FExitContext) -> i32 {
-    ctx.ret::<i32>().unwrap_or(0)
+fn ret<const ARGS: usize>(ctx: &FExitContext) -> i32 {
+    // The kernel's `int` return: the low 32 bits of its slot.
+    ctx.arg::<u64>(ARGS) as i32
 }
 
 #[fexit(function = "inet_bind")]
 pub fn portwatch_fexit_inet_bind(ctx: FExitContext) -> i32 {
-    let r = ret(&ctx);
+    // inet_bind(sock, uaddr, addr_len)
+    let r = ret::<3>(&ctx);
     kfunc::call_returned(
         ctx.arg(0),
         ctx.arg(1),
@@ -27,7 +34,7 @@ pub fn portwatch_fexit_inet_bind(ctx: FExitContext) -> i32 {
 
 #[fexit(function = "inet6_bind")]
 pub fn portwatch_fexit_inet6_bind(ctx: FExitContext) -> i32 {
-    let r = ret(&ctx);
+    let r = ret::<3>(&ctx);
     kfunc::call_returned(
         ctx.arg(0),
         ctx.arg(1),
@@ -47,7 +54,8 @@ pub fn portwatch_fentry_inet_listen(ctx: FEntryContext) -> i32 {
 
 #[fexit(function = "inet_listen")]
 pub fn portwatch_fexit_inet_listen(ctx: FExitContext) -> i32 {
-    kfunc::listen_return(ret(&ctx));
+    // inet_listen(sock, backlog)
+    kfunc::listen_return(ret::<2>(&ctx));
     0
 }
 
@@ -61,13 +69,14 @@ pub fn portwatch_fentry_inet_stream_connect(ctx: FEntryContext) -> i32 {
 
 #[fexit(function = "inet_stream_connect")]
 pub fn portwatch_fexit_inet_stream_connect(ctx: FExitContext) -> i32 {
-    kfunc::finish_parked(kind::CONNECT, ret(&ctx));
+    // inet_stream_connect(sock, uaddr, addr_len, flags)
+    kfunc::finish_parked(kind::CONNECT, ret::<4>(&ctx));
     0
 }
 
 #[fexit(function = "inet_dgram_connect")]
 pub fn portwatch_fexit_inet_dgram_connect(ctx: FExitContext) -> i32 {
-    let r = ret(&ctx);
+    let r = ret::<4>(&ctx);
     kfunc::call_returned(
         ctx.arg(0),
         ctx.arg(1),

@@ -30,8 +30,12 @@ pub fn struct_offsets_from_file(path: &Path) -> Result<KernelOffsets, AttachErro
 /// The struct member offsets of `KernelOffsets`; the tracepoint fields (`tp_*`) are left unknown
 /// for `KernelLayout::discover` to fill in from tracefs.
 pub fn struct_offsets(btf: &Btf) -> Result<KernelOffsets, AttachError> {
-    let (regs_arg0, regs_arg1) =
-        syscall_arg_offsets(btf).unwrap_or((UNKNOWN_OFFSET, UNKNOWN_OFFSET));
+    // Reading the arguments back takes `bpf_task_pt_regs` (5.15) and `bpf_get_current_task_btf`
+    // (5.11). Without them the offsets stay unknown: the programs then never reach those calls,
+    // which the verifier (seeing the frozen global) does not check, and park every bind instead.
+    let (regs_arg0, regs_arg1) = syscall_arg_offsets(btf)
+        .filter(|_| has_helper(btf, "task_pt_regs") && has_helper(btf, "get_current_task_btf"))
+        .unwrap_or((UNKNOWN_OFFSET, UNKNOWN_OFFSET));
     Ok(KernelOffsets {
         sock_num: member_offset(btf, "sock", &["__sk_common", "skc_num"])?,
         sock_family: member_offset(btf, "sock", &["__sk_common", "skc_family"])?,
@@ -68,6 +72,21 @@ pub fn struct_offsets(btf: &Btf) -> Result<KernelOffsets, AttachError> {
         regs_arg1,
         ..KernelOffsets::UNKNOWN
     })
+}
+
+/// Whether the kernel has the BPF helper `name`: `BPF_FUNC_<name>` in its `enum bpf_func_id`.
+pub fn has_helper(btf: &Btf, name: &str) -> bool {
+    let want = format!("BPF_FUNC_{name}");
+    btf.resolve_types_by_name("bpf_func_id")
+        .unwrap_or_default()
+        .iter()
+        .any(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .any(|m| btf.resolve_name(m).is_ok_and(|n| n == want)),
+            _ => false,
+        })
 }
 
 /// Offsets in `struct pt_regs` of a syscall's first two arguments as they stand at its exit.
@@ -189,6 +208,17 @@ mod tests {
             (unknown.sock_num, unknown.tp_fork_child_pid),
             (UNKNOWN_OFFSET, UNKNOWN_OFFSET)
         );
+    }
+
+    /// This kernel (6.18) has both helpers the argument read-back needs, and no made-up one.
+    #[test]
+    fn helpers_are_found_by_name_in_the_kernels_enum() {
+        let btf = Btf::from_file(VMLINUX_BTF).expect("btf");
+        assert!(has_helper(&btf, "task_pt_regs"));
+        assert!(has_helper(&btf, "get_current_task_btf"));
+        assert!(has_helper(&btf, "map_lookup_elem"));
+        assert!(!has_helper(&btf, "no_such_helper"));
+        assert!(!has_helper(&btf, "task_pt_reg"));
     }
 
     #[test]
