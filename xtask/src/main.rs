@@ -56,11 +56,21 @@ enum Task {
         #[arg(long)]
         destdir: Option<PathBuf>,
     },
-    /// Boot a stock kernel in qemu and run the scenarios with every attach strategy there.
+    /// Boot Debian's stock kernels in qemu and run the scenarios with every attach strategy
+    /// there: by default the oldest and newest supported amd64 kernels (bullseye's 5.10 and
+    /// trixie's 6.12).
     VmTest {
-        /// Boot this bzImage instead of the current Debian cloud kernel.
+        /// Boot this kernel image (host architecture) instead.
         #[arg(long, value_name = "PATH")]
         kernel: Option<std::path::PathBuf>,
+        /// Boot this Debian release's cloud kernel: bullseye, bookworm or trixie, with `-arm64`
+        /// for arm64 (repeatable).
+        #[arg(long = "release", value_name = "SUITE[-ARCH]")]
+        releases: Vec<String>,
+        /// Every supported kernel: 5.10, 6.1 and 6.12 on amd64, 6.1 on arm64; writes the table
+        /// to target/vm/matrix.md.
+        #[arg(long)]
+        matrix: bool,
     },
     /// Set up, check formatting and lints, build, and run every test: unit tests, integration tests
     /// that load the real programs into the running kernel (run as root), and `vm-test`.
@@ -100,10 +110,15 @@ fn main() -> Result<()> {
             build(&root)?;
             bench::run(&root, smoke)
         }
-        Task::VmTest { kernel } => {
+        Task::VmTest {
+            kernel,
+            releases,
+            matrix,
+        } => {
+            let kernels = vm::Kernels::from_args(kernel, &releases, matrix)?;
             setup::run()?;
             build(&root)?;
-            vm::run(&root, kernel)
+            vm::run(&root, kernels)
         }
         Task::Test { no_lint } => {
             setup::run()?;
@@ -128,7 +143,7 @@ fn main() -> Result<()> {
             )?;
             // The fentry and kprobe strategies cannot run on the build machines' kernel: prove them
             // on a stock kernel in a VM, as part of every test run.
-            vm::run(&root, None)?;
+            vm::run(&root, vm::Kernels::Releases(vm::DEFAULT.to_vec()))?;
             // Keep the benchmark harness from rotting: every path for a few seconds, no figures judged.
             // The smoke leaves auditd out, so a test run leaves no audit contexts on this host.
             bench::run(&root, true)

@@ -89,6 +89,27 @@ pub fn vm_packages() -> Result<()> {
     install_packages(&["qemu-system-x86", "busybox-static", "cpio"])
 }
 
+/// What an arm64 VM needs on an amd64 host: the emulator, a cross C compiler and linker (the
+/// daemon's SQLite is C), and Rust's standard library for the target.
+pub fn arm64_packages(root: &std::path::Path) -> Result<()> {
+    install_packages(&["qemu-system-arm", "gcc-aarch64-linux-gnu"])?;
+    const TARGET: &str = "aarch64-unknown-linux-gnu";
+    let installed = stdout_text(Command::new("rustup").current_dir(root).args([
+        "target",
+        "list",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == TARGET) {
+        return Ok(());
+    }
+    process::run(
+        Command::new("rustup")
+            .current_dir(root)
+            .args(["target", "add", TARGET]),
+    )
+}
+
 /// What the integration tests use besides the daemon: bpftool (to detach a program, proving
 /// blinding is detected) and ip (a scenario's own network namespace).
 pub fn test_packages() -> Result<()> {

@@ -13,9 +13,30 @@ use std::{
 use portwatch_tests::{Daemon, scenarios, schema};
 use serde_json::{Value, json};
 
-fn emit(out: &mut impl Write, v: Value) {
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+/// Where results go: a serial port of their own, or the console they share with the kernel,
+/// where each line carries a prefix the host looks for (`console:DEVICE`).
+struct Out {
+    file: std::fs::File,
+    prefix: &'static str,
+}
+
+impl Out {
+    fn open(arg: &str) -> std::io::Result<Out> {
+        let (path, prefix) = match arg.strip_prefix("console:") {
+            Some(path) => (path, "@@portwatch "),
+            None => (arg, ""),
+        };
+        let file = OpenOptions::new().write(true).open(path)?;
+        Ok(Out { file, prefix })
+    }
+}
+
+fn emit(out: &mut Out, v: Value) {
+    // One write per line, so that nothing else on a shared console lands inside it.
+    let _ = out
+        .file
+        .write_all(format!("{}{v}\n", out.prefix).as_bytes());
+    let _ = out.file.flush();
 }
 
 fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
@@ -92,10 +113,13 @@ fn main() {
         eprintln!("usage: portwatch-vm-runner OUT STRATEGY...");
         std::process::exit(2);
     };
-    let mut out = OpenOptions::new()
-        .write(true)
-        .open(out_path)
-        .expect("open OUT");
+    let mut out = match Out::open(out_path) {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("portwatch-vm-runner: {out_path}: {e}");
+            std::process::exit(2);
+        }
+    };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     emit(&mut out, json!({"kernel": kernel.trim()}));
     emit(

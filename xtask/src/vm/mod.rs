@@ -1,9 +1,16 @@
-//! `cargo xtask vm-test`: boot a stock Debian kernel under qemu (TCG) with a busybox initramfs
-//! holding the daemon, the scenario client and the VM runner; run every shared scenario with
-//! `--attach fentry`, `kprobe`, `tracepoint` and `auto`; bring the results back over a second
-//! serial port and check them with the same assertions as the host tests.
+//! `cargo xtask vm-test`: boot Debian's stock cloud kernels under qemu (TCG) with a busybox
+//! initramfs holding the daemon, the scenario client and the VM runner; run every shared scenario
+//! with `--attach fentry`, `kprobe`, `tracepoint` and `auto`; bring the results back over a serial
+//! port and check them with the same assertions as the host tests.
+//!
+//! By default it boots the oldest and newest supported amd64 kernels (what `cargo xtask test` and
+//! CI run); `--matrix` boots every supported kernel, arm64 included, and prints (and writes to
+//! `target/vm/matrix.md`) a table of kernel × strategy × hook family.
+mod debian;
+mod initramfs;
+
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
@@ -15,204 +22,205 @@ use anyhow::{Context as _, Result, bail};
 use portwatch_tests::scenarios::{self, Ctx, Strategy};
 use serde_json::Value;
 
+use debian::Arch;
+pub use debian::{DEFAULT, Release};
+
 use crate::{
-    process::{self, set_mode, stdout_text, wait_exit},
+    process::{self, wait_exit},
     setup,
 };
 
-const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 const STRATEGIES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
+/// The forced strategies, best first: what `auto` must take is the first of these that works.
+const LADDER: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// The hook families a scenario's events exercise, in table order.
+const FAMILIES: [&str; 6] = [
+    "bind",
+    "listen",
+    "connect",
+    "release",
+    "handshake",
+    "implicit_bind",
+];
 /// Hard limit for one VM run; TCG is slow, but a hang must not eat CI's 90 minutes.
-const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
-pub fn run(root: &Path, kernel: Option<PathBuf>) -> Result<()> {
+/// Which kernels to boot.
+pub enum Kernels {
+    /// A kernel image given on the command line, for the host's architecture.
+    File(PathBuf),
+    /// Debian releases' cloud kernels, fetched and cached.
+    Releases(Vec<Release>),
+}
+
+impl Kernels {
+    /// From `vm-test`'s arguments: `--kernel`, `--release`s, `--matrix`, or the default pair.
+    pub fn from_args(kernel: Option<PathBuf>, releases: &[String], matrix: bool) -> Result<Self> {
+        Ok(match (kernel, matrix) {
+            (Some(_), true) => bail!("--kernel and --matrix exclude each other"),
+            (Some(k), false) => Kernels::File(k),
+            (None, true) => Kernels::Releases(debian::MATRIX.to_vec()),
+            (None, false) if releases.is_empty() => Kernels::Releases(debian::DEFAULT.to_vec()),
+            (None, false) => Kernels::Releases(
+                releases
+                    .iter()
+                    .map(|r| Release::parse(r))
+                    .collect::<Result<_>>()?,
+            ),
+        })
+    }
+}
+
+/// One kernel's outcome.
+struct KernelRun {
+    release: String,
+    arch: Arch,
+    /// strategy → family → verdict; and the strategy auto took.
+    cells: BTreeMap<&'static str, BTreeMap<&'static str, String>>,
+    auto_took: String,
+    failures: Vec<String>,
+}
+
+pub fn run(root: &Path, kernels: Kernels) -> Result<()> {
     setup::vm_packages()?;
     let vm_dir = root.join("target/vm");
     fs::create_dir_all(&vm_dir)?;
-    let kernel = match kernel {
-        Some(k) => {
+    let targets: Vec<(String, Arch, PathBuf)> = match kernels {
+        Kernels::File(k) => {
             if !k.is_file() {
                 bail!("--kernel {}: no such file", k.display());
             }
-            k
+            vec![("custom".into(), Arch::host(), k)]
         }
-        None => stock_kernel(&vm_dir)?,
+        Kernels::Releases(releases) => releases
+            .into_iter()
+            .map(|r| Ok((r.name(), r.arch, debian::kernel(&vm_dir, r)?)))
+            .collect::<Result<_>>()?,
     };
-    eprintln!("vm-test: kernel {}", kernel.display());
-    let bin = root.join("target/release");
-    let initramfs = build_initramfs(&vm_dir, &bin)?;
-    let results = boot(&vm_dir, &kernel, &initramfs)?;
-    check(&results)
+    let mut runs = Vec::new();
+    for (name, arch, kernel) in &targets {
+        eprintln!("vm-test: {name}: kernel {}", kernel.display());
+        let dir = vm_dir.join(name);
+        fs::create_dir_all(&dir)?;
+        let results = boot_one(root, &vm_dir, &dir, *arch, kernel)?;
+        runs.push(check(*arch, &results));
+    }
+    report(&vm_dir, &runs)
 }
 
-/// Resolves the versioned package behind the meta-package and downloads it once (cached).
-fn stock_kernel(vm_dir: &Path) -> Result<PathBuf> {
-    let package = match kernel_package()? {
-        Some(p) => p,
-        None => {
-            process::run(Command::new("apt-get").args(["update", "-qq"]))?;
-            kernel_package()?.with_context(|| {
-                format!("apt offers no {KERNEL_META_PACKAGE}: cannot get a stock kernel")
-            })?
-        }
+/// Builds what the VM runs for `arch`, boots `kernel` and returns the runner's result lines.
+fn boot_one(
+    root: &Path,
+    vm_dir: &Path,
+    dir: &Path,
+    arch: Arch,
+    kernel: &Path,
+) -> Result<Vec<Value>> {
+    let host_busybox = PathBuf::from("/bin/busybox");
+    let (bin, busybox, out, scale) = if arch == Arch::host() {
+        // `cargo xtask` built the host's binaries already.
+        (
+            root.join("target/release"),
+            host_busybox,
+            "/dev/ttyS1".to_string(),
+            20,
+        )
+    } else {
+        setup::arm64_packages(root)?;
+        cross_build(root, arch)?;
+        let busybox = debian::package(
+            vm_dir,
+            Release {
+                suite: "bookworm",
+                arch,
+            },
+            "busybox-static",
+        )?
+        .join("bin/busybox");
+        (
+            root.join("target").join(arch.rust_target()).join("release"),
+            busybox,
+            // virt has one UART, the kernel's console: results share it, prefixed.
+            "console:/dev/ttyAMA0".to_string(),
+            60,
+        )
     };
-    let release = package.trim_start_matches("linux-image-");
-    let extracted = vm_dir.join(&package);
-    let vmlinuz = extracted.join("boot").join(format!("vmlinuz-{release}"));
-    if vmlinuz.is_file() {
-        return Ok(vmlinuz);
-    }
-    let dl = vm_dir.join("deb");
-    fs::create_dir_all(&dl)?;
-    process::run(
-        Command::new("apt-get")
-            .current_dir(&dl)
-            .args(["download", &package]),
+    let layout = initramfs::Layout {
+        arch,
+        out: &out,
+        timeout_scale: scale,
+        busybox: &busybox,
+        bin: &bin,
+    };
+    let cpio = initramfs::build(dir, &layout, &STRATEGIES)?;
+    boot(dir, arch, kernel, &cpio)
+}
+
+/// Cross-builds the daemon and the test binaries for `arch`; the eBPF object is built again
+/// for that architecture (its kprobe register layout differs).
+fn cross_build(root: &Path, arch: Arch) -> Result<()> {
+    let linker = "aarch64-linux-gnu-gcc";
+    process::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--target",
+            arch.rust_target(),
+            "--package",
+            "portwatch",
+            "--package",
+            "portwatch-tests",
+            "--bins",
+        ],
+        &[
+            (
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                linker.as_ref(),
+            ),
+            ("CC_aarch64_unknown_linux_gnu", linker.as_ref()),
+        ],
     )
-    .with_context(|| format!("downloading {package}"))?;
-    let deb = fs::read_dir(&dl)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-        .with_context(|| {
-            format!(
-                "apt-get download left no {package} .deb in {}",
-                dl.display()
-            )
-        })?;
-    process::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
-    if !vmlinuz.is_file() {
-        bail!("{} has no {}", deb.display(), vmlinuz.display());
-    }
-    Ok(vmlinuz)
 }
 
-/// The versioned kernel package the meta-package depends on, if apt knows it yet.
-fn kernel_package() -> Result<Option<String>> {
-    let depends = stdout_text(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
-    Ok(depends
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .map(str::to_string))
-}
-
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /tmp /run
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-/bin/busybox --install -s /bin
-mount -t tmpfs tmpfs /tmp
-mount -t tracefs tracefs /sys/kernel/tracing
-mount -t debugfs debugfs /sys/kernel/debug
-mount -t bpf bpf /sys/fs/bpf
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-ip link set lo up
-export PATH=/bin:/usr/bin PORTWATCH_BIN=/usr/bin/portwatch PORTWATCH_SCENARIO=/usr/bin/portwatch-scenario
-export PORTWATCH_TIMEOUT_SCALE=20
-echo "vm-init: kernel $(uname -r), running scenarios"
-/usr/bin/portwatch-vm-runner /dev/ttyS1 @STRATEGIES@
-echo "vm-init: runner exited $?"
-poweroff -f
-"#;
-
-fn build_initramfs(vm_dir: &Path, bin: &Path) -> Result<PathBuf> {
-    let stage = vm_dir.join("initramfs");
-    if stage.exists() {
-        fs::remove_dir_all(&stage)?;
-    }
-    for d in ["bin", "usr/bin", "etc", "proc", "sys", "dev", "tmp"] {
-        fs::create_dir_all(stage.join(d))?;
-    }
-    fs::copy("/bin/busybox", stage.join("bin/busybox"))
-        .context("copying /bin/busybox (busybox-static)")?;
-    let init = stage.join("init");
-    fs::write(&init, INIT.replace("@STRATEGIES@", &STRATEGIES.join(" ")))?;
-    set_mode(&init, 0o755)?;
-    fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    fs::write(stage.join("etc/group"), "root:x:0:\n")?;
-    for name in [
-        "portwatch",
-        "portwatch-scenario",
-        "portwatch-vm-runner",
-        "portwatch-loadgen",
-    ] {
-        let src = bin.join(name);
-        fs::copy(&src, stage.join("usr/bin").join(name))
-            .with_context(|| format!("copying {} (build it first)", src.display()))?;
-        for lib in shared_libraries(&src)? {
-            let dst = stage.join(lib.strip_prefix("/").unwrap_or(&lib));
-            if let Some(parent) = dst.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fs::copy(&lib, &dst).with_context(|| format!("copying {}", lib.display()))?;
-        }
-    }
-    let cpio = vm_dir.join("initramfs.cpio");
-    process::run(
-        Command::new("sh")
-            .current_dir(&stage)
-            .arg("-c")
-            .arg(format!(
-                "find . | cpio --quiet -o -H newc > {}",
-                cpio.display()
-            )),
-    )
-    .context("building the initramfs with cpio")?;
-    Ok(cpio)
-}
-
-/// The dynamic libraries a binary needs, from ldd.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let text = stdout_text(Command::new("ldd").arg(binary))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=> ") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
-}
-
-fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
-    let console = vm_dir.join("console.log");
-    let results = vm_dir.join("results.jsonl");
+fn boot(dir: &Path, arch: Arch, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
+    let console = dir.join("console.log");
+    let results = dir.join("results.jsonl");
     let _ = fs::remove_file(&results);
     // -enable-kvm hangs on these machines (docs/architecture.md, build facts): software emulation only.
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35",
-            "-cpu",
-            "max",
-            "-smp",
-            "1",
-            "-m",
-            "1024",
-            "-nodefaults",
-            "-no-reboot",
-        ])
+    let mut cmd = match arch {
+        Arch::Amd64 => {
+            let mut c = Command::new("qemu-system-x86_64");
+            c.args(["-machine", "q35", "-cpu", "max"]);
+            c
+        }
+        Arch::Arm64 => {
+            let mut c = Command::new("qemu-system-aarch64");
+            c.args(["-machine", "virt", "-cpu", "cortex-a72"]);
+            c
+        }
+    };
+    cmd.args(["-smp", "1", "-m", "1024", "-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none"])
         .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", results.display()))
+        .arg(format!("file:{}", console.display()));
+    let append = match arch {
+        Arch::Amd64 => {
+            cmd.arg("-serial")
+                .arg(format!("file:{}", results.display()));
+            "console=ttyS0 panic=-1 rdinit=/init"
+        }
+        Arch::Arm64 => "console=ttyAMA0 panic=-1 rdinit=/init quiet",
+    };
+    let mut child = cmd
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"])
+        .args(["-append", append])
         .stdin(Stdio::null())
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {cmd:?}"))?;
     let started = Instant::now();
     eprintln!(
         "vm-test: booted qemu (pid {}), console in {}",
@@ -233,9 +241,17 @@ fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
             );
         }
     }
-    let text = fs::read_to_string(&results).unwrap_or_default();
+    let text = match arch {
+        Arch::Amd64 => fs::read_to_string(&results).unwrap_or_default(),
+        Arch::Arm64 => fs::read_to_string(&console).unwrap_or_default(),
+    };
     let lines: Vec<Value> = text
         .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .map(|l| match l.find(initramfs::RESULT_PREFIX) {
+            Some(at) => &l[at + initramfs::RESULT_PREFIX.len()..],
+            None => l,
+        })
         .filter(|l| l.starts_with('{'))
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
@@ -248,9 +264,25 @@ fn boot(vm_dir: &Path, kernel: &Path, initramfs: &Path) -> Result<Vec<Value>> {
     Ok(lines)
 }
 
-/// Checks every (strategy, scenario) result with the shared assertions, checks that the strategies
-/// agree on each scenario's events, and prints the table.
-fn check(results: &[Value]) -> Result<()> {
+/// The hook families a scenario's events exercise.
+fn families_of(events: &[Value]) -> BTreeSet<&'static str> {
+    events
+        .iter()
+        .filter_map(|e| match e["event"].as_str()? {
+            "bind" if e["implicit"] == true => Some("implicit_bind"),
+            "bind" => Some("bind"),
+            "listen" => Some("listen"),
+            "connect" => Some("connect"),
+            "connect_result" => Some("handshake"),
+            "close" => Some("release"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks every (strategy, scenario) result of one kernel with the shared assertions, checks
+/// that the strategies agree on each scenario's events, and prints the kernel's table.
+fn check(arch: Arch, results: &[Value]) -> KernelRun {
     let kernel = results
         .iter()
         .find_map(|l| l["kernel"].as_str())
@@ -258,16 +290,28 @@ fn check(results: &[Value]) -> Result<()> {
         .to_string();
     let mut failures = Vec::new();
     let mut verdicts: BTreeMap<(&str, &str), String> = BTreeMap::new();
+    let mut cells: BTreeMap<&'static str, BTreeMap<&'static str, String>> = BTreeMap::new();
     let mut shapes: BTreeMap<&str, Vec<(&str, Vec<Value>)>> = BTreeMap::new();
-    for strategy in STRATEGIES {
-        // Per strategy, the one line without a `case`: the daemon's summary, or why it did not start.
-        let summary = results.iter().find(|l| {
+    let summary = |strategy: &str| {
+        results.iter().find(|l| {
             l["strategy"] == strategy && l.get("case").is_none() && l.get("parallel").is_none()
-        });
-        match summary {
+        })
+    };
+    // What auto must take: the best forced strategy the daemon could start with on this kernel.
+    let best = LADDER
+        .iter()
+        .copied()
+        .find(|s| summary(s).is_some_and(|l| l.get("error").is_none()));
+    let mut auto_took = String::from("-");
+    for strategy in STRATEGIES {
+        let family_cells = cells.entry(strategy).or_default();
+        match summary(strategy) {
             None => failures.push(format!("{strategy}: no result from the VM")),
             Some(s) if s.get("error").is_some() => {
                 failures.push(format!("{strategy}: daemon did not start: {}", s["error"]));
+                for fam in FAMILIES {
+                    family_cells.insert(fam, "did not start".into());
+                }
                 continue;
             }
             Some(s) => {
@@ -280,31 +324,46 @@ fn check(results: &[Value]) -> Result<()> {
                 if !s["schema_error"].is_null() {
                     failures.push(format!("{strategy}: schema: {}", s["schema_error"]));
                 }
-                // auto must pick the best rung that works: fentry on a stock kernel.
                 if strategy == "auto" {
-                    for fam in ["bind", "listen", "connect", "release"] {
-                        let took = &s["status"]["attach"][fam]["strategy"];
-                        if took != "fentry" {
-                            failures.push(format!("auto took {took} for {fam}, expected fentry"));
-                        }
+                    let took: BTreeSet<String> = ["bind", "listen", "connect", "release"]
+                        .iter()
+                        .map(|f| {
+                            s["status"]["attach"][f]["strategy"]
+                                .as_str()
+                                .unwrap_or("?")
+                                .to_string()
+                        })
+                        .collect();
+                    auto_took = took.iter().cloned().collect::<Vec<_>>().join("+");
+                    if Some(auto_took.as_str()) != best {
+                        failures.push(format!(
+                            "auto took {auto_took}, expected {} (the best strategy that started)",
+                            best.unwrap_or("none")
+                        ));
                     }
                 }
             }
         }
-        let expect = Strategy::parse(strategy).unwrap_or(Strategy::Fentry);
+        let expect = Strategy::parse(strategy)
+            .or_else(|| Strategy::parse(&auto_took))
+            .unwrap_or(Strategy::Fentry);
+        let mut per_family: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for case in scenarios::cases() {
             let r = results
                 .iter()
                 .find(|l| l["strategy"] == strategy && l["case"] == case.name);
+            let mut families = BTreeSet::new();
             let verdict = match r {
                 None => "missing".to_string(),
                 Some(r) if r.get("error").is_some() => format!("error: {}", r["error"]),
                 Some(r) => {
                     let events: Vec<Value> = r["events"].as_array().cloned().unwrap_or_default();
+                    families = families_of(&events);
                     let ctx = Ctx {
                         strategy: expect,
                         parent_pid: r["parent_pid"].as_u64().unwrap_or(0) as u32,
                         cgroup: r["parent_cgroup"].as_str().map(str::to_string),
+                        kernel: scenarios::kernel_version(&kernel),
                         // The runner and its clients share the VM's one network namespace.
                         netns: events
                             .first()
@@ -329,10 +388,34 @@ fn check(results: &[Value]) -> Result<()> {
                     }
                 }
             };
+            for fam in families {
+                let c = per_family.entry(fam).or_default();
+                c.1 += 1;
+                if verdict == "pass" {
+                    c.0 += 1;
+                }
+            }
             if verdict != "pass" {
                 failures.push(format!("{strategy} / {}: {verdict}", case.name));
             }
             verdicts.insert((case.name, strategy), verdict);
+        }
+        let own = scenarios::cases()
+            .iter()
+            .filter(|c| {
+                verdicts
+                    .get(&(c.name, strategy))
+                    .is_some_and(|v| v == "pass")
+            })
+            .count();
+        family_cells.insert("scenarios", format!("{own}/{}", scenarios::cases().len()));
+        for fam in FAMILIES {
+            let cell = match per_family.get(fam) {
+                None => "no scenario".to_string(),
+                Some((p, n)) if p == n => format!("pass ({n})"),
+                Some((p, n)) => format!("FAIL ({p}/{n})"),
+            };
+            family_cells.insert(fam, cell);
         }
     }
     for (case, per) in &shapes {
@@ -346,23 +429,21 @@ fn check(results: &[Value]) -> Result<()> {
             }
         }
     }
-    println!("\nVM kernel {kernel}: scenario results per attach strategy\n");
+    println!(
+        "\nVM kernel {kernel} ({}): scenario results per attach strategy\n",
+        arch.debian()
+    );
     println!("| scenario | {} |", STRATEGIES.join(" | "));
     println!("|---|{}", "---|".repeat(STRATEGIES.len()));
     for case in scenarios::cases() {
-        let cells: Vec<String> = STRATEGIES
+        let cells: Vec<&str> = STRATEGIES
             .iter()
-            .map(|s| {
-                let v = verdicts
-                    .get(&(case.name, *s))
-                    .map(String::as_str)
-                    .unwrap_or("missing");
-                if v == "pass" {
-                    "pass".into()
-                } else {
-                    "FAIL".into()
-                }
-            })
+            .map(
+                |s| match verdicts.get(&(case.name, *s)).map(String::as_str) {
+                    Some("pass") => "pass",
+                    _ => "FAIL",
+                },
+            )
             .collect();
         println!("| {} | {} |", case.name, cells.join(" | "));
     }
@@ -391,15 +472,62 @@ fn check(results: &[Value]) -> Result<()> {
     }
     let total = STRATEGIES.len() * scenarios::cases().len();
     let passed = verdicts.values().filter(|v| *v == "pass").count();
-    println!("\nvm-test: {passed} passed, {} failed", total - passed);
-    if failures.is_empty() {
-        println!("vm-test: every scenario passed with every strategy, and the strategies agree");
+    println!(
+        "\nvm-test: {kernel}: {passed} passed, {} failed",
+        total - passed
+    );
+    for f in &failures {
+        eprintln!("vm-test: {kernel}: {f}");
+    }
+    KernelRun {
+        release: kernel,
+        arch,
+        cells,
+        auto_took,
+        failures,
+    }
+}
+
+/// Prints the kernel × strategy × family table, writes it to `target/vm/matrix.md`, and fails
+/// when any kernel had a failure.
+fn report(vm_dir: &Path, runs: &[KernelRun]) -> Result<()> {
+    let mut table = format!(
+        "| kernel | arch | strategy | {} | scenarios |\n|---|---|---|{}---:|\n",
+        FAMILIES.join(" | "),
+        "---|".repeat(FAMILIES.len())
+    );
+    for run in runs {
+        for strategy in STRATEGIES {
+            let label = if strategy == "auto" {
+                format!("auto → {}", run.auto_took)
+            } else {
+                strategy.to_string()
+            };
+            let cells = &run.cells[strategy];
+            let fams: Vec<&str> = FAMILIES
+                .iter()
+                .map(|f| cells.get(f).map(String::as_str).unwrap_or("-"))
+                .collect();
+            table += &format!(
+                "| {} | {} | {label} | {} | {} |\n",
+                run.release,
+                run.arch.debian(),
+                fams.join(" | "),
+                cells.get("scenarios").map(String::as_str).unwrap_or("-")
+            );
+        }
+    }
+    println!("\nvm-test: kernels × strategies × hook families\n\n{table}");
+    fs::write(vm_dir.join("matrix.md"), &table)?;
+    let failed: usize = runs.iter().map(|r| r.failures.len()).sum();
+    if failed == 0 {
+        println!(
+            "vm-test: every scenario passed with every strategy on {} kernel(s), and the strategies agree",
+            runs.len()
+        );
         Ok(())
     } else {
-        for f in &failures {
-            eprintln!("vm-test: {f}");
-        }
-        bail!("{} VM check(s) failed", failures.len())
+        bail!("{failed} VM check(s) failed (listed above)")
     }
 }
 
