@@ -160,6 +160,8 @@ fn a_partial_last_line_from_a_crash_is_cut_on_start() {
         "{}",
         d.stderr_text()
     );
+    // stderr is a pipe here: diagnostics carry no terminal colour codes.
+    assert!(!d.stderr_text().contains('\x1b'), "{:?}", d.stderr_text());
     let (status, _) = d.stop();
     assert!(status.success());
 }

@@ -67,7 +67,7 @@ enum Task {
         /// for arm64 (repeatable).
         #[arg(long = "release", value_name = "SUITE[-ARCH]")]
         releases: Vec<String>,
-        /// Every supported kernel: 5.10, 6.1 and 6.12 on amd64, 6.1 on arm64; writes the table
+        /// Every supported kernel: 5.10, 6.1 and 6.12 on amd64, 6.1 and 6.12 on arm64; writes the table
         /// to target/vm/matrix.md.
         #[arg(long)]
         matrix: bool,

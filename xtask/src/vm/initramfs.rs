@@ -36,7 +36,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 export PATH=/bin:/usr/bin PORTWATCH_BIN=/usr/bin/portwatch PORTWATCH_SCENARIO=/usr/bin/portwatch-scenario
-export PORTWATCH_TIMEOUT_SCALE=@SCALE@
+export PORTWATCH_TIMEOUT_SCALE=@SCALE@ PORTWATCH_VM_SYSCALL_CALLS=@CALLS@
 echo "vm-init: kernel $(uname -r), running scenarios"
 /usr/bin/portwatch-vm-runner @OUT@ @STRATEGIES@
 echo "vm-init: runner exited $?"
@@ -51,6 +51,8 @@ pub struct Layout<'a> {
     pub out: &'a str,
     /// Multiplies the tests' timeouts: the emulation is slower than the host.
     pub timeout_scale: u32,
+    /// Calls per run of the unrelated-syscall timing loops.
+    pub syscall_calls: u32,
     pub busybox: &'a Path,
     pub bin: &'a Path,
 }
@@ -71,7 +73,8 @@ pub fn build(dir: &Path, layout: &Layout, strategies: &[&str]) -> Result<PathBuf
         &init,
         INIT.replace("@STRATEGIES@", &strategies.join(" "))
             .replace("@OUT@", layout.out)
-            .replace("@SCALE@", &layout.timeout_scale.to_string()),
+            .replace("@SCALE@", &layout.timeout_scale.to_string())
+            .replace("@CALLS@", &layout.syscall_calls.to_string()),
     )?;
     set_mode(&init, 0o755)?;
     fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;

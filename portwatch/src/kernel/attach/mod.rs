@@ -83,8 +83,44 @@ pub enum HookError {
     MissingProgram(String),
     #[error("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")]
     NoBtf,
+    /// ENOTSUPP (524) when attaching a trampoline: the kernel has BTF and loads the program,
+    /// but cannot patch a call into the function.
+    #[error(
+        "this kernel cannot attach fentry/fexit programs to kernel functions (ENOTSUPP): they \
+         need BPF trampolines with ftrace direct calls, which x86_64 has since 5.5 and arm64 \
+         since 6.4; use the kprobe strategy ({})",
+        error_chain(.0)
+    )]
+    NoTrampoline(ProgramError),
     #[error(transparent)]
     Program(#[from] ProgramError),
+}
+
+/// The kernel's ENOTSUPP, which the kernel returns but libc does not name.
+const ENOTSUPP: i32 = 524;
+
+/// The first OS error code in `e`'s chain of sources.
+fn os_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// A trampoline's attach error, named for what it means when the kernel cannot patch the call.
+fn trampoline_error(e: ProgramError) -> HookError {
+    if os_errno(&e) == Some(ENOTSUPP) {
+        HookError::NoTrampoline(e)
+    } else {
+        HookError::Program(e)
+    }
 }
 
 /// One rung of the attach ladder.
@@ -566,13 +602,13 @@ fn attach_hook(
             let btf = btf.ok_or_else(|| fail(HookError::NoBtf))?;
             let prog: &mut FEntry = program(ebpf, name, &fail)?;
             load_once(prog.load(function, btf)).map_err(chain)?;
-            prog.attach().map_err(chain)?;
+            prog.attach().map_err(|e| fail(trampoline_error(e)))?;
         }
         Hook::FExit(name, function) => {
             let btf = btf.ok_or_else(|| fail(HookError::NoBtf))?;
             let prog: &mut FExit = program(ebpf, name, &fail)?;
             load_once(prog.load(function, btf)).map_err(chain)?;
-            prog.attach().map_err(chain)?;
+            prog.attach().map_err(|e| fail(trampoline_error(e)))?;
         }
     }
     Ok(())
@@ -632,6 +668,39 @@ mod tests {
 
     fn eperm() -> std::io::Error {
         std::io::Error::from_raw_os_error(libc::EPERM)
+    }
+
+    /// arm64 before 6.4 loads fexit programs but refuses to attach them with ENOTSUPP: the error
+    /// says why and what to use instead; other errors pass through unchanged.
+    #[test]
+    fn a_trampoline_the_kernel_cannot_attach_is_named() {
+        let attach_error = |code| {
+            ProgramError::from(aya::sys::SyscallError {
+                call: "bpf_raw_tracepoint_open",
+                io_error: std::io::Error::from_raw_os_error(code),
+            })
+        };
+        let e = AttachError::Hook {
+            strategy: Strategy::Fentry,
+            hook: "fexit:inet_bind".into(),
+            source: trampoline_error(attach_error(ENOTSUPP)),
+        }
+        .to_string();
+        assert!(
+            e.starts_with(
+                "fentry strategy, hook fexit:inet_bind: this kernel cannot attach fentry/fexit"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("arm64 since 6.4; use the kprobe strategy"),
+            "{e}"
+        );
+        assert!(e.contains("(os error 524)"), "{e}");
+        assert!(matches!(
+            trampoline_error(attach_error(libc::EPERM)),
+            HookError::Program(_)
+        ));
     }
 
     #[test]
