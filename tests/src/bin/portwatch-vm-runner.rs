@@ -180,5 +180,16 @@ fn main() {
         &mut out,
         json!({"syscall_cost": "none", "after": syscall_cost()}),
     );
+    // A kernel WARNING (or worse) while the programs loaded and ran is a failure even when every
+    // scenario passed: on a host with panic_on_warn it is a crash.
+    let dmesg = std::process::Command::new("dmesg")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let warnings: Vec<&str> = dmesg
+        .lines()
+        .filter(|l| ["WARNING:", "BUG:", "Oops"].iter().any(|w| l.contains(w)))
+        .collect();
+    emit(&mut out, json!({"kernel_warnings": warnings}));
     emit(&mut out, json!({"done": true}));
 }

@@ -500,6 +500,17 @@ fn check(arch: Arch, results: &[Value]) -> KernelRun {
             ));
         }
     }
+    match results.iter().find_map(|l| l["kernel_warnings"].as_array()) {
+        None => failures.push("the VM sent no kernel log check".into()),
+        Some(w) if !w.is_empty() => failures.push(format!(
+            "the kernel logged warnings: {}",
+            w.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )),
+        Some(_) => {}
+    }
     let total = (STRATEGIES.len() - unsupported_strategies) * scenarios::cases().len();
     let passed = verdicts.values().filter(|v| *v == "pass").count();
     println!(

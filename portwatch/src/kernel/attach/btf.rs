@@ -18,13 +18,37 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// which took ~39 MB and was the daemon's start-up peak (docs/benchmarks.md). Where the
 /// mapping is refused, the file is parsed as before.
 pub fn struct_offsets_from_file(path: &Path) -> Result<KernelOffsets, AttachError> {
+    read(path).map(|k| k.offsets)
+}
+
+/// What the loader learns from the kernel's BTF.
+pub struct KernelBtf {
+    pub offsets: KernelOffsets,
+    /// The verifier warns when a kprobe or tracepoint program uses a map allocated at run
+    /// time: before 6.1, which brought the BPF memory allocator (`struct bpf_mem_alloc`) and
+    /// dropped that warning with it.
+    pub warns_on_runtime_allocated_maps: bool,
+}
+
+/// Reads the kernel's BTF once; see `struct_offsets_from_file`.
+pub fn read(path: &Path) -> Result<KernelBtf, AttachError> {
     let btf = Btf::from_file_with_backend(path, Backend::Mmap)
         .or_else(|_| Btf::from_file(path))
         .map_err(|source| AttachError::Btf {
             path: path.display().to_string(),
             source,
         })?;
-    struct_offsets(&btf)
+    Ok(KernelBtf {
+        offsets: struct_offsets(&btf)?,
+        warns_on_runtime_allocated_maps: !has_struct(&btf, "bpf_mem_alloc"),
+    })
+}
+
+fn has_struct(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name)
+        .unwrap_or_default()
+        .iter()
+        .any(|t| matches!(t, Type::Struct(_)))
 }
 
 /// The struct member offsets of `KernelOffsets`; the tracepoint fields (`tp_*`) are left unknown
@@ -219,6 +243,12 @@ mod tests {
         assert!(has_helper(&btf, "map_lookup_elem"));
         assert!(!has_helper(&btf, "no_such_helper"));
         assert!(!has_helper(&btf, "task_pt_reg"));
+        // 6.18 has the BPF memory allocator, so run-time allocated maps draw no warning.
+        assert!(
+            !read(Path::new(VMLINUX_BTF))
+                .expect("btf")
+                .warns_on_runtime_allocated_maps
+        );
     }
 
     #[test]

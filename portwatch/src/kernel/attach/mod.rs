@@ -3,6 +3,7 @@
 //! best rung that loads and attaches for each family; a forced strategy that fails is an error
 //! naming the hook and the kernel's reason.
 pub mod btf;
+mod patch;
 pub mod tracefs;
 
 use std::{fmt, fs::File, path::PathBuf};
@@ -57,6 +58,8 @@ pub enum AttachError {
     },
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
+    #[error(transparent)]
+    Object(#[from] patch::ObjectError),
     /// The Display text carries the whole chain of `source`, which is where aya puts the kernel's
     /// reason.
     #[error("{strategy} strategy, hook {hook}: {}", error_chain(.source))]
@@ -249,13 +252,16 @@ pub struct AttachOptions {
 struct KernelLayout {
     offsets: KernelOffsets,
     cgroup_root: PathBuf,
+    /// See `patch`: the per-socket table is preallocated on such kernels.
+    warns_on_runtime_allocated_maps: bool,
 }
 
 impl KernelLayout {
     /// Struct member offsets from BTF (`btf::struct_offsets`), then the tracepoint fields from
     /// tracefs.
     fn discover() -> Result<Self, AttachError> {
-        let mut offsets = btf::struct_offsets_from_file(std::path::Path::new(btf::VMLINUX_BTF))?;
+        let kernel_btf = btf::read(std::path::Path::new(btf::VMLINUX_BTF))?;
+        let mut offsets = kernel_btf.offsets;
         let tracefs = tracefs::ensure_tracefs()?;
         offsets.tp_listen_fd =
             tracefs::field_offsets(&tracefs, "syscalls", "sys_enter_listen", &[("fd", 8)])?[0];
@@ -281,6 +287,7 @@ impl KernelLayout {
         Ok(Self {
             offsets,
             cgroup_root: cgroup2_mount()?,
+            warns_on_runtime_allocated_maps: kernel_btf.warns_on_runtime_allocated_maps,
         })
     }
 }
@@ -315,7 +322,19 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("PENDING", opts.tables.pending_entries)
         .map_max_entries("SOCKETS", opts.tables.socket_entries);
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(AttachError::Load)?;
+    let patched;
+    let object_bytes = if layout.warns_on_runtime_allocated_maps {
+        patched = patch::preallocate(EBPF_OBJECT, "SOCKETS")?;
+        tracing::info!(
+            entries = opts.tables.socket_entries,
+            "this kernel (before 6.1) warns when tracing programs use run-time allocated maps: \
+             the per-socket table is preallocated"
+        );
+        &patched[..]
+    } else {
+        EBPF_OBJECT
+    };
+    let mut ebpf = loader.load(object_bytes).map_err(AttachError::Load)?;
     // The loader's copy is freed; hand it back before the next one is parsed.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
