@@ -58,6 +58,9 @@ impl Kernels {
     pub fn from_args(kernel: Option<PathBuf>, releases: &[String], matrix: bool) -> Result<Self> {
         Ok(match (kernel, matrix) {
             (Some(_), true) => bail!("--kernel and --matrix exclude each other"),
+            (Some(_), false) if !releases.is_empty() => {
+                bail!("--kernel and --release exclude each other")
+            }
             (Some(k), false) => Kernels::File(k),
             (None, true) => Kernels::Releases(debian::MATRIX.to_vec()),
             (None, false) if releases.is_empty() => Kernels::Releases(debian::DEFAULT.to_vec()),
@@ -127,6 +130,9 @@ fn boot_one(
             500_000,
         )
     } else {
+        if arch != Arch::Arm64 {
+            bail!("only arm64 VMs are cross-built (from an amd64 host)");
+        }
         setup::arm64_packages(root)?;
         cross_build(root, arch)?;
         let busybox = debian::package(
