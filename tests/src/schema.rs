@@ -195,14 +195,7 @@ pub fn check(v: &Value) -> R {
                 u32::MAX as u64,
             )?;
             let attach = obj(&v["attach"], "attach")?;
-            for fam in [
-                "bind",
-                "listen",
-                "connect",
-                "release",
-                "handshake",
-                "implicit_bind",
-            ] {
+            for fam in HOOK_FAMILIES {
                 let f = attach
                     .get(fam)
                     .ok_or_else(|| format!("attach.{fam} missing"))?;
@@ -574,6 +567,16 @@ pub fn check_log(lines: &[Value]) -> R {
     }
     Ok(())
 }
+
+/// The status event's `attach` keys whose events a scenario can show (lineage makes none).
+pub const HOOK_FAMILIES: [&str; 6] = [
+    "bind",
+    "listen",
+    "connect",
+    "release",
+    "handshake",
+    "implicit_bind",
+];
 
 #[cfg(test)]
 mod tests {

@@ -34,14 +34,7 @@ const STRATEGIES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
 /// The forced strategies, best first: what `auto` must take is the first of these that works.
 const LADDER: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 /// The hook families a scenario's events exercise, in table order.
-const FAMILIES: [&str; 6] = [
-    "bind",
-    "listen",
-    "connect",
-    "release",
-    "handshake",
-    "implicit_bind",
-];
+const FAMILIES: [&str; 6] = portwatch_tests::schema::HOOK_FAMILIES;
 /// Hard limit for one VM run; TCG is slow, but a hang must not eat CI's 90 minutes.
 const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
