@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use portwatch::{
     ops::cli::{Cli, Command},
+    ops::commands,
     ops::config::{self, Config},
     ops::status,
 };
@@ -56,7 +57,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Who(args) => who(args),
+        Command::Who(args) => commands::who(args),
+        Command::Tail(args) => commands::tail(args),
+        Command::Top(args) => commands::top(args),
         Command::CheckPolicy(args) => {
             let p = portwatch::judgement::policy::Policy::load(&args.file)?;
             let required = p.rules.iter().filter(|r| r.required).count();
@@ -93,51 +96,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn who(args: portwatch::ops::cli::WhoArgs) -> anyhow::Result<()> {
-    use portwatch::history::who;
-    let port = who::parse_port(&args.port)?;
-    let now = chrono::Utc::now();
-    let ns = portwatch::clock::unix_ns;
-    let window = match (&args.at, &args.since) {
-        (Some(at), _) => {
-            let t = ns(who::parse_time(at, now)?);
-            Some((t, t))
-        }
-        (None, Some(since)) => Some((ns(who::parse_time(since, now)?), ns(now))),
-        (None, None) => None,
-    };
-    let state_dir = match args.state_dir {
-        Some(d) => d,
-        None => Config::load(args.config.as_deref())?.store.state_dir,
-    };
-    let transport = args.transport.map(|t| match t {
-        portwatch::ops::cli::TransportArg::Tcp => "tcp",
-        portwatch::ops::cli::TransportArg::Udp => "udp",
-    });
-    let q = who::Query {
-        port,
-        transport,
-        window,
-        include_now: args.at.is_none(),
-    };
-    let (rows, note) = who::holdings(&q, &state_dir)?;
-    if args.json {
-        for r in &rows {
-            println!("{}", serde_json::to_string(r)?);
-        }
-    } else if rows.is_empty() {
-        println!("{}", who::describe_port(port));
-        println!("nobody holds port {port} now, and the history knows no holder");
-    } else {
-        println!("{}", who::describe_port(port));
-        print!("{}", who::render(&rows));
-    }
-    if let Some(n) = note {
-        eprintln!("portwatch: {n}");
-    }
-    Ok(())
 }
 
 /// The error and its causes on one line. Error messages here name their cause (so a diagnostic

@@ -1,5 +1,5 @@
 //! Property tests ("fuzzing") for every parser of untrusted input: ring-buffer records, the config
-//! file, tracefs format files, /proc contents, `who`'s arguments. None may panic, whatever the bytes. The suite runs
+//! file, tracefs format files, /proc contents, `who`'s arguments, a followed log. None may panic, whatever the bytes. The suite runs
 //! 512 cases each (a few seconds); `PROPTEST_CASES=100000 cargo test -p portwatch --test fuzz`
 //! runs longer.
 use std::path::Path;
@@ -7,13 +7,14 @@ use std::path::Path;
 use portwatch::{
     attribution::procfs::{parse_stat_ppid, split_cmdline},
     history::store,
-    history::who::{parse_port, parse_time},
+    history::who::parse_time,
     judgement::alert::AlertEngine,
     judgement::policy::Policy,
     kernel::attach::tracefs::parse_format,
     kernel::decode::{decode, decode_any, decode_record},
     ops::config::{Config, DEFAULTS_TOML},
     output::errno,
+    views::{follow::Follower, ports::PortSpec},
 };
 use portwatch_common::{ExecEvent, PortEvent, ProcEvent};
 use proptest::prelude::*;
@@ -143,7 +144,7 @@ proptest! {
         let db = dir.path().join(store::FILE_NAME);
         std::fs::write(&db, &bytes).unwrap();
         if let Ok(c) = store::open_ro(&db) {
-            let _ = store::holdings(&c, 22, None, 0, i64::MAX, 10);
+            let _ = store::holdings(&c, (22, 22), None, 0, i64::MAX, |_| true, 10);
             let _ = store::gaps(&c, 0, i64::MAX);
         }
     }
@@ -163,7 +164,7 @@ proptest! {
         ).unwrap();
         let r = store::open_ro(&db).unwrap();
         let p = u16::try_from(port).unwrap_or(0);
-        let _ = store::holdings(&r, p, None, i64::MIN, i64::MAX, 10);
+        let _ = store::holdings(&r, (p, p), None, i64::MIN, i64::MAX, |_| true, 10);
     }
 
     #[test]
@@ -180,11 +181,37 @@ proptest! {
     }
 
     #[test]
+    fn a_followed_log_of_any_bytes_yields_its_lines(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, &bytes).unwrap();
+        let mut f = Follower::open(&path, u64::MAX).unwrap();
+        let lines = f.poll().unwrap();
+        let whole = bytes.iter().filter(|b| **b == b'\n').count();
+        prop_assert_eq!(lines.len(), whole);
+        prop_assert!(lines.iter().all(|l| !l.contains(&b'\n')));
+    }
+
+    #[test]
     fn who_arguments_never_panic(text in "\\PC{0,40}") {
         let now = chrono::Utc::now();
-        match parse_port(&text) {
-            Ok(p) => prop_assert_eq!(text.trim().parse::<u16>().ok(), Some(p)),
-            Err(e) => prop_assert!(e.to_string().contains("is not a port")),
+        let services = Path::new("/etc/services");
+        match PortSpec::parse(&text, services) {
+            Ok(spec) => {
+                prop_assert!(!spec.ranges.is_empty());
+                prop_assert!(spec.ranges.iter().all(|r| r.low <= r.high));
+            }
+            Err(e) => {
+                let m = e.to_string();
+                prop_assert!(
+                    m.contains("is not a port")
+                        || m.contains("low to high")
+                        || m.contains("is not a service name"),
+                    "{}",
+                    m
+                );
+                prop_assert!(!m.contains('\n'));
+            }
         }
         if let Err(e) = parse_time(&text, now) {
             prop_assert!(e.to_string().contains("is not a time"));

@@ -42,7 +42,12 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new(daemon_binary()).args(args).output().unwrap()
+    // A table's width follows $COLUMNS: the tests read whole lines.
+    Command::new(daemon_binary())
+        .args(args)
+        .env_remove("COLUMNS")
+        .output()
+        .unwrap()
 }
 
 /// `portwatch_output` as the exit code (-1 when a signal ended it), stdout and stderr.

@@ -1,6 +1,7 @@
 //! Harness for the integration tests: start the real daemon binary, run scenario clients, read the
 //! JSON Lines it writes, and check every line against the schema (docs/schema.md).
 mod fixtures;
+pub mod identities;
 pub mod scenarios;
 pub mod schema;
 

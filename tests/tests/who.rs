@@ -243,9 +243,15 @@ fn sockets_opened_before_the_daemon_are_snapshot_events_and_in_history() {
 #[test]
 fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, err) = who(&["http"], dir.path());
+    let (code, _, err) = who(&["htttp"], dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("`http` is not a port number"), "{err}");
+    assert!(
+        err.contains("`htttp` is not a service name in /etc/services"),
+        "{err}"
+    );
+    let (code, _, err) = who(&["70000"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("`70000` is not a port number"), "{err}");
     let (code, _, err) = who(&["80", "--at", "yesterday-ish"], dir.path());
     assert_eq!(code, 1);
     assert!(err.contains("`yesterday-ish` is not a time"), "{err}");

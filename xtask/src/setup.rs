@@ -111,9 +111,10 @@ pub fn arm64_packages(root: &std::path::Path) -> Result<()> {
 }
 
 /// What the integration tests use besides the daemon: bpftool (to detach a program, proving
-/// blinding is detected) and ip (a scenario's own network namespace).
+/// blinding is detected), ip (a scenario's own network namespace), tmux (the terminal `top` is
+/// drawn in and read back from) and netbase (/etc/services, the names `who` takes).
 pub fn test_packages() -> Result<()> {
-    install_packages(&["bpftool", "iproute2"])
+    install_packages(&["bpftool", "iproute2", "tmux", "netbase"])
 }
 
 /// The peers `bench` measures portwatch against. Debian's auditd package starts auditd.service on

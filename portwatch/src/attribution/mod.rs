@@ -98,6 +98,23 @@ pub fn raw_scan(proc_root: &Path) -> Result<RawScan, sockets::SockDiagError> {
     })
 }
 
+/// A scan of sockets the caller dumped itself (in another network namespace, say, from a thread
+/// that entered it), with holders from a /proc walk the caller made (one walk serves every
+/// namespace: socket inodes are unique across them).
+pub fn raw_scan_of(
+    sockets: Vec<KernelSocket>,
+    owners: HashMap<u32, u32>,
+    netns: Option<u32>,
+) -> RawScan {
+    RawScan {
+        started_ns: clock::now_unix_ns(),
+        monotonic_ns: clock::monotonic_now(),
+        sockets,
+        owners,
+        netns,
+    }
+}
+
 /// What a scan can say is gone: a socket of the namespace it saw, known since before it began,
 /// that it does not list. (One opened after it began may be missing from it: not gone.)
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

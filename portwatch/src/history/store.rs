@@ -214,24 +214,37 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
 }
 
 /// Holdings of `port` that overlap [`from`, `to`] (Unix ns), newest first.
+/// Intervals on ports `low..=high` overlapping [`from`, `to`], newest first, that `keep`
+/// accepts: at most `limit`, and whether more were left out.
+#[allow(clippy::too_many_arguments)]
 pub fn holdings(
     c: &Connection,
-    port: u16,
+    (low, high): (u16, u16),
     transport: Option<&str>,
     from: i64,
     to: i64,
-    limit: u32,
-) -> rusqlite::Result<Vec<Interval>> {
+    mut keep: impl FnMut(&Interval) -> bool,
+    limit: usize,
+) -> rusqlite::Result<(Vec<Interval>, bool)> {
     let mut stmt = c.prepare(
         "SELECT id, netns, transport, address, port, role, peer_address, peer_port, pid, executable, command_line,
                 user_id, user_name, unit, container_id, container_runtime, opened_ns, closed_ns, close_note
          FROM intervals
-         WHERE port = ?1 AND (?2 IS NULL OR transport = ?2) AND opened_ns <= ?4
-               AND (closed_ns IS NULL OR closed_ns >= ?3)
-         ORDER BY opened_ns DESC LIMIT ?5",
+         WHERE port BETWEEN ?1 AND ?2 AND (?3 IS NULL OR transport = ?3) AND opened_ns <= ?5
+               AND (closed_ns IS NULL OR closed_ns >= ?4)
+         ORDER BY opened_ns DESC",
     )?;
-    stmt.query_map(params![port, transport, from, to, limit], row)?
-        .collect()
+    let mut out = Vec::new();
+    for i in stmt.query_map(params![low, high, transport, from, to], row)? {
+        let i = i?;
+        if keep(&i) {
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(i);
+        }
+    }
+    Ok((out, false))
 }
 
 /// Unrecorded stretches overlapping [`from`, `to`]: (from_ns, to_ns, intervals lost), oldest
@@ -514,7 +527,8 @@ mod tests {
         insert(&c, &iv(2, 80, 300, None)).unwrap();
         insert(&c, &iv(3, 81, 100, None)).unwrap();
         let at = |t| {
-            holdings(&c, 80, None, t, t, 10)
+            holdings(&c, (80, 80), None, t, t, |_| true, 10)
+                .map(|h| h.0)
                 .unwrap()
                 .iter()
                 .map(|i| i.id)
@@ -523,14 +537,26 @@ mod tests {
         assert_eq!(at(150), vec![1]);
         assert_eq!(at(250), Vec::<i64>::new());
         assert_eq!(at(1000), vec![2]);
-        let all = holdings(&c, 80, Some("tcp"), 0, i64::MAX, 10).unwrap();
+        let all = holdings(&c, (80, 80), Some("tcp"), 0, i64::MAX, |_| true, 10)
+            .map(|h| h.0)
+            .unwrap();
         assert_eq!(all.iter().map(|i| i.id).collect::<Vec<_>>(), vec![2, 1]);
+        // A range, a filter, and a limit that says more were left out.
+        let (range, more) = holdings(&c, (80, 81), None, 0, i64::MAX, |_| true, 10).unwrap();
+        assert_eq!((range.len(), more), (3, false));
+        let (odd, _) = holdings(&c, (80, 81), None, 0, i64::MAX, |i| i.id != 2, 10).unwrap();
+        let mut ids: Vec<i64> = odd.iter().map(|i| i.id).collect();
+        ids.sort();
+        assert_eq!(ids, vec![1, 3]);
+        let (one, more) = holdings(&c, (80, 81), None, 0, i64::MAX, |_| true, 1).unwrap();
+        assert_eq!((one.len(), more), (1, true));
         assert_eq!(
             all[1].process.command_line,
             Some(vec!["x".to_string(), "-l".to_string()])
         );
         assert!(
-            holdings(&c, 80, Some("udp"), 0, i64::MAX, 10)
+            holdings(&c, (80, 80), Some("udp"), 0, i64::MAX, |_| true, 10)
+                .map(|h| h.0)
                 .unwrap()
                 .is_empty()
         );
@@ -591,7 +617,9 @@ mod tests {
             prune(&c, 10_000_000_000, Duration::from_secs(5), 2).unwrap(),
             3
         );
-        let left = holdings(&c, 80, None, 0, i64::MAX, 10).unwrap();
+        let left = holdings(&c, (80, 80), None, 0, i64::MAX, |_| true, 10)
+            .map(|h| h.0)
+            .unwrap();
         assert_eq!(left.iter().map(|i| i.id).collect::<Vec<_>>(), vec![9, 8]);
     }
 

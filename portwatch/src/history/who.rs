@@ -1,5 +1,5 @@
-//! `portwatch who PORT`: who holds the port now (from the kernel's socket tables, no daemon
-//! needed) and who held it before (from the tenancy store).
+//! `portwatch who PORTS`: who holds the ports now (from the kernel's socket tables, no daemon
+//! needed) and who held them before (from the tenancy store), narrowed by process filters.
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -11,13 +11,17 @@ use crate::{
     facts::{Container, Endpoint, Origin, PortInfo, ProcessFacts, SocketRole, Transport, User},
     history::store,
     kernel::sockets,
-    output::text::printable,
+    views::{
+        filter::{ProcessFilter, Subject},
+        ports::{self, PortSpec},
+        table::Table,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum WhoError {
-    #[error("`{0}` is not a port number (0-65535)")]
-    Port(String),
+    #[error(transparent)]
+    Port(#[from] ports::PortSpecError),
     #[error(
         "`{0}` is not a time: use RFC 3339 (2026-11-27T04:51:23Z) or an age like 10m, 2h30m, 3d"
     )]
@@ -28,10 +32,6 @@ pub enum WhoError {
     Query(#[from] rusqlite::Error),
     #[error("reading the kernel's socket table: {0}")]
     Sockets(#[from] sockets::SockDiagError),
-}
-
-pub fn parse_port(s: &str) -> Result<u16, WhoError> {
-    s.trim().parse().map_err(|_| WhoError::Port(s.to_string()))
 }
 
 /// RFC 3339, or an age before `now` ("10m", "10m ago", "1h30m").
@@ -47,12 +47,24 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, WhoError
         .ok_or_else(|| WhoError::Time(s.to_string()))
 }
 
-pub struct Query<'a> {
-    pub port: u16,
-    pub transport: Option<&'a str>,
+pub struct Query {
+    pub ports: PortSpec,
     /// Unix ns window; `None` = all history.
     pub window: Option<(i64, i64)>,
     pub include_now: bool,
+    pub filter: ProcessFilter,
+    /// Only listening sockets.
+    pub listening: bool,
+    /// History rows at most.
+    pub limit: usize,
+}
+
+impl Query {
+    fn wants(&self, port: u16, transport: Transport, role: SocketRole, holder: &Holder) -> bool {
+        self.ports.matches(port, transport)
+            && (!self.listening || role == SocketRole::Listening)
+            && (self.filter.is_empty() || self.filter.matches(&holder.subject()))
+    }
 }
 
 /// Where a holding was found.
@@ -65,7 +77,8 @@ pub enum Source {
     History,
 }
 
-/// One holding of the port: one JSON object of `who --json`, one row of the table.
+/// One holding of a port: one JSON object of `who -o json`, one row of the table. What is not
+/// known is left out, never written as null or 0.
 #[derive(Debug, Clone, Serialize)]
 pub struct Holding {
     pub source: Source,
@@ -73,78 +86,159 @@ pub struct Holding {
     pub transport: Transport,
     pub local: Endpoint,
     pub role: SocketRole,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<u32>,
     pub process: Holder,
-    /// RFC 3339; unknown for sockets found now.
+    /// RFC 3339; absent for sockets found now.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// Absent while the socket is still open.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// Why `to` is what it is, when not a release the kernel reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    #[serde(skip)]
+    from_ns: Option<i64>,
+    #[serde(skip)]
+    to_ns: Option<i64>,
 }
 
 /// The holder as `who` shows it: what the history keeps of a process, nothing it does not know.
+/// `known: false` (and nothing else) when no process holds the socket: a kernel socket, or a
+/// holder out of sight (another PID namespace's /proc, a descriptor passed away and closed).
 #[derive(Debug, Clone, Serialize)]
 pub struct Holder {
-    /// None: no process holds the socket (a kernel socket, or its holder is out of sight).
+    pub known: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command_line: Option<Vec<String>>,
-    pub user: User,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
 }
 
 impl Holder {
     fn of(p: ProcessFacts) -> Self {
+        if p.pid == 0 {
+            return Holder {
+                known: false,
+                pid: None,
+                executable: None,
+                command_line: None,
+                user: None,
+                unit: None,
+                container: None,
+            };
+        }
         Holder {
-            pid: (p.pid != 0).then_some(p.pid),
+            known: true,
+            pid: Some(p.pid),
             executable: p.executable,
             command_line: p.command_line,
-            user: p.user,
+            user: Some(p.user),
             unit: p.unit,
             container: p.container,
         }
     }
+
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            pid: self.pid,
+            executable: self.executable.as_deref(),
+            argv0: self
+                .command_line
+                .as_ref()
+                .and_then(|a| a.first())
+                .map(String::as_str),
+            uid: self.user.as_ref().map(|u| u.id),
+            user: self.user.as_ref().and_then(|u| u.name.as_deref()),
+            unit: self.unit.as_deref(),
+            container: self.container.as_ref().map(|c| c.id.as_str()),
+        }
+    }
 }
 
-/// Holdings: the kernel's current sockets first, then history, newest first; and a warning when
-/// the history is incomplete or missing.
-pub fn holdings(
-    q: &Query<'_>,
-    state_dir: &Path,
-) -> Result<(Vec<Holding>, Option<String>), WhoError> {
-    let mut out = Vec::new();
-    let port = port_info(q.port);
+pub struct Answer {
+    pub rows: Vec<Holding>,
+    /// What the reader should know: no history, gaps in it, rows left out.
+    pub warnings: Vec<String>,
+}
+
+/// Holdings: the kernel's current sockets first, then history, newest first.
+pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
+    let ephemeral = EphemeralRange::read();
+    let mut rows = Vec::new();
+    let mut warnings = Vec::new();
     if q.include_now {
-        out.extend(now(q.port, q.transport, port)?);
+        rows.extend(now(q, &ephemeral)?);
     }
     let path = state_dir.join(store::FILE_NAME);
     if !path.exists() {
-        return Ok((
-            out,
-            Some(format!(
-                "no tenancy history at {} (is the daemon running with this state directory?)",
-                path.display()
-            )),
+        warnings.push(format!(
+            "no tenancy history at {} (is the daemon running with this state directory?)",
+            path.display()
         ));
+        return Ok(Answer { rows, warnings });
     }
     let c = store::open_ro(&path)?;
     let (from, to) = q.window.unwrap_or((0, i64::MAX));
     let ts = |ns: i64| clock::rfc3339(DateTime::from_timestamp_nanos(ns));
     let gaps = store::gaps(&c, from, to)?;
-    let warning = (!gaps.is_empty()).then(|| {
+    if !gaps.is_empty() {
         let lost: u64 = gaps.iter().map(|g| g.2).sum();
-        format!(
+        warnings.push(format!(
             "warning: this history is incomplete: {lost} socket intervals between {} and {} were not recorded (the daemon's store writer fell behind)",
             ts(gaps[0].0),
             ts(gaps.iter().map(|g| g.1).max().unwrap_or(gaps[0].1))
-        )
-    });
-    for i in store::holdings(&c, q.port, q.transport, from, to, 200)? {
-        out.push(Holding {
+        ));
+    }
+    let low = q.ports.ranges.iter().map(|r| r.low).min().unwrap_or(0);
+    let high = q
+        .ports
+        .ranges
+        .iter()
+        .map(|r| r.high)
+        .max()
+        .unwrap_or(u16::MAX);
+    let transport = match q.ports.ranges.as_slice() {
+        [one] => one.transport.map(Transport::as_str),
+        _ => None,
+    };
+    let (found, more) = store::holdings(
+        &c,
+        (low, high),
+        transport,
+        from,
+        to,
+        |i| {
+            q.wants(
+                i.local.port,
+                i.transport,
+                i.role,
+                &Holder::of(i.process.clone()),
+            )
+        },
+        q.limit,
+    )?;
+    if more {
+        warnings.push(format!(
+            "showing the newest {} holdings in the history; more match (narrow with --since, --at or a filter, or raise --limit)",
+            q.limit
+        ));
+    }
+    for i in found {
+        rows.push(Holding {
             source: Source::History,
-            port,
+            port: ephemeral.info(i.local.port),
             transport: i.transport,
             local: i.local,
             role: i.role,
@@ -154,24 +248,26 @@ pub fn holdings(
             from: Some(ts(i.opened_ns)),
             to: i.closed_ns.map(ts),
             note: i.close_note,
+            from_ns: Some(i.opened_ns),
+            to_ns: i.closed_ns,
         });
     }
-    Ok((out, warning))
+    Ok(Answer { rows, warnings })
 }
 
-/// Current sockets on `port`, from the kernel over sock_diag, with their processes. The
+/// Current sockets on the ports, from the kernel over sock_diag, with their processes. The
 /// network namespace is the caller's.
-fn now(port: u16, transport: Option<&str>, info: PortInfo) -> Result<Vec<Holding>, WhoError> {
+fn now(q: &Query, ephemeral: &EphemeralRange) -> Result<Vec<Holding>, WhoError> {
     let raw = raw_scan(Path::new("/proc"))?;
     let scan = Attributor::oneshot().attribute(raw, Origin::Snapshot, |s| {
-        s.local.port() == port && transport.is_none_or(|t| t == s.transport.as_str())
+        q.ports.matches(s.local.port(), s.transport)
     });
     Ok(scan
         .facts
         .into_iter()
         .map(|f| Holding {
             source: Source::Now,
-            port: info,
+            port: ephemeral.info(f.event.local.port()),
             transport: f.event.transport,
             local: f.event.local.into(),
             role: SocketRole::of(f.event.kind),
@@ -181,96 +277,193 @@ fn now(port: u16, transport: Option<&str>, info: PortInfo) -> Result<Vec<Holding
             from: None,
             to: None,
             note: None,
+            from_ns: None,
+            to_ns: None,
         })
+        .filter(|h| q.wants(h.local.port, h.transport, h.role, &h.process))
         .collect())
 }
 
-/// The port's IANA class and whether this host's kernel picks it for outbound connections, as
-/// events carry it.
-pub fn port_info(port: u16) -> PortInfo {
-    EphemeralRange::read().info(port)
-}
-
-/// One line saying what kind of port it is.
-pub fn describe_port(port: u16) -> String {
-    let info = port_info(port);
-    let class = serde_json::to_value(info.class)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    format!(
-        "port {port}: {class}{}",
-        if info.ephemeral {
-            ", inside this host's ephemeral range (the kernel picks it for outbound connections)"
+/// One line saying what the ports asked for are: their service name, IANA class, and whether
+/// the kernel picks them for outbound connections.
+pub fn describe(spec: &PortSpec) -> String {
+    let ephemeral = EphemeralRange::read();
+    let services = std::fs::read_to_string(ports::SERVICES).unwrap_or_default();
+    if let Some(port) = spec.single() {
+        let info = ephemeral.info(port);
+        let class = serde_json::to_value(info.class)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let names: Vec<String> = [Transport::Tcp, Transport::Udp]
+            .into_iter()
+            .filter(|t| spec.matches(port, *t))
+            .filter_map(|t| {
+                ports::service_name(&services, port, t).map(|n| format!("{n}/{}", t.as_str()))
+            })
+            .collect();
+        let name = if names.is_empty() {
+            String::new()
         } else {
-            ""
-        }
+            format!(" ({})", names.join(", "))
+        };
+        return format!(
+            "port {port}{name}: {class}{}",
+            if info.ephemeral {
+                ", inside this host's ephemeral range (the kernel picks it for outbound connections)"
+            } else {
+                ""
+            }
+        );
+    }
+    let in_range: u64 = spec
+        .ranges
+        .iter()
+        .flat_map(|r| r.low..=r.high)
+        .filter(|p| ephemeral.contains(*p))
+        .count() as u64;
+    let all: u64 = spec
+        .ranges
+        .iter()
+        .map(|r| u64::from(r.high - r.low) + 1)
+        .sum();
+    format!(
+        "ports {}: {all} port(s), {in_range} inside this host's ephemeral range",
+        spec.text
     )
 }
 
-/// The readable table. Every text a process controls is escaped.
-pub fn render(rows: &[Holding]) -> String {
-    let row = |c: [&str; 9]| {
-        format!(
-            "{:<7} {:<5} {:<10} {:<31} {:<31} {:<8} {:<10} {:<22} {}\n",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
-        )
-    };
-    let mut out = row([
-        "SOURCE",
-        "PROTO",
-        "WHAT",
-        "FROM",
-        "TO",
-        "PID",
-        "USER",
-        "UNIT/CONTAINER",
-        "COMMAND",
-    ]);
-    for r in rows {
-        let what = match &r.peer {
-            Some(p) => format!("{} {}:{}", r.role.as_str(), p.address, p.port),
-            None => format!("{} {}", r.role.as_str(), r.local.address),
-        };
-        let p = &r.process;
-        let who = match &p.container {
-            Some(c) => format!(
-                "{}:{}",
-                c.runtime.as_str(),
-                c.id.chars().take(12).collect::<String>()
-            ),
-            None => p.unit.clone().unwrap_or_else(|| "-".into()),
-        };
-        let cmd = p
-            .command_line
-            .as_ref()
-            .map(|a| a.join(" "))
-            .or_else(|| p.executable.clone())
-            .unwrap_or_else(|| "-".into());
-        let to = match (r.source, &r.to) {
-            (Source::Now, _) => "(now)".to_string(),
-            (_, None) => "(still open)".to_string(),
-            (_, Some(t)) => t.clone(),
-        };
-        let pid = p.pid.map_or("-".to_string(), |p| p.to_string());
-        let user = p.user.name.clone().unwrap_or_else(|| "-".into());
-        let source = match r.source {
-            Source::Now => "now",
-            Source::History => "history",
-        };
-        out.push_str(&row([
-            source,
-            r.transport.as_str(),
-            &printable(&what.chars().take(10).collect::<String>()),
-            r.from.as_deref().unwrap_or("-"),
-            &to,
-            &pid,
-            &printable(&user),
-            &printable(&who),
-            &printable(&cmd),
-        ]));
+/// How `who` prints its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Short times, the command cut to `width`.
+    Table { width: Option<usize> },
+    /// Every column, whole.
+    Wide,
+}
+
+/// A time as the table shows it: the clock time when it is today (UTC), else the date too.
+fn short_time(ns: i64, today: chrono::NaiveDate) -> String {
+    let t = DateTime::from_timestamp_nanos(ns);
+    if t.date_naive() == today {
+        t.format("%H:%M:%S").to_string()
+    } else {
+        t.format("%Y-%m-%d %H:%M:%S").to_string()
     }
-    out
+}
+
+fn endpoint(e: &Endpoint) -> String {
+    if e.address.contains(':') {
+        format!("[{}]:{}", e.address, e.port)
+    } else {
+        format!("{}:{}", e.address, e.port)
+    }
+}
+
+/// What the UNIT/CONTAINER column shows.
+pub fn unit_or_container(unit: Option<&str>, container: Option<&Container>) -> String {
+    match container {
+        Some(c) => format!(
+            "{}:{}",
+            c.runtime.as_str(),
+            c.id.chars().take(12).collect::<String>()
+        ),
+        None => unit.unwrap_or("-").to_string(),
+    }
+}
+
+/// Said in place of a command when no process holds the socket.
+pub const UNKNOWN_HOLDER: &str = "(no process: a kernel socket, or its holder is out of sight)";
+
+/// The readable table (times in UTC). Every text a process controls is escaped.
+pub fn render(rows: &[Holding], layout: Layout, now: DateTime<Utc>) -> String {
+    let wide = layout == Layout::Wide;
+    let mut header = vec!["WHEN (UTC)", "PROTO", "LOCAL", "STATE", "PEER"];
+    if wide {
+        header = vec![
+            "SOURCE", "FROM", "TO", "PROTO", "LOCAL", "STATE", "PEER", "NETNS",
+        ];
+    }
+    header.extend(["PID", "USER", "UNIT/CONTAINER"]);
+    if wide {
+        header.push("NOTE");
+    }
+    header.push("COMMAND");
+    let mut t = Table::new(&header);
+    let today = now.date_naive();
+    for r in rows {
+        let p = &r.process;
+        let mut cells: Vec<String> = Vec::new();
+        let (from, to) = match r.source {
+            Source::Now => ("now".to_string(), String::new()),
+            Source::History => {
+                let from = r.from_ns.map_or("-".to_string(), |ns| {
+                    if wide {
+                        r.from.clone().unwrap_or_default()
+                    } else {
+                        short_time(ns, today)
+                    }
+                });
+                let to = match r.to_ns {
+                    None => "open".to_string(),
+                    Some(ns) if wide => r.to.clone().unwrap_or_else(|| ns.to_string()),
+                    Some(ns) => short_time(ns, today),
+                };
+                (from, to)
+            }
+        };
+        if wide {
+            let source = match r.source {
+                Source::Now => "now",
+                Source::History => "history",
+            };
+            cells.extend([
+                source.to_string(),
+                from,
+                if to.is_empty() { "-".into() } else { to },
+            ]);
+        } else if to.is_empty() {
+            cells.push(from);
+        } else {
+            cells.push(format!("{from} → {to}"));
+        }
+        cells.extend([
+            r.transport.as_str().to_string(),
+            endpoint(&r.local),
+            r.role.as_str().to_string(),
+            r.peer.as_ref().map_or("-".to_string(), endpoint),
+        ]);
+        if wide {
+            cells.push(r.netns.map_or("-".to_string(), |n| n.to_string()));
+        }
+        let user = p.user.as_ref().map_or("-".to_string(), |u| {
+            u.name.clone().unwrap_or_else(|| u.id.to_string())
+        });
+        cells.extend([
+            p.pid.map_or("-".to_string(), |p| p.to_string()),
+            user,
+            unit_or_container(p.unit.as_deref(), p.container.as_ref()),
+        ]);
+        if wide {
+            cells.push(r.note.clone().unwrap_or_else(|| "-".into()));
+        }
+        let cmd = if !p.known {
+            UNKNOWN_HOLDER.to_string()
+        } else {
+            p.command_line
+                .as_ref()
+                .filter(|a| !a.is_empty())
+                .map(|a| a.join(" "))
+                .or_else(|| p.executable.clone())
+                .unwrap_or_else(|| "-".into())
+        };
+        cells.push(cmd);
+        t.push(&cells);
+    }
+    t.render(match layout {
+        Layout::Table { width } => width,
+        Layout::Wide => None,
+    })
 }
 
 #[cfg(test)]
@@ -278,15 +471,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_and_times() {
-        assert_eq!(parse_port("60481").unwrap(), 60481);
-        assert!(
-            parse_port("http")
-                .unwrap_err()
-                .to_string()
-                .contains("`http` is not a port")
-        );
-        assert!(parse_port("70000").is_err());
+    fn times() {
         let now = DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);

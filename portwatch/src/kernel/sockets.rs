@@ -49,6 +49,10 @@ pub struct KernelSocket {
 }
 
 impl KernelSocket {
+    pub fn is_time_wait(&self) -> bool {
+        self.transport == Transport::Tcp && self.state == TCP_TIME_WAIT
+    }
+
     pub fn is_tcp_listener(&self) -> bool {
         self.transport == Transport::Tcp && self.state == TCP_LISTEN
     }
@@ -101,13 +105,21 @@ impl KernelSocket {
 /// Every TCP and UDP socket, IPv4 and IPv6, that holds a local port. TIME_WAIT sockets (no
 /// owner, already closed by their process) are left out.
 pub fn dump_all() -> Result<Vec<KernelSocket>, SockDiagError> {
+    let mut out = dump_with_time_wait()?;
+    out.retain(|s| !s.is_time_wait());
+    Ok(out)
+}
+
+/// Every TCP and UDP socket that holds a local port, TIME_WAIT ones too (they still keep their
+/// port from a new connection to the same peer: what fills an ephemeral range first).
+pub fn dump_with_time_wait() -> Result<Vec<KernelSocket>, SockDiagError> {
     let mut out = Vec::new();
     for transport in [Transport::Tcp, Transport::Udp] {
         for family in [AF_INET, AF_INET6] {
             dump(family, transport, &mut out)?;
         }
     }
-    out.retain(|s| s.local.port() != 0 && s.state != TCP_TIME_WAIT);
+    out.retain(|s| s.local.port() != 0);
     Ok(out)
 }
 
@@ -188,9 +200,10 @@ fn is_unspecified(ip: IpAddr) -> bool {
     ip.is_unspecified()
 }
 
-/// Inode of this process's network namespace: the one sock_diag lists.
+/// Inode of the calling thread's network namespace: the one sock_diag lists to it (a thread may
+/// have entered another than its process's).
 pub fn own_netns() -> Option<u32> {
-    let link = fs::read_link("/proc/self/ns/net").ok()?;
+    let link = fs::read_link("/proc/thread-self/ns/net").ok()?;
     link.to_str()?
         .strip_prefix("net:[")?
         .strip_suffix(']')?

@@ -28,8 +28,12 @@ pub enum Command {
     Status(StatusArgs),
     /// Configuration file helpers.
     Config(ConfigArgs),
-    /// Who holds PORT now, and who held it before.
+    /// Who holds these ports now, and who held them before.
     Who(WhoArgs),
+    /// The event log live, as columns a person reads (or filtered JSON lines).
+    Tail(TailArgs),
+    /// A full-screen view: listeners, the busiest processes, ephemeral ports per namespace.
+    Top(TopArgs),
     /// Validate a policy file; every problem is named with its line and column.
     CheckPolicy(CheckPolicyArgs),
     /// Print a commented policy that allows what listens now (review it before installing).
@@ -43,23 +47,146 @@ pub struct CheckPolicyArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  portwatch who 60481\n  portwatch who http --since 2h\n  portwatch who 53/udp --at 10m\n  portwatch who 8000-8100 --listening -o wide\n  portwatch who 1-65535 --user www-data --listening"
+)]
 pub struct WhoArgs {
-    /// The port.
-    pub port: String,
+    /// PORT, PORT/tcp, PORT/udp, a service name from /etc/services (http, domain/udp) or a range
+    /// (8000-8100, 8000-8100/udp).
+    #[arg(value_name = "PORTS")]
+    pub ports: String,
     /// Who held it at this time (RFC 3339, or an age like 10m, 2h).
     #[arg(long, value_name = "TIME", conflicts_with = "since")]
     pub at: Option<String>,
     /// Everyone who held it since this time.
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
+    /// Only this transport (the same as PORTS/tcp or PORTS/udp).
     #[arg(long, value_enum)]
     pub transport: Option<TransportArg>,
-    /// One JSON object per holding.
+    #[command(flatten)]
+    pub process: ProcessFilterArgs,
+    /// Only listening sockets.
     #[arg(long)]
+    pub listening: bool,
+    /// `table`: short times, the command cut to the terminal; `wide`: every column whole;
+    /// `json`: one JSON object per holding.
+    #[arg(short, long, value_enum, default_value_t = WhoFormat::Table)]
+    pub output: WhoFormat,
+    /// The same as `-o json`.
+    #[arg(long, hide = true, conflicts_with = "output")]
     pub json: bool,
+    /// History rows at most (newest first), 1 to 100000.
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = crate::bounds::flag_within::<1, 100_000>)]
+    pub limit: u64,
     /// Where the daemon keeps its history [default: from the config file].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhoFormat {
+    Table,
+    Wide,
+    Json,
+}
+
+/// The process filters `who` and `tail` share.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProcessFilterArgs {
+    /// Only this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only this executable: a base name (nginx) or a whole path (/usr/sbin/nginx).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub exe: Option<String>,
+    /// Only this user: a name or a uid.
+    #[arg(long, value_name = "NAME|UID")]
+    pub user: Option<String>,
+    /// Only this systemd unit (nginx or nginx.service).
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+    /// Only this container: a prefix of its id.
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+}
+
+impl ProcessFilterArgs {
+    pub fn filter(&self) -> crate::views::filter::ProcessFilter {
+        crate::views::filter::ProcessFilter {
+            pid: self.pid,
+            exe: self.exe.clone(),
+            user: self.user.clone(),
+            unit: self.unit.clone(),
+            container: self.container.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  portwatch tail\n  portwatch tail --event listen,bind --outcome failure\n  portwatch tail --port 443 --exe curl\n  portwatch tail -o json --user www-data | jq .\n  journalctl -u portwatch -o cat | portwatch tail -"
+)]
+pub struct TailArgs {
+    /// The event log to read, `-` for standard input [default: the daemon's, `[log] file` in
+    /// its config].
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only these events (a comma-separated list; `alert`, `loss` and `status` are events too).
+    #[arg(long, value_name = "EVENT", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::views::tail::EVENTS))]
+    pub event: Vec<String>,
+    /// Only these outcomes (a comma-separated list).
+    #[arg(long, value_name = "OUTCOME", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::views::tail::OUTCOMES))]
+    pub outcome: Vec<String>,
+    /// Only events whose local or peer port is one of these (PORT, PORT/tcp, a service name or
+    /// a range, as `who` takes them).
+    #[arg(long, value_name = "PORTS")]
+    pub port: Option<String>,
+    #[command(flatten)]
+    pub process: ProcessFilterArgs,
+    /// `table`: aligned columns; `json`: the matching lines unchanged.
+    #[arg(short, long, value_enum, default_value_t = TailFormat::Table)]
+    pub output: TailFormat,
+    /// Matching lines already in the log to show first.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10, value_parser = crate::bounds::flag_within::<0, 100_000>)]
+    pub lines: u64,
+    /// Print what is there and exit, rather than follow the log.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Colour: `auto` only at a terminal (and never with NO_COLOR set).
+    #[arg(long, value_enum, default_value_t = ColourArg::Auto)]
+    pub color: ColourArg,
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TailFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColourArg {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The event log the churn is counted from [default: the daemon's, `[log] file` in its
+    /// config].
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Mark listeners this policy does not allow [default: the daemon's].
+    #[arg(long, value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+    /// Seconds between refreshes, 1 to 60.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1, value_parser = crate::bounds::flag_within::<1, 60>)]
+    pub interval: u64,
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 }

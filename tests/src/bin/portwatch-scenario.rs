@@ -426,6 +426,58 @@ fn run(args: &[String]) -> Result<Value, String> {
             drop(l);
             json!({"connected": held.len(), "errno": failed, "peer": "127.0.0.1:5000"})
         }
+        "hold-udp" => {
+            // A UDP socket bound to ADDR, held until stdin closes.
+            let u = UdpSocket::bind(addr(arg)?).map_err(io)?;
+            let v = json!({"local": u.local_addr().map_err(io)?.to_string()});
+            std::mem::forget(u);
+            v
+        }
+        "hold-in-flight" => {
+            // A TCP listener on ADDR whose only descriptor is sent over a Unix socket pair and
+            // closed before anyone receives it: the kernel holds it (in flight), no process's
+            // descriptor table does.
+            let l = TcpListener::bind(addr(arg)?).map_err(io)?;
+            let v = json!({"local": l.local_addr().map_err(io)?.to_string()});
+            let (a, b) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+            send_fd(&a, std::os::fd::AsRawFd::as_raw_fd(&l))?;
+            drop(l);
+            std::mem::forget((a, b));
+            v
+        }
+        "fill-range" => {
+            // `HELD LOW HIGH`: in a network namespace of our own whose ephemeral range is
+            // LOW-HIGH, HELD connections to a listener on 127.0.0.1:5000 stay open while a
+            // thread connects and resets another every 20 ms (the churn).
+            let held: usize = arg.parse().map_err(|_| "HELD: a number")?;
+            let range = format!(
+                "{} {}",
+                args.get(2).ok_or("no LOW")?,
+                args.get(3).ok_or("no HIGH")?
+            );
+            own_netns()?;
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", &range).map_err(io)?;
+            let l = TcpListener::bind("127.0.0.1:5000").map_err(io)?;
+            let mut conns = Vec::new();
+            for _ in 0..held {
+                conns.push(TcpStream::connect("127.0.0.1:5000").map_err(io)?);
+            }
+            let netns = std::fs::metadata("/proc/self/ns/net")
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .map_err(io)?;
+            std::thread::spawn(move || {
+                let _keep = (l, conns);
+                loop {
+                    if let Ok(c) = TcpStream::connect("127.0.0.1:5000") {
+                        // SO_LINGER 0: closed with a reset, so no TIME_WAIT piles up.
+                        let _ =
+                            socket2::SockRef::from(&c).set_linger(Some(std::time::Duration::ZERO));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            });
+            json!({"netns": netns, "held": held})
+        }
         "exit-fast" => {
             let l = TcpListener::bind(addr(arg)?).map_err(io)?;
             let v = json!({"pid": std::process::id(), "local": l.local_addr().map_err(io)?.to_string()});
@@ -436,6 +488,38 @@ fn run(args: &[String]) -> Result<Value, String> {
         _ => return Err(format!("unknown scenario `{op}`")),
     };
     Ok(out)
+}
+
+/// Sends `fd` over `sock` (SCM_RIGHTS).
+fn send_fd(sock: &std::os::unix::net::UnixStream, fd: libc::c_int) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer in it refers to a live local buffer.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer is CMSG_SPACE(sizeof(int)) bytes, enough for one header and
+    // one descriptor; sendmsg(2) reads only the buffers set above.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        if libc::sendmsg(sock.as_raw_fd(), &msg, 0) != 1 {
+            return Err(format!("sendmsg: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 /// Sets this process's comm to `bytes` (at most 15 of them are kept).

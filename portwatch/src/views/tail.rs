@@ -1,0 +1,590 @@
+//! `portwatch tail`: the event log as a person reads it live — aligned columns, filtered by
+//! event, outcome, port and process — or, with `-o json`, the matching lines unchanged.
+use std::{
+    io::{self, BufRead as _, Write},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    facts::Transport,
+    history::who::unit_or_container,
+    output::text::printable,
+    views::{
+        filter::{ProcessFilter, Subject},
+        follow::{BACKLOG_BYTES, FollowError, Follower},
+        ports::PortSpec,
+        table::cut,
+    },
+};
+
+/// The event kinds a log line can be (docs/schema.md).
+pub const EVENTS: [&str; 8] = [
+    "bind",
+    "listen",
+    "connect",
+    "connect_result",
+    "close",
+    "alert",
+    "loss",
+    "status",
+];
+
+pub const OUTCOMES: [&str; 4] = ["success", "failure", "in_progress", "aborted"];
+
+/// Which lines to show. An empty list allows every value; a filter on something a line does not
+/// carry (a port on a `status` line) excludes it.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub events: Vec<String>,
+    pub outcomes: Vec<String>,
+    /// Matches the local or the peer port.
+    pub ports: Option<PortSpec>,
+    pub process: ProcessFilter,
+}
+
+impl EventFilter {
+    pub fn matches(&self, v: &Value) -> bool {
+        let s = |p: &str| v.pointer(p).and_then(Value::as_str);
+        let event = s("/event").unwrap_or("");
+        if !self.events.is_empty() && !self.events.iter().any(|e| e == event) {
+            return false;
+        }
+        if !self.outcomes.is_empty()
+            && !s("/outcome").is_some_and(|o| self.outcomes.iter().any(|w| w == o))
+        {
+            return false;
+        }
+        if let Some(spec) = &self.ports {
+            let transport = match s("/network/transport") {
+                Some("tcp") => Transport::Tcp,
+                Some("udp") => Transport::Udp,
+                _ => return false,
+            };
+            let port = |p: &str| {
+                v.pointer(p)
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok())
+            };
+            let hit = |p: Option<u16>| p.is_some_and(|p| spec.matches(p, transport));
+            if !hit(port("/network/local/port")) && !hit(port("/network/peer/port")) {
+                return false;
+            }
+        }
+        if !self.process.is_empty() {
+            match v.get("process").filter(|p| p.is_object()) {
+                Some(p) => return self.process.matches(&Subject::of_event(p)),
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Colours for a person at a terminal; none in a pipe or a file, or with `NO_COLOR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Colour {
+    On,
+    Off,
+}
+
+const RED: &str = "\x1b[31m";
+const BOLD_RED: &str = "\x1b[1;31m";
+const YELLOW: &str = "\x1b[33m";
+const GREEN: &str = "\x1b[32m";
+const RESET: &str = "\x1b[0m";
+
+/// Formats lines into columns. The address, user and unit columns widen to the widest value
+/// seen so far (up to a cap), so a stream stays aligned without knowing its lines in advance.
+pub struct Columns {
+    colour: Colour,
+    width: Option<usize>,
+    addresses: usize,
+    user: usize,
+    unit: usize,
+}
+
+fn pad(s: &str, w: usize) -> String {
+    let s = cut(s, w);
+    let n = s.chars().count();
+    format!("{s}{}", " ".repeat(w - n))
+}
+
+fn endpoint(v: Option<&Value>) -> Option<String> {
+    let v = v?;
+    let a = v.get("address")?.as_str()?;
+    let p = v.get("port")?.as_u64()?;
+    Some(if a.contains(':') {
+        format!("[{a}]:{p}")
+    } else {
+        format!("{a}:{p}")
+    })
+}
+
+/// What the COMMAND column shows of a `process` object.
+fn command(p: &Value) -> String {
+    if let Some(argv) = p.get("command_line").and_then(Value::as_array)
+        && !argv.is_empty()
+    {
+        return argv
+            .iter()
+            .map(|a| a.as_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    p.get("executable")
+        .and_then(Value::as_str)
+        .or_else(|| p.get("comm").and_then(Value::as_str))
+        .unwrap_or("-")
+        .to_string()
+}
+
+impl Columns {
+    pub fn new(colour: Colour, width: Option<usize>) -> Self {
+        Columns {
+            colour,
+            width,
+            addresses: 33,
+            user: 8,
+            unit: 14,
+        }
+    }
+
+    pub fn header(&self) -> String {
+        self.line(
+            [
+                "TIME (UTC)",
+                "EVENT",
+                "OUTCOME",
+                "PROTO",
+                "LOCAL → PEER",
+                "PID",
+                "USER",
+                "UNIT/CONTAINER",
+                "COMMAND",
+            ]
+            .map(String::from),
+            None,
+        )
+    }
+
+    fn line(&self, c: [String; 9], colour: Option<&str>) -> String {
+        let mut out = format!(
+            "{} {} {} {} {} {} {} {} ",
+            pad(&c[0], 12),
+            pad(&c[1], 9),
+            pad(&c[2], 13),
+            pad(&c[3], 5),
+            pad(&c[4], self.addresses),
+            pad(&c[5], 7),
+            pad(&c[6], self.user),
+            pad(&c[7], self.unit),
+        );
+        let lead = out.chars().count();
+        match self.width {
+            Some(w) => out.push_str(&cut(&c[8], w.saturating_sub(lead).max(12))),
+            None => out.push_str(&c[8]),
+        }
+        let out = out.trim_end().to_string();
+        match (colour, self.colour) {
+            (Some(code), Colour::On) => format!("{code}{out}{RESET}"),
+            _ => out,
+        }
+    }
+
+    /// Widens the columns for `v` without writing it: lines already in the log are seen before
+    /// the header is written, so it lines up with them.
+    pub fn observe(&mut self, v: &Value) {
+        let _ = self.row(v);
+    }
+
+    /// One event line as a row; every text a process controls is escaped.
+    pub fn row(&mut self, v: &Value) -> String {
+        let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("");
+        let event = s("/event");
+        let time = s("/timestamp")
+            .split_once('T')
+            .map(|(_, t)| t.chars().take(12).collect::<String>())
+            .unwrap_or_default();
+        let outcome = match (event, s("/outcome")) {
+            ("alert", _) => s("/alert/severity").to_string(),
+            ("loss", _) => s("/loss/reason").to_string(),
+            ("status", _) => s("/reason").to_string(),
+            (_, "success") => "ok".to_string(),
+            (_, "failure") => v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("failed")
+                .to_string(),
+            (_, "in_progress") => "in-progress".to_string(),
+            (_, o) => o.to_string(),
+        };
+        let proto = match (s("/network/transport"), s("/network/type")) {
+            ("", _) => "-".to_string(),
+            (t, "ipv6") => format!("{t}6"),
+            (t, _) => t.to_string(),
+        };
+        let local = endpoint(v.pointer("/network/local"));
+        let peer = endpoint(v.pointer("/network/peer"));
+        let addresses = match (local, peer) {
+            (Some(l), Some(p)) => format!("{l} → {p}"),
+            (Some(l), None) => l,
+            (None, _) => "-".to_string(),
+        };
+        let process = v.get("process").filter(|p| p.is_object());
+        let pid = process
+            .and_then(|p| p.get("pid"))
+            .and_then(Value::as_u64)
+            .filter(|p| *p != 0)
+            .map_or("-".to_string(), |p| p.to_string());
+        let user = process.map_or("-".to_string(), |p| {
+            p.pointer("/user/name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| p.pointer("/user/id").map(|id| id.to_string()))
+                .unwrap_or_else(|| "-".into())
+        });
+        let unit = process.map_or("-".to_string(), |p| {
+            let container = p
+                .get("container")
+                .and_then(|c| serde_json::from_value(c.clone()).ok());
+            unit_or_container(p.get("unit").and_then(Value::as_str), container.as_ref())
+        });
+        let what = match event {
+            "alert" => {
+                let kind = s("/alert/kind");
+                match process.filter(|p| p.get("pid").and_then(Value::as_u64) != Some(0)) {
+                    Some(p) => format!("{kind}: {}", command(p)),
+                    None => format!("{kind}: {}", s("/alert/rule")),
+                }
+            }
+            "loss" => format!(
+                "{} lost ({} since start)",
+                v.pointer("/loss/count")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                v.pointer("/loss/total")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            ),
+            "status" => format!(
+                "daemon {} on {}: {} events",
+                v.pointer("/daemon/pid")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                s("/kernel/release"),
+                v.pointer("/counters/events/total")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            ),
+            _ => match process {
+                Some(p) if pid != "-" => command(p),
+                _ => crate::history::who::UNKNOWN_HOLDER.to_string(),
+            },
+        };
+        let [addresses, user, unit, what] =
+            [addresses, user, unit, what].map(|t| printable(&t).into_owned());
+        self.addresses = self.addresses.max(addresses.chars().count().min(47));
+        self.user = self.user.max(user.chars().count().min(16));
+        self.unit = self.unit.max(unit.chars().count().min(24));
+        let colour = match (event, s("/outcome")) {
+            ("alert", _) | ("loss", _) => Some(BOLD_RED),
+            (_, "failure") => Some(RED),
+            (_, "in_progress") | (_, "aborted") => Some(YELLOW),
+            ("listen", _) => Some(GREEN),
+            _ => None,
+        };
+        let event = match event {
+            "connect_result" => "handshake".to_string(),
+            e => printable(e).into_owned(),
+        };
+        self.line(
+            [
+                time,
+                event,
+                printable(&outcome).into_owned(),
+                proto,
+                addresses,
+                pid,
+                user,
+                unit,
+                what,
+            ],
+            colour,
+        )
+    }
+}
+
+/// Where `tail` reads.
+#[derive(Debug, Clone)]
+pub enum Input {
+    File(PathBuf),
+    Stdin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub struct TailOptions {
+    pub input: Input,
+    pub filter: EventFilter,
+    pub format: Format,
+    pub colour: Colour,
+    pub width: Option<usize>,
+    /// Matching lines already in the file to show first.
+    pub lines: usize,
+    pub follow: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error(transparent)]
+    Open(#[from] FollowError),
+    #[error("reading {what}: {source}")]
+    Read { what: String, source: io::Error },
+}
+
+/// What became of the lines read.
+#[derive(Debug, Default)]
+pub struct TailCounts {
+    pub shown: u64,
+    /// Lines that are not JSON objects (not the daemon's).
+    pub not_json: u64,
+    pub oversized: u64,
+}
+
+struct Printer<'a, W: Write> {
+    out: W,
+    opts: &'a TailOptions,
+    columns: Columns,
+    counts: TailCounts,
+    header_done: bool,
+}
+
+impl<W: Write> Printer<'_, W> {
+    /// Shows `line` if it matches; an error means stdout is gone (a closed pipe).
+    fn offer(&mut self, line: &[u8]) -> io::Result<()> {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            self.counts.not_json += 1;
+            return Ok(());
+        };
+        if !v.is_object() {
+            self.counts.not_json += 1;
+            return Ok(());
+        }
+        if !self.opts.filter.matches(&v) {
+            return Ok(());
+        }
+        self.counts.shown += 1;
+        match self.opts.format {
+            Format::Json => {
+                self.out.write_all(line)?;
+                self.out.write_all(b"\n")?;
+            }
+            Format::Table => {
+                if !self.header_done {
+                    self.header_done = true;
+                    let h = self.columns.header();
+                    writeln!(self.out, "{h}")?;
+                }
+                let r = self.columns.row(&v);
+                writeln!(self.out, "{r}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs until the input ends (`follow` off, or stdin closed), stdout closes, or the process is
+/// interrupted.
+pub fn run(opts: &TailOptions, out: impl Write) -> Result<TailCounts, TailError> {
+    let mut p = Printer {
+        out,
+        opts,
+        columns: Columns::new(opts.colour, opts.width),
+        counts: TailCounts::default(),
+        header_done: false,
+    };
+    let gone = |p: Printer<'_, _>| Ok(p.counts);
+    match &opts.input {
+        Input::Stdin => {
+            let stdin = io::stdin();
+            let mut buf = Vec::new();
+            let mut lock = stdin.lock();
+            loop {
+                buf.clear();
+                let n = lock
+                    .read_until(b'\n', &mut buf)
+                    .map_err(|source| TailError::Read {
+                        what: "standard input".into(),
+                        source,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                if p.offer(line).and_then(|_| p.out.flush()).is_err() {
+                    return gone(p);
+                }
+            }
+        }
+        Input::File(path) => {
+            let read = |source| TailError::Read {
+                what: path.display().to_string(),
+                source,
+            };
+            let backlog = if opts.lines == 0 { 0 } else { BACKLOG_BYTES };
+            let mut f = Follower::open(path, backlog)?;
+            // The last `lines` matching lines already written.
+            let first = f.poll().map_err(read)?;
+            let mut recent = std::collections::VecDeque::new();
+            for line in first {
+                if serde_json::from_slice::<Value>(&line)
+                    .is_ok_and(|v| v.is_object() && opts.filter.matches(&v))
+                {
+                    recent.push_back(line);
+                    if recent.len() > opts.lines {
+                        recent.pop_front();
+                    }
+                }
+            }
+            for line in &recent {
+                if let Ok(v) = serde_json::from_slice::<Value>(line) {
+                    p.columns.observe(&v);
+                }
+            }
+            for line in recent {
+                if p.offer(&line).is_err() {
+                    return gone(p);
+                }
+            }
+            if p.out.flush().is_err() {
+                return gone(p);
+            }
+            if opts.follow {
+                loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    for line in f.poll().map_err(read)? {
+                        if p.offer(&line).is_err() {
+                            return gone(p);
+                        }
+                    }
+                    if p.out.flush().is_err() {
+                        return gone(p);
+                    }
+                }
+            }
+            p.counts.oversized = f.oversized;
+        }
+    }
+    let _ = p.out.flush();
+    Ok(p.counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn connect() -> Value {
+        json!({"schema": 1, "timestamp": "2026-12-02T03:22:50.522922382Z", "event": "connect",
+            "outcome": "failure", "error": "ECONNREFUSED", "errno": 111,
+            "network": {"transport": "tcp", "type": "ipv4",
+                "local": {"address": "127.0.0.1", "port": 40001},
+                "peer": {"address": "127.0.0.1", "port": 9}},
+            "process": {"pid": 42, "comm": "curl", "executable": "/usr/bin/curl",
+                "command_line": ["curl", "-s", "http://x\n\u{1b}[2J"],
+                "user": {"id": 1000, "name": "alice"}, "unit": "session-3.scope"}})
+    }
+
+    #[test]
+    fn filters_take_what_they_name() {
+        let v = connect();
+        let f = |f: EventFilter| f.matches(&v);
+        assert!(f(EventFilter::default()));
+        assert!(f(EventFilter {
+            events: vec!["connect".into()],
+            ..Default::default()
+        }));
+        assert!(!f(EventFilter {
+            events: vec!["bind".into()],
+            ..Default::default()
+        }));
+        assert!(f(EventFilter {
+            outcomes: vec!["failure".into()],
+            ..Default::default()
+        }));
+        assert!(!f(EventFilter {
+            outcomes: vec!["success".into()],
+            ..Default::default()
+        }));
+        let spec = |s: &str| Some(PortSpec::parse(s, std::path::Path::new("/dev/null")).unwrap());
+        // The peer's port counts as much as the local one.
+        assert!(f(EventFilter {
+            ports: spec("9"),
+            ..Default::default()
+        }));
+        assert!(f(EventFilter {
+            ports: spec("40000-40010/tcp"),
+            ..Default::default()
+        }));
+        assert!(!f(EventFilter {
+            ports: spec("40000-40010/udp"),
+            ..Default::default()
+        }));
+        let by_user = |u: &str| EventFilter {
+            process: ProcessFilter {
+                user: Some(u.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(f(by_user("alice")));
+        assert!(!f(by_user("bob")));
+        let status = json!({"event": "status", "reason": "start"});
+        assert!(!by_user("alice").matches(&status));
+        assert!(
+            !EventFilter {
+                ports: spec("9"),
+                ..Default::default()
+            }
+            .matches(&status)
+        );
+    }
+
+    #[test]
+    fn a_row_is_one_escaped_line_with_the_errno_and_colour_only_when_asked() {
+        let mut c = Columns::new(Colour::Off, None);
+        let row = c.row(&connect());
+        assert!(!row.contains('\n') && !row.contains('\x1b'), "{row:?}");
+        for part in [
+            "03:22:50.522",
+            "connect",
+            "ECONNREFUSED",
+            "tcp",
+            "127.0.0.1:40001 → 127.0.0.1:9",
+            "42",
+            "alice",
+            "session-3.scope",
+            "curl -s http://x\\n\\x1b[2J",
+        ] {
+            assert!(row.contains(part), "{part} in {row}");
+        }
+        let mut c = Columns::new(Colour::On, Some(80));
+        let row = c.row(&connect());
+        assert!(row.starts_with(RED) && row.ends_with(RESET), "{row:?}");
+        // On a narrow terminal the command is cut (to no less than 12 characters).
+        assert!(row.contains("curl -s htt…"), "{row}");
+        let kernel = json!({"event": "listen", "outcome": "success", "timestamp": "x",
+            "network": {"transport": "tcp", "type": "ipv6", "local": {"address": "::", "port": 22}},
+            "process": {"pid": 0, "user": {"id": 0, "name": "root"}}});
+        let row = Columns::new(Colour::Off, None).row(&kernel);
+        assert!(row.contains("tcp6") && row.contains("[::]:22"), "{row}");
+        assert!(row.contains("(no process"), "{row}");
+    }
+}
