@@ -91,6 +91,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Completions(args) => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&portwatch::ops::cli::completions(args.shell))?;
+            Ok(())
+        }
         Command::Config(_) => {
             print!("{}", config::DEFAULTS_TOML);
             Ok(())

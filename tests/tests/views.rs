@@ -504,3 +504,22 @@ fn top_shows_listeners_churn_and_a_filling_range_in_80_by_24() {
     );
     drop((fill, listener, d));
 }
+
+#[test]
+fn bash_completes_the_views_subcommands_and_flags() {
+    let script = format!(
+        "source <({} completions bash) && \
+         COMP_WORDS=(portwatch t); COMP_CWORD=1; _portwatch portwatch t portwatch; echo \"${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(portwatch tail --ou); COMP_CWORD=2; _portwatch portwatch --ou tail; echo \"${{COMPREPLY[*]}}\"",
+        daemon_binary().display()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        ["tail top", "--outcome --output"],
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

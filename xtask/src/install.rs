@@ -1,4 +1,5 @@
-//! `cargo xtask install | uninstall`: the binary, the systemd unit, a default config and a policy
+//! `cargo xtask install | uninstall`: the binary, the systemd unit, shell completions, a default
+//! config and a policy
 //! (a baseline of what listens now on a live system; a template under `--destdir`, for
 //! packaging), under `--destdir` and `--prefix` (for the binary).
 use std::{
@@ -16,6 +17,8 @@ pub struct Layout {
     unit: PathBuf,
     config: PathBuf,
     policy: PathBuf,
+    /// Shell completion scripts: (shell, where that shell looks for them).
+    completions: Vec<(&'static str, PathBuf)>,
     bindir: PathBuf,
     /// Installing onto this system (no --destdir).
     live: bool,
@@ -33,6 +36,20 @@ impl Layout {
             unit: under(Path::new("/etc/systemd/system/portwatch.service")),
             config: under(Path::new("/etc/portwatch/portwatch.toml")),
             policy: under(Path::new("/etc/portwatch/policy.toml")),
+            completions: vec![
+                (
+                    "bash",
+                    under(&prefix.join("share/bash-completion/completions/portwatch")),
+                ),
+                (
+                    "zsh",
+                    under(&prefix.join("share/zsh/site-functions/_portwatch")),
+                ),
+                (
+                    "fish",
+                    under(&prefix.join("share/fish/vendor_completions.d/portwatch.fish")),
+                ),
+            ],
             bindir,
             live: destdir.is_none(),
         }
@@ -76,6 +93,13 @@ pub fn install(root: &Path, layout: &Layout) -> Result<()> {
         fs::read(root.join("packaging/policy.toml"))?
     };
     write(&layout.policy, &policy, 0o640, false)?;
+    for (shell, path) in &layout.completions {
+        let script = output(
+            Command::new(root.join("target/release/portwatch")).args(["completions", shell]),
+        )
+        .with_context(|| format!("portwatch completions {shell} failed"))?;
+        write(path, &script, 0o644, true)?;
+    }
     eprintln!(
         "install: done. Start it with: systemctl daemon-reload && systemctl enable --now portwatch"
     );
@@ -83,7 +107,11 @@ pub fn install(root: &Path, layout: &Layout) -> Result<()> {
 }
 
 pub fn uninstall(layout: &Layout) -> Result<()> {
-    for p in [&layout.unit, &layout.bin, &layout.config, &layout.policy] {
+    let scripts = layout.completions.iter().map(|(_, p)| p);
+    for p in [&layout.unit, &layout.bin, &layout.config, &layout.policy]
+        .into_iter()
+        .chain(scripts)
+    {
         match fs::remove_file(p) {
             Ok(()) => eprintln!("uninstall: removed {}", p.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -127,6 +155,13 @@ mod tests {
         };
         assert_eq!(mode("usr/local/bin/portwatch"), 0o755);
         assert_eq!(mode("etc/portwatch/portwatch.toml"), 0o640);
+        let bash = fs::read_to_string(
+            dest.path()
+                .join("usr/local/share/bash-completion/completions/portwatch"),
+        )
+        .unwrap();
+        assert!(bash.contains("tail") && bash.contains("--listening"));
+        assert_eq!(mode("usr/local/share/zsh/site-functions/_portwatch"), 0o644);
         // Under a destdir the policy is the template, and it is a valid policy.
         let policy = dest.path().join("etc/portwatch/policy.toml");
         let check = Command::new(root.join("target/release/portwatch"))
@@ -149,5 +184,11 @@ mod tests {
         uninstall(&layout).unwrap();
         assert!(!dest.path().join("usr/local/bin/portwatch").exists());
         assert!(!dest.path().join("etc/portwatch").exists());
+        assert!(
+            !dest
+                .path()
+                .join("usr/local/share/bash-completion/completions/portwatch")
+                .exists()
+        );
     }
 }

@@ -38,6 +38,27 @@ pub enum Command {
     CheckPolicy(CheckPolicyArgs),
     /// Print a commented policy that allows what listens now (review it before installing).
     Baseline,
+    /// Print a shell completion script (bash: `portwatch completions bash >
+    /// /etc/bash_completion.d/portwatch`).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The completion script for `shell`: every subcommand and flag this binary knows.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "portwatch",
+        &mut out,
+    );
+    out
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +344,24 @@ mod tests {
                 .unwrap_err()
                 .contains("not a whole number")
         );
+    }
+
+    #[test]
+    fn completions_know_every_subcommand_and_the_views_flags() {
+        let bash = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
+        for word in [
+            "who",
+            "tail",
+            "top",
+            "--listening",
+            "--exe",
+            "--container",
+            "--no-follow",
+        ] {
+            assert!(bash.contains(word), "{word}");
+        }
+        let zsh = String::from_utf8(completions(clap_complete::Shell::Zsh)).unwrap();
+        assert!(zsh.contains("--outcome"));
     }
 
     #[test]
