@@ -135,6 +135,22 @@ fn key(f: &PortFacts) -> (u32, Transport, String, u16) {
     )
 }
 
+/// A command line as a narrow screen shows it: the program's base name, then its arguments
+/// (`python3 app.py`, not `/root/.pyenv/versions/3.11.7/bin/python3 app.py`).
+pub fn short_command<'a>(argv: impl IntoIterator<Item = &'a str>) -> String {
+    let mut words = argv.into_iter();
+    let first = words.next().unwrap_or("");
+    let program = first
+        .rsplit('/')
+        .next()
+        .filter(|b| !b.is_empty())
+        .unwrap_or(first);
+    std::iter::once(program)
+        .chain(words)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The command a person recognises: argv, else the executable, else comm.
 pub fn command_of(f: &PortFacts) -> String {
     let p = &f.process;
@@ -144,8 +160,8 @@ pub fn command_of(f: &PortFacts) -> String {
     p.command_line
         .as_ref()
         .filter(|a| !a.is_empty())
-        .map(|a| a.join(" "))
-        .or_else(|| p.executable.clone())
+        .map(|a| short_command(a.iter().map(String::as_str)))
+        .or_else(|| p.executable.as_deref().map(|e| short_command([e])))
         .unwrap_or_else(|| p.comm.clone())
 }
 
@@ -255,17 +271,13 @@ impl Model {
             .or_else(|| p.pointer("/user/id").map(|i| i.to_string()))
             .unwrap_or_else(|| "-".into());
         let command = match p.get("command_line").and_then(Value::as_array) {
-            Some(a) if !a.is_empty() => a
-                .iter()
-                .map(|x| x.as_str().unwrap_or(""))
-                .collect::<Vec<_>>()
-                .join(" "),
+            Some(a) if !a.is_empty() => short_command(a.iter().map(|x| x.as_str().unwrap_or(""))),
             _ => p
                 .get("executable")
                 .and_then(Value::as_str)
-                .or_else(|| p.get("comm").and_then(Value::as_str))
-                .unwrap_or("-")
-                .to_string(),
+                .map(|e| short_command([e]))
+                .or_else(|| p.get("comm").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| "-".into()),
         };
         if self.who.len() >= MAX_PROCESSES && !self.who.contains_key(&pid) {
             let active: std::collections::HashSet<u32> = self.calls.iter().map(|c| c.pid).collect();
