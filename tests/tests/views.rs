@@ -195,12 +195,12 @@ fn who_takes_ports_services_ranges_and_every_filter() {
     );
     let out = Command::new(daemon_binary())
         .args(["who", &range, "--state-dir", &state])
-        .env("COLUMNS", "100")
+        .env("COLUMNS", "120")
         .output()
         .unwrap();
     let narrow = String::from_utf8_lossy(&out.stdout);
     assert!(
-        narrow.lines().skip(1).all(|l| l.chars().count() <= 100),
+        narrow.lines().skip(1).all(|l| l.chars().count() <= 120),
         "{narrow}"
     );
     assert!(narrow.contains('…'), "{narrow}");
