@@ -54,6 +54,32 @@ fn free_service() -> (String, u16) {
     panic!("no free service port in /etc/services");
 }
 
+/// Runs the scenario client with `args` from a shell: first moved into `cgroup`, its argv[0]
+/// set to `argv0`.
+fn spawn_as(
+    cgroup: Option<&std::path::Path>,
+    argv0: &str,
+    args: &[&str],
+) -> portwatch_tests::Scenario {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg("[ -z \"$1\" ] || echo $$ > \"$1/cgroup.procs\" || exit 9; a0=$2; shift 2; exec -a \"$a0\" \"$@\"")
+        .arg("sh")
+        .arg(cgroup.map(|c| c.as_os_str()).unwrap_or_default())
+        .arg(argv0)
+        .arg(portwatch_tests::scenario_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    portwatch_tests::read_report(cmd.spawn().unwrap())
+}
+
+fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+    v.sort();
+    v
+}
+
 #[test]
 fn who_takes_ports_services_ranges_and_every_filter() {
     let p = free_fixed_port();
@@ -61,25 +87,25 @@ fn who_takes_ports_services_ranges_and_every_filter() {
     let state = dir.path().to_str().unwrap().to_string();
     let cgroups = Cgroups::new();
     let unit = cgroups.make("system.slice/pw-views.service");
+    let user_unit =
+        cgroups.make("user.slice/user-65534.slice/user@65534.service/app.slice/nginx.service");
     let container_id = "c0ffee".repeat(10) + "abcd";
     let docker = cgroups.make(&format!("docker-{container_id}.scope"));
     let client = Client::new();
-    // root's TCP listener in a unit, its UDP socket, nobody's listener in a "container" with a
-    // command line of two lines, and a listener no process holds.
-    let a = {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"")
-            .arg("sh")
-            .arg(&unit)
-            .arg(portwatch_tests::scenario_binary())
-            .args(["hold-listen", &format!("127.0.0.1:{p}")])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        portwatch_tests::read_report(cmd.spawn().unwrap())
-    };
+    // A: root's TCP listener in a system unit. C: root's UDP socket. B: nobody's listener in a
+    // cgroup named like a docker container (no runtime knows it), comm "nginx", an argument of
+    // two lines. F: nobody's listener in a unit of its own user manager, named nginx.service.
+    // K: a listener no process holds. D: root's listener on a service's port, argv[0] "nginx".
+    let a = spawn_as(
+        Some(&unit),
+        "portwatch-scenario",
+        &["hold-listen", &format!("127.0.0.1:{p}")],
+    );
     let c = scenario(["hold-udp", &format!("[::1]:{}", p + 1)]);
+    let f = client.as_nobody(
+        Some(&user_unit),
+        &["hold-listen", &format!("127.0.0.1:{}", p + 2)],
+    );
     let b = client.as_nobody(
         Some(&docker),
         &[
@@ -91,51 +117,63 @@ fn who_takes_ports_services_ranges_and_every_filter() {
     );
     let k = scenario(["hold-in-flight", &format!("127.0.0.1:{}", p + 4)]);
     let (service, service_port) = free_service();
-    let d = scenario(["hold-listen", &format!("127.0.0.1:{service_port}")]);
+    let d = spawn_as(
+        None,
+        "nginx",
+        &["hold-listen", &format!("127.0.0.1:{service_port}")],
+    );
 
     let range = format!("{p}-{}", p + 4);
-    let (ap, bp, cp) = (u64::from(a.pid), u64::from(b.pid), u64::from(c.pid));
+    let [ap, bp, cp, fp, dp] = [&a, &b, &c, &f, &d].map(|s| u64::from(s.pid));
     // Forms.
     assert_eq!(pids_now(&[&p.to_string()], &state), [ap]);
     assert_eq!(pids_now(&[&format!("{p}/tcp")], &state), [ap]);
     assert!(pids_now(&[&format!("{p}/udp")], &state).is_empty());
     assert!(pids_now(&[&p.to_string(), "--transport", "udp"], &state).is_empty());
-    let mut all = vec![ap, bp, cp, 0];
-    all.sort();
-    assert_eq!(pids_now(&[&range], &state), all);
+    assert_eq!(pids_now(&[&range], &state), sorted(vec![0, ap, bp, cp, fp]));
     assert_eq!(pids_now(&[&format!("{range}/udp")], &state), [cp]);
-    assert_eq!(pids_now(&[&service], &state), [u64::from(d.pid)]);
     assert_eq!(
-        pids_now(&[&format!("{service}/tcp")], &state),
-        [u64::from(d.pid)]
+        pids_now(&[&range, "--transport", "tcp"], &state),
+        sorted(vec![0, ap, bp, fp])
     );
-    // Filters.
+    assert_eq!(pids_now(&[&service], &state), [dp]);
+    assert_eq!(pids_now(&[&format!("{service}/tcp")], &state), [dp]);
+    // Filters, each on what the holder cannot choose for itself.
     let pid_a = a.pid.to_string();
-    let mut abc = vec![ap, bp, cp];
-    abc.sort();
-    let mut ac = vec![ap, cp];
-    ac.sort();
     assert_eq!(pids_now(&[&range, "--pid", &pid_a], &state), [ap]);
     assert_eq!(
         pids_now(&[&range, "--exe", "portwatch-scenario"], &state),
-        abc
+        sorted(vec![ap, bp, cp, fp])
     );
+    // B's comm and D's argv[0] say nginx; the executable the kernel ran does not.
     assert!(pids_now(&[&range, "--exe", "nginx"], &state).is_empty());
-    assert_eq!(pids_now(&[&range, "--user", "nobody"], &state), [bp]);
-    assert_eq!(pids_now(&[&range, "--user", "65534"], &state), [bp]);
-    assert_eq!(pids_now(&[&range, "--user", "root"], &state), ac);
+    assert!(pids_now(&[&service, "--exe", "nginx"], &state).is_empty());
+    assert_eq!(
+        pids_now(&[&range, "--user", "nobody"], &state),
+        sorted(vec![bp, fp])
+    );
+    assert_eq!(
+        pids_now(&[&range, "--user", "65534"], &state),
+        sorted(vec![bp, fp])
+    );
+    assert_eq!(
+        pids_now(&[&range, "--user", "root"], &state),
+        sorted(vec![ap, cp])
+    );
     assert_eq!(pids_now(&[&range, "--unit", "pw-views"], &state), [ap]);
     assert_eq!(
         pids_now(&[&range, "--unit", "pw-views.service"], &state),
         [ap]
     );
+    // F's nginx.service is its user's own naming: only its user manager's unit matches it.
+    assert!(pids_now(&[&range, "--unit", "nginx"], &state).is_empty());
+    assert_eq!(pids_now(&[&range, "--unit", "user@65534"], &state), [fp]);
+    // A container no runtime knows is no container to the filter.
+    assert!(pids_now(&[&range, "--container", &container_id[..12]], &state).is_empty());
     assert_eq!(
-        pids_now(&[&range, "--container", &container_id[..12]], &state),
-        [bp]
+        pids_now(&[&range, "--listening"], &state),
+        sorted(vec![0, ap, bp, fp])
     );
-    let mut listening = vec![ap, bp, 0];
-    listening.sort();
-    assert_eq!(pids_now(&[&range, "--listening"], &state), listening);
     assert_eq!(
         pids_now(&[&range, "--listening", "--user", "root"], &state),
         [ap]
@@ -157,7 +195,7 @@ fn who_takes_ports_services_ranges_and_every_filter() {
         "{unknown}"
     );
 
-    // Tables: one line per holding, escaped; cut to $COLUMNS, whole in `wide`.
+    // Tables: one line per holding, escaped, claims marked; cut to $COLUMNS, whole in `wide`.
     let (code, table, err) = portwatch(["who", &range, "--state-dir", &state]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = table.lines().collect();
@@ -169,28 +207,35 @@ fn who_takes_ports_services_ranges_and_every_filter() {
         lines[1].starts_with("WHEN (UTC)") && lines[1].contains("COMMAND"),
         "{table}"
     );
-    assert_eq!(lines.len(), 2 + 4, "{table}");
+    assert_eq!(lines.len(), 2 + 5, "{table}");
     assert!(!table.contains("null"), "{table}");
-    let row_b = lines
-        .iter()
-        .find(|l| l.contains(&b.pid.to_string()))
-        .unwrap();
+    let row = |pid: u32| {
+        *lines
+            .iter()
+            .find(|l| l.contains(&format!(" {pid} ")))
+            .unwrap()
+    };
+    let row_b = row(b.pid);
     assert!(
         row_b.contains("first\\nsecond line") && row_b.contains("nobody"),
         "{row_b}"
     );
     assert!(
-        row_b.contains(&format!("docker:{}", &container_id[..12])),
+        row_b.contains(&format!("docker:{}?", &container_id[..12])),
         "{row_b}"
+    );
+    assert!(
+        row(f.pid).contains("user@65534.service/nginx.service"),
+        "{table}"
     );
     let row_k = lines
         .iter()
         .find(|l| l.contains(&format!(":{}", p + 4)))
         .unwrap();
     assert!(row_k.contains("(no process"), "{row_k}");
-    let row_a = lines.iter().find(|l| l.contains(&pid_a)).unwrap();
+    let row_a = row(a.pid);
     assert!(
-        row_a.contains("pw-views.service") && row_a.contains("listening"),
+        row_a.contains(" pw-views.service ") && row_a.contains("listening"),
         "{row_a}"
     );
     let out = Command::new(daemon_binary())
@@ -206,10 +251,18 @@ fn who_takes_ports_services_ranges_and_every_filter() {
     assert!(narrow.contains('…'), "{narrow}");
     let (_, wide, _) = portwatch(["who", &range, "-o", "wide", "--state-dir", &state]);
     assert!(wide.lines().nth(1).unwrap().starts_with("SOURCE"), "{wide}");
-    assert!(wide.contains("hold-as 6e67696e78"), "{wide}");
+    assert!(
+        wide.contains("hold-as 6e67696e78") && wide.contains("EXECUTABLE"),
+        "{wide}"
+    );
     let (_, svc, _) = portwatch(["who", &service, "--state-dir", &state]);
     assert!(
         svc.starts_with(&format!("port {service_port} ({service}/tcp): well-known")),
+        "{svc}"
+    );
+    // D's command line names nginx; the executable leads in brackets.
+    assert!(
+        svc.contains("[portwatch-scenario] nginx hold-listen"),
         "{svc}"
     );
 
@@ -221,6 +274,7 @@ fn who_takes_ports_services_ranges_and_every_filter() {
         ),
         (vec!["9000-8000"], "from low to high"),
         (vec!["80/sctp"], "optionally /tcp or /udp"),
+        (vec!["80-"], "`80-` is not a port"),
         (vec!["80", "--limit", "0"], "out of range"),
         (vec!["80", "-o", "yaml"], "yaml"),
     ] {
@@ -229,7 +283,7 @@ fn who_takes_ports_services_ranges_and_every_filter() {
         assert_ne!(code, 0, "{args:?}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
-    drop((a, b, c, d, k));
+    drop((a, b, c, d, f, k));
 }
 
 /// `portwatch tail ARGS` running, its stdout read line by line on a thread.

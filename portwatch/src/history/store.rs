@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS intervals (
     role TEXT NOT NULL, peer_address TEXT, peer_port INTEGER,
     pid INTEGER NOT NULL, executable TEXT, command_line TEXT,
     user_id INTEGER NOT NULL, user_name TEXT, unit TEXT, container_id TEXT, container_runtime TEXT,
-    opened_ns INTEGER NOT NULL, closed_ns INTEGER, close_note TEXT
+    opened_ns INTEGER NOT NULL, closed_ns INTEGER, close_note TEXT,
+    cgroup TEXT
 );
 CREATE INDEX IF NOT EXISTS intervals_port ON intervals (port, opened_ns);
 -- Ids are handed out in opening order, so the row bound prunes by id (the rowid) and needs no
@@ -108,7 +109,21 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     c.pragma_update(None, "cache_size", -2048)
         .map_err(err(path))?;
     c.execute_batch(SCHEMA).map_err(err(path))?;
+    // Stores written before the cgroup was kept (it tells a unit the system manager set from one
+    // a user named) gain the column; their earlier rows have none.
+    if !has_cgroup(&c).map_err(err(path))? {
+        c.execute_batch("ALTER TABLE intervals ADD COLUMN cgroup TEXT")
+            .map_err(err(path))?;
+    }
     Ok(c)
+}
+
+fn has_cgroup(c: &Connection) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('intervals') WHERE name = 'cgroup'",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Opens the store for reading; a file that is not a store is an error naming it.
@@ -127,8 +142,8 @@ pub fn insert(c: &Connection, i: &Interval) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT OR REPLACE INTO intervals (id, netns, transport, address, port, role, peer_address, peer_port, pid,
             executable, command_line, user_id, user_name, unit, container_id, container_runtime, opened_ns,
-            closed_ns, close_note)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            closed_ns, close_note, cgroup)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?
     .execute(params![
             i.id,
@@ -150,6 +165,7 @@ pub fn insert(c: &Connection, i: &Interval) -> rusqlite::Result<()> {
             i.opened_ns,
             i.closed_ns,
             i.close_note,
+            i.process.cgroup,
     ])?;
     Ok(())
 }
@@ -199,6 +215,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
                 name: r.get(12)?,
             },
             unit: r.get(13)?,
+            cgroup: r.get(19)?,
             container: container_id.and_then(|id| {
                 Some(Container {
                     id,
@@ -226,14 +243,16 @@ pub fn holdings(
     mut keep: impl FnMut(&Interval) -> bool,
     limit: usize,
 ) -> rusqlite::Result<(Vec<Interval>, bool)> {
-    let mut stmt = c.prepare(
+    // A store an older daemon wrote (read-only here, so not migrated) has no cgroup column.
+    let cgroup = if has_cgroup(c)? { "cgroup" } else { "NULL" };
+    let mut stmt = c.prepare(&format!(
         "SELECT id, netns, transport, address, port, role, peer_address, peer_port, pid, executable, command_line,
-                user_id, user_name, unit, container_id, container_runtime, opened_ns, closed_ns, close_note
+                user_id, user_name, unit, container_id, container_runtime, opened_ns, closed_ns, close_note, {cgroup}
          FROM intervals
          WHERE port BETWEEN ?1 AND ?2 AND (?3 IS NULL OR transport = ?3) AND opened_ns <= ?5
                AND (closed_ns IS NULL OR closed_ns >= ?4)
-         ORDER BY opened_ns DESC",
-    )?;
+         ORDER BY opened_ns DESC"
+    ))?;
     let mut out = Vec::new();
     for i in stmt.query_map(params![low, high, transport, from, to], row)? {
         let i = i?;
@@ -511,12 +530,45 @@ mod tests {
                     id: 0,
                     name: Some("root".into()),
                 },
+                cgroup: Some("/system.slice/x.service".into()),
                 ..ProcessFacts::default()
             },
             opened_ns: opened,
             closed_ns: closed,
             close_note: None,
         }
+    }
+
+    #[test]
+    fn a_store_without_the_cgroup_column_is_read_and_then_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&SCHEMA.replace(",\n    cgroup TEXT", ""))
+                .unwrap();
+            c.execute(
+                "INSERT INTO intervals (id, transport, address, port, role, pid, user_id, opened_ns)
+                 VALUES (1, 'tcp', '127.0.0.1', 80, 'listening', 7, 0, 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let ro = open_ro(&path).unwrap();
+        assert!(!has_cgroup(&ro).unwrap());
+        let (old, _) = holdings(&ro, (80, 80), None, 0, i64::MAX, |_| true, 10).unwrap();
+        assert_eq!(
+            (old[0].process.pid, old[0].process.cgroup.as_deref()),
+            (7, None)
+        );
+        let rw = open_rw(&path).unwrap();
+        insert(&rw, &iv(2, 80, 10, None)).unwrap();
+        let (rows, _) = holdings(&rw, (80, 80), None, 0, i64::MAX, |_| true, 10).unwrap();
+        assert_eq!(
+            rows[0].process.cgroup.as_deref(),
+            Some("/system.slice/x.service")
+        );
+        assert_eq!(rows[1].process.cgroup, None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::{
     kernel::sockets,
     views::{
         filter::{ProcessFilter, Subject},
+        identity::{self, Identity, Judge},
         ports::{self, PortSpec},
         table::Table,
     },
@@ -124,10 +125,17 @@ pub struct Holder {
     pub unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// The cgroup path, which tells a unit the system manager set from one a user named (absent
+    /// in rows an older daemon wrote).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// What of the unit and container can be trusted.
+    #[serde(skip)]
+    pub identity: Identity,
 }
 
 impl Holder {
-    fn of(p: ProcessFacts) -> Self {
+    fn of(p: ProcessFacts, judge: &Judge) -> Self {
         if p.pid == 0 {
             return Holder {
                 known: false,
@@ -137,8 +145,11 @@ impl Holder {
                 user: None,
                 unit: None,
                 container: None,
+                cgroup: None,
+                identity: Identity::default(),
             };
         }
+        let identity = judge.identity(p.cgroup.as_deref(), p.unit.as_deref(), p.container.as_ref());
         Holder {
             known: true,
             pid: Some(p.pid),
@@ -147,6 +158,8 @@ impl Holder {
             user: Some(p.user),
             unit: p.unit,
             container: p.container,
+            cgroup: p.cgroup,
+            identity,
         }
     }
 
@@ -154,15 +167,10 @@ impl Holder {
         Subject {
             pid: self.pid,
             executable: self.executable.as_deref(),
-            argv0: self
-                .command_line
-                .as_ref()
-                .and_then(|a| a.first())
-                .map(String::as_str),
             uid: self.user.as_ref().map(|u| u.id),
             user: self.user.as_ref().and_then(|u| u.name.as_deref()),
-            unit: self.unit.as_deref(),
-            container: self.container.as_ref().map(|c| c.id.as_str()),
+            unit: self.identity.unit.clone(),
+            container: self.identity.container.as_ref().map(|c| c.id.clone()),
         }
     }
 }
@@ -176,10 +184,11 @@ pub struct Answer {
 /// Holdings: the kernel's current sockets first, then history, newest first.
 pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
     let ephemeral = EphemeralRange::read();
+    let judge = Judge::default();
     let mut rows = Vec::new();
     let mut warnings = Vec::new();
     if q.include_now {
-        rows.extend(now(q, &ephemeral)?);
+        rows.extend(now(q, &ephemeral, &judge)?);
     }
     let path = state_dir.join(store::FILE_NAME);
     if !path.exists() {
@@ -224,7 +233,7 @@ pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
                 i.local.port,
                 i.transport,
                 i.role,
-                &Holder::of(i.process.clone()),
+                &Holder::of(i.process.clone(), &judge),
             )
         },
         q.limit,
@@ -244,7 +253,7 @@ pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
             role: i.role,
             peer: i.peer,
             netns: i.netns,
-            process: Holder::of(i.process),
+            process: Holder::of(i.process, &judge),
             from: Some(ts(i.opened_ns)),
             to: i.closed_ns.map(ts),
             note: i.close_note,
@@ -257,7 +266,7 @@ pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
 
 /// Current sockets on the ports, from the kernel over sock_diag, with their processes. The
 /// network namespace is the caller's.
-fn now(q: &Query, ephemeral: &EphemeralRange) -> Result<Vec<Holding>, WhoError> {
+fn now(q: &Query, ephemeral: &EphemeralRange, judge: &Judge) -> Result<Vec<Holding>, WhoError> {
     let raw = raw_scan(Path::new("/proc"))?;
     let scan = Attributor::oneshot().attribute(raw, Origin::Snapshot, |s| {
         q.ports.matches(s.local.port(), s.transport)
@@ -273,7 +282,7 @@ fn now(q: &Query, ephemeral: &EphemeralRange) -> Result<Vec<Holding>, WhoError> 
             role: SocketRole::of(f.event.kind),
             peer: f.event.peer.map(Endpoint::from),
             netns: scan.netns,
-            process: Holder::of(f.process),
+            process: Holder::of(f.process, judge),
             from: None,
             to: None,
             note: None,
@@ -360,18 +369,6 @@ fn endpoint(e: &Endpoint) -> String {
     }
 }
 
-/// What the UNIT/CONTAINER column shows.
-pub fn unit_or_container(unit: Option<&str>, container: Option<&Container>) -> String {
-    match container {
-        Some(c) => format!(
-            "{}:{}",
-            c.runtime.as_str(),
-            c.id.chars().take(12).collect::<String>()
-        ),
-        None => unit.unwrap_or("-").to_string(),
-    }
-}
-
 /// Said in place of a command when no process holds the socket.
 pub const UNKNOWN_HOLDER: &str = "(no process: a kernel socket, or its holder is out of sight)";
 
@@ -386,7 +383,7 @@ pub fn render(rows: &[Holding], layout: Layout, now: DateTime<Utc>) -> String {
     }
     header.extend(["PID", "USER", "UNIT/CONTAINER"]);
     if wide {
-        header.push("NOTE");
+        header.extend(["NOTE", "EXECUTABLE"]);
     }
     header.push("COMMAND");
     let mut t = Table::new(&header);
@@ -442,20 +439,20 @@ pub fn render(rows: &[Holding], layout: Layout, now: DateTime<Utc>) -> String {
         cells.extend([
             p.pid.map_or("-".to_string(), |p| p.to_string()),
             user,
-            unit_or_container(p.unit.as_deref(), p.container.as_ref()),
+            if p.known {
+                p.identity.label.clone()
+            } else {
+                "-".to_string()
+            },
         ]);
         if wide {
             cells.push(r.note.clone().unwrap_or_else(|| "-".into()));
+            cells.push(p.executable.clone().unwrap_or_else(|| "-".into()));
         }
         let cmd = if !p.known {
             UNKNOWN_HOLDER.to_string()
         } else {
-            p.command_line
-                .as_ref()
-                .filter(|a| !a.is_empty())
-                .map(|a| a.join(" "))
-                .or_else(|| p.executable.clone())
-                .unwrap_or_else(|| "-".into())
+            identity::command(p.command_line.as_deref(), p.executable.as_deref(), false)
         };
         cells.push(cmd);
         t.push(&cells);

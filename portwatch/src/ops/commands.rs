@@ -75,10 +75,17 @@ pub fn who(args: WhoArgs) -> anyhow::Result<()> {
     };
     let mut out = std::io::stdout().lock();
     let written = match format {
-        WhoFormat::Json => answer.rows.iter().try_for_each(|r| {
-            let line = serde_json::to_string(r).map_err(std::io::Error::other)?;
-            writeln!(out, "{line}")
-        }),
+        WhoFormat::Json => {
+            let terminal = std::io::stdout().is_terminal();
+            answer.rows.iter().try_for_each(|r| {
+                let line = serde_json::to_string(r).map_err(std::io::Error::other)?;
+                if terminal {
+                    writeln!(out, "{}", crate::output::text::json_for_terminal(&line))
+                } else {
+                    writeln!(out, "{line}")
+                }
+            })
+        }
         _ => {
             let layout = match format {
                 WhoFormat::Wide => who::Layout::Wide,
@@ -158,6 +165,7 @@ pub fn tail(args: TailArgs) -> anyhow::Result<()> {
             outcomes: args.outcome,
             ports,
             process: args.process.filter(),
+            judge: Default::default(),
         },
         format: match args.output {
             TailFormat::Table => tail::Format::Table,
@@ -165,6 +173,7 @@ pub fn tail(args: TailArgs) -> anyhow::Result<()> {
         },
         colour,
         width: table::output_width(),
+        terminal: std::io::stdout().is_terminal(),
         lines: args.lines as usize,
         follow: !args.no_follow,
     };

@@ -37,6 +37,26 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A JSON text for a terminal: JSON escapes only C0 controls, so DEL, C1 controls (`\u{9b}`
+/// starts an escape sequence on some terminals) and the characters `printable` escapes are
+/// written as `\uXXXX` — the same JSON value, and nothing a terminal acts on. (They can only
+/// occur inside strings: anywhere else the text would not be JSON.)
+pub fn json_for_terminal(json: &str) -> Cow<'_, str> {
+    let risky = |c: char| c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) || invisible(c);
+    if !json.chars().any(risky) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if risky(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +71,21 @@ mod tests {
         assert!(!printable("\r\t\x00").chars().any(char::is_control));
         assert_eq!(printable("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
         assert_eq!(printable("a\u{200b}b\u{2028}"), "a\\u{200b}b\\u{2028}");
+    }
+
+    #[test]
+    fn json_for_a_terminal_is_the_same_value_without_what_a_terminal_acts_on() {
+        let v = serde_json::json!({"argv": "a\u{9b}2J\u{7f}\u{202e}b\n"});
+        let text = serde_json::to_string(&v).unwrap();
+        let shown = json_for_terminal(&text);
+        assert!(
+            !shown.chars().any(|c| c.is_control() || invisible(c)),
+            "{shown}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&shown).unwrap(),
+            v
+        );
+        assert!(matches!(json_for_terminal("{\"a\":1}"), Cow::Borrowed(_)));
     }
 }

@@ -1,41 +1,52 @@
-//! The process filters `who`, `tail` and `top` share: `--pid`, `--exe`, `--user`, `--unit`,
-//! `--container`. A filter names something about the holder; a holder nobody knows (a kernel
-//! socket, a process out of sight) never matches one.
+//! The process filters `who` and `tail` share: `--pid`, `--exe`, `--user`, `--unit`,
+//! `--container`. A filter names something about the holder that the holder cannot choose for
+//! itself: the executable the kernel ran (not the command line), the system manager's unit and a
+//! confirmed container (views::identity). A holder nobody knows (a kernel socket, a process out
+//! of sight) never matches one.
 use serde_json::Value;
 
+use crate::{facts::Container, views::identity::Judge};
+
 /// What a filter can see of a holder, from a `who` row or an event line's `process` object.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Subject<'a> {
     pub pid: Option<u32>,
     pub executable: Option<&'a str>,
-    /// The command line's first word (an interpreter's `python3` where /proc/PID/exe names
-    /// `python3.11`).
-    pub argv0: Option<&'a str>,
     pub uid: Option<u32>,
     pub user: Option<&'a str>,
-    pub unit: Option<&'a str>,
-    pub container: Option<&'a str>,
+    /// The system manager's unit.
+    pub unit: Option<String>,
+    /// A confirmed container's id.
+    pub container: Option<String>,
 }
 
 impl<'a> Subject<'a> {
-    /// From an event line's `process` object (`pid` 0 is "no process").
-    pub fn of_event(process: &'a Value) -> Self {
+    /// From an event line's `process` object. A line without a process, or with pid 0 (no
+    /// process holds the socket), is nobody.
+    pub fn of_event(process: &'a Value, judge: &Judge) -> Self {
         let s = |k: &str| process.get(k).and_then(Value::as_str);
+        let Some(pid) = process
+            .get("pid")
+            .and_then(Value::as_u64)
+            .filter(|p| *p != 0)
+            .and_then(|p| u32::try_from(p).ok())
+        else {
+            return Subject::default();
+        };
+        let container: Option<Container> = process
+            .get("container")
+            .and_then(|c| serde_json::from_value(c.clone()).ok());
+        let id = judge.identity(s("cgroup"), s("unit"), container.as_ref());
         Subject {
-            pid: process
-                .get("pid")
-                .and_then(Value::as_u64)
-                .filter(|p| *p != 0)
-                .and_then(|p| u32::try_from(p).ok()),
+            pid: Some(pid),
             executable: s("executable"),
-            argv0: process.pointer("/command_line/0").and_then(Value::as_str),
             uid: process
                 .pointer("/user/id")
                 .and_then(Value::as_u64)
                 .and_then(|u| u32::try_from(u).ok()),
             user: process.pointer("/user/name").and_then(Value::as_str),
-            unit: s("unit"),
-            container: process.pointer("/container/id").and_then(Value::as_str),
+            unit: id.unit,
+            container: id.container.map(|c| c.id),
         }
     }
 }
@@ -43,8 +54,8 @@ impl<'a> Subject<'a> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProcessFilter {
     pub pid: Option<u32>,
-    /// A path (contains `/`): the whole executable path; else its base name, or that of the
-    /// command line's first word.
+    /// A path (contains `/`): the whole executable path (/proc/PID/exe); else its base name
+    /// (`python3.11` where a command line says `python3`).
     pub exe: Option<String>,
     /// A name, or a uid in digits.
     pub user: Option<String>,
@@ -62,12 +73,13 @@ impl ProcessFilter {
     pub fn matches(&self, s: &Subject<'_>) -> bool {
         let pid = self.pid.is_none_or(|p| s.pid == Some(p));
         let exe = self.exe.as_deref().is_none_or(|want| {
-            let base = |p: &str| p.rsplit('/').next() == Some(want);
-            if want.contains('/') {
-                s.executable == Some(want)
-            } else {
-                s.executable.is_some_and(base) || s.argv0.is_some_and(base)
-            }
+            s.executable.is_some_and(|e| {
+                if want.contains('/') {
+                    e == want
+                } else {
+                    e.rsplit('/').next() == Some(want)
+                }
+            })
         });
         let user = self
             .user
@@ -78,11 +90,12 @@ impl ProcessFilter {
             });
         let unit = self.unit.as_deref().is_none_or(|want| {
             s.unit
+                .as_deref()
                 .is_some_and(|u| u == want || u.strip_suffix(".service") == Some(want))
         });
         let container = self.container.as_deref().is_none_or(|want| {
             !want.is_empty()
-                && s.container.is_some_and(|c| {
+                && s.container.as_deref().is_some_and(|c| {
                     c.to_ascii_lowercase()
                         .starts_with(&want.to_ascii_lowercase())
                 })
@@ -97,10 +110,12 @@ mod tests {
 
     #[test]
     fn each_filter_matches_what_it_names_and_nothing_unknown() {
+        let judge = Judge::default();
         let ev = serde_json::json!({"pid": 42, "executable": "/usr/sbin/nginx",
+            "command_line": ["nginx", "-g", "daemon off;"],
             "user": {"id": 33, "name": "www-data"}, "unit": "nginx.service",
-            "container": {"id": "0123456789abcdef", "runtime": "docker"}});
-        let s = Subject::of_event(&ev);
+            "cgroup": "/system.slice/nginx.service"});
+        let s = Subject::of_event(&ev, &judge);
         let f = |f: ProcessFilter| f.matches(&s);
         assert!(f(ProcessFilter::default()));
         assert!(f(ProcessFilter {
@@ -119,15 +134,6 @@ mod tests {
                 }),
                 "{exe}"
             );
-        }
-        let py = serde_json::json!({"pid": 7, "executable": "/usr/bin/python3.11",
-            "command_line": ["python3", "-m", "http.server"]});
-        for exe in ["python3", "python3.11", "/usr/bin/python3.11"] {
-            let f = ProcessFilter {
-                exe: Some(exe.into()),
-                ..Default::default()
-            };
-            assert!(f.matches(&Subject::of_event(&py)), "{exe}");
         }
         for exe in ["ngin", "/sbin/nginx", "sbin/nginx"] {
             assert!(
@@ -158,21 +164,38 @@ mod tests {
             unit: Some("ngin".into()),
             ..Default::default()
         }));
-        assert!(f(ProcessFilter {
-            container: Some("0123456789AB".into()),
-            ..Default::default()
-        }));
-        assert!(!f(ProcessFilter {
-            container: Some("1".into()),
-            ..Default::default()
-        }));
-        assert!(!f(ProcessFilter {
-            container: Some(String::new()),
-            ..Default::default()
-        }));
+        // The command line names nginx; the executable the kernel ran does not.
+        let fake = serde_json::json!({"pid": 7, "executable": "/tmp/evil",
+            "command_line": ["nginx"], "user": {"id": 1000},
+            "unit": "nginx.service", "container": {"id": "ab12".repeat(16), "runtime": "docker"},
+            "cgroup": format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{}.scope/nginx.service", "ab12".repeat(16))});
+        let s = Subject::of_event(&fake, &judge);
+        for filter in [
+            ProcessFilter {
+                exe: Some("nginx".into()),
+                ..Default::default()
+            },
+            ProcessFilter {
+                unit: Some("nginx".into()),
+                ..Default::default()
+            },
+            ProcessFilter {
+                container: Some("ab12".into()),
+                ..Default::default()
+            },
+        ] {
+            assert!(!filter.matches(&s), "{filter:?}");
+        }
+        assert!(
+            ProcessFilter {
+                unit: Some("user@1000".into()),
+                ..Default::default()
+            }
+            .matches(&s)
+        );
         // A holder nobody knows matches no process filter.
         let none = serde_json::json!({"pid": 0, "user": {"id": 0, "name": "root"}});
-        let s = Subject::of_event(&none);
+        let s = Subject::of_event(&none, &judge);
         assert!(
             !ProcessFilter {
                 pid: Some(0),
@@ -182,7 +205,7 @@ mod tests {
         );
         assert!(
             !ProcessFilter {
-                exe: Some("x".into()),
+                user: Some("root".into()),
                 ..Default::default()
             }
             .matches(&s)

@@ -64,8 +64,14 @@ impl Follower {
             rotations: 0,
         };
         if start > 0 {
-            // The first line read from the middle of the file is a piece of one: skip it.
-            f.skip_to_newline().map_err(err)?;
+            // Reading from the middle of the file: unless the byte before is a newline, the
+            // first line is a piece of one, and is skipped.
+            f.file.seek(SeekFrom::Start(start - 1)).map_err(err)?;
+            let mut before = [0u8; 1];
+            f.file.read_exact(&mut before).map_err(err)?;
+            if before[0] != b'\n' {
+                f.skip_to_newline().map_err(err)?;
+            }
         }
         Ok(f)
     }
@@ -89,7 +95,9 @@ impl Follower {
         self.drain(&mut lines)?;
         match std::fs::metadata(&self.path) {
             Ok(m) if (m.dev(), m.ino()) != self.id => {
-                // Rotated: the old file is drained; the new one is read from its start.
+                // Rotated. What was written to the old file between the read above and the
+                // rename is read now; then the new file from its start.
+                self.drain(&mut lines)?;
                 if let Ok(file) = File::open(&self.path) {
                     self.file = file;
                     self.id = (m.dev(), m.ino());
@@ -194,6 +202,9 @@ mod tests {
         assert!(f.poll().unwrap().is_empty());
         let mut f = Follower::open(&path, 10).unwrap();
         assert_eq!(lines(f.poll().unwrap()), ["third"]);
+        // A start that falls just after a newline keeps that whole line.
+        let mut f = Follower::open(&path, 13).unwrap();
+        assert_eq!(lines(f.poll().unwrap()), ["second", "third"]);
         assert!(Follower::open(dir.path(), 0).is_err());
         let e = Follower::open(&dir.path().join("missing"), 0)
             .err()

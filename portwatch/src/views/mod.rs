@@ -3,6 +3,7 @@
 //! tables; none of them needs the daemon's privileges beyond reading those.
 pub mod filter;
 pub mod follow;
+pub mod identity;
 pub mod ports;
 pub mod table;
 pub mod tail;

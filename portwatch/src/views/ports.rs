@@ -77,8 +77,12 @@ impl PortSpec {
         };
         let ranges = if let Some((lo, hi)) = what
             .split_once('-')
-            .filter(|(lo, _)| !lo.is_empty() && lo.bytes().all(|b| b.is_ascii_digit()))
-        {
+            // Digits on both sides: a range. (`802-11-iapp` is a service name; `1-` and `-5` are
+            // mistakes, said as such below.)
+            .filter(|(lo, hi)| {
+                let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+                digits(lo) && digits(hi)
+            }) {
             let (low, high) = (number(lo)?, number(hi)?);
             if low > high {
                 return Err(PortSpecError::Backwards(spec.to_string()));
@@ -212,6 +216,7 @@ domain\t\t53/udp
 syslog\t\t514/udp
 odd\t\t1000/tcp
 odd\t\t1001/udp
+802-11-iapp\t3517/tcp
 ";
 
     fn parse(s: &str) -> Result<PortSpec, PortSpecError> {
@@ -262,6 +267,8 @@ odd\t\t1001/udp
             ]
         );
         assert_eq!(parse("odd").unwrap().single(), None);
+        assert_eq!(parse("802-11-iapp").unwrap().single(), Some(3517));
+        assert_eq!(parse("0-65535").unwrap().ranges, [r(0, 65535, None)]);
         let s = parse("8000-8100/udp").unwrap();
         assert!(s.matches(8050, Transport::Udp));
         assert!(!s.matches(8050, Transport::Tcp));
@@ -282,7 +289,12 @@ odd\t\t1001/udp
         assert!(e("syslog/tcp").contains("for tcp"), "{}", e("syslog/tcp"));
         assert!(e("a b").contains("is not a port"));
         assert!(e("").contains("is not a port"));
-        assert!(e("80-").contains("is not a port number"));
+        assert!(
+            e("80-").contains("`80-` is not a port: use a number"),
+            "{}",
+            e("80-")
+        );
+        assert!(e("-5").contains("`-5` is not a port"), "{}", e("-5"));
         let missing = PortSpec::parse("http", Path::new("/nonexistent/services"))
             .unwrap_err()
             .to_string();

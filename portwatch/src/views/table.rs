@@ -35,6 +35,21 @@ pub fn cut(s: &str, width: usize) -> String {
     out
 }
 
+/// An `address:port` in at most `width` characters: the address is cut, the port kept.
+pub fn cut_address(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    match s.rfind(':') {
+        Some(i) if s[i..].chars().count() < width => {
+            let port = &s[i..];
+            let room = width - port.chars().count();
+            format!("{}{port}", cut(&s[..i], room))
+        }
+        _ => cut(s, width),
+    }
+}
+
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
@@ -114,5 +129,10 @@ mod tests {
         );
         assert_eq!(cut("abc", 3), "abc");
         assert_eq!(cut("abcd", 3), "ab…");
+        assert_eq!(
+            cut_address("[2001:db8::1234:5678]:65535", 16),
+            "[2001:db8…:65535"
+        );
+        assert_eq!(cut_address("127.0.0.1:80", 16), "127.0.0.1:80");
     }
 }

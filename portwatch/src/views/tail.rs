@@ -10,11 +10,11 @@ use serde_json::Value;
 
 use crate::{
     facts::Transport,
-    history::who::unit_or_container,
     output::text::printable,
     views::{
         filter::{ProcessFilter, Subject},
-        follow::{BACKLOG_BYTES, FollowError, Follower},
+        follow::{BACKLOG_BYTES, FollowError, Follower, MAX_LINE},
+        identity::{self, Judge},
         ports::PortSpec,
         table::cut,
     },
@@ -43,6 +43,7 @@ pub struct EventFilter {
     /// Matches the local or the peer port.
     pub ports: Option<PortSpec>,
     pub process: ProcessFilter,
+    pub judge: Judge,
 }
 
 impl EventFilter {
@@ -75,7 +76,7 @@ impl EventFilter {
         }
         if !self.process.is_empty() {
             match v.get("process").filter(|p| p.is_object()) {
-                Some(p) => return self.process.matches(&Subject::of_event(p)),
+                Some(p) => return self.process.matches(&Subject::of_event(p, &self.judge)),
                 None => return false,
             }
         }
@@ -99,6 +100,7 @@ const RESET: &str = "\x1b[0m";
 /// Formats lines into columns. The address, user and unit columns widen to the widest value
 /// seen so far (up to a cap), so a stream stays aligned without knowing its lines in advance.
 pub struct Columns {
+    judge: Judge,
     colour: Colour,
     width: Option<usize>,
     addresses: usize,
@@ -125,25 +127,25 @@ fn endpoint(v: Option<&Value>) -> Option<String> {
 
 /// What the COMMAND column shows of a `process` object.
 fn command(p: &Value) -> String {
-    if let Some(argv) = p.get("command_line").and_then(Value::as_array)
-        && !argv.is_empty()
-    {
-        return argv
-            .iter()
-            .map(|a| a.as_str().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join(" ");
+    let argv: Option<Vec<&str>> = p
+        .get("command_line")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|x| x.as_str().unwrap_or("")).collect());
+    let exe = p.get("executable").and_then(Value::as_str);
+    match (&argv, exe) {
+        (None, None) => p
+            .get("comm")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string(),
+        _ => identity::command(argv.as_deref(), exe, false),
     }
-    p.get("executable")
-        .and_then(Value::as_str)
-        .or_else(|| p.get("comm").and_then(Value::as_str))
-        .unwrap_or("-")
-        .to_string()
 }
 
 impl Columns {
     pub fn new(colour: Colour, width: Option<usize>) -> Self {
         Columns {
+            judge: Judge::default(),
             colour,
             width,
             addresses: 33,
@@ -171,16 +173,18 @@ impl Columns {
     }
 
     fn line(&self, c: [String; 9], colour: Option<&str>) -> String {
+        // Addresses are never cut (a cut would hide the port): a long one pushes the line.
         let mut out = format!(
-            "{} {} {} {} {} {} {} {} ",
+            "{} {} {} {} {:<w$} {} {} {} ",
             pad(&c[0], 12),
             pad(&c[1], 9),
             pad(&c[2], 13),
             pad(&c[3], 5),
-            pad(&c[4], self.addresses),
+            c[4],
             pad(&c[5], 7),
             pad(&c[6], self.user),
             pad(&c[7], self.unit),
+            w = self.addresses,
         );
         let lead = out.chars().count();
         match self.width {
@@ -246,12 +250,18 @@ impl Columns {
                 .or_else(|| p.pointer("/user/id").map(|id| id.to_string()))
                 .unwrap_or_else(|| "-".into())
         });
-        let unit = process.map_or("-".to_string(), |p| {
-            let container = p
-                .get("container")
-                .and_then(|c| serde_json::from_value(c.clone()).ok());
-            unit_or_container(p.get("unit").and_then(Value::as_str), container.as_ref())
-        });
+        let unit = match process {
+            Some(p) if pid != "-" => {
+                let container: Option<crate::facts::Container> = p
+                    .get("container")
+                    .and_then(|c| serde_json::from_value(c.clone()).ok());
+                let s = |k: &str| p.get(k).and_then(Value::as_str);
+                self.judge
+                    .identity(s("cgroup"), s("unit"), container.as_ref())
+                    .label
+            }
+            _ => "-".to_string(),
+        };
         let what = match event {
             "alert" => {
                 let kind = s("/alert/kind");
@@ -284,8 +294,9 @@ impl Columns {
                 _ => crate::history::who::UNKNOWN_HOLDER.to_string(),
             },
         };
-        let [addresses, user, unit, what] =
-            [addresses, user, unit, what].map(|t| printable(&t).into_owned());
+        // A line read from `tail -` can hold anything: every cell is escaped.
+        let [time, proto, addresses, user, unit, what] =
+            [time, proto, addresses, user, unit, what].map(|t| printable(&t).into_owned());
         self.addresses = self.addresses.max(addresses.chars().count().min(47));
         self.user = self.user.max(user.chars().count().min(16));
         self.unit = self.unit.max(unit.chars().count().min(24));
@@ -336,6 +347,8 @@ pub struct TailOptions {
     pub format: Format,
     pub colour: Colour,
     pub width: Option<usize>,
+    /// stdout is a terminal: JSON lines are written with what a terminal acts on escaped.
+    pub terminal: bool,
     /// Matching lines already in the file to show first.
     pub lines: usize,
     pub follow: bool,
@@ -382,6 +395,12 @@ impl<W: Write> Printer<'_, W> {
         }
         self.counts.shown += 1;
         match self.opts.format {
+            Format::Json if self.opts.terminal => {
+                // Parsed above, so UTF-8.
+                let text = String::from_utf8_lossy(line);
+                let shown = crate::output::text::json_for_terminal(&text);
+                writeln!(self.out, "{shown}")?;
+            }
             Format::Json => {
                 self.out.write_all(line)?;
                 self.out.write_all(b"\n")?;
@@ -416,18 +435,34 @@ pub fn run(opts: &TailOptions, out: impl Write) -> Result<TailCounts, TailError>
             let stdin = io::stdin();
             let mut buf = Vec::new();
             let mut lock = stdin.lock();
+            let read = |source| TailError::Read {
+                what: "standard input".into(),
+                source,
+            };
+            let mut oversized = false;
             loop {
                 buf.clear();
-                let n = lock
+                // At most MAX_LINE bytes of a line are held; the rest of a longer one is skipped.
+                let n = io::Read::take(&mut lock, MAX_LINE as u64 + 1)
                     .read_until(b'\n', &mut buf)
-                    .map_err(|source| TailError::Read {
-                        what: "standard input".into(),
-                        source,
-                    })?;
+                    .map_err(read)?;
                 if n == 0 {
                     break;
                 }
-                let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                let Some(line) = buf.strip_suffix(b"\n") else {
+                    if n > MAX_LINE {
+                        oversized = true;
+                    } else if p.offer(&buf).is_err() {
+                        // The input's last line, without a newline.
+                        return gone(p);
+                    }
+                    continue;
+                };
+                if std::mem::take(&mut oversized) {
+                    // The end of a line too long to show.
+                    p.counts.oversized += 1;
+                    continue;
+                }
                 if p.offer(line).and_then(|_| p.out.flush()).is_err() {
                     return gone(p);
                 }

@@ -89,9 +89,9 @@ impl Keys {
 fn scanner(refresh: Duration) -> mpsc::Receiver<scan::Round> {
     let (tx, rx) = mpsc::sync_channel(1);
     std::thread::spawn(move || {
-        loop {
+        for n in 0.. {
             let started = Instant::now();
-            if tx.send(scan::round(Path::new("/proc"))).is_err() {
+            if tx.send(scan::round(Path::new("/proc"), n)).is_err() {
                 return;
             }
             std::thread::sleep(refresh.saturating_sub(started.elapsed()));
@@ -100,15 +100,40 @@ fn scanner(refresh: Duration) -> mpsc::Receiver<scan::Round> {
     rx
 }
 
-/// Runs until `q`. The terminal is restored on the way out, also on an error.
-pub fn run(opts: TopOptions) -> io::Result<()> {
-    let mut terminal = ratatui::try_init()?;
-    let result = run_on(&mut terminal, opts);
-    ratatui::try_restore()?;
-    result
+type Screen = ratatui::Terminal<ratatui::backend::CrosstermBackend<io::Stdout>>;
+
+/// The terminal in raw mode on the alternate screen, given back as it was when dropped: on `q`,
+/// on an error, and while a panic unwinds.
+struct Raw;
+
+impl Raw {
+    fn enter() -> io::Result<(Raw, Screen)> {
+        crossterm::terminal::enable_raw_mode()?;
+        let raw = Raw;
+        crossterm::execute!(io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
+        let screen = ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(io::stdout()))?;
+        Ok((raw, screen))
+    }
 }
 
-fn run_on(terminal: &mut ratatui::DefaultTerminal, opts: TopOptions) -> io::Result<()> {
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = crossterm::execute!(
+            io::stdout(),
+            crossterm::terminal::LeaveAlternateScreen,
+            crossterm::cursor::Show
+        );
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+/// Runs until `q`. The terminal is restored on the way out, also on an error.
+pub fn run(opts: TopOptions) -> io::Result<()> {
+    let (_raw, mut screen) = Raw::enter()?;
+    run_on(&mut screen, opts)
+}
+
+fn run_on(terminal: &mut Screen, opts: TopOptions) -> io::Result<()> {
     let rounds = scanner(opts.refresh);
     let mut model = Model::default();
     let mut keys = Keys {
@@ -119,7 +144,7 @@ fn run_on(terminal: &mut ratatui::DefaultTerminal, opts: TopOptions) -> io::Resu
     let mut follower: Option<Follower> = None;
     let mut log_state: Result<String, String> = opts.log.clone().map(|p| p.display().to_string());
     let policy_name = opts.policy.as_ref().map(|p| p.path.display().to_string());
-    let mut last_draw = Instant::now() - opts.refresh;
+    let mut last_draw: Option<Instant> = None;
     let mut dirty = true;
     loop {
         let now = Instant::now();
@@ -150,12 +175,22 @@ fn run_on(terminal: &mut ratatui::DefaultTerminal, opts: TopOptions) -> io::Resu
                 }
             }
         }
-        while let Ok(round) = rounds.try_recv() {
-            model.scan(round, opts.policy.as_ref(), now);
-            dirty = true;
+        loop {
+            match rounds.try_recv() {
+                Ok(round) => {
+                    model.scan(round, opts.policy.as_ref(), now);
+                    dirty = true;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(io::Error::other(
+                        "the socket scanner stopped; the screen would go stale",
+                    ));
+                }
+            }
         }
         model.expire(now);
-        if dirty || now.duration_since(last_draw) >= opts.refresh {
+        if dirty || last_draw.is_none_or(|t| now.duration_since(t) >= opts.refresh) {
             let clock = chrono::Utc::now().format("%H:%M:%S").to_string();
             let view = View {
                 model: &model,
@@ -167,7 +202,7 @@ fn run_on(terminal: &mut ratatui::DefaultTerminal, opts: TopOptions) -> io::Resu
                 clock,
             };
             terminal.draw(|f| screen::draw(f, &view))?;
-            last_draw = now;
+            last_draw = Some(now);
             dirty = false;
         }
         if event::poll(Duration::from_millis(200))? {

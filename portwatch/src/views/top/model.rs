@@ -14,7 +14,10 @@ use crate::{
         self,
         policy::{Policy, Verdict},
     },
-    views::top::scan::{Namespace, Round},
+    views::{
+        identity,
+        top::scan::{Namespace, PortSet, Round},
+    },
 };
 
 /// Rates are over this window.
@@ -106,7 +109,6 @@ struct Call {
     new_port: bool,
 }
 
-#[derive(Default)]
 pub struct Model {
     /// When each listener appeared; `None` for those already there at the first scan.
     first_seen: HashMap<(u32, Transport, String, u16), Option<Instant>>,
@@ -114,9 +116,11 @@ pub struct Model {
     listeners: Vec<ListenerRow>,
     calls: VecDeque<Call>,
     /// pid → (user, command), of the latest event.
-    who: HashMap<u32, (String, String)>,
-    /// netns → recent (time, held count, ports) samples.
-    samples: HashMap<u32, VecDeque<(Instant, usize, std::collections::HashSet<u16>)>>,
+    who: lru::LruCache<u32, (String, String)>,
+    /// netns → recent (time, held count, ports new since the sample before) samples.
+    samples: HashMap<u32, VecDeque<(Instant, usize, usize)>>,
+    /// netns → the ports its last scan found held.
+    last_ports: HashMap<u32, PortSet>,
     ranges: Vec<Namespace>,
     pub skipped_namespaces: usize,
     pub failed_namespaces: Vec<(u32, String)>,
@@ -124,6 +128,28 @@ pub struct Model {
     /// Events not kept (the window's cap).
     pub events_dropped: u64,
     pub log_lines: VecDeque<Instant>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            first_seen: HashMap::new(),
+            initial_done: false,
+            listeners: Vec::new(),
+            calls: VecDeque::new(),
+            who: lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_PROCESSES).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+            samples: HashMap::new(),
+            last_ports: HashMap::new(),
+            ranges: Vec::new(),
+            skipped_namespaces: 0,
+            failed_namespaces: Vec::new(),
+            events_seen: 0,
+            events_dropped: 0,
+            log_lines: VecDeque::new(),
+        }
+    }
 }
 
 fn key(f: &PortFacts) -> (u32, Transport, String, u16) {
@@ -135,34 +161,16 @@ fn key(f: &PortFacts) -> (u32, Transport, String, u16) {
     )
 }
 
-/// A command line as a narrow screen shows it: the program's base name, then its arguments
-/// (`python3 app.py`, not `/root/.pyenv/versions/3.11.7/bin/python3 app.py`).
-pub fn short_command<'a>(argv: impl IntoIterator<Item = &'a str>) -> String {
-    let mut words = argv.into_iter();
-    let first = words.next().unwrap_or("");
-    let program = first
-        .rsplit('/')
-        .next()
-        .filter(|b| !b.is_empty())
-        .unwrap_or(first);
-    std::iter::once(program)
-        .chain(words)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The command a person recognises: argv, else the executable, else comm.
 pub fn command_of(f: &PortFacts) -> String {
     let p = &f.process;
     if p.pid == 0 {
         return crate::history::who::UNKNOWN_HOLDER.to_string();
     }
-    p.command_line
-        .as_ref()
-        .filter(|a| !a.is_empty())
-        .map(|a| short_command(a.iter().map(String::as_str)))
-        .or_else(|| p.executable.as_deref().map(|e| short_command([e])))
-        .unwrap_or_else(|| p.comm.clone())
+    if p.command_line.is_none() && p.executable.is_none() {
+        return p.comm.clone();
+    }
+    identity::command(p.command_line.as_deref(), p.executable.as_deref(), true)
 }
 
 pub fn user_of(f: &PortFacts) -> String {
@@ -199,8 +207,13 @@ impl Model {
                     host: ns.own,
                 });
             }
+            let appeared = self
+                .last_ports
+                .get(&ns.netns)
+                .map_or(0, |before| ns.in_use.new_since(before));
+            self.last_ports.insert(ns.netns, ns.in_use.clone());
             let q = self.samples.entry(ns.netns).or_default();
-            q.push_back((now, ns.in_use.len(), ns.in_use.clone()));
+            q.push_back((now, ns.in_use.len(), appeared));
             while q
                 .front()
                 .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
@@ -215,6 +228,7 @@ impl Model {
         let present: std::collections::HashSet<u32> =
             round.namespaces.iter().map(|n| n.netns).collect();
         self.samples.retain(|k, _| present.contains(k));
+        self.last_ports.retain(|k, _| present.contains(k));
         rows.sort_by(|a, b| {
             (b.unexpected == Some(true), b.new, b.host)
                 .cmp(&(a.unexpected == Some(true), a.new, a.host))
@@ -270,22 +284,21 @@ impl Model {
             .map(str::to_string)
             .or_else(|| p.pointer("/user/id").map(|i| i.to_string()))
             .unwrap_or_else(|| "-".into());
-        let command = match p.get("command_line").and_then(Value::as_array) {
-            Some(a) if !a.is_empty() => short_command(a.iter().map(|x| x.as_str().unwrap_or(""))),
-            _ => p
-                .get("executable")
+        let argv: Option<Vec<&str>> = p
+            .get("command_line")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|x| x.as_str().unwrap_or("")).collect());
+        let exe = p.get("executable").and_then(Value::as_str);
+        let command = match (&argv, exe) {
+            (None, None) => p
+                .get("comm")
                 .and_then(Value::as_str)
-                .map(|e| short_command([e]))
-                .or_else(|| p.get("comm").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_else(|| "-".into()),
+                .unwrap_or("-")
+                .to_string(),
+            _ => identity::command(argv.as_deref(), exe, true),
         };
-        if self.who.len() >= MAX_PROCESSES && !self.who.contains_key(&pid) {
-            let active: std::collections::HashSet<u32> = self.calls.iter().map(|c| c.pid).collect();
-            self.who.retain(|p, _| active.contains(p));
-        }
-        if self.who.len() < MAX_PROCESSES || self.who.contains_key(&pid) {
-            self.who.insert(pid, (user, command));
-        }
+        // The least recently active process is forgotten first.
+        self.who.put(pid, (user, command));
     }
 
     /// Drops what fell out of the window.
@@ -330,7 +343,7 @@ impl Model {
         let mut out: Vec<Churn> = per
             .into_values()
             .map(|mut c| {
-                if let Some((u, cmd)) = self.who.get(&c.pid) {
+                if let Some((u, cmd)) = self.who.peek(&c.pid) {
                     (c.user, c.command) = (u.clone(), cmd.clone());
                 }
                 c
@@ -360,10 +373,7 @@ impl Model {
                     // Fewer than 5 s of samples say nothing about a trend yet.
                     Some((Some(a), Some(b), q)) if b.0.duration_since(a.0) >= MIN_TREND => {
                         let dt = b.0.duration_since(a.0).as_secs_f64();
-                        let mut appeared = 0usize;
-                        for w in q.iter().collect::<Vec<_>>().windows(2) {
-                            appeared += w[1].2.difference(&w[0].2).count();
-                        }
+                        let appeared: usize = q.iter().skip(1).map(|s| s.2).sum();
                         ((b.1 as f64 - a.1 as f64) / dt, appeared as f64 / dt)
                     }
                     _ => (0.0, 0.0),
@@ -433,7 +443,11 @@ mod tests {
                 high: 40099,
                 reserved: Vec::new(),
             },
-            in_use: in_use.collect(),
+            in_use: {
+                let mut set = PortSet::default();
+                in_use.for_each(|p| set.insert(p));
+                set
+            },
             time_wait: 0,
             holders: Vec::new(),
             unowned: 0,

@@ -14,7 +14,7 @@ use ratatui::{
 use crate::{
     output::text::printable,
     views::{
-        table::cut,
+        table::{cut, cut_address},
         top::model::{Model, RangeRow, SortBy, command_of, user_of},
     },
 };
@@ -166,7 +166,7 @@ fn draw_listeners(f: &mut Frame<'_>, area: Rect, v: &View<'_>) {
         let lead = format!(
             "{mark} {} {} {} {} {} ",
             pad(r.facts.event.transport.as_str(), 5),
-            pad(&local, 22),
+            pad(&cut_address(&local, 22), 22),
             pad(&ns, 10),
             pad(&pid, 7),
             pad(&clean(&user), 8)
