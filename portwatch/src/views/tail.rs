@@ -216,6 +216,8 @@ impl Columns {
             ("alert", _) => s("/alert/severity").to_string(),
             ("loss", _) => s("/loss/reason").to_string(),
             ("status", _) => s("/reason").to_string(),
+            // The kernel took the port at a UDP send, without a bind() call.
+            ("bind", "success") if v["implicit"] == true => "ok, implicit".to_string(),
             (_, "success") => "ok".to_string(),
             (_, "failure") => v
                 .get("error")
@@ -618,6 +620,13 @@ mod tests {
         let kernel = json!({"event": "listen", "outcome": "success", "timestamp": "x",
             "network": {"transport": "tcp", "type": "ipv6", "local": {"address": "::", "port": 22}},
             "process": {"pid": 0, "user": {"id": 0, "name": "root"}}});
+        let implicit = json!({"event": "bind", "outcome": "success", "implicit": true,
+            "network": {"transport": "udp", "type": "ipv4", "local": {"address": "0.0.0.0", "port": 42682}}});
+        assert!(
+            Columns::new(Colour::Off, None)
+                .row(&implicit)
+                .contains("ok, implicit")
+        );
         let row = Columns::new(Colour::Off, None).row(&kernel);
         assert!(row.contains("tcp6") && row.contains("[::]:22"), "{row}");
         assert!(row.contains("(no process"), "{row}");
