@@ -96,6 +96,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::io::stdout().write_all(&portwatch::ops::cli::completions(args.shell))?;
             Ok(())
         }
+        Command::ManPages(args) => {
+            for p in portwatch::ops::cli::man_pages(&args.dir).map_err(|e| {
+                anyhow::anyhow!("writing man pages into {}: {e}", args.dir.display())
+            })? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         Command::Config(_) => {
             print!("{}", config::DEFAULTS_TOML);
             Ok(())

@@ -1,4 +1,4 @@
-//! `cargo xtask install | uninstall`: the binary, the systemd unit, shell completions, a default
+//! `cargo xtask install | uninstall`: the binary, the systemd unit, shell completions, man pages, a default
 //! config and a policy
 //! (a baseline of what listens now on a live system; a template under `--destdir`, for
 //! packaging), under `--destdir` and `--prefix` (for the binary).
@@ -19,6 +19,8 @@ pub struct Layout {
     policy: PathBuf,
     /// Shell completion scripts: (shell, where that shell looks for them).
     completions: Vec<(&'static str, PathBuf)>,
+    /// Section 1 of the manual.
+    man1: PathBuf,
     bindir: PathBuf,
     /// Installing onto this system (no --destdir).
     live: bool,
@@ -50,6 +52,7 @@ impl Layout {
                     under(&prefix.join("share/fish/vendor_completions.d/portwatch.fish")),
                 ),
             ],
+            man1: under(&prefix.join("share/man/man1")),
             bindir,
             live: destdir.is_none(),
         }
@@ -100,6 +103,22 @@ pub fn install(root: &Path, layout: &Layout) -> Result<()> {
         .with_context(|| format!("portwatch completions {shell} failed"))?;
         write(path, &script, 0o644, true)?;
     }
+    // The man pages: portwatch.1 and one per subcommand, written by the binary itself.
+    let pages = tempfile::tempdir().context("a directory for the man pages")?;
+    output(
+        Command::new(root.join("target/release/portwatch"))
+            .arg("man-pages")
+            .arg(pages.path()),
+    )
+    .context("portwatch man-pages failed")?;
+    for page in fs::read_dir(pages.path())?.flatten() {
+        write(
+            &layout.man1.join(page.file_name()),
+            &fs::read(page.path())?,
+            0o644,
+            true,
+        )?;
+    }
     eprintln!(
         "install: done. Start it with: systemctl daemon-reload && systemctl enable --now portwatch"
     );
@@ -118,6 +137,15 @@ pub fn uninstall(layout: &Layout) -> Result<()> {
                 eprintln!("uninstall: {} was not there", p.display())
             }
             Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+    }
+    for page in fs::read_dir(&layout.man1).into_iter().flatten().flatten() {
+        let name = page.file_name();
+        let name = name.to_string_lossy();
+        if name == "portwatch.1" || (name.starts_with("portwatch-") && name.ends_with(".1")) {
+            fs::remove_file(page.path())
+                .with_context(|| format!("removing {}", page.path().display()))?;
+            eprintln!("uninstall: removed {}", page.path().display());
         }
     }
     if let Some(dir) = layout.config.parent() {
@@ -162,6 +190,22 @@ mod tests {
         .unwrap();
         assert!(bash.contains("tail") && bash.contains("--listening"));
         assert_eq!(mode("usr/local/share/zsh/site-functions/_portwatch"), 0o644);
+        assert_eq!(mode("usr/local/share/man/man1/portwatch-top.1"), 0o644);
+        // The page renders (where the machine has `man`; a minimal container may not).
+        if Path::new("/usr/bin/man").exists() {
+            let out = Command::new("man")
+                .arg("-l")
+                .arg(dest.path().join("usr/local/share/man/man1/portwatch-who.1"))
+                .env("MANPAGER", "cat")
+                .env("MANWIDTH", "80")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("--listening"),
+                "{out:?}"
+            );
+        }
         // Under a destdir the policy is the template, and it is a valid policy.
         let policy = dest.path().join("etc/portwatch/policy.toml");
         let check = Command::new(root.join("target/release/portwatch"))
@@ -188,6 +232,12 @@ mod tests {
             !dest
                 .path()
                 .join("usr/local/share/bash-completion/completions/portwatch")
+                .exists()
+        );
+        assert!(
+            !dest
+                .path()
+                .join("usr/local/share/man/man1/portwatch.1")
                 .exists()
         );
     }

@@ -41,12 +41,43 @@ pub enum Command {
     /// Print a shell completion script (bash: `portwatch completions bash >
     /// /etc/bash_completion.d/portwatch`).
     Completions(CompletionsArgs),
+    /// Write a man page for portwatch and one for each subcommand into DIR (for packaging).
+    #[command(hide = true)]
+    ManPages(ManPagesArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManPagesArgs {
+    /// Where to write portwatch.1, portwatch-who.1, ...
+    pub dir: PathBuf,
+}
+
+/// Writes `portwatch.1` and `portwatch-SUBCOMMAND.1` for every visible subcommand into `dir`;
+/// returns the files written.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut written = Vec::new();
+    let mut write = |name: String, c: clap::Command| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).render(&mut out)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("portwatch-{}", sub.get_name());
+        let synopsis = format!("portwatch {}", sub.get_name());
+        write(name.clone(), sub.clone().name(name).bin_name(synopsis))?;
+    }
+    write("portwatch".into(), cmd)?;
+    Ok(written)
 }
 
 /// The completion script for `shell`: every subcommand and flag this binary knows.
@@ -362,6 +393,32 @@ mod tests {
         }
         let zsh = String::from_utf8(completions(clap_complete::Shell::Zsh)).unwrap();
         assert!(zsh.contains("--outcome"));
+    }
+
+    #[test]
+    fn a_man_page_for_every_subcommand() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = man_pages(dir.path()).unwrap();
+        let names: Vec<String> = pages
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "portwatch.1",
+            "portwatch-run.1",
+            "portwatch-who.1",
+            "portwatch-tail.1",
+            "portwatch-top.1",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains("man-pages")));
+        let who = std::fs::read_to_string(dir.path().join("portwatch-who.1")).unwrap();
+        assert!(
+            who.starts_with(".ie") || who.contains(".TH portwatch-who"),
+            "{who}"
+        );
+        assert!(who.contains("listening"));
     }
 
     #[test]
