@@ -43,7 +43,14 @@ fn container(components: &[&str], outermost: bool) -> Option<Container> {
             Some((name, ContainerRuntime::Lxc))
         } else if is_container_id(c) && i > 0 {
             // cgroupfs drivers: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>, /libpod_parent/…
-            components[..i]
+            // (for the one the runtime placed, its parent is at the root: one further down was
+            // named by whoever was given that subtree).
+            let parents = if outermost {
+                &components[..1]
+            } else {
+                &components[..i]
+            };
+            parents
                 .iter()
                 .find_map(|p| match *p {
                     "docker" => Some(ContainerRuntime::Docker),
@@ -57,6 +64,11 @@ fn container(components: &[&str], outermost: bool) -> Option<Container> {
         } else {
             None
         };
+        // A container below a unit was named by that unit's processes (a service with
+        // Delegate=yes creates what cgroups it likes): not one a runtime placed.
+        if outermost && found.is_none() && is_unit(c) {
+            return None;
+        }
         if let Some((id, runtime)) = found {
             return Some(Container {
                 id: id.to_string(),
@@ -161,6 +173,19 @@ mod tests {
             format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope");
         assert_eq!(trusted(&user).unit.as_deref(), Some("user@1000.service"));
         assert_eq!(trusted(&user).container, None);
+        // A service given its own subtree (Delegate=yes) names what lies below it.
+        for delegated in [
+            format!("/system.slice/ci.service/docker-{ID}.scope"),
+            format!("/system.slice/ci.service/docker/{ID}"),
+            format!("/mine/docker/{ID}"),
+        ] {
+            assert_eq!(trusted(&delegated).container, None, "{delegated}");
+            assert!(parse(&delegated).container.is_some(), "{delegated}");
+        }
+        assert_eq!(
+            trusted(&format!("/docker/{ID}")).container.map(|c| c.id),
+            Some(ID.to_string())
+        );
         assert_eq!(
             trusted("/system.slice/nginx.service").unit.as_deref(),
             Some("nginx.service")

@@ -222,6 +222,15 @@ pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
         [one] => one.transport.map(Transport::as_str),
         _ => None,
     };
+    // Rows an older daemon wrote keep no cgroup path: a unit or container filter cannot match
+    // them, which the reader is told.
+    let vouching = q.filter.unit.is_some() || q.filter.container.is_some();
+    let mut unvouched = 0u64;
+    let loose = ProcessFilter {
+        unit: None,
+        container: None,
+        ..q.filter.clone()
+    };
     let (found, more) = store::holdings(
         &c,
         (low, high),
@@ -229,15 +238,27 @@ pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
         from,
         to,
         |i| {
-            q.wants(
-                i.local.port,
-                i.transport,
-                i.role,
-                &Holder::of(i.process.clone(), &judge),
-            )
+            let holder = Holder::of(i.process.clone(), &judge);
+            let wanted = q.wants(i.local.port, i.transport, i.role, &holder);
+            if !wanted
+                && vouching
+                && holder.known
+                && holder.cgroup.is_none()
+                && q.ports.matches(i.local.port, i.transport)
+                && (!q.listening || i.role == SocketRole::Listening)
+                && loose.matches(&holder.subject())
+            {
+                unvouched += 1;
+            }
+            wanted
         },
         q.limit,
     )?;
+    if unvouched > 0 {
+        warnings.push(format!(
+            "{unvouched} history rows were left out that --unit or --container cannot vouch for: an older portwatch wrote them without the cgroup path"
+        ));
+    }
     if more {
         warnings.push(format!(
             "showing the newest {} holdings in the history; more match (narrow with --since, --at or a filter, or raise --limit)",

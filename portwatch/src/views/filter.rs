@@ -74,10 +74,12 @@ impl ProcessFilter {
         let pid = self.pid.is_none_or(|p| s.pid == Some(p));
         let exe = self.exe.as_deref().is_none_or(|want| {
             s.executable.is_some_and(|e| {
+                // A binary replaced while it runs (a package upgrade) is still the one asked for.
+                let e = e.strip_suffix(" (deleted)").unwrap_or(e);
                 if want.contains('/') {
                     e == want
                 } else {
-                    e.rsplit('/').next() == Some(want)
+                    crate::views::identity::executable_name(e) == want
                 }
             })
         });
@@ -135,6 +137,14 @@ mod tests {
                 "{exe}"
             );
         }
+        let upgraded = serde_json::json!({"pid": 9, "executable": "/usr/sbin/nginx (deleted)"});
+        for exe in ["nginx", "/usr/sbin/nginx"] {
+            let f = ProcessFilter {
+                exe: Some(exe.into()),
+                ..Default::default()
+            };
+            assert!(f.matches(&Subject::of_event(&upgraded, &judge)), "{exe}");
+        }
         for exe in ["ngin", "/sbin/nginx", "sbin/nginx"] {
             assert!(
                 !f(ProcessFilter {
@@ -189,6 +199,30 @@ mod tests {
         assert!(
             ProcessFilter {
                 unit: Some("user@1000".into()),
+                ..Default::default()
+            }
+            .matches(&s)
+        );
+        // A container its runtime confirms is matched by an id prefix, in any case.
+        let id = "0123456789abcdef".repeat(4);
+        let real = serde_json::json!({"pid": 8, "executable": "/usr/sbin/nginx",
+            "container": {"id": id, "runtime": "docker"},
+            "cgroup": format!("/system.slice/docker-{id}.scope")});
+        judge.assume_confirmed(&Container {
+            id: id.clone(),
+            runtime: crate::facts::ContainerRuntime::Docker,
+        });
+        let s = Subject::of_event(&real, &judge);
+        assert!(
+            ProcessFilter {
+                container: Some("0123456789AB".into()),
+                ..Default::default()
+            }
+            .matches(&s)
+        );
+        assert!(
+            !ProcessFilter {
+                container: Some("1".into()),
                 ..Default::default()
             }
             .matches(&s)

@@ -68,8 +68,9 @@ impl Follower {
             // first line is a piece of one, and is skipped.
             f.file.seek(SeekFrom::Start(start - 1)).map_err(err)?;
             let mut before = [0u8; 1];
-            f.file.read_exact(&mut before).map_err(err)?;
-            if before[0] != b'\n' {
+            // Nothing there (truncated since): as good as a line start.
+            let n = f.file.read(&mut before).map_err(err)?;
+            if n == 1 && before[0] != b'\n' {
                 f.skip_to_newline().map_err(err)?;
             }
         }

@@ -55,6 +55,15 @@ pub struct Identity {
 }
 
 impl Judge {
+    /// Takes `c` as confirmed, as a runtime's state would (the filters' tests; the runtime
+    /// check itself is `containers::confirmed`'s, tested on a fixture tree).
+    #[cfg(test)]
+    pub fn assume_confirmed(&self, c: &Container) {
+        self.confirmed
+            .borrow_mut()
+            .insert((c.id.clone(), c.runtime.as_str()), true);
+    }
+
     pub fn confirmed(&self, c: &Container) -> bool {
         let key = (c.id.clone(), c.runtime.as_str());
         if let Some(v) = self.confirmed.borrow().get(&key) {
@@ -108,43 +117,55 @@ impl Judge {
     }
 }
 
+/// The base name of an executable path, without the ` (deleted)` the kernel appends once the
+/// file was replaced (a package upgrade) or removed.
+pub fn executable_name(path: &str) -> &str {
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    match path.rsplit('/').next() {
+        Some(b) if !b.is_empty() => b,
+        _ => path,
+    }
+}
+
+/// Does a command line's first word name this executable? Its base name, exactly, or with a
+/// version after it (`python3` runs `python3.11`), or with the `:` of a process title
+/// (`nginx: master process`).
+fn names(arg0: &str, executable: &str) -> bool {
+    // A process title (`nginx: master process …`) is one word of argv with spaces in it.
+    let arg0 = arg0.split(' ').next().unwrap_or(arg0);
+    let arg0 = executable_name(arg0);
+    let arg0 = arg0.strip_suffix(':').unwrap_or(arg0);
+    let exe = executable_name(executable);
+    !arg0.is_empty()
+        && exe
+            .strip_prefix(arg0)
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+}
+
 /// The command a table shows: the command line (the program's base name alone when `short`),
 /// or the executable when there is none. A command line is whatever the process wrote there, so
 /// when its first word does not name the executable the kernel ran, that executable's name leads
 /// in brackets: `[evil] nginx -g daemon off;`.
 pub fn command<S: AsRef<str>>(argv: Option<&[S]>, executable: Option<&str>, short: bool) -> String {
-    let base = |p: &str| {
-        let b = p.rsplit('/').next().unwrap_or(p);
-        if b.is_empty() {
-            p.to_string()
-        } else {
-            b.to_string()
-        }
-    };
-    let exe_base = executable.map(base);
     match argv.filter(|a| !a.is_empty()) {
         Some(a) => {
             let first = a[0].as_ref();
             let program = if short {
-                base(first)
+                executable_name(first).to_string()
             } else {
                 first.to_string()
             };
-            let mut text = std::iter::once(program.as_str())
+            let text = std::iter::once(program.as_str())
                 .chain(a[1..].iter().map(AsRef::as_ref))
                 .collect::<Vec<_>>()
                 .join(" ");
-            if let Some(e) = exe_base {
-                let arg0 = base(first);
-                // `python3` runs `python3.11`; `x` may run `x (deleted)`.
-                if !e.starts_with(&arg0) && !arg0.starts_with(&e) {
-                    text = format!("[{e}] {text}");
-                }
+            match executable {
+                Some(e) if !names(first, e) => format!("[{}] {text}", executable_name(e)),
+                _ => text,
             }
-            text
         }
         None => match executable {
-            Some(e) if short => base(e),
+            Some(e) if short => executable_name(e).to_string(),
             Some(e) => e.to_string(),
             None => "-".to_string(),
         },
@@ -222,6 +243,18 @@ mod tests {
             "[evil] nginx -g x"
         );
         assert_eq!(cmd(&["x"], Some("/tmp/x (deleted)"), false), "x");
+        assert_eq!(
+            cmd(
+                &["nginx: master process nginx"],
+                Some("/usr/sbin/nginx"),
+                false
+            ),
+            "nginx: master process nginx"
+        );
+        // Look-alikes and an empty first word are marked.
+        assert_eq!(cmd(&["nginx"], Some("/tmp/n"), false), "[n] nginx");
+        assert_eq!(cmd(&["sshd"], Some("/tmp/sshd-x"), false), "[sshd-x] sshd");
+        assert_eq!(cmd(&["", "x"], Some("/bin/true"), false), "[true]  x");
         assert_eq!(
             command::<String>(None, Some("/usr/sbin/sshd"), true),
             "sshd"

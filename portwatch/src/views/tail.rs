@@ -398,8 +398,9 @@ impl<W: Write> Printer<'_, W> {
         self.counts.shown += 1;
         match self.opts.format {
             Format::Json if self.opts.terminal => {
-                // Parsed above, so UTF-8.
-                let text = String::from_utf8_lossy(line);
+                // Written again from the parsed value (so no raw `\r` between fields, which
+                // JSON allows), then with what a terminal acts on escaped.
+                let text = serde_json::to_string(&v).map_err(io::Error::other)?;
                 let shown = crate::output::text::json_for_terminal(&text);
                 writeln!(self.out, "{shown}")?;
             }
@@ -454,6 +455,9 @@ pub fn run(opts: &TailOptions, out: impl Write) -> Result<TailCounts, TailError>
                 let Some(line) = buf.strip_suffix(b"\n") else {
                     if n > MAX_LINE {
                         oversized = true;
+                    } else if std::mem::take(&mut oversized) {
+                        // The input ended inside a line too long to show.
+                        p.counts.oversized += 1;
                     } else if p.offer(&buf).is_err() {
                         // The input's last line, without a newline.
                         return gone(p);

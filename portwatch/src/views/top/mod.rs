@@ -108,6 +108,12 @@ struct Raw;
 
 impl Raw {
     fn enter() -> io::Result<(Raw, Screen)> {
+        // A panic's message must reach the normal screen: the terminal is given back first.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            Raw::restore();
+            previous(info);
+        }));
         crossterm::terminal::enable_raw_mode()?;
         let raw = Raw;
         crossterm::execute!(io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
@@ -116,14 +122,20 @@ impl Raw {
     }
 }
 
-impl Drop for Raw {
-    fn drop(&mut self) {
+impl Raw {
+    fn restore() {
         let _ = crossterm::execute!(
             io::stdout(),
             crossterm::terminal::LeaveAlternateScreen,
             crossterm::cursor::Show
         );
         let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        Raw::restore();
     }
 }
 

@@ -222,13 +222,32 @@ impl Model {
                 q.pop_front();
             }
         }
-        // Forget listeners gone for good, so the table of first sightings stays bounded.
+        // A namespace that exists but waits for its turn keeps what was last seen of it.
+        let scanned: std::collections::HashSet<u32> =
+            round.namespaces.iter().map(|n| n.netns).collect();
+        let waiting = |ns: u32| !scanned.contains(&ns) && round.present.contains(&ns);
+        rows.extend(
+            self.listeners
+                .drain(..)
+                .filter(|r| waiting(r.key.0))
+                .map(|r| ListenerRow {
+                    new: r.new
+                        && self
+                            .first_seen
+                            .get(&r.key)
+                            .copied()
+                            .flatten()
+                            .is_some_and(|t| now.duration_since(t) < NEW_FOR),
+                    ..r
+                }),
+        );
+        let mut namespaces = round.namespaces;
+        namespaces.extend(self.ranges.drain(..).filter(|n| waiting(n.netns)));
+        // Forget listeners and namespaces gone for good, so these tables stay bounded.
         let live: std::collections::HashSet<_> = rows.iter().map(|r| r.key.clone()).collect();
         self.first_seen.retain(|k, _| live.contains(k));
-        let present: std::collections::HashSet<u32> =
-            round.namespaces.iter().map(|n| n.netns).collect();
-        self.samples.retain(|k, _| present.contains(k));
-        self.last_ports.retain(|k, _| present.contains(k));
+        self.samples.retain(|k, _| round.present.contains(k));
+        self.last_ports.retain(|k, _| round.present.contains(k));
         rows.sort_by(|a, b| {
             (b.unexpected == Some(true), b.new, b.host)
                 .cmp(&(a.unexpected == Some(true), a.new, a.host))
@@ -236,7 +255,7 @@ impl Model {
                 .then(a.key.cmp(&b.key))
         });
         self.listeners = rows;
-        self.ranges = round.namespaces;
+        self.ranges = namespaces;
         self.skipped_namespaces = round.skipped;
         self.failed_namespaces = round.failed;
         self.initial_done = true;
@@ -453,13 +472,18 @@ mod tests {
             unowned: 0,
             listeners: listeners
                 .iter()
-                .map(|pid| test_support::facts(test_support::event_of(*pid, Kind::Listen), 0))
+                .map(|pid| {
+                    let mut e = test_support::event_of(*pid, Kind::Listen);
+                    e.netns = netns;
+                    test_support::facts(e, 0)
+                })
                 .collect(),
         }
     }
 
     fn round(namespaces: Vec<Namespace>) -> Round {
         Round {
+            present: namespaces.iter().map(|n| n.netns).collect(),
             namespaces,
             ..Round::default()
         }
@@ -477,7 +501,9 @@ mod tests {
         );
         assert!(!m.listeners()[0].new);
         let mut other = ns(1, 0..0, &[10]);
-        let mut f = test_support::facts(test_support::event_of(11, Kind::Listen), 0);
+        let mut e = test_support::event_of(11, Kind::Listen);
+        e.netns = 1;
+        let mut f = test_support::facts(e, 0);
         f.event.local = "127.0.0.1:2".parse().unwrap();
         other.listeners.push(f);
         m.scan(
@@ -494,8 +520,17 @@ mod tests {
         assert_eq!(new, [11]);
         // New ones sort first.
         assert_eq!(m.listeners()[0].facts.process.pid, 11);
+        // A namespace that waits for its turn keeps its listeners (and their first sighting).
+        let mut waiting = round(vec![]);
+        waiting.present.insert(1);
+        m.scan(waiting, None, t0 + Duration::from_secs(3));
+        assert_eq!(m.listeners().len(), 2);
+        assert!(m.listeners().iter().any(|r| r.new));
         m.scan(round(vec![other]), None, t0 + Duration::from_secs(70));
         assert!(m.listeners().iter().all(|r| !r.new));
+        // Gone for good: forgotten.
+        m.scan(round(vec![]), None, t0 + Duration::from_secs(71));
+        assert!(m.listeners().is_empty());
         assert!(m.listeners().iter().all(|r| r.unexpected.is_none()));
     }
 

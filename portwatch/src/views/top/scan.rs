@@ -120,6 +120,9 @@ pub struct Namespace {
 #[derive(Debug, Default)]
 pub struct Round {
     pub namespaces: Vec<Namespace>,
+    /// Every namespace that exists, scanned this round or not: what is known of one not
+    /// scanned is kept until its turn comes again.
+    pub present: HashSet<u32>,
     /// Namespaces not scanned this round (over `MAX_NAMESPACES`).
     pub skipped: usize,
     /// Namespaces that could not be entered or read, with why.
@@ -191,6 +194,7 @@ pub fn round(proc_root: &Path, round_number: usize) -> Round {
         .take(others.len().min(per_round));
     let mut out = Round {
         skipped: others.len().saturating_sub(per_round),
+        present: all.keys().copied().chain(own).collect(),
         ..Round::default()
     };
     if let Some(ns) = own {
