@@ -251,7 +251,7 @@ impl Daemon {
                 attribution,
                 history: Tenancy::new(store),
                 judgement: Judgement::new(policy, &opts.state_dir),
-                output: Output::new(sink),
+                output: Output::new(sink, opts.format),
             },
             status_server,
             scans: Scans::new(),

@@ -1,5 +1,6 @@
 //! Harness for the integration tests: start the real daemon binary, run scenario clients, read the
 //! JSON Lines it writes, and check every line against the schema (docs/schema.md).
+pub mod ecs;
 mod fixtures;
 pub mod identities;
 pub mod scenarios;
@@ -141,11 +142,13 @@ impl Daemon {
         };
         let limit = scaled(Duration::from_secs(30));
         let pid = d.pid();
-        // A reused log holds earlier runs' status lines: wait for this daemon's.
+        // A reused log holds earlier runs' status lines: wait for this daemon's (in the `ecs`
+        // format, its fields are under `event.action` and `portwatch`).
         d.wait_for(limit, |lines| {
-            lines
-                .iter()
-                .any(|l| l["event"] == "status" && l["daemon"]["pid"] == pid)
+            lines.iter().any(|l| {
+                (l["event"] == "status" && l["daemon"]["pid"] == pid)
+                    || (l["event"]["action"] == "status" && l["portwatch"]["daemon"]["pid"] == pid)
+            })
         })
         .unwrap_or_else(|| {
             panic!(

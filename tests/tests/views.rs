@@ -538,6 +538,15 @@ fn top_shows_listeners_churn_and_a_filling_range_in_80_by_24() {
         "{screen}"
     );
     assert!(screen.contains("40000-40063"), "{screen}");
+    // The listener that came while top ran is counted new (its `!` outranks the `+`).
+    let title = screen
+        .lines()
+        .find(|l| l.contains("Listeners: "))
+        .unwrap_or_default();
+    assert!(
+        title.contains(" new, ") && title.contains(" unexpected"),
+        "{title}"
+    );
     if let Ok(path) = std::env::var("PORTWATCH_TOP_CAPTURE") {
         std::fs::write(path, &screen).unwrap();
     }

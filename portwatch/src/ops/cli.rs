@@ -263,6 +263,10 @@ pub struct RunArgs {
     /// Do not write events to stdout.
     #[arg(long)]
     pub no_stdout: bool,
+    /// The lines' format: `portwatch` (docs/schema.md) or `ecs` (Elastic Common Schema 8.x)
+    /// [default: from the config, else portwatch].
+    #[arg(long, value_enum)]
+    pub format: Option<crate::output::Format>,
     /// Ring buffer size in KiB: a power of two, 4 to 1048576.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_buffer_kib: Option<u32>,
@@ -319,6 +323,7 @@ impl RunArgs {
         RunOptions {
             attach: self.attach.unwrap_or(config.attach),
             stdout: config.log.stdout && !self.no_stdout,
+            format: self.format.unwrap_or(config.log.format),
             rotation: Some(Rotation {
                 max_bytes: config.log.rotate_size_mib.saturating_mul(1024 * 1024),
                 keep: config.log.rotate_keep,

@@ -180,7 +180,7 @@ pub fn tail(args: TailArgs) -> anyhow::Result<()> {
     let counts = tail::run(&opts, std::io::stdout().lock())?;
     if counts.not_json > 0 || counts.oversized > 0 {
         eprintln!(
-            "portwatch: skipped {} line(s) that are not JSON events and {} longer than 1 MiB",
+            "portwatch: skipped {} line(s) that are not portwatch events (tail reads the `portwatch` format, not `ecs`) and {} longer than 1 MiB",
             counts.not_json, counts.oversized
         );
     }

@@ -13,6 +13,7 @@ pub struct RunOptions {
     pub attach: AttachMode,
     pub log_file: Option<PathBuf>,
     pub stdout: bool,
+    pub format: crate::output::Format,
     pub rotation: Option<crate::output::sink::Rotation>,
     pub ring_buffer_bytes: u32,
     pub tables: KernelTables,
@@ -140,6 +141,8 @@ pub struct LogConfig {
     /// Rotated files to keep, `events.jsonl.1` is the newest (1 to 1000).
     #[serde(deserialize_with = "within::<_, _, 1, 1000>")]
     pub rotate_keep: u32,
+    /// `portwatch` (docs/schema.md) or `ecs` (Elastic Common Schema 8.x).
+    pub format: crate::output::Format,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -179,6 +182,7 @@ impl Default for LogConfig {
             stdout: true,
             rotate_size_mib: 100,
             rotate_keep: 5,
+            format: crate::output::Format::Portwatch,
         }
     }
 }
@@ -287,6 +291,9 @@ stdout = true
 # (events.jsonl.1 is the newest). SIGHUP also reopens the file, for logrotate.
 rotate_size_mib = 100
 rotate_keep = 5
+# "portwatch" (docs/schema.md; what `portwatch tail` and `top` read) or "ecs" (Elastic Common
+# Schema 8.x, for Elasticsearch and Kibana; docs/schema.md shows a line).
+format = "portwatch"
 
 [status]
 # Unix socket that `portwatch status` asks (mode 0600: root only).

@@ -1,6 +1,7 @@
 //! Output: the only stage that writes. It stamps every line with the schema version, a sequence
 //! number, the host and a timestamp, serializes it (`schema`, serde types only) and hands it to
 //! the sink (stdout, the log file, rotation). It counts what it wrote and what it could not.
+pub mod ecs;
 pub mod errno;
 pub mod schema;
 pub mod sink;
@@ -20,6 +21,17 @@ use crate::{
     facts::{Alert, Kind, Origin, PortFacts, ProcessFacts},
     output::text::printable,
 };
+
+/// How lines are written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The portwatch schema (docs/schema.md).
+    #[default]
+    Portwatch,
+    /// Elastic Common Schema 8.x (`ecs.rs`).
+    Ecs,
+}
 
 /// Events written, by kind, and those the start-up scan wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +145,7 @@ impl ProcessJson {
 }
 
 pub struct Output {
+    format: Format,
     stamp: Stamp,
     pub sink: Sink,
     pub process_json: ProcessJson,
@@ -142,11 +155,12 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(sink: Sink) -> Self {
+    pub fn new(sink: Sink, format: Format) -> Self {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         Self {
+            format,
             stamp: Stamp { host, seq: 0 },
             sink,
             process_json: ProcessJson::new(),
@@ -155,8 +169,13 @@ impl Output {
         }
     }
 
-    fn write<T: Serialize>(sink: &mut Sink, rec: &T) {
-        if let Err(e) = sink.push_json(rec) {
+    fn write<T: Serialize>(sink: &mut Sink, format: Format, rec: &T) {
+        let pushed = match format {
+            Format::Portwatch => sink.push_json(rec),
+            // The portwatch record, its fields then put where ECS has them.
+            Format::Ecs => serde_json::to_value(rec).and_then(|v| sink.push_json(&ecs::line(&v))),
+        };
+        if let Err(e) = pushed {
             tracing::error!(error = %e, "serializing an event failed");
         }
     }
@@ -171,7 +190,7 @@ impl Output {
         let header = self.stamp.header(f.event.kind.as_str(), ts);
         let process = self.process_json.get(&f.process);
         let body = PortRecord::new(f, process);
-        Self::write(&mut self.sink, &Line { header, body });
+        Self::write(&mut self.sink, self.format, &Line { header, body });
     }
 
     /// An `alert` line and a WARN diagnostic (journald priority warning under systemd). Returns
@@ -207,7 +226,14 @@ impl Output {
             "ALERT: {}",
             printable(&a.body.rule)
         );
-        self.sink.push(line.as_bytes());
+        match self.format {
+            Format::Portwatch => self.sink.push(line.as_bytes()),
+            Format::Ecs => match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) => Self::write(&mut self.sink, Format::Ecs, &v),
+                Err(e) => tracing::error!(error = %e, "re-reading an alert failed"),
+            },
+        }
+        // The exec hook gets the portwatch record (docs/policy.md), whatever the log's format.
         Some(line)
     }
 
@@ -233,7 +259,7 @@ impl Output {
             reason,
             counters,
         };
-        Self::write(&mut self.sink, &Line { header, body });
+        Self::write(&mut self.sink, self.format, &Line { header, body });
     }
 
     /// A `loss` line (ring-buffer losses are logged at once; log-write losses by `flush`, once
@@ -252,7 +278,7 @@ impl Output {
                 reason,
             },
         };
-        Self::write(&mut self.sink, &Line { header, body });
+        Self::write(&mut self.sink, self.format, &Line { header, body });
     }
 
     /// Writes the queued lines; once writing works again after failures, says in the log itself

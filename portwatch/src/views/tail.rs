@@ -368,7 +368,7 @@ pub enum TailError {
 #[derive(Debug, Default)]
 pub struct TailCounts {
     pub shown: u64,
-    /// Lines that are not JSON objects (not the daemon's).
+    /// Lines that are not portwatch events (not JSON, or another format's).
     pub not_json: u64,
     pub oversized: u64,
 }
@@ -388,7 +388,8 @@ impl<W: Write> Printer<'_, W> {
             self.counts.not_json += 1;
             return Ok(());
         };
-        if !v.is_object() {
+        // An object without a string `event` is not a portwatch event (an `ecs` log, say).
+        if !v.get("event").is_some_and(Value::is_string) {
             self.counts.not_json += 1;
             return Ok(());
         }
@@ -485,9 +486,14 @@ pub fn run(opts: &TailOptions, out: impl Write) -> Result<TailCounts, TailError>
             let first = f.poll().map_err(read)?;
             let mut recent = std::collections::VecDeque::new();
             for line in first {
-                if serde_json::from_slice::<Value>(&line)
-                    .is_ok_and(|v| v.is_object() && opts.filter.matches(&v))
-                {
+                let Some(v) = serde_json::from_slice::<Value>(&line)
+                    .ok()
+                    .filter(|v| v.get("event").is_some_and(Value::is_string))
+                else {
+                    p.counts.not_json += 1;
+                    continue;
+                };
+                if opts.filter.matches(&v) {
                     recent.push_back(line);
                     if recent.len() > opts.lines {
                         recent.pop_front();
