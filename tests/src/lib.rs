@@ -3,6 +3,7 @@
 pub mod ecs;
 mod fixtures;
 pub mod identities;
+pub mod otel;
 pub mod scenarios;
 pub mod schema;
 
@@ -148,6 +149,9 @@ impl Daemon {
             lines.iter().any(|l| {
                 (l["event"] == "status" && l["daemon"]["pid"] == pid)
                     || (l["event"]["action"] == "status" && l["portwatch"]["daemon"]["pid"] == pid)
+                    || (otel::attribute(l, "event.name")["stringValue"] == "portwatch.status"
+                        && otel::attribute(l, "portwatch.daemon.pid")["intValue"]
+                            == pid.to_string().as_str())
             })
         })
         .unwrap_or_else(|| {

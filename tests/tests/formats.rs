@@ -91,3 +91,57 @@ fn ecs_lines_use_only_ecs_fields_of_their_types() {
     }
     drop((listen, connect, refused, udp));
 }
+
+#[test]
+fn otel_lines_are_otlp_records_with_semantic_attributes() {
+    use portwatch_tests::otel::{attribute, check_line, record};
+    let mut d = Daemon::start(&["--format", "otel"]);
+    let connect = scenario(["tcp-connect", "[::1]:0"]);
+    let refused = scenario(["connect-refused", "127.0.0.1:0"]);
+    let udp = scenario(["udp-bind", "[::1]:0"]);
+    let pid_of = |l: &Value| {
+        attribute(l, "process.pid")["intValue"]
+            .as_str()
+            .and_then(|p| p.parse::<u32>().ok())
+    };
+    let lines = d
+        .wait_for(scaled(Duration::from_secs(15)), |lines| {
+            [connect.pid, refused.pid, udp.pid]
+                .iter()
+                .all(|p| lines.iter().any(|l| pid_of(l) == Some(*p)))
+        })
+        .unwrap_or_else(|| panic!("no OTel events; log:\n{:#?}", d.lines()));
+    for l in &lines {
+        check_line(l).unwrap();
+    }
+    let conn = lines
+        .iter()
+        .find(|l| {
+            pid_of(l) == Some(connect.pid)
+                && attribute(l, "event.name")["stringValue"] == "portwatch.connect"
+        })
+        .unwrap();
+    let local: std::net::SocketAddr = connect.report["local"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        attribute(conn, "client.port")["intValue"],
+        local.port().to_string().as_str()
+    );
+    assert_eq!(attribute(conn, "network.type")["stringValue"], "ipv6");
+    assert_eq!(attribute(conn, "server.address")["stringValue"], "::1");
+    let failed = lines
+        .iter()
+        .find(|l| {
+            pid_of(l) == Some(refused.pid)
+                && attribute(l, "error.type")["stringValue"] == "ECONNREFUSED"
+        })
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(record(failed)["severityText"], "WARN");
+    let bind = lines.iter().find(|l| pid_of(l) == Some(udp.pid)).unwrap();
+    assert_eq!(attribute(bind, "network.transport")["stringValue"], "udp");
+    let (exit, lines) = d.stop();
+    assert!(exit.success());
+    for l in &lines {
+        check_line(l).unwrap();
+    }
+    drop((connect, refused, udp));
+}

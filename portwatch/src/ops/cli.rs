@@ -263,8 +263,8 @@ pub struct RunArgs {
     /// Do not write events to stdout.
     #[arg(long)]
     pub no_stdout: bool,
-    /// The lines' format: `portwatch` (docs/schema.md) or `ecs` (Elastic Common Schema 8.x)
-    /// [default: from the config, else portwatch].
+    /// The lines' format: `portwatch` (docs/schema.md), `ecs` (Elastic Common Schema 8.x) or
+    /// `otel` (OTLP/JSON log records) [default: from the config, else portwatch].
     #[arg(long, value_enum)]
     pub format: Option<crate::output::Format>,
     /// Ring buffer size in KiB: a power of two, 4 to 1048576.

@@ -141,7 +141,7 @@ pub struct LogConfig {
     /// Rotated files to keep, `events.jsonl.1` is the newest (1 to 1000).
     #[serde(deserialize_with = "within::<_, _, 1, 1000>")]
     pub rotate_keep: u32,
-    /// `portwatch` (docs/schema.md) or `ecs` (Elastic Common Schema 8.x).
+    /// `portwatch` (docs/schema.md), `ecs` (Elastic Common Schema 8.x) or `otel` (OTLP/JSON).
     pub format: crate::output::Format,
 }
 
@@ -291,8 +291,9 @@ stdout = true
 # (events.jsonl.1 is the newest). SIGHUP also reopens the file, for logrotate.
 rotate_size_mib = 100
 rotate_keep = 5
-# "portwatch" (docs/schema.md; what `portwatch tail` and `top` read) or "ecs" (Elastic Common
-# Schema 8.x, for Elasticsearch and Kibana; docs/schema.md shows a line).
+# "portwatch" (docs/schema.md; what `portwatch tail` and `top` read), "ecs" (Elastic Common
+# Schema 8.x, for Elasticsearch and Kibana) or "otel" (OpenTelemetry logs as OTLP/JSON, for the
+# Collector's otlpjsonfile receiver); docs/schema.md maps each.
 format = "portwatch"
 
 [status]

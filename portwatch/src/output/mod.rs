@@ -3,6 +3,7 @@
 //! the sink (stdout, the log file, rotation). It counts what it wrote and what it could not.
 pub mod ecs;
 pub mod errno;
+pub mod otel;
 pub mod schema;
 pub mod sink;
 pub mod text;
@@ -31,6 +32,8 @@ pub enum Format {
     Portwatch,
     /// Elastic Common Schema 8.x (`ecs.rs`).
     Ecs,
+    /// OpenTelemetry logs, one OTLP/JSON request per line (`otel.rs`).
+    Otel,
 }
 
 /// Events written, by kind, and those the start-up scan wrote.
@@ -174,6 +177,7 @@ impl Output {
             Format::Portwatch => sink.push_json(rec),
             // The portwatch record, its fields then put where ECS has them.
             Format::Ecs => serde_json::to_value(rec).and_then(|v| sink.push_json(&ecs::line(&v))),
+            Format::Otel => serde_json::to_value(rec).and_then(|v| sink.push_json(&otel::line(&v))),
         };
         if let Err(e) = pushed {
             tracing::error!(error = %e, "serializing an event failed");
@@ -228,8 +232,8 @@ impl Output {
         );
         match self.format {
             Format::Portwatch => self.sink.push(line.as_bytes()),
-            Format::Ecs => match serde_json::from_str::<serde_json::Value>(&line) {
-                Ok(v) => Self::write(&mut self.sink, Format::Ecs, &v),
+            format => match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) => Self::write(&mut self.sink, format, &v),
                 Err(e) => tracing::error!(error = %e, "re-reading an alert failed"),
             },
         }
