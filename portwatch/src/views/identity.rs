@@ -172,6 +172,25 @@ pub fn command<S: AsRef<str>>(argv: Option<&[S]>, executable: Option<&str>, shor
     }
 }
 
+/// `command` for an event line's `process` object (its comm when it has neither a command line
+/// nor an executable).
+pub fn command_of_event(p: &serde_json::Value, short: bool) -> String {
+    use serde_json::Value;
+    let argv: Option<Vec<&str>> = p
+        .get("command_line")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|x| x.as_str().unwrap_or("")).collect());
+    let exe = p.get("executable").and_then(Value::as_str);
+    match (&argv, exe) {
+        (None, None) => p
+            .get("comm")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string(),
+        _ => command(argv.as_deref(), exe, short),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,23 +125,6 @@ fn endpoint(v: Option<&Value>) -> Option<String> {
     })
 }
 
-/// What the COMMAND column shows of a `process` object.
-fn command(p: &Value) -> String {
-    let argv: Option<Vec<&str>> = p
-        .get("command_line")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().map(|x| x.as_str().unwrap_or("")).collect());
-    let exe = p.get("executable").and_then(Value::as_str);
-    match (&argv, exe) {
-        (None, None) => p
-            .get("comm")
-            .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_string(),
-        _ => identity::command(argv.as_deref(), exe, false),
-    }
-}
-
 impl Columns {
     pub fn new(colour: Colour, width: Option<usize>) -> Self {
         Columns {
@@ -268,7 +251,7 @@ impl Columns {
             "alert" => {
                 let kind = s("/alert/kind");
                 match process.filter(|p| p.get("pid").and_then(Value::as_u64) != Some(0)) {
-                    Some(p) => format!("{kind}: {}", command(p)),
+                    Some(p) => format!("{kind}: {}", identity::command_of_event(p, false)),
                     None => format!("{kind}: {}", s("/alert/rule")),
                 }
             }
@@ -292,7 +275,7 @@ impl Columns {
                     .unwrap_or(0)
             ),
             _ => match process {
-                Some(p) if pid != "-" => command(p),
+                Some(p) if pid != "-" => identity::command_of_event(p, false),
                 _ => crate::history::who::UNKNOWN_HOLDER.to_string(),
             },
         };

@@ -303,19 +303,7 @@ impl Model {
             .map(str::to_string)
             .or_else(|| p.pointer("/user/id").map(|i| i.to_string()))
             .unwrap_or_else(|| "-".into());
-        let argv: Option<Vec<&str>> = p
-            .get("command_line")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().map(|x| x.as_str().unwrap_or("")).collect());
-        let exe = p.get("executable").and_then(Value::as_str);
-        let command = match (&argv, exe) {
-            (None, None) => p
-                .get("comm")
-                .and_then(Value::as_str)
-                .unwrap_or("-")
-                .to_string(),
-            _ => identity::command(argv.as_deref(), exe, true),
-        };
+        let command = identity::command_of_event(p, true);
         // The least recently active process is forgotten first.
         self.who.put(pid, (user, command));
     }
