@@ -383,11 +383,7 @@ fn short_time(ns: i64, today: chrono::NaiveDate) -> String {
 }
 
 fn endpoint(e: &Endpoint) -> String {
-    if e.address.contains(':') {
-        format!("[{}]:{}", e.address, e.port)
-    } else {
-        format!("{}:{}", e.address, e.port)
-    }
+    crate::views::table::address_port(&e.address, e.port)
 }
 
 /// Said in place of a command when no process holds the socket.

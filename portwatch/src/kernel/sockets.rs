@@ -203,8 +203,14 @@ fn is_unspecified(ip: IpAddr) -> bool {
 /// Inode of the calling thread's network namespace: the one sock_diag lists to it (a thread may
 /// have entered another than its process's).
 pub fn own_netns() -> Option<u32> {
-    let link = fs::read_link("/proc/thread-self/ns/net").ok()?;
-    link.to_str()?
+    netns_of(std::path::Path::new("/proc/thread-self/ns/net"))
+}
+
+/// The network namespace an `ns/net` link names (`net:[4026531840]`).
+pub fn netns_of(link: &std::path::Path) -> Option<u32> {
+    fs::read_link(link)
+        .ok()?
+        .to_str()?
         .strip_prefix("net:[")?
         .strip_suffix(']')?
         .parse()

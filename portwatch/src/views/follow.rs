@@ -77,15 +77,21 @@ impl Follower {
         Ok(f)
     }
 
+    /// Moves past the next newline (or to the end), reading in blocks.
     fn skip_to_newline(&mut self) -> io::Result<()> {
-        let mut byte = [0u8; 1];
-        while self.file.read(&mut byte)? == 1 {
-            self.pos += 1;
-            if byte[0] == b'\n' {
-                break;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = self.file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
             }
+            if let Some(i) = buf[..n].iter().position(|b| *b == b'\n') {
+                self.pos += i as u64 + 1;
+                self.file.seek(SeekFrom::Start(self.pos))?;
+                return Ok(());
+            }
+            self.pos += n as u64;
         }
-        Ok(())
     }
 
     /// The complete lines written since the last call (without their newline). Reads the rest of

@@ -172,6 +172,16 @@ pub fn command<S: AsRef<str>>(argv: Option<&[S]>, executable: Option<&str>, shor
     }
 }
 
+/// The user of an event line's `process` object: its name, else its uid, else `-`.
+pub fn user_of_event(p: &serde_json::Value) -> String {
+    use serde_json::Value;
+    p.pointer("/user/name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| p.pointer("/user/id").map(|id| id.to_string()))
+        .unwrap_or_else(|| "-".into())
+}
+
 /// `command` for an event line's `process` object (its comm when it has neither a command line
 /// nor an executable).
 pub fn command_of_event(p: &serde_json::Value, short: bool) -> String {

@@ -35,6 +35,22 @@ pub fn cut(s: &str, width: usize) -> String {
     out
 }
 
+/// `s` cut or padded with spaces to exactly `width` characters.
+pub fn pad(s: &str, width: usize) -> String {
+    let s = cut(s, width);
+    let n = s.chars().count();
+    format!("{s}{}", " ".repeat(width.saturating_sub(n)))
+}
+
+/// `127.0.0.1:80`, `[::1]:80`: an address and port as a person writes them.
+pub fn address_port(address: &str, port: impl std::fmt::Display) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
 /// An `address:port` in at most `width` characters: the address is cut, the port kept.
 pub fn cut_address(s: &str, width: usize) -> String {
     if s.chars().count() <= width {

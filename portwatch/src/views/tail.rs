@@ -16,7 +16,7 @@ use crate::{
         follow::{BACKLOG_BYTES, FollowError, Follower, MAX_LINE},
         identity::{self, Judge},
         ports::PortSpec,
-        table::cut,
+        table::{address_port, cut, pad},
     },
 };
 
@@ -108,21 +108,12 @@ pub struct Columns {
     unit: usize,
 }
 
-fn pad(s: &str, w: usize) -> String {
-    let s = cut(s, w);
-    let n = s.chars().count();
-    format!("{s}{}", " ".repeat(w - n))
-}
-
 fn endpoint(v: Option<&Value>) -> Option<String> {
     let v = v?;
-    let a = v.get("address")?.as_str()?;
-    let p = v.get("port")?.as_u64()?;
-    Some(if a.contains(':') {
-        format!("[{a}]:{p}")
-    } else {
-        format!("{a}:{p}")
-    })
+    Some(address_port(
+        v.get("address")?.as_str()?,
+        v.get("port")?.as_u64()?,
+    ))
 }
 
 impl Columns {
@@ -228,13 +219,7 @@ impl Columns {
             .and_then(Value::as_u64)
             .filter(|p| *p != 0)
             .map_or("-".to_string(), |p| p.to_string());
-        let user = process.map_or("-".to_string(), |p| {
-            p.pointer("/user/name")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .or_else(|| p.pointer("/user/id").map(|id| id.to_string()))
-                .unwrap_or_else(|| "-".into())
-        });
+        let user = process.map_or("-".to_string(), identity::user_of_event);
         let unit = match process {
             Some(p) if pid != "-" => {
                 let container: Option<crate::facts::Container> = p

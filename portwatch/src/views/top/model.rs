@@ -124,7 +124,6 @@ pub struct Model {
     ranges: Vec<Namespace>,
     pub skipped_namespaces: usize,
     pub failed_namespaces: Vec<(u32, String)>,
-    pub events_seen: u64,
     /// Events not kept (the window's cap).
     pub events_dropped: u64,
     pub log_lines: VecDeque<Instant>,
@@ -145,7 +144,6 @@ impl Default for Model {
             ranges: Vec::new(),
             skipped_namespaces: 0,
             failed_namespaces: Vec::new(),
-            events_seen: 0,
             events_dropped: 0,
             log_lines: VecDeque::new(),
         }
@@ -263,7 +261,6 @@ impl Model {
 
     /// Takes one event line of the log.
     pub fn event(&mut self, v: &Value, now: Instant) {
-        self.events_seen += 1;
         self.log_lines.push_back(now);
         let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("");
         let event = s("/event");
@@ -297,12 +294,7 @@ impl Model {
             new_port: !failed && (connect || requested == Some(false) || v["implicit"] == true),
         });
         let p = &v["process"];
-        let user = p
-            .pointer("/user/name")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| p.pointer("/user/id").map(|i| i.to_string()))
-            .unwrap_or_else(|| "-".into());
+        let user = identity::user_of_event(p);
         let command = identity::command_of_event(p, true);
         // The least recently active process is forgotten first.
         self.who.put(pid, (user, command));

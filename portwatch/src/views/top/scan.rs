@@ -129,16 +129,6 @@ pub struct Round {
     pub failed: Vec<(u32, String)>,
 }
 
-fn netns_of(link: &Path) -> Option<u32> {
-    std::fs::read_link(link)
-        .ok()?
-        .to_str()?
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 /// Every network namespace some thread is in: its inode and the `ns/net` path to enter it by (a
 /// thread can have entered a namespace its process's main thread is not in).
 pub fn namespaces(proc_root: &Path) -> BTreeMap<u32, std::path::PathBuf> {
@@ -155,7 +145,7 @@ pub fn namespaces(proc_root: &Path) -> BTreeMap<u32, std::path::PathBuf> {
             continue;
         }
         let main = e.path().join("ns/net");
-        let main_ns = netns_of(&main);
+        let main_ns = sockets::netns_of(&main);
         if let Some(ns) = main_ns {
             out.entry(ns).or_insert(main);
         }
@@ -165,7 +155,7 @@ pub fn namespaces(proc_root: &Path) -> BTreeMap<u32, std::path::PathBuf> {
             .flatten()
         {
             let link = t.path().join("ns/net");
-            if let Some(ns) = netns_of(&link).filter(|ns| Some(*ns) != main_ns) {
+            if let Some(ns) = sockets::netns_of(&link).filter(|ns| Some(*ns) != main_ns) {
                 out.entry(ns).or_insert(link);
             }
         }

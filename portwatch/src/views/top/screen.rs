@@ -14,7 +14,7 @@ use ratatui::{
 use crate::{
     output::text::printable,
     views::{
-        table::{cut, cut_address},
+        table::{cut, cut_address, pad},
         top::model::{Model, RangeRow, SortBy, command_of, user_of},
     },
 };
@@ -31,12 +31,6 @@ pub struct View<'a> {
     pub log: Result<String, String>,
     pub policy: Option<String>,
     pub clock: String,
-}
-
-fn pad(s: &str, w: usize) -> String {
-    let s = cut(s, w);
-    let n = s.chars().count();
-    format!("{s}{}", " ".repeat(w.saturating_sub(n)))
 }
 
 fn clean(s: &str) -> String {
@@ -184,10 +178,17 @@ fn draw_listeners(f: &mut Frame<'_>, area: Rect, v: &View<'_>) {
 }
 
 fn draw_churn(f: &mut Frame<'_>, area: Rect, v: &View<'_>) {
-    let title = format!(
+    let mut title = format!(
         " Churn: connect and bind calls per second, last 10 s, by {} ",
         v.sort.name()
     );
+    if v.model.events_dropped > 0 {
+        // More calls in the window than it holds: the oldest were not counted.
+        title.push_str(&format!(
+            "({} calls over the cap not counted) ",
+            v.model.events_dropped
+        ));
+    }
     let width = usize::from(area.width);
     let mut lines = vec![Line::styled(
         format!(
