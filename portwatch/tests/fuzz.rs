@@ -144,7 +144,7 @@ proptest! {
         let db = dir.path().join(store::FILE_NAME);
         std::fs::write(&db, &bytes).unwrap();
         if let Ok(c) = store::open_ro(&db) {
-            let _ = store::holdings(&c, (22, 22), None, 0, i64::MAX, |_| true, 10);
+            let _ = store::holdings(&c, (22, 22), None, 0, i64::MAX, Some, 10);
             let _ = store::gaps(&c, 0, i64::MAX);
         }
     }
@@ -164,7 +164,7 @@ proptest! {
         ).unwrap();
         let r = store::open_ro(&db).unwrap();
         let p = u16::try_from(port).unwrap_or(0);
-        let _ = store::holdings(&r, (p, p), None, i64::MIN, i64::MAX, |_| true, 10);
+        let _ = store::holdings(&r, (p, p), None, i64::MIN, i64::MAX, Some, 10);
     }
 
     #[test]

@@ -230,19 +230,19 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
     })
 }
 
-/// Holdings of `port` that overlap [`from`, `to`] (Unix ns), newest first.
-/// Intervals on ports `low..=high` overlapping [`from`, `to`], newest first, that `keep`
-/// accepts: at most `limit`, and whether more were left out.
+/// Intervals on ports `low..=high` overlapping [`from`, `to`] (Unix ns), newest first, as
+/// `pick` turns them into what the caller shows (None: left out): at most `limit`, and whether
+/// more were left out.
 #[allow(clippy::too_many_arguments)]
-pub fn holdings(
+pub fn holdings<T>(
     c: &Connection,
     (low, high): (u16, u16),
     transport: Option<&str>,
     from: i64,
     to: i64,
-    mut keep: impl FnMut(&Interval) -> bool,
+    mut pick: impl FnMut(Interval) -> Option<T>,
     limit: usize,
-) -> rusqlite::Result<(Vec<Interval>, bool)> {
+) -> rusqlite::Result<(Vec<T>, bool)> {
     // A store an older daemon wrote (read-only here, so not migrated) has no cgroup column.
     let cgroup = if has_cgroup(c)? { "cgroup" } else { "NULL" };
     let mut stmt = c.prepare(&format!(
@@ -255,12 +255,11 @@ pub fn holdings(
     ))?;
     let mut out = Vec::new();
     for i in stmt.query_map(params![low, high, transport, from, to], row)? {
-        let i = i?;
-        if keep(&i) {
+        if let Some(x) = pick(i?) {
             if out.len() == limit {
                 return Ok((out, true));
             }
-            out.push(i);
+            out.push(x);
         }
     }
     Ok((out, false))
@@ -556,14 +555,14 @@ mod tests {
         }
         let ro = open_ro(&path).unwrap();
         assert!(!has_cgroup(&ro).unwrap());
-        let (old, _) = holdings(&ro, (80, 80), None, 0, i64::MAX, |_| true, 10).unwrap();
+        let (old, _) = holdings(&ro, (80, 80), None, 0, i64::MAX, Some, 10).unwrap();
         assert_eq!(
             (old[0].process.pid, old[0].process.cgroup.as_deref()),
             (7, None)
         );
         let rw = open_rw(&path).unwrap();
         insert(&rw, &iv(2, 80, 10, None)).unwrap();
-        let (rows, _) = holdings(&rw, (80, 80), None, 0, i64::MAX, |_| true, 10).unwrap();
+        let (rows, _) = holdings(&rw, (80, 80), None, 0, i64::MAX, Some, 10).unwrap();
         assert_eq!(
             rows[0].process.cgroup.as_deref(),
             Some("/system.slice/x.service")
@@ -579,7 +578,7 @@ mod tests {
         insert(&c, &iv(2, 80, 300, None)).unwrap();
         insert(&c, &iv(3, 81, 100, None)).unwrap();
         let at = |t| {
-            holdings(&c, (80, 80), None, t, t, |_| true, 10)
+            holdings(&c, (80, 80), None, t, t, Some, 10)
                 .map(|h| h.0)
                 .unwrap()
                 .iter()
@@ -589,25 +588,34 @@ mod tests {
         assert_eq!(at(150), vec![1]);
         assert_eq!(at(250), Vec::<i64>::new());
         assert_eq!(at(1000), vec![2]);
-        let all = holdings(&c, (80, 80), Some("tcp"), 0, i64::MAX, |_| true, 10)
+        let all = holdings(&c, (80, 80), Some("tcp"), 0, i64::MAX, Some, 10)
             .map(|h| h.0)
             .unwrap();
         assert_eq!(all.iter().map(|i| i.id).collect::<Vec<_>>(), vec![2, 1]);
         // A range, a filter, and a limit that says more were left out.
-        let (range, more) = holdings(&c, (80, 81), None, 0, i64::MAX, |_| true, 10).unwrap();
+        let (range, more) = holdings(&c, (80, 81), None, 0, i64::MAX, Some, 10).unwrap();
         assert_eq!((range.len(), more), (3, false));
-        let (odd, _) = holdings(&c, (80, 81), None, 0, i64::MAX, |i| i.id != 2, 10).unwrap();
+        let (odd, _) = holdings(
+            &c,
+            (80, 81),
+            None,
+            0,
+            i64::MAX,
+            |i| (i.id != 2).then_some(i),
+            10,
+        )
+        .unwrap();
         let mut ids: Vec<i64> = odd.iter().map(|i| i.id).collect();
         ids.sort();
         assert_eq!(ids, vec![1, 3]);
-        let (one, more) = holdings(&c, (80, 81), None, 0, i64::MAX, |_| true, 1).unwrap();
+        let (one, more) = holdings(&c, (80, 81), None, 0, i64::MAX, Some, 1).unwrap();
         assert_eq!((one.len(), more), (1, true));
         assert_eq!(
             all[1].process.command_line,
             Some(vec!["x".to_string(), "-l".to_string()])
         );
         assert!(
-            holdings(&c, (80, 80), Some("udp"), 0, i64::MAX, |_| true, 10)
+            holdings(&c, (80, 80), Some("udp"), 0, i64::MAX, Some, 10)
                 .map(|h| h.0)
                 .unwrap()
                 .is_empty()
@@ -669,7 +677,7 @@ mod tests {
             prune(&c, 10_000_000_000, Duration::from_secs(5), 2).unwrap(),
             3
         );
-        let left = holdings(&c, (80, 80), None, 0, i64::MAX, |_| true, 10)
+        let left = holdings(&c, (80, 80), None, 0, i64::MAX, Some, 10)
             .map(|h| h.0)
             .unwrap();
         assert_eq!(left.iter().map(|i| i.id).collect::<Vec<_>>(), vec![9, 8]);

@@ -323,10 +323,9 @@ mod tests {
         assert_eq!((c.open_sockets, c.swept), (2, 2));
         t.store.finish();
         let c = crate::history::store::open_ro(&path).unwrap();
-        let closed =
-            crate::history::store::holdings(&c, (1000, 1000), None, 0, i64::MAX, |_| true, 10)
-                .unwrap()
-                .0;
+        let closed = crate::history::store::holdings(&c, (1000, 1000), None, 0, i64::MAX, Some, 10)
+            .unwrap()
+            .0;
         assert_eq!(closed[0].closed_ns, Some(now + 9));
         assert!(closed[0].close_note.as_deref().unwrap().contains("lost"));
     }

@@ -238,19 +238,34 @@ pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
         from,
         to,
         |i| {
-            let holder = Holder::of(i.process.clone(), &judge);
-            let wanted = q.wants(i.local.port, i.transport, i.role, &holder);
-            if !wanted
-                && vouching
-                && holder.known
-                && holder.cgroup.is_none()
-                && q.ports.matches(i.local.port, i.transport)
-                && (!q.listening || i.role == SocketRole::Listening)
-                && loose.matches(&holder.subject())
+            let h = Holding {
+                source: Source::History,
+                port: ephemeral.info(i.local.port),
+                transport: i.transport,
+                local: i.local,
+                role: i.role,
+                peer: i.peer,
+                netns: i.netns,
+                process: Holder::of(i.process, &judge),
+                from: Some(ts(i.opened_ns)),
+                to: i.closed_ns.map(ts),
+                note: i.close_note,
+                from_ns: Some(i.opened_ns),
+                to_ns: i.closed_ns,
+            };
+            if q.wants(h.local.port, h.transport, h.role, &h.process) {
+                return Some(h);
+            }
+            if vouching
+                && h.process.known
+                && h.process.cgroup.is_none()
+                && q.ports.matches(h.local.port, h.transport)
+                && (!q.listening || h.role == SocketRole::Listening)
+                && loose.matches(&h.process.subject())
             {
                 unvouched += 1;
             }
-            wanted
+            None
         },
         q.limit,
     )?;
@@ -265,23 +280,7 @@ pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
             q.limit
         ));
     }
-    for i in found {
-        rows.push(Holding {
-            source: Source::History,
-            port: ephemeral.info(i.local.port),
-            transport: i.transport,
-            local: i.local,
-            role: i.role,
-            peer: i.peer,
-            netns: i.netns,
-            process: Holder::of(i.process, &judge),
-            from: Some(ts(i.opened_ns)),
-            to: i.closed_ns.map(ts),
-            note: i.close_note,
-            from_ns: Some(i.opened_ns),
-            to_ns: i.closed_ns,
-        });
-    }
+    rows.extend(found);
     Ok(Answer { rows, warnings })
 }
 
