@@ -264,6 +264,25 @@ pub mod sock_state {
     pub const CONNECTING: u64 = 2;
     /// A UDP socket whose port was reported (by its bind, or its first unconnected send).
     pub const SENT: u64 = 4;
+    /// `socket_calls::BIND`: a bind that named its port, seen before the kernel took it, so that
+    /// the post-bind hook can say so.
+    pub const BIND_NAMED: u64 = 8;
+    /// `socket_calls::CONNECT`: a blocking TCP connect whose record waits for the handshake's
+    /// end, which is what the call returns.
+    pub const HELD_CALL: u64 = 16;
+    /// `socket_calls::CONNECT`: a UDP connect of an unbound socket, whose port the kernel picks
+    /// after the hook; `call` is reported once the port can be read (the socket's next connect,
+    /// unconnected send or release).
+    pub const UDP_CONNECTING: u64 = 32;
+}
+
+/// `SOCKET_CALLS`' bits: the families whose calls the socket hooks report on their own, on the
+/// tracepoint strategy without syscall tracepoints. Calls that fail before the kernel changes the
+/// socket (a bind's EADDRINUSE, a connect's EADDRNOTAVAIL) are then not seen.
+pub mod socket_calls {
+    pub const BIND: u32 = 1;
+    pub const LISTEN: u32 = 2;
+    pub const CONNECT: u32 = 4;
 }
 
 /// Per-CPU counters kept by the kernel side, summed by the daemon.

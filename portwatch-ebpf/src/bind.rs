@@ -1,13 +1,15 @@
 //! bind(2): the cgroup post_bind hooks see every successful bind with the port the kernel really
 //! assigned; the pre-bind hooks park the requested address so that a failed bind (EADDRINUSE,
-//! EACCES, ...) can be reported when `sys_exit_bind` returns its errno.
+//! EACCES, ...) can be reported when `sys_exit_bind` returns its errno. Without the syscall
+//! tracepoints (`socket_calls::BIND`) the pre-bind hooks only note, per socket, that the call
+//! named its port, and failed binds go unseen.
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
-use portwatch_common::{Pending, family, kind, probe};
+use portwatch_common::{Pending, family, kind, probe, socket_calls};
 
-use crate::{args, emit, offsets};
+use crate::{args, emit, offsets, sockets};
 
 #[cgroup_sock(post_bind4)]
 pub fn portwatch_post_bind4(ctx: SockContext) -> i32 {
@@ -48,9 +50,14 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
             ]);
         }
         ev.cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sk as *mut _);
-        // The pre-bind hook parked what the caller asked for: a named port makes a UDP socket
+        // The pre-bind hook kept what the caller asked for: a named port makes a UDP socket
         // a listener; port 0 (kernel's pick) does not.
-        if emit::parked_bind_named_port() {
+        let named = if emit::socket_calls(socket_calls::BIND) {
+            sockets::take_named_bind(sk as usize, ev.cookie)
+        } else {
+            emit::parked_bind_named_port()
+        };
+        if named {
             ev.flags |= portwatch_common::flags::PORT_REQUESTED;
         }
         emit::submit(&mut ev);
@@ -62,13 +69,21 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
 
 #[cgroup_sock_addr(bind4)]
 pub fn portwatch_bind4(ctx: SockAddrContext) -> i32 {
-    park_sock_addr::<false>(&ctx, kind::BIND, probe::CGROUP_BIND4);
+    if emit::socket_calls(socket_calls::BIND) {
+        sockets::bind_requested(&ctx);
+    } else {
+        park_sock_addr::<false>(&ctx, kind::BIND, probe::CGROUP_BIND4);
+    }
     1
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn portwatch_bind6(ctx: SockAddrContext) -> i32 {
-    park_sock_addr::<true>(&ctx, kind::BIND, probe::CGROUP_BIND6);
+    if emit::socket_calls(socket_calls::BIND) {
+        sockets::bind_requested(&ctx);
+    } else {
+        park_sock_addr::<true>(&ctx, kind::BIND, probe::CGROUP_BIND6);
+    }
     1
 }
 

@@ -2,11 +2,15 @@
 //! port (`sys_enter_connect` first clears what an earlier, unfinished park left);
 //! `sys_exit_connect` completes the record with the outcome and reads the local address and port
 //! the kernel chose from the socket.
+//!
+//! Without the syscall tracepoints (`socket_calls::CONNECT`) a TCP connect is reported from
+//! `sock_ops` when its SYN is about to go out (`sockets`), and a UDP connect from the cgroup hook
+//! here; connects that fail before that (EADDRNOTAVAIL, ENETUNREACH) go unseen.
 use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
 };
-use portwatch_common::{kind, probe};
+use portwatch_common::{kind, probe, socket_calls};
 
 use crate::{bind, emit, sockets};
 
@@ -21,13 +25,21 @@ pub fn portwatch_sys_enter_connect(_ctx: TracePointContext) -> u32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn portwatch_connect4(ctx: SockAddrContext) -> i32 {
-    bind::park_sock_addr::<false>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT4);
+    if emit::socket_calls(socket_calls::CONNECT) {
+        sockets::udp_connect::<false>(&ctx, probe::CGROUP_CONNECT4);
+    } else {
+        bind::park_sock_addr::<false>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT4);
+    }
     1
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn portwatch_connect6(ctx: SockAddrContext) -> i32 {
-    bind::park_sock_addr::<true>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT6);
+    if emit::socket_calls(socket_calls::CONNECT) {
+        sockets::udp_connect::<true>(&ctx, probe::CGROUP_CONNECT6);
+    } else {
+        bind::park_sock_addr::<true>(&ctx, kind::CONNECT, probe::CGROUP_CONNECT6);
+    }
     1
 }
 

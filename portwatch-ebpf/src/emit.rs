@@ -12,7 +12,7 @@ use aya_ebpf::{
         },
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{CpuCounters, Pending, PortEvent, RecordHeader, family};
 
@@ -31,6 +31,18 @@ pub static COUNTERS: PerCpuArray<CpuCounters> = PerCpuArray::with_max_entries(1,
 /// parks again or exits (`pending_stale`). The daemon may resize it at load time.
 #[map]
 pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// `socket_calls::*`: the families whose calls the socket hooks report on their own, without the
+/// syscall tracepoints (`[kernel] syscall_tracepoints = false`). The daemon writes it once each
+/// family is attached; until then, and on the other strategies, it is 0.
+#[map]
+pub static SOCKET_CALLS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the socket hooks report `family`'s calls (`socket_calls::LISTEN`, ...).
+#[inline(always)]
+pub fn socket_calls(family: u32) -> bool {
+    SOCKET_CALLS.get(0).is_some_and(|v| *v & family != 0)
+}
 
 #[inline(always)]
 pub fn current_tid() -> u32 {
@@ -156,6 +168,33 @@ pub fn local_from_sock(ev: &mut PortEvent, sk: usize) {
             && let Some(addr) = read_kernel::<[u8; 16]>(sk, off)
         {
             ev.local_addr = addr;
+        }
+    }
+}
+
+/// Fills in the peer's address and port from a connected `struct sock`.
+#[inline(always)]
+pub fn peer_from_sock(ev: &mut PortEvent, sk: usize) {
+    if sk == 0 {
+        return;
+    }
+    // SAFETY: kernel reads through bpf_probe_read_kernel.
+    unsafe {
+        if let Some(off) = offsets::get(|o| &o.sock_dport)
+            && let Some(p) = read_kernel::<u16>(sk, off)
+        {
+            ev.peer_port = u16::from_be(p);
+        }
+        if ev.family == family::INET {
+            if let Some(off) = offsets::get(|o| &o.sock_daddr)
+                && let Some(a) = read_kernel::<[u8; 4]>(sk, off)
+            {
+                ev.peer_addr[..4].copy_from_slice(&a);
+            }
+        } else if let Some(off) = offsets::get(|o| &o.sock_v6_daddr)
+            && let Some(a) = read_kernel::<[u8; 16]>(sk, off)
+        {
+            ev.peer_addr = a;
         }
     }
 }

@@ -202,24 +202,6 @@ pub fn release(socket: usize, probe: u8) {
     }
     emit::add_task_facts(&mut ev, kind::CLOSE, probe, sk);
     ev.cookie = cookie;
-    // SAFETY: kernel reads through bpf_probe_read_kernel.
-    unsafe {
-        if let Some(off) = offsets::get(|o| &o.sock_dport)
-            && let Some(p) = read_kernel::<u16>(sk, off)
-        {
-            ev.peer_port = u16::from_be(p);
-        }
-        if fam == family::INET {
-            if let Some(off) = offsets::get(|o| &o.sock_daddr)
-                && let Some(a) = read_kernel::<[u8; 4]>(sk, off)
-            {
-                ev.peer_addr[..4].copy_from_slice(&a);
-            }
-        } else if let Some(off) = offsets::get(|o| &o.sock_v6_daddr)
-            && let Some(a) = read_kernel::<[u8; 16]>(sk, off)
-        {
-            ev.peer_addr = a;
-        }
-    }
+    emit::peer_from_sock(&mut ev, sk);
     emit::submit(&mut ev);
 }

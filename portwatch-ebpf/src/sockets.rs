@@ -33,7 +33,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
 };
 use portwatch_common::{
-    CpuCounters, HANDSHAKE_ABORTED, PortEvent, SockState, flags, kind, probe, protocol, sock_state,
+    CpuCounters, HANDSHAKE_ABORTED, PortEvent, SockState, family, flags, kind, probe, protocol,
+    sock_state, socket_calls,
 };
 
 use crate::{
@@ -52,6 +53,7 @@ const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_TCP_LISTEN_CB: u32 = 11;
 const BPF_SOCK_OPS_STATE_CB_FLAG: u32 = 1 << 2;
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u32 = 2;
@@ -71,16 +73,42 @@ const EMPTY: SockState = SockState {
 
 #[sock_ops]
 pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
+    sock_ops::<false>(&ctx)
+}
+
+/// `portwatch_sock_ops` that also reports listen and connect calls (`socket_calls`), for the
+/// tracepoint strategy without syscall tracepoints. A program of its own because it asks for
+/// the current task's ids, which `sock_ops` programs may do only since 6.10: elsewhere the
+/// verifier rejects it, and the daemon keeps the syscall tracepoints.
+#[sock_ops]
+pub fn portwatch_sock_ops_calls(ctx: SockOpsContext) -> u32 {
+    sock_ops::<true>(&ctx)
+}
+
+#[inline(always)]
+fn sock_ops<const CALLS: bool>(ctx: &SockOpsContext) -> u32 {
     match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => connecting(&ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            if CALLS && emit::socket_calls(socket_calls::CONNECT) {
+                let sk = sock_of_ops(ctx);
+                if sk != 0 {
+                    connect_call(ctx, sk);
+                }
+            } else {
+                connecting(ctx);
+            }
+        }
+        BPF_SOCK_OPS_TCP_LISTEN_CB if CALLS && emit::socket_calls(socket_calls::LISTEN) => {
+            listened(ctx)
+        }
         // Only the handshake's state changes are wanted, not the connection's.
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if handshake_ended(&ctx, 0) => set_state_cb(&ctx, false),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => accepted(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if handshake_ended(ctx, 0) => set_state_cb(ctx, false),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => accepted(ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == TCP_SYN_SENT && ctx.arg(1) == TCP_CLOSE => {
             // The kernel sets sk_err before it closes a socket whose handshake failed
             // (tcp_reset, tcp_write_err, tcp_v4_err); none means its owner gave up first.
-            let err = sock_err(sock_of_ops(&ctx));
-            let _ = handshake_ended(&ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
+            let err = sock_err(sock_of_ops(ctx));
+            let _ = handshake_ended(ctx, if err > 0 { err } else { HANDSHAKE_ABORTED });
         }
         _ => {}
     }
@@ -194,6 +222,59 @@ fn blocking(sk: usize) -> bool {
     }
 }
 
+/// `TCP_LISTEN_CB`: a listen(2) that moved a socket into LISTEN, called in the listening task
+/// once the port is taken (on an unbound socket, listen picks it).
+#[inline(always)]
+fn listened(ctx: &SockOpsContext) {
+    let sk = sock_of_ops(ctx);
+    let mut ev = PortEvent::ZERO;
+    ev.family = ctx.family() as u8;
+    ev.protocol = protocol::TCP;
+    emit::local_from_sock(&mut ev, sk);
+    emit::add_task_facts(&mut ev, kind::LISTEN, probe::CGROUP_SOCK_OPS, sk);
+    ev.cookie = cookie_of_ops(ctx);
+    emit::submit(&mut ev);
+}
+
+/// `TCP_CONNECT_CB` when the socket hooks report connects (`socket_calls::CONNECT`): the call's
+/// record, made in the connecting task with the local port the kernel just chose. A
+/// non-blocking call returns EINPROGRESS whatever happens next, so its record goes out now and
+/// the handshake's end writes a `HANDSHAKE` record, as after `sys_exit_connect`. A blocking
+/// call returns the handshake's outcome, so its record waits for it (`HELD_CALL`).
+#[inline(always)]
+fn connect_call(ctx: &SockOpsContext, sk: usize) {
+    let cookie = cookie_of_ops(ctx);
+    let held = blocking(sk);
+    // The record is built in the entry it waits in: one copy on the 512-byte stack.
+    let mut state = SockState {
+        flags: sock_state::CONNECTING | if held { sock_state::HELD_CALL } else { 0 },
+        cookie,
+        returned: 1,
+        ..EMPTY
+    };
+    let ev = &mut state.call;
+    ev.family = ctx.family() as u8;
+    ev.protocol = protocol::TCP;
+    emit::local_from_sock(ev, sk);
+    emit::peer_from_sock(ev, sk);
+    emit::add_task_facts(ev, kind::CONNECT, probe::CGROUP_SOCK_OPS, sk);
+    ev.cookie = cookie;
+    state.start_ns = state.call.ts_ns;
+    if !held {
+        state.call.errno = emit::EINPROGRESS;
+        emit::submit(&mut state.call);
+    }
+    if !remember(sk, &state) {
+        // Counted (`sockets_full`); the call is still reported, its outcome unknown.
+        if held {
+            state.call.errno = emit::EINPROGRESS;
+            emit::submit(&mut state.call);
+        }
+        return;
+    }
+    set_state_cb(ctx, true);
+}
+
 /// The SYN of a non-blocking connect is about to go out: remember when, and ask for this
 /// socket's state changes.
 #[inline(always)]
@@ -301,16 +382,26 @@ pub fn connect_returned(call: &PortEvent, sk: usize) {
 unsafe fn report_handshake(sk: usize, state: *mut SockState) {
     unsafe {
         let mut ev = (*state).call;
-        ev.header.kind = kind::HANDSHAKE;
         ev.probe = probe::CGROUP_SOCK_OPS;
         ev.errno = (*state).errno;
         ev.ts_ns = (*state).end_ns;
-        ev.duration_ns = (*state).end_ns.saturating_sub((*state).start_ns);
         ev.flags = 0;
+        if (*state).flags & sock_state::HELD_CALL != 0 {
+            // A blocking call: the outcome is what it returned. Released before the handshake
+            // ended, it was interrupted (a signal, or another thread closed the socket).
+            if ev.errno == HANDSHAKE_ABORTED {
+                ev.errno = EINTR;
+            }
+        } else {
+            ev.header.kind = kind::HANDSHAKE;
+            ev.duration_ns = (*state).end_ns.saturating_sub((*state).start_ns);
+        }
         let _ = SOCKETS.remove(sk);
         emit::submit(&mut ev);
     }
 }
+
+const EINTR: i32 = 4;
 
 /// The cookie of `sk` as the kernel already assigned it (0 if none was ever asked for), for the
 /// fentry and kprobe programs, which cannot call `bpf_get_socket_cookie` on every kernel.
@@ -336,6 +427,10 @@ pub fn released(sk: usize, cookie: u64) -> bool {
     unsafe {
         if is_own(state, cookie) {
             let flags = (*state).flags;
+            if flags & sock_state::UDP_CONNECTING != 0 {
+                report_udp_connect(sk, state);
+                return true;
+            }
             if flags & sock_state::ACCEPTED != 0 {
                 let _ = SOCKETS.remove(sk);
                 return false;
@@ -427,5 +522,119 @@ fn unconnected_send(ctx: &SockAddrContext, probe: u8) {
         ev.cookie = cookie;
         ev.flags = flags::IMPLICIT;
         emit::submit(&mut ev);
+    }
+}
+
+/// A bind of `ctx`'s socket about to be made, when the socket hooks report binds
+/// (`socket_calls::BIND`): one that names its port is noted for `take_named_bind`. A socket that
+/// already has an entry has a port, so its bind fails (EINVAL) and its entry stays.
+#[inline(always)]
+pub fn bind_requested(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: context reads of `struct bpf_sock_addr`, checked by the verifier.
+    unsafe {
+        if !emit::is_inet_transport((*sa).protocol) || (*sa).user_port == 0 {
+            return;
+        }
+        let sk = emit::sock_address((*sa).__bindgen_anon_1.sk);
+        if sk == 0 || SOCKETS.get_ptr(sk).is_some() {
+            return;
+        }
+        let state = SockState {
+            flags: sock_state::BIND_NAMED,
+            cookie: bpf_get_socket_cookie(sa.cast()),
+            ..EMPTY
+        };
+        let _ = remember(sk, &state);
+    }
+}
+
+/// Whether the bind that just took `sk`'s port named it (`bind_requested`); forgets the note.
+/// A failed bind's note stays until the socket's release or its next bind.
+#[inline(always)]
+pub fn take_named_bind(sk: usize, cookie: u64) -> bool {
+    let Some(state) = SOCKETS.get_ptr(sk) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, read at once.
+    let named = unsafe { is_own(state, cookie) && (*state).flags & sock_state::BIND_NAMED != 0 };
+    if named {
+        let _ = SOCKETS.remove(sk);
+    }
+    named
+}
+
+/// A UDP connect, when the socket hooks report connects (`socket_calls::CONNECT`). A bound
+/// socket keeps its port, so the record goes out now. An unbound one gets its port from the
+/// kernel after this hook: the record waits in the socket's entry (`UDP_CONNECTING`) until the
+/// port can be read, at the socket's next connect or its release. `V6` as for
+/// `bind::park_sock_addr`.
+#[inline(always)]
+pub fn udp_connect<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
+    let sa = ctx.sock_addr;
+    // SAFETY: context reads of `struct bpf_sock_addr`, checked by the verifier; the socket's own
+    // fields are read with bpf_probe_read_kernel.
+    unsafe {
+        if (*sa).protocol != protocol::UDP as u32 {
+            return;
+        }
+        let sk = emit::sock_address((*sa).__bindgen_anon_1.sk);
+        if sk == 0 {
+            return;
+        }
+        let cookie = bpf_get_socket_cookie(sa.cast());
+        if let Some(state) = SOCKETS.get_ptr_mut(sk)
+            && is_own(state, cookie)
+            && (*state).flags & sock_state::UDP_CONNECTING != 0
+        {
+            report_udp_connect(sk, state);
+        }
+        // The record is built in the entry it may wait in: one copy on the 512-byte stack.
+        let mut state = SockState {
+            flags: sock_state::UDP_CONNECTING,
+            cookie,
+            ..EMPTY
+        };
+        let ev = &mut state.call;
+        ev.protocol = protocol::UDP;
+        ev.peer_port = u16::from_be((*sa).user_port as u16);
+        if !V6 {
+            ev.family = family::INET;
+            ev.peer_addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
+        } else {
+            ev.family = family::INET6;
+            let ip = &(*sa).user_ip6;
+            ev.peer_addr = emit::ip6_words([
+                read_volatile(&ip[0]),
+                read_volatile(&ip[1]),
+                read_volatile(&ip[2]),
+                read_volatile(&ip[3]),
+            ]);
+        }
+        emit::local_from_sock(ev, sk);
+        emit::add_task_facts(ev, kind::CONNECT, probe, sk);
+        ev.cookie = cookie;
+        if ev.local_port != 0 {
+            emit::submit(ev);
+            return;
+        }
+        if !remember(sk, &state) {
+            // Counted (`sockets_full`): reported without its port rather than not at all.
+            emit::submit(&mut state.call);
+        }
+    }
+}
+
+/// Reports a UDP connect that waited for its port, now read from the socket, and forgets it.
+///
+/// # Safety
+/// `state` is `SOCKETS`' value for `sk`.
+#[inline(always)]
+unsafe fn report_udp_connect(sk: usize, state: *mut SockState) {
+    // Completed and submitted where it waits: a copy would not fit the connect hook's stack.
+    unsafe {
+        emit::local_from_sock(&mut (*state).call, sk);
+        emit::submit(&mut (*state).call);
+        let _ = SOCKETS.remove(sk);
     }
 }

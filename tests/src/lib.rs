@@ -127,6 +127,15 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(&state_dir)
+            // The tests check every failure's errno, which the tracepoint strategy learns only
+            // from syscall tracepoints; the default without them has its own test
+            // (pipeline.rs).
+            .args(
+                (!extra_args.contains(&"--syscall-tracepoints"))
+                    .then_some(["--syscall-tracepoints", "true"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -16,6 +16,9 @@ pub enum Strategy {
     Tracepoint,
     Kprobe,
     Fentry,
+    /// The tracepoint strategy without syscall tracepoints (`--syscall-tracepoints false`, the
+    /// default): the socket hooks report calls, and failures before a socket changed go unseen.
+    SocketHooks,
 }
 
 impl Strategy {
@@ -30,7 +33,7 @@ impl Strategy {
 
     pub fn name(self) -> &'static str {
         match self {
-            Strategy::Tracepoint => "tracepoint",
+            Strategy::Tracepoint | Strategy::SocketHooks => "tracepoint",
             Strategy::Kprobe => "kprobe",
             Strategy::Fentry => "fentry",
         }
@@ -77,7 +80,18 @@ pub fn probe(strategy: Strategy, op: Op) -> &'static str {
                 "cgroup:connect4"
             }
         }
-        (Tracepoint, Close) => "cgroup:sock_release",
+        (Tracepoint | SocketHooks, Close) => "cgroup:sock_release",
+        (SocketHooks, BindOk { v6: false }) => "cgroup:post_bind4",
+        (SocketHooks, BindOk { v6: true }) => "cgroup:post_bind6",
+        (SocketHooks, BindFail { .. } | BindFailPortZero { .. }) => "(not reported)",
+        (SocketHooks, Listen | TcpConnect { .. }) => "cgroup:sock_ops",
+        (SocketHooks, UdpConnect { v6 }) => {
+            if v6 {
+                "cgroup:connect6"
+            } else {
+                "cgroup:connect4"
+            }
+        }
         (Kprobe, BindOk { v6 } | BindFail { v6 } | BindFailPortZero { v6 }) => {
             if v6 {
                 "kprobe:inet6_bind"

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portwatch_tests::{
-    Daemon, count, find, portwatch_output, scenario,
+    Daemon, count, find, of_pid, portwatch_output, scenario,
     scenarios::{self, Ctx, Strategy},
     schema, wait_until,
 };
@@ -22,6 +22,69 @@ fn host(name: &str) {
     let mut d = Daemon::start(&[]);
     let (report, events) = scenarios::run(&mut d, &case, Duration::from_secs(10));
     (case.check)(&Ctx::here(Strategy::Tracepoint), &case, &report, &events);
+    finish(d);
+}
+
+/// Without syscall tracepoints, the status line says which failed calls the log shows, no hook
+/// is a syscall tracepoint, and a bind that fails before it touched its socket (the second
+/// bind of a port in use) is simply not there: no record, no loss, no stale call (the socket
+/// that failed never held a port, so its release is not reported either).
+#[test]
+fn without_syscall_tracepoints_the_status_line_says_which_failures_are_seen() {
+    let mut d = Daemon::start(&["--syscall-tracepoints", "false"]);
+    let status = d
+        .lines()
+        .into_iter()
+        .find(|l| l["event"] == "status")
+        .expect("status");
+    let attach = &status["attach"];
+    assert_eq!(attach["bind"]["failed_calls"], "none", "{attach}");
+    assert_eq!(attach["listen"]["failed_calls"], "none", "{attach}");
+    assert_eq!(attach["connect"]["failed_calls"], "handshake", "{attach}");
+    assert_eq!(attach["release"].get("failed_calls"), None, "{attach}");
+    assert_eq!(
+        attach["handshake"]["hooks"][0], "cgroup:sock_ops_calls",
+        "{attach}"
+    );
+    for (family, a) in attach.as_object().expect("attach") {
+        for hook in a["hooks"].as_array().expect("hooks") {
+            let hook = hook.as_str().expect("hook");
+            assert!(!hook.contains("syscalls:"), "{family} hooks {hook}");
+        }
+    }
+    let case = scenarios::case("bind_eaddrinuse");
+    let s = scenario(case.args);
+    let events = d
+        .wait_for(Duration::from_secs(10), |lines| {
+            count(&of_pid(lines, s.pid), "close") >= 1
+        })
+        .map(|lines| of_pid(&lines, s.pid))
+        .expect("the holder's close");
+    let holder = find(&events, "bind", "success");
+    let port = &holder["network"]["local"]["port"];
+    assert_eq!(count(&events, "bind"), 1, "{events:#?}");
+    assert!(
+        events.iter().all(|e| e["outcome"] != "failure"),
+        "{events:#?}"
+    );
+    let (status, lines) = d.stop();
+    assert!(status.success());
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l["event"] == "status")
+        .expect("final status");
+    assert_eq!(last["counters"]["lost"]["pending_stale"], 0, "{last}");
+    assert_eq!(last["counters"]["lost"]["ring_buffer"], 0, "{last}");
+    assert!(port.as_u64().is_some_and(|p| p > 0), "{holder}");
+}
+
+/// One shared scenario against a daemon without syscall tracepoints.
+fn host_without_syscall_tracepoints(name: &str) {
+    let case = scenarios::case(name);
+    let mut d = Daemon::start(&["--syscall-tracepoints", "false"]);
+    let (report, events) = scenarios::run(&mut d, &case, Duration::from_secs(10));
+    (case.check)(&Ctx::here(Strategy::SocketHooks), &case, &report, &events);
     finish(d);
 }
 
@@ -59,6 +122,42 @@ host_scenarios!(
     udp_sendto_mapped_and_after_disconnect,
     short_lived_process,
 );
+
+/// The same scenarios on the default configuration, without syscall tracepoints: every one
+/// whose calls change a socket. Those that check a call failing before it touched the socket
+/// (`bind_eaddrinuse`, ...) are left out: that is what the mode gives up (docs/benchmarks.md).
+mod without_syscall_tracepoints {
+    macro_rules! socket_hook_scenarios {
+        ($($name:ident),* $(,)?) => {
+            $( #[test] fn $name() { super::host_without_syscall_tracepoints(stringify!($name)); } )*
+        };
+    }
+
+    socket_hook_scenarios!(
+        tcp_listen_ipv4_loopback,
+        tcp_listen_ipv4_wildcard,
+        tcp_listen_ipv6_loopback,
+        tcp_listen_ipv6_wildcard,
+        tcp_listen_without_bind_ipv4,
+        tcp_listen_without_bind_ipv6,
+        udp_bind_ipv4,
+        udp_bind_ipv6,
+        tcp_connect_ipv4,
+        tcp_connect_ipv6,
+        tcp_connect_reset_by_client,
+        udp_connect_ipv4,
+        udp_connect_ipv6,
+        connect_econnrefused,
+        connect_nonblocking_refused,
+        connect_nonblocking_established_ipv6,
+        connect_nonblocking_timeout,
+        udp_sendto_unbound,
+        connect_nonblocking_aborted,
+        connect_nonblocking_to_itself,
+        udp_sendto_mapped_and_after_disconnect,
+        short_lived_process,
+    );
+}
 
 #[test]
 fn every_shared_scenario_has_a_host_test() {

@@ -274,6 +274,11 @@ pub struct RunArgs {
     /// 16384].
     #[arg(long, value_name = "N", value_parser = crate::bounds::flag_within::<64, 1_048_576>)]
     pub pending_entries: Option<u64>,
+    /// Tracepoint strategy: also hook the bind, listen and connect syscalls, to report calls that
+    /// fail before they touch a socket (EADDRINUSE, EADDRNOTAVAIL), at the cost of slowing every
+    /// syscall on the host [default: from the config, else false].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub syscall_tracepoints: Option<bool>,
     /// Unix socket for `portwatch status`.
     #[arg(long, value_name = "PATH")]
     pub status_socket: Option<PathBuf>,
@@ -334,6 +339,9 @@ impl RunArgs {
                 pending_entries: self
                     .pending_entries
                     .map_or(config.kernel.pending_entries, |n| n as u32),
+                syscall_tracepoints: self
+                    .syscall_tracepoints
+                    .unwrap_or(config.kernel.syscall_tracepoints),
                 ..config.kernel
             },
             status_socket: self

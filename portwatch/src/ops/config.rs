@@ -61,6 +61,13 @@ pub struct KernelTables {
     /// for those present. What does not fit is counted (`socket_table_full`).
     #[serde(deserialize_with = "within::<_, _, 1024, 4_194_304>")]
     pub socket_entries: u32,
+    /// Whether the tracepoint strategy hooks the bind, listen and connect syscalls' returns, which
+    /// alone tell why a call failed before the kernel touched the socket (EADDRINUSE,
+    /// EADDRNOTAVAIL, ...). Any syscall tracepoint puts every task on the host on the kernel's
+    /// slow syscall path (docs/benchmarks.md); without them the socket hooks report every call
+    /// that succeeded and every handshake's outcome. fentry and kprobe never pay this. Off by
+    /// default: a watcher must not tax every syscall of the host it watches.
+    pub syscall_tracepoints: bool,
 }
 
 impl Default for KernelTables {
@@ -68,6 +75,7 @@ impl Default for KernelTables {
         Self {
             pending_entries: 16_384,
             socket_entries: 65_536,
+            syscall_tracepoints: false,
         }
     }
 }
@@ -281,6 +289,14 @@ pending_entries = 16384
 # Sockets followed in the kernel (accepted, connecting, UDP sockets that sent), 1024 to 4194304;
 # memory is taken only for those present. What does not fit is counted (lost.socket_table_full).
 socket_entries = 65536
+# The tracepoint strategy (kernels without fentry and kprobes) learns why a bind, listen or connect
+# failed before it touched the socket (EADDRINUSE, EADDRNOTAVAIL, ...) only from syscall
+# tracepoints, and any syscall tracepoint slows every syscall of every task on the host (+30-45%
+# measured on getppid; docs/benchmarks.md). false: no syscall tracepoints; every successful call
+# and every TCP handshake's outcome are still reported, those early failures are not. The status
+# event's attach.*.failed_calls says which is in force. fentry and kprobe ignore this. false
+# needs kernel 6.10 or later; before that, the syscall tracepoints stay (and a warning says so).
+syscall_tracepoints = false
 
 [log]
 # Append events (JSON Lines, mode 0640) to this file. Unset: no file.

@@ -77,6 +77,10 @@ pub enum AttachError {
     },
     #[error("no attach strategy worked for {family}: {tried}")]
     Exhausted { family: Family, tried: String },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {0}: {1}")]
+    Map(&'static str, #[source] aya::maps::MapError),
 }
 
 /// Why one hook could not be loaded or attached.
@@ -227,6 +231,45 @@ pub struct FamilyAttachment {
     /// Better strategies that were tried first, with the reason each was passed over.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<Skipped>,
+    /// For bind, listen and connect: which failed calls the log shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_calls: Option<FailedCalls>,
+}
+
+/// Which failed calls a call family reports (`[kernel] syscall_tracepoints`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailedCalls {
+    /// Every failure, with its errno.
+    All,
+    /// A connect's failed handshake (ECONNREFUSED, ETIMEDOUT, ...), not a call that failed
+    /// before its SYN (EADDRNOTAVAIL, ENETUNREACH).
+    Handshake,
+    /// None: a failed bind or listen is not seen.
+    None,
+}
+
+impl FailedCalls {
+    fn of(family: Family, strategy: Strategy, syscall_tracepoints: bool) -> Option<Self> {
+        if !matches!(family, Family::Bind | Family::Listen | Family::Connect) {
+            return None;
+        }
+        Some(match (strategy, syscall_tracepoints, family) {
+            (Strategy::Tracepoint, false, Family::Connect) => FailedCalls::Handshake,
+            (Strategy::Tracepoint, false, _) => FailedCalls::None,
+            _ => FailedCalls::All,
+        })
+    }
+
+    /// The `SOCKET_CALLS` bit of a family the socket hooks report alone.
+    fn socket_calls_bit(family: Family) -> u32 {
+        match family {
+            Family::Bind => portwatch_common::socket_calls::BIND,
+            Family::Listen => portwatch_common::socket_calls::LISTEN,
+            Family::Connect => portwatch_common::socket_calls::CONNECT,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -349,18 +392,35 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         source,
     })?;
 
-    let mut families = Vec::new();
+    let socket_calls = !opts.tables.syscall_tracepoints && sock_ops_calls_load(&mut ebpf);
+    let mut families: Vec<FamilyAttachment> = Vec::new();
     for family in Family::ALL {
         let mut skipped = Vec::new();
         let mut attached = None;
         for &strategy in family.ladder(opts.mode) {
-            match attach_family(&mut ebpf, &cgroup, btf.as_ref(), family, strategy) {
+            // The sock_ops program that reports listen and connect calls, when they are on the
+            // tracepoint strategy without syscall tracepoints (both come before Handshake).
+            let calls_on_sock_ops = socket_calls
+                && families.iter().any(|f| {
+                    matches!(f.family, Family::Listen | Family::Connect)
+                        && f.strategy == Strategy::Tracepoint
+                });
+            let choice = HookChoice {
+                syscall_tracepoints: !socket_calls,
+                sock_ops: if calls_on_sock_ops {
+                    "portwatch_sock_ops_calls"
+                } else {
+                    "portwatch_sock_ops"
+                },
+            };
+            match attach_family(&mut ebpf, &cgroup, btf.as_ref(), family, strategy, choice) {
                 Ok(hooks) => {
                     attached = Some(FamilyAttachment {
                         family,
                         strategy,
                         hooks,
                         skipped: std::mem::take(&mut skipped),
+                        failed_calls: FailedCalls::of(family, strategy, !socket_calls),
                     });
                     break;
                 }
@@ -386,11 +446,63 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
             }
         }
     }
+    let sock_ops_calls_attached = families
+        .iter()
+        .any(|f| f.hooks.iter().any(|h| h == "cgroup:sock_ops_calls"));
+    if socket_calls && !sock_ops_calls_attached {
+        unload(&mut ebpf, "portwatch_sock_ops_calls");
+    }
+    tell_socket_calls(&mut ebpf, &families)?;
     Ok(Attached {
         ebpf,
         families,
         ring_buffer_bytes: opts.ring_buffer_bytes,
     })
+}
+
+/// Whether `portwatch_sock_ops_calls` loads: the socket hooks can report calls only where a
+/// `sock_ops` program may ask for the current task's ids (6.10+). Where it cannot, the syscall
+/// tracepoints stay, and the log says so.
+fn sock_ops_calls_load(ebpf: &mut Ebpf) -> bool {
+    const NAME: &str = "portwatch_sock_ops_calls";
+    let loaded = match ebpf.program_mut(NAME) {
+        Some(Program::SockOps(p)) => load_once(p.load()).map_err(|e| error_chain(&e)),
+        _ => Err(format!("program {NAME} is missing from the eBPF object")),
+    };
+    match loaded {
+        Ok(()) => true,
+        Err(reason) => {
+            tracing::warn!(
+                %reason,
+                "[kernel] syscall_tracepoints = false needs a kernel whose sock_ops programs may \
+                 read the current task's ids (6.10 or later); keeping the syscall tracepoints, \
+                 which slow every syscall on the host"
+            );
+            false
+        }
+    }
+}
+
+/// Tells the programs which families the socket hooks report on their own: those on the
+/// tracepoint strategy without its syscall tracepoints.
+fn tell_socket_calls(ebpf: &mut Ebpf, families: &[FamilyAttachment]) -> Result<(), AttachError> {
+    let bits = families
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.failed_calls,
+                Some(FailedCalls::None | FailedCalls::Handshake)
+            )
+        })
+        .fold(0, |bits, f| bits | FailedCalls::socket_calls_bit(f.family));
+    let map = ebpf
+        .map_mut("SOCKET_CALLS")
+        .ok_or(AttachError::MissingMap("SOCKET_CALLS"))?;
+    let mut array: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(map).map_err(|e| AttachError::Map("SOCKET_CALLS", e))?;
+    array
+        .set(0, bits, 0)
+        .map_err(|e| AttachError::Map("SOCKET_CALLS", e))
 }
 
 /// A program and where it goes.
@@ -418,6 +530,10 @@ impl Hook {
         }
     }
 
+    fn is_syscall_tracepoint(&self) -> bool {
+        matches!(self, Hook::TracePoint(_, "syscalls", _))
+    }
+
     fn label(&self) -> String {
         match self {
             Hook::CgroupSock(p) | Hook::CgroupSockAddr(p) | Hook::SockOps(p) => {
@@ -432,8 +548,17 @@ impl Hook {
     }
 }
 
-fn tracepoint_hooks(family: Family) -> Vec<Hook> {
-    match family {
+/// What the tracepoint strategy's hooks depend on beyond the family.
+#[derive(Clone, Copy)]
+struct HookChoice {
+    /// Whether bind, listen and connect take their syscall tracepoints.
+    syscall_tracepoints: bool,
+    /// The Handshake family's program.
+    sock_ops: &'static str,
+}
+
+fn tracepoint_hooks(family: Family, choice: HookChoice) -> Vec<Hook> {
+    let mut hooks = match family {
         Family::Bind => vec![
             Hook::CgroupSock("portwatch_post_bind4"),
             Hook::CgroupSock("portwatch_post_bind6"),
@@ -456,8 +581,11 @@ fn tracepoint_hooks(family: Family) -> Vec<Hook> {
             Hook::TracePoint("portwatch_sys_exit_connect", "syscalls", "sys_exit_connect"),
         ],
         Family::Release => vec![Hook::CgroupSock("portwatch_sock_release")],
-        Family::Lineage | Family::Handshake | Family::ImplicitBind => fixed_hooks(family),
-    }
+        Family::Handshake => vec![Hook::SockOps(choice.sock_ops)],
+        Family::Lineage | Family::ImplicitBind => fixed_hooks(family),
+    };
+    hooks.retain(|h| choice.syscall_tracepoints || !h.is_syscall_tracepoint());
+    hooks
 }
 
 /// The families that take the same hooks whatever the strategy.
@@ -545,13 +673,21 @@ fn attach_family(
     btf: Option<&Btf>,
     family: Family,
     strategy: Strategy,
+    choice: HookChoice,
 ) -> Result<Vec<String>, AttachError> {
     let hooks = match strategy {
-        Strategy::Tracepoint => tracepoint_hooks(family),
+        Strategy::Tracepoint => tracepoint_hooks(family, choice),
         Strategy::Kprobe => kprobe_hooks(family),
         Strategy::Fentry => fentry_hooks(family),
     };
-    let mut labels = Vec::with_capacity(hooks.len());
+    let mut labels = Vec::with_capacity(hooks.len() + 1);
+    if strategy == Strategy::Tracepoint
+        && !choice.syscall_tracepoints
+        && matches!(family, Family::Listen | Family::Connect)
+    {
+        // Reported by the Handshake family's program, attached after this one.
+        labels.push("cgroup:sock_ops_calls".to_string());
+    }
     for hook in &hooks {
         if let Err(e) = attach_hook(ebpf, cgroup, btf, hook, strategy) {
             for h in &hooks {
