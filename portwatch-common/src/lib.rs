@@ -434,6 +434,17 @@ pub struct KernelOffsets {
     pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,
     pub file_private_data: u32,
+    /// What `bpf_get_current_{pid_tgid,uid_gid,cgroup_id}` read, for `sock_ops` programs, which
+    /// may not call those helpers on every kernel: `task_struct.pid`, `.cred` (`cred.uid`,
+    /// `.gid`) and `.cgroups` (`css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`).
+    pub task_pid: u32,
+    pub task_cred: u32,
+    pub cred_uid: u32,
+    pub cred_gid: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     /// `struct pt_regs` members holding a syscall's first two arguments at its exit; unknown
     /// where the architecture's layout is not known, and then every bind is parked instead.
     pub regs_arg0: u32,

@@ -53,7 +53,7 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
         // The pre-bind hook kept what the caller asked for: a named port makes a UDP socket
         // a listener; port 0 (kernel's pick) does not.
         let named = if emit::socket_calls(socket_calls::BIND) {
-            sockets::take_named_bind(sk as usize, ev.cookie)
+            sockets::take_named_bind(sk as usize, ev.cookie, ev.local_port)
         } else {
             emit::parked_bind_named_port()
         };

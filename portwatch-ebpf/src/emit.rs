@@ -82,6 +82,56 @@ pub fn add_task_facts(ev: &mut PortEvent, kind: u8, probe: u8, sk: usize) {
     ev.probe = probe;
 }
 
+/// `add_task_facts` for `sock_ops` programs, which may not ask for the current task's ids on
+/// every kernel (`bpf_get_current_pid_tgid` there is 6.10+, `uid_gid` and `cgroup_id` later
+/// still): the same facts, read from `current` at its BTF offsets.
+#[inline(always)]
+pub fn add_task_facts_read(ev: &mut PortEvent, kind: u8, probe: u8, sk: usize) {
+    // SAFETY: helper without arguments; the task is read with bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as usize;
+    // SAFETY: kernel reads through bpf_probe_read_kernel of the current task and what it points
+    // to; a failed read leaves the fact 0.
+    unsafe {
+        if let Some(off) = offsets::get(|o| &o.task_tgid) {
+            ev.pid = read_kernel::<u32>(task, off).unwrap_or(0);
+        }
+        if let Some(off) = offsets::get(|o| &o.task_pid) {
+            ev.tid = read_kernel::<u32>(task, off).unwrap_or(0);
+        }
+        if let (Some(cred_off), Some(uid_off), Some(gid_off)) = (
+            offsets::get(|o| &o.task_cred),
+            offsets::get(|o| &o.cred_uid),
+            offsets::get(|o| &o.cred_gid),
+        ) && let Some(cred) = read_kernel::<usize>(task, cred_off).filter(|&c| c != 0)
+        {
+            ev.uid = read_kernel::<u32>(cred, uid_off).unwrap_or(0);
+            ev.gid = read_kernel::<u32>(cred, gid_off).unwrap_or(0);
+        }
+        if let (Some(cgroups), Some(dfl), Some(kn), Some(id)) = (
+            offsets::get(|o| &o.task_cgroups),
+            offsets::get(|o| &o.css_set_dfl_cgrp),
+            offsets::get(|o| &o.cgroup_kn),
+            offsets::get(|o| &o.kernfs_node_id),
+        ) {
+            ev.cgroup_id = read_kernel::<usize>(task, cgroups)
+                .filter(|&p| p != 0)
+                .and_then(|set| read_kernel::<usize>(set, dfl))
+                .filter(|&p| p != 0)
+                .and_then(|cgrp| read_kernel::<usize>(cgrp, kn))
+                .filter(|&p| p != 0)
+                .and_then(|node| read_kernel::<u64>(node, id))
+                .unwrap_or(0);
+        }
+        if let Some(off) = offsets::get(|o| &o.task_comm) {
+            ev.comm = read_kernel::<[u8; 16]>(task, off).unwrap_or([0; 16]);
+        }
+        ev.ts_ns = bpf_ktime_get_ns();
+    }
+    ev.netns = sock_netns(sk);
+    ev.header = RecordHeader::new(kind);
+    ev.probe = probe;
+}
+
 /// `current->comm`. The kernel keeps it NUL-terminated and zero-padded; a rename racing with the
 /// read can tear it, as it can for `bpf_get_current_comm`, which also reads it without a lock.
 #[inline(always)]

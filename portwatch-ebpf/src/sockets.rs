@@ -77,9 +77,9 @@ pub fn portwatch_sock_ops(ctx: SockOpsContext) -> u32 {
 }
 
 /// `portwatch_sock_ops` that also reports listen and connect calls (`socket_calls`), for the
-/// tracepoint strategy without syscall tracepoints. A program of its own because it asks for
-/// the current task's ids, which `sock_ops` programs may do only since 6.10: elsewhere the
-/// verifier rejects it, and the daemon keeps the syscall tracepoints.
+/// tracepoint strategy without syscall tracepoints. A program of its own because it reads the
+/// current task (`bpf_get_current_task`), which a kernel may not allow `sock_ops` programs:
+/// there the verifier rejects it, and the daemon keeps the syscall tracepoints.
 #[sock_ops]
 pub fn portwatch_sock_ops_calls(ctx: SockOpsContext) -> u32 {
     sock_ops::<true>(&ctx)
@@ -231,7 +231,7 @@ fn listened(ctx: &SockOpsContext) {
     ev.family = ctx.family() as u8;
     ev.protocol = protocol::TCP;
     emit::local_from_sock(&mut ev, sk);
-    emit::add_task_facts(&mut ev, kind::LISTEN, probe::CGROUP_SOCK_OPS, sk);
+    emit::add_task_facts_read(&mut ev, kind::LISTEN, probe::CGROUP_SOCK_OPS, sk);
     ev.cookie = cookie_of_ops(ctx);
     emit::submit(&mut ev);
 }
@@ -257,7 +257,7 @@ fn connect_call(ctx: &SockOpsContext, sk: usize) {
     ev.protocol = protocol::TCP;
     emit::local_from_sock(ev, sk);
     emit::peer_from_sock(ev, sk);
-    emit::add_task_facts(ev, kind::CONNECT, probe::CGROUP_SOCK_OPS, sk);
+    emit::add_task_facts_read(ev, kind::CONNECT, probe::CGROUP_SOCK_OPS, sk);
     ev.cookie = cookie;
     state.start_ns = state.call.ts_ns;
     if !held {
@@ -526,8 +526,10 @@ fn unconnected_send(ctx: &SockAddrContext, probe: u8) {
 }
 
 /// A bind of `ctx`'s socket about to be made, when the socket hooks report binds
-/// (`socket_calls::BIND`): one that names its port is noted for `take_named_bind`. A socket that
-/// already has an entry has a port, so its bind fails (EINVAL) and its entry stays.
+/// (`socket_calls::BIND`): one that names its port is noted, with the port, for
+/// `take_named_bind`. A socket whose own entry is not such a note has a port, so its bind fails
+/// (EINVAL) and its entry stays. A bind(0) is not looked up at all: it is the common case, and
+/// a note a failed named bind left is told apart by its port.
 #[inline(always)]
 pub fn bind_requested(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
@@ -537,31 +539,46 @@ pub fn bind_requested(ctx: &SockAddrContext) {
             return;
         }
         let sk = emit::sock_address((*sa).__bindgen_anon_1.sk);
-        if sk == 0 || SOCKETS.get_ptr(sk).is_some() {
+        if sk == 0 {
+            return;
+        }
+        let cookie = bpf_get_socket_cookie(sa.cast());
+        if let Some(state) = SOCKETS.get_ptr(sk)
+            && is_own(state, cookie)
+            && (*state).flags & sock_state::BIND_NAMED == 0
+        {
             return;
         }
         let state = SockState {
             flags: sock_state::BIND_NAMED,
-            cookie: bpf_get_socket_cookie(sa.cast()),
+            cookie,
+            port: u16::from_be((*sa).user_port as u16) as u32,
             ..EMPTY
         };
+        // A full table is counted (`sockets_full`); the bind is then written as not naming its
+        // port.
         let _ = remember(sk, &state);
     }
 }
 
-/// Whether the bind that just took `sk`'s port named it (`bind_requested`); forgets the note.
-/// A failed bind's note stays until the socket's release or its next bind.
+/// Whether the bind that just took `port` for `sk` named it (`bind_requested`); forgets the
+/// note. A failed bind's note stays until the socket's release or its next bind; a later bind(0)
+/// of the same socket gets another port than the one that was in use, so the note is not taken
+/// for its own.
 #[inline(always)]
-pub fn take_named_bind(sk: usize, cookie: u64) -> bool {
+pub fn take_named_bind(sk: usize, cookie: u64, port: u16) -> bool {
     let Some(state) = SOCKETS.get_ptr(sk) else {
         return false;
     };
-    // SAFETY: a map value pointer, read at once.
-    let named = unsafe { is_own(state, cookie) && (*state).flags & sock_state::BIND_NAMED != 0 };
-    if named {
+    // SAFETY: a map value pointer, read before the entry is removed.
+    unsafe {
+        if !is_own(state, cookie) || (*state).flags & sock_state::BIND_NAMED == 0 {
+            return false;
+        }
+        let named = (*state).port == port as u32;
         let _ = SOCKETS.remove(sk);
+        named
     }
-    named
 }
 
 /// A UDP connect, when the socket hooks report connects (`socket_calls::CONNECT`). A bound

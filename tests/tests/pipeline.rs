@@ -168,6 +168,15 @@ fn every_shared_scenario_has_a_host_test() {
             "scenario {} is not run on the host",
             c.name
         );
+        let without = &src[src
+            .find("mod without_syscall_tracepoints")
+            .expect("the module")..];
+        assert_eq!(
+            without.contains(&format!("        {},\n", c.name)),
+            scenarios::applies(Strategy::SocketHooks, c.name),
+            "scenario {} without syscall tracepoints",
+            c.name
+        );
     }
 }
 

@@ -22,13 +22,26 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     None,
+    /// The default configuration: on this kernel's tracepoint strategy, no syscall tracepoints.
     Portwatch,
+    /// `--syscall-tracepoints true`: every failure's errno, at the syscall tracepoints' price.
+    PortwatchSyscalls,
     Bpftrace,
     Auditd,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::None, Mode::Portwatch, Mode::Bpftrace, Mode::Auditd];
+    const ALL: [Mode; 5] = [
+        Mode::None,
+        Mode::Portwatch,
+        Mode::PortwatchSyscalls,
+        Mode::Bpftrace,
+        Mode::Auditd,
+    ];
+
+    fn is_portwatch(self) -> bool {
+        matches!(self, Mode::Portwatch | Mode::PortwatchSyscalls)
+    }
 
     /// The smoke runs on hosts that go on doing other work: it must leave no audit contexts behind.
     fn measured(smoke: bool) -> Vec<Mode> {
@@ -42,6 +55,7 @@ impl Mode {
         match self {
             Mode::None => "no tracer",
             Mode::Portwatch => "portwatch",
+            Mode::PortwatchSyscalls => "portwatch +syscall tp",
             Mode::Bpftrace => "bpftrace",
             Mode::Auditd => "auditd",
         }
@@ -173,7 +187,9 @@ fn run_one(p: &Paths, mode: Mode, workload: &str, ops: u64, rate: Option<u64>) -
     let pid = report["pid"].as_u64().unwrap_or(0) as u32;
     let expected = match mode {
         Mode::None => 0,
-        Mode::Portwatch => report["events"]["total"].as_u64().unwrap_or(0),
+        Mode::Portwatch | Mode::PortwatchSyscalls => {
+            report["events"]["total"].as_u64().unwrap_or(0)
+        }
         // Both see syscalls: bind, listen, connect (not releases).
         Mode::Bpftrace | Mode::Auditd => ["bind", "listen", "connect"]
             .iter()
@@ -184,7 +200,9 @@ fn run_one(p: &Paths, mode: Mode, workload: &str, ops: u64, rate: Option<u64>) -
     let cpu_seconds = (tracer.cpu_ticks() - before) as f64 / ticks_per_second();
     let peak_rss_kib = tracer.peak_rss_kib();
     let kernel_ns_per_event = match (mode, rate) {
-        (Mode::Portwatch, None) => kernel_cost(p, &tracer, workload, ops / 4)?,
+        (Mode::Portwatch | Mode::PortwatchSyscalls, None) => {
+            kernel_cost(p, &tracer, workload, ops / 4)?
+        }
         _ => None,
     };
     tracer.stop()?;
@@ -292,7 +310,7 @@ fn run_web(p: &Paths, web: &WebServer, mode: Mode, requests: u64) -> Result<Samp
     // close; the syscall tracers see the connect call.
     let expected = match mode {
         Mode::None => 0,
-        Mode::Portwatch => 3 * requests,
+        Mode::Portwatch | Mode::PortwatchSyscalls => 3 * requests,
         Mode::Bpftrace | Mode::Auditd => requests,
     };
     let (recorded, reported_lost) = tracer.settle(pid, expected)?;
@@ -364,7 +382,7 @@ impl Tracer {
         let audit_dir = p.out.join("auditd");
         let log = match mode {
             Mode::None => PathBuf::new(),
-            Mode::Portwatch => p.out.join("portwatch.jsonl"),
+            Mode::Portwatch | Mode::PortwatchSyscalls => p.out.join("portwatch.jsonl"),
             Mode::Bpftrace => p.out.join("bpftrace.out"),
             Mode::Auditd => audit_dir.join("audit.log"),
         };
@@ -376,7 +394,7 @@ impl Tracer {
         }
         let child = match mode {
             Mode::None => None,
-            Mode::Portwatch => {
+            Mode::Portwatch | Mode::PortwatchSyscalls => {
                 // A fresh tenancy store per run: a history grown over earlier runs would make
                 // later runs pay for it.
                 let _ = fs::remove_dir_all(p.out.join("state"));
@@ -392,6 +410,10 @@ impl Tracer {
                     .arg(p.out.join("status.sock"))
                     .arg("--state-dir")
                     .arg(p.out.join("state"))
+                    .args([
+                        "--syscall-tracepoints",
+                        &(mode == Mode::PortwatchSyscalls).to_string(),
+                    ])
                     .stderr(fs::File::create(p.out.join("portwatch.stderr"))?)
                     .spawn()?;
                 wait_until(Duration::from_secs(30), || {
@@ -485,7 +507,7 @@ impl Tracer {
 
     /// portwatch only: total run time and count of its programs (kernel.bpf_stats_enabled).
     fn kernel_stats(&self) -> Option<(u64, u64)> {
-        if self.mode != Mode::Portwatch {
+        if !self.mode.is_portwatch() {
             return None;
         }
         let mut t = (0, 0);
@@ -532,7 +554,7 @@ impl Tracer {
         let text = self.text();
         match self.mode {
             Mode::None => 0,
-            Mode::Portwatch => text
+            Mode::Portwatch | Mode::PortwatchSyscalls => text
                 .lines()
                 .filter(|l| l.contains("\"event\":\"connect\""))
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -563,7 +585,7 @@ impl Tracer {
 
     /// Everything the tracer wrote (portwatch's rotated files too).
     fn text(&self) -> String {
-        if self.mode == Mode::Portwatch {
+        if self.mode.is_portwatch() {
             rotated(&self.log)
                 .iter()
                 .chain(std::iter::once(&self.log))
@@ -579,7 +601,7 @@ impl Tracer {
         let text = self.text();
         match self.mode {
             Mode::None => (0, 0),
-            Mode::Portwatch => {
+            Mode::Portwatch | Mode::PortwatchSyscalls => {
                 let needle = format!("\"process\":{{\"pid\":{pid},");
                 let recorded = text.lines().filter(|l| l.contains(&needle)).count() as u64;
                 let lost = text

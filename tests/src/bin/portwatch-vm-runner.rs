@@ -130,7 +130,13 @@ fn main() {
     );
     for strategy in strategies {
         eprintln!("vm-runner: strategy {strategy}");
-        let started = catch_unwind(AssertUnwindSafe(|| Daemon::start(&["--attach", strategy])));
+        // `socket-hooks`: the tracepoint strategy without syscall tracepoints, which keeps them
+        // (and says so) where the kernel is older than 6.10.
+        let args: &[&str] = match strategy.as_str() {
+            "socket-hooks" => &["--attach", "tracepoint", "--syscall-tracepoints", "false"],
+            s => &["--attach", s],
+        };
+        let started = catch_unwind(AssertUnwindSafe(|| Daemon::start(args)));
         let mut d = match started {
             Ok(d) => d,
             Err(e) => {

@@ -461,8 +461,8 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
 }
 
 /// Whether `portwatch_sock_ops_calls` loads: the socket hooks can report calls only where a
-/// `sock_ops` program may ask for the current task's ids (6.10+). Where it cannot, the syscall
-/// tracepoints stay, and the log says so.
+/// `sock_ops` program may read the current task. Where it cannot, the syscall tracepoints stay,
+/// and the log says so.
 fn sock_ops_calls_load(ebpf: &mut Ebpf) -> bool {
     const NAME: &str = "portwatch_sock_ops_calls";
     let loaded = match ebpf.program_mut(NAME) {
@@ -475,8 +475,8 @@ fn sock_ops_calls_load(ebpf: &mut Ebpf) -> bool {
             tracing::warn!(
                 %reason,
                 "[kernel] syscall_tracepoints = false needs a kernel whose sock_ops programs may \
-                 read the current task's ids (6.10 or later); keeping the syscall tracepoints, \
-                 which slow every syscall on the host"
+                 read the current task; this one refuses it, so the syscall tracepoints stay, \
+                 and they slow every syscall on the host"
             );
             false
         }
