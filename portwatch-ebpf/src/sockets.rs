@@ -428,7 +428,7 @@ pub fn released(sk: usize, cookie: u64) -> bool {
         if is_own(state, cookie) {
             let flags = (*state).flags;
             if flags & sock_state::UDP_CONNECTING != 0 {
-                report_udp_connect(sk, state);
+                report_udp_connect(sk, state, true);
                 return true;
             }
             if flags & sock_state::ACCEPTED != 0 {
@@ -506,12 +506,16 @@ fn unconnected_send(ctx: &SockAddrContext, probe: u8) {
             return;
         }
         let cookie = bpf_get_socket_cookie(sa.cast());
-        if let Some(state) = SOCKETS.get_ptr(sk)
+        if let Some(state) = SOCKETS.get_ptr_mut(sk)
             && is_own(state, cookie)
-            && (*state).flags & sock_state::SENT != 0
-            && (*state).port == ev.local_port as u32
         {
-            return;
+            if (*state).flags & sock_state::SENT != 0 && (*state).port == ev.local_port as u32 {
+                return;
+            }
+            // Connected while unbound, then disconnected before anything read its port.
+            if (*state).flags & sock_state::UDP_CONNECTING != 0 {
+                report_udp_connect(sk, state, false);
+            }
         }
         // Reporting without remembering would report every send.
         if !bound_udp(sk, cookie, ev.local_port) {
@@ -582,8 +586,9 @@ pub fn take_named_bind(sk: usize, cookie: u64, port: u16) -> bool {
 }
 
 /// A UDP connect, when the socket hooks report connects (`socket_calls::CONNECT`). A bound
-/// socket keeps its port, so the record goes out now. An unbound one gets its port from the
-/// kernel after this hook: the record waits in the socket's entry (`UDP_CONNECTING`) until the
+/// socket keeps its port, so the record goes out now (with the address it is bound to: for a
+/// wildcard, the call picks the route's source address after this hook). An unbound one gets
+/// its port from the kernel after this hook: the record waits in the socket's entry (`UDP_CONNECTING`) until the
 /// port can be read, at the socket's next connect or its release. `V6` as for
 /// `bind::park_sock_addr`.
 #[inline(always)]
@@ -604,7 +609,7 @@ pub fn udp_connect<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
             && is_own(state, cookie)
             && (*state).flags & sock_state::UDP_CONNECTING != 0
         {
-            report_udp_connect(sk, state);
+            report_udp_connect(sk, state, true);
         }
         // The record is built in the entry it may wait in: one copy on the 512-byte stack.
         let mut state = SockState {
@@ -643,14 +648,18 @@ pub fn udp_connect<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
 }
 
 /// Reports a UDP connect that waited for its port, now read from the socket, and forgets it.
+/// `port_known` is false when the socket gave that port back since (`connect(AF_UNSPEC)`, seen
+/// as an unconnected send): the record then goes out without it.
 ///
 /// # Safety
 /// `state` is `SOCKETS`' value for `sk`.
 #[inline(always)]
-unsafe fn report_udp_connect(sk: usize, state: *mut SockState) {
+unsafe fn report_udp_connect(sk: usize, state: *mut SockState, port_known: bool) {
     // Completed and submitted where it waits: a copy would not fit the connect hook's stack.
     unsafe {
-        emit::local_from_sock(&mut (*state).call, sk);
+        if port_known {
+            emit::local_from_sock(&mut (*state).call, sk);
+        }
         emit::submit(&mut (*state).call);
         let _ = SOCKETS.remove(sk);
     }

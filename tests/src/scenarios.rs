@@ -962,10 +962,22 @@ fn check_exit_fast(ctx: &Ctx, case: &Case, report: &Value, evs: &[Value]) {
 pub fn shape(evs: &[Value]) -> Vec<Value> {
     evs.iter()
         .map(|e| {
+            // A connect refused in its handshake: the strategies that read the socket when the
+            // call returns find the address the call chose already reset (tcp_disconnect);
+            // `sock_ops` records it while the SYN goes out (docs/schema.md).
+            // A UDP connect of a socket bound to a wildcard: the same, the other way round, as
+            // the call picks the route's source address after the connect hook.
+            let local = if e["event"] == "connect"
+                && (e["outcome"] == "failure" || e["network"]["transport"] == "udp")
+            {
+                Value::Null
+            } else {
+                e["network"]["local"]["address"].clone()
+            };
             json!({
                 "event": e["event"], "outcome": e["outcome"], "error": e.get("error"),
                 "transport": e["network"]["transport"], "type": e["network"]["type"],
-                "local": e["network"]["local"]["address"],
+                "local": local,
                 "peer": e["network"].get("peer").map(|p| p["address"].clone()),
                 "comm": e["process"]["comm"], "user": e["process"]["user"],
                 "requested": e["port"].get("requested"),
