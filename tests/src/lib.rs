@@ -6,6 +6,7 @@ pub mod identities;
 pub mod otel;
 pub mod scenarios;
 pub mod schema;
+pub mod systemd;
 
 pub use fixtures::{
     alerts, free_fixed_port, free_port, json_lines, on_port, portwatch, portwatch_output,

@@ -57,6 +57,21 @@ impl Layout {
             live: destdir.is_none(),
         }
     }
+
+    /// Where the Debian package puts each file, under `stage` (its root): the binary in
+    /// /usr/bin, the unit in /usr/lib/systemd/system, and the policy template in
+    /// /usr/share/portwatch: a policy of the target host's listeners can only be written there,
+    /// by the maintainer script.
+    pub fn package(stage: &Path) -> Layout {
+        let mut layout = Layout::new(Path::new("/usr"), Some(stage));
+        layout.unit = stage.join("usr/lib/systemd/system/portwatch.service");
+        layout.policy = stage.join("usr/share/portwatch/policy.toml");
+        layout
+    }
+
+    pub fn man1(&self) -> &Path {
+        &self.man1
+    }
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Developer and operator tasks: `cargo xtask setup | build | run | test`.
 mod bench;
 mod install;
+mod package;
 mod process;
 mod setup;
 mod vm;
@@ -49,6 +50,8 @@ enum Task {
         #[arg(long)]
         destdir: Option<PathBuf>,
     },
+    /// Build target/debian/portwatch_VERSION_ARCH.deb (install it with `apt install ./PATH`).
+    Package,
     /// Remove what `install` put in place.
     Uninstall {
         #[arg(long, default_value = "/usr/local")]
@@ -102,6 +105,11 @@ fn main() -> Result<()> {
             build(&root)?;
             install::install(&root, &install::Layout::new(&prefix, destdir.as_deref()))
         }
+        Task::Package => {
+            setup::run()?;
+            build(&root)?;
+            package::package(&root).map(|_| ())
+        }
         Task::Uninstall { prefix, destdir } => {
             install::uninstall(&install::Layout::new(&prefix, destdir.as_deref()))
         }
@@ -126,6 +134,8 @@ fn main() -> Result<()> {
                 lint(&root)?;
             }
             build(&root)?;
+            // tests/tests/package.rs installs, runs, removes and purges it.
+            package::package(&root)?;
             setup::test_packages()?;
             cargo(
                 &root,
