@@ -60,9 +60,15 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
         if named {
             ev.flags |= portwatch_common::flags::PORT_REQUESTED;
         }
+        let udp = protocol == portwatch_common::protocol::UDP as u32;
+        if udp {
+            // A connect held for its port, on a socket that disconnected and now binds: the
+            // entry is about to be replaced.
+            sockets::flush_udp_connect(sk as usize, ev.cookie);
+        }
         emit::submit(&mut ev);
-        if protocol == portwatch_common::protocol::UDP as u32 {
-            let _ = crate::sockets::bound_udp(sk as usize, ev.cookie, ev.local_port);
+        if udp {
+            let _ = sockets::bound_udp(sk as usize, ev.cookie, ev.local_port);
         }
     }
 }

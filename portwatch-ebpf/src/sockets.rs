@@ -388,7 +388,8 @@ unsafe fn report_handshake(sk: usize, state: *mut SockState) {
         ev.flags = 0;
         if (*state).flags & sock_state::HELD_CALL != 0 {
             // A blocking call: the outcome is what it returned. Released before the handshake
-            // ended, it was interrupted (a signal, or another thread closed the socket).
+            // ended with no error on the socket: the call was interrupted by a signal (or
+            // failed in a way the socket does not keep, which is rare: see docs/schema.md).
             if ev.errno == HANDSHAKE_ABORTED {
                 ev.errno = EINTR;
             }
@@ -396,8 +397,11 @@ unsafe fn report_handshake(sk: usize, state: *mut SockState) {
             ev.header.kind = kind::HANDSHAKE;
             ev.duration_ns = (*state).end_ns.saturating_sub((*state).start_ns);
         }
-        let _ = SOCKETS.remove(sk);
-        emit::submit(&mut ev);
+        // The handshake's end and the socket's release can both get here at once: only the
+        // one that removes the entry writes the record.
+        if SOCKETS.remove(sk).is_ok() {
+            emit::submit(&mut ev);
+        }
     }
 }
 
@@ -546,13 +550,16 @@ pub fn bind_requested(ctx: &SockAddrContext) {
         if sk == 0 {
             return;
         }
-        let cookie = bpf_get_socket_cookie(sa.cast());
-        if let Some(state) = SOCKETS.get_ptr(sk)
-            && is_own(state, cookie)
-            && (*state).flags & sock_state::BIND_NAMED == 0
+        // A socket with a port fails this bind (EINVAL). Whether it has one is read from the
+        // socket, not from its entry: connect(AF_UNSPEC) gives an autobound port back without
+        // any hook seeing it, and leaves the entry behind.
+        if let Some(off) = offsets::get(|o| &o.sock_num)
+            && read_kernel::<u16>(sk, off).is_none_or(|port| port != 0)
         {
             return;
         }
+        let cookie = bpf_get_socket_cookie(sa.cast());
+        flush_udp_connect(sk, cookie);
         let state = SockState {
             flags: sock_state::BIND_NAMED,
             cookie,
@@ -562,6 +569,19 @@ pub fn bind_requested(ctx: &SockAddrContext) {
         // A full table is counted (`sockets_full`); the bind is then written as not naming its
         // port.
         let _ = remember(sk, &state);
+    }
+}
+
+/// A UDP connect of `sk` still waiting for its port, when the socket is about to take another
+/// (it disconnected first): written without the port it had.
+#[inline(always)]
+pub fn flush_udp_connect(sk: usize, cookie: u64) {
+    if let Some(state) = SOCKETS.get_ptr_mut(sk)
+        // SAFETY: a map value pointer.
+        && unsafe { is_own(state, cookie) && (*state).flags & sock_state::UDP_CONNECTING != 0 }
+    {
+        // SAFETY: `state` is `SOCKETS`' value for `sk`.
+        unsafe { report_udp_connect(sk, state, false) };
     }
 }
 

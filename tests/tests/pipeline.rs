@@ -120,6 +120,7 @@ host_scenarios!(
     connect_nonblocking_aborted,
     connect_nonblocking_to_itself,
     udp_sendto_mapped_and_after_disconnect,
+    udp_named_bind_after_disconnect,
     short_lived_process,
 );
 
@@ -155,6 +156,7 @@ mod without_syscall_tracepoints {
         connect_nonblocking_aborted,
         connect_nonblocking_to_itself,
         udp_sendto_mapped_and_after_disconnect,
+        udp_named_bind_after_disconnect,
         short_lived_process,
     );
 }

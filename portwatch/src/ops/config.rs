@@ -294,8 +294,8 @@ socket_entries = 65536
 # tracepoints, and any syscall tracepoint slows every syscall of every task on the host (+30-45%
 # measured on getppid; docs/benchmarks.md). false: no syscall tracepoints; every successful call
 # and every TCP handshake's outcome are still reported, those early failures are not. The status
-# event's attach.*.failed_calls says which is in force. fentry and kprobe ignore this. false
-# needs kernel 6.10 or later; before that, the syscall tracepoints stay (and a warning says so).
+# event's attach.*.failed_calls says which is in force. fentry and kprobe ignore this. A kernel
+# that refuses the sock_ops program false needs keeps the syscall tracepoints (a warning says so).
 syscall_tracepoints = false
 
 [log]

@@ -328,6 +328,53 @@ fn run(args: &[String]) -> Result<Value, String> {
             let second = u.local_addr().map_err(io)?.to_string();
             json!({"mapped": mapped, "first": first, "second": second})
         }
+        "udp-disconnect-bind" => {
+            // Connected while unbound (the kernel picks its port), disconnected (the port goes
+            // back, unseen by any hook), then bound to a port it names: that bind makes the
+            // socket a listener, whatever the socket's past.
+            let named = {
+                let probe = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+                probe.local_addr().map_err(io)?.port()
+            };
+            let u = unbound_udp(false)?;
+            u.connect("127.0.0.1:9").map_err(io)?;
+            let connected = u.local_addr().map_err(io)?.to_string();
+            let unspec = libc::sockaddr {
+                sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+                sa_data: [0; 14],
+            };
+            // SAFETY: connect(2) with a zeroed AF_UNSPEC address on a socket we own.
+            if unsafe {
+                libc::connect(
+                    std::os::fd::AsRawFd::as_raw_fd(&u),
+                    &unspec,
+                    size_of::<libc::sockaddr>() as libc::socklen_t,
+                )
+            } != 0
+            {
+                return Err(format!("disconnect: {}", std::io::Error::last_os_error()));
+            }
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: named.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: bind(2) with a valid sockaddr_in on a socket we own.
+            if unsafe {
+                libc::bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&u),
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            } != 0
+            {
+                return Err(format!("bind: {}", std::io::Error::last_os_error()));
+            }
+            json!({"connected": connected, "named": named, "local": u.local_addr().map_err(io)?.to_string()})
+        }
         "thread-churn" => {
             // Threads started and joined one after another: each a fork record that no exec or
             // exit record follows.

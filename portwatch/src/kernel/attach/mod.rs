@@ -189,6 +189,17 @@ pub enum Family {
 }
 
 impl Family {
+    /// Handshake first: its `sock_ops` program is what the call families' socket hooks rely on.
+    const ATTACH_ORDER: [Family; 7] = [
+        Family::Handshake,
+        Family::Bind,
+        Family::Listen,
+        Family::Connect,
+        Family::Release,
+        Family::Lineage,
+        Family::ImplicitBind,
+    ];
+
     pub const ALL: [Family; 7] = [
         Family::Bind,
         Family::Listen,
@@ -392,29 +403,39 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
         source,
     })?;
 
-    let socket_calls = !opts.tables.syscall_tracepoints && sock_ops_calls_load(&mut ebpf);
+    // Only the tracepoint strategy can use it: a forced fentry or kprobe never loads it.
+    let socket_calls = !opts.tables.syscall_tracepoints
+        && opts.mode.ladder().contains(&Strategy::Tracepoint)
+        && sock_ops_calls_load(&mut ebpf);
+    // With `SOCKET_CALLS` at 0 the calls variant does what the plain one does: it goes in first,
+    // so that it is there before any call family relies on it.
+    let choice = HookChoice {
+        syscall_tracepoints: !socket_calls,
+        sock_ops: if socket_calls {
+            "portwatch_sock_ops_calls"
+        } else {
+            "portwatch_sock_ops"
+        },
+    };
+    let mut calls_bits = 0;
     let mut families: Vec<FamilyAttachment> = Vec::new();
-    for family in Family::ALL {
+    for family in Family::ATTACH_ORDER {
         let mut skipped = Vec::new();
         let mut attached = None;
         for &strategy in family.ladder(opts.mode) {
-            // The sock_ops program that reports listen and connect calls, when they are on the
-            // tracepoint strategy without syscall tracepoints (both come before Handshake).
-            let calls_on_sock_ops = socket_calls
-                && families.iter().any(|f| {
-                    matches!(f.family, Family::Listen | Family::Connect)
-                        && f.strategy == Strategy::Tracepoint
-                });
-            let choice = HookChoice {
-                syscall_tracepoints: !socket_calls,
-                sock_ops: if calls_on_sock_ops {
-                    "portwatch_sock_ops_calls"
-                } else {
-                    "portwatch_sock_ops"
-                },
+            // A call family's socket hooks are told to report its calls before they go in: no
+            // call in between is missed, or parked for a syscall return that never comes.
+            let bit = if socket_calls && strategy == Strategy::Tracepoint {
+                FailedCalls::socket_calls_bit(family)
+            } else {
+                0
             };
+            if bit != 0 {
+                set_socket_calls(&mut ebpf, calls_bits | bit)?;
+            }
             match attach_family(&mut ebpf, &cgroup, btf.as_ref(), family, strategy, choice) {
                 Ok(hooks) => {
+                    calls_bits |= bit;
                     attached = Some(FamilyAttachment {
                         family,
                         strategy,
@@ -426,6 +447,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
                 }
                 Err(e) if family.ladder(opts.mode).len() == 1 => return Err(e),
                 Err(e) => {
+                    if bit != 0 {
+                        set_socket_calls(&mut ebpf, calls_bits)?;
+                    }
                     tracing::info!(%family, %strategy, reason = %e, "attach strategy passed over");
                     skipped.push(Skipped {
                         strategy,
@@ -446,13 +470,6 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached, AttachError> {
             }
         }
     }
-    let sock_ops_calls_attached = families
-        .iter()
-        .any(|f| f.hooks.iter().any(|h| h == "cgroup:sock_ops_calls"));
-    if socket_calls && !sock_ops_calls_attached {
-        unload(&mut ebpf, "portwatch_sock_ops_calls");
-    }
-    tell_socket_calls(&mut ebpf, &families)?;
     Ok(Attached {
         ebpf,
         families,
@@ -483,18 +500,9 @@ fn sock_ops_calls_load(ebpf: &mut Ebpf) -> bool {
     }
 }
 
-/// Tells the programs which families the socket hooks report on their own: those on the
-/// tracepoint strategy without its syscall tracepoints.
-fn tell_socket_calls(ebpf: &mut Ebpf, families: &[FamilyAttachment]) -> Result<(), AttachError> {
-    let bits = families
-        .iter()
-        .filter(|f| {
-            matches!(
-                f.failed_calls,
-                Some(FailedCalls::None | FailedCalls::Handshake)
-            )
-        })
-        .fold(0, |bits, f| bits | FailedCalls::socket_calls_bit(f.family));
+/// Tells the programs which families the socket hooks report on their own (`socket_calls::*`
+/// bits): those on the tracepoint strategy without its syscall tracepoints.
+fn set_socket_calls(ebpf: &mut Ebpf, bits: u32) -> Result<(), AttachError> {
     let map = ebpf
         .map_mut("SOCKET_CALLS")
         .ok_or(AttachError::MissingMap("SOCKET_CALLS"))?;
