@@ -112,18 +112,7 @@ pub fn park_sock_addr<const V6: bool>(ctx: &SockAddrContext, kind: u8, probe: u8
         if kind == portwatch_common::kind::BIND && port == 0 && args::syscall_args_known() {
             return;
         }
-        let mut addr = [0u8; 16];
-        if !V6 {
-            addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
-        } else {
-            let ip = &(*sa).user_ip6;
-            addr = emit::ip6_words([
-                core::ptr::read_volatile(&ip[0]),
-                core::ptr::read_volatile(&ip[1]),
-                core::ptr::read_volatile(&ip[2]),
-                core::ptr::read_volatile(&ip[3]),
-            ]);
-        }
+        let addr = emit::user_addr::<V6>(sa);
         emit::park(&Pending {
             sk: (*sa).__bindgen_anon_1.sk as u64,
             cookie: aya_ebpf::helpers::generated::bpf_get_socket_cookie(sa as *mut _),

@@ -419,6 +419,32 @@ pub fn errno_of(ret: i64) -> i32 {
     if ret < 0 { (-ret) as i32 } else { 0 }
 }
 
+/// The address a `cgroup/sock_addr` hook's caller named (`user_ip4`/`user_ip6`), as an address
+/// field. `V6` selects the family at compile time: the verifier rejects any access to the other
+/// family's fields in these program types, even on a branch that is never taken.
+///
+/// # Safety
+/// `sa` is the program's context.
+#[inline(always)]
+pub unsafe fn user_addr<const V6: bool>(sa: *const aya_ebpf::bindings::bpf_sock_addr) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    // SAFETY: context reads, checked by the verifier.
+    unsafe {
+        if !V6 {
+            addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
+        } else {
+            let ip = &(*sa).user_ip6;
+            addr = ip6_words([
+                core::ptr::read_volatile(&ip[0]),
+                core::ptr::read_volatile(&ip[1]),
+                core::ptr::read_volatile(&ip[2]),
+                core::ptr::read_volatile(&ip[3]),
+            ]);
+        }
+    }
+    addr
+}
+
 /// Copies four network-order 32-bit words read from a context into an address field.
 #[inline(always)]
 pub fn ip6_words(words: [u32; 4]) -> [u8; 16] {

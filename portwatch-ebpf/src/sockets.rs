@@ -479,6 +479,21 @@ pub fn portwatch_sendmsg6(ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// The UDP socket behind a `cgroup/sock_addr` context; `None` for any other.
+///
+/// # Safety
+/// `sa` is the program's context.
+#[inline(always)]
+unsafe fn udp_socket(sa: *const aya_ebpf::bindings::bpf_sock_addr) -> Option<usize> {
+    // SAFETY: context reads, checked by the verifier.
+    unsafe {
+        if (*sa).protocol != protocol::UDP as u32 {
+            return None;
+        }
+        Some(emit::sock_address((*sa).__bindgen_anon_1.sk)).filter(|&sk| sk != 0)
+    }
+}
+
 /// A UDP send to an address. The first one on a port no event reported reports the socket's
 /// port as an implicit bind: on a socket never bound, and again after `connect(AF_UNSPEC)` gave
 /// an autobound port back and a send took another.
@@ -488,13 +503,9 @@ fn unconnected_send(ctx: &SockAddrContext, probe: u8) {
     // SAFETY: context reads of `struct bpf_sock_addr`, checked by the verifier; the socket's own
     // fields are read with bpf_probe_read_kernel.
     unsafe {
-        if (*sa).protocol != protocol::UDP as u32 {
+        let Some(sk) = udp_socket(sa) else {
             return;
-        }
-        let sk = emit::sock_address((*sa).__bindgen_anon_1.sk);
-        if sk == 0 {
-            return;
-        }
+        };
         // A connected socket sending to an explicit address: its connect reported the port.
         if let Some(off) = offsets::get(|o| &o.sock_state)
             && read_kernel::<u8>(sk, off) == Some(TCP_ESTABLISHED)
@@ -608,22 +619,18 @@ pub fn take_named_bind(sk: usize, cookie: u64, port: u16) -> bool {
 /// A UDP connect, when the socket hooks report connects (`socket_calls::CONNECT`). A bound
 /// socket keeps its port, so the record goes out now (with the address it is bound to: for a
 /// wildcard, the call picks the route's source address after this hook). An unbound one gets
-/// its port from the kernel after this hook: the record waits in the socket's entry (`UDP_CONNECTING`) until the
-/// port can be read, at the socket's next connect or its release. `V6` as for
-/// `bind::park_sock_addr`.
+/// its port from the kernel after this hook: the record waits in the socket's entry
+/// (`UDP_CONNECTING`) until the port can be read, at the socket's next connect, its bind or its
+/// release. `V6` as for `emit::user_addr`.
 #[inline(always)]
 pub fn udp_connect<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
     let sa = ctx.sock_addr;
     // SAFETY: context reads of `struct bpf_sock_addr`, checked by the verifier; the socket's own
     // fields are read with bpf_probe_read_kernel.
     unsafe {
-        if (*sa).protocol != protocol::UDP as u32 {
+        let Some(sk) = udp_socket(sa) else {
             return;
-        }
-        let sk = emit::sock_address((*sa).__bindgen_anon_1.sk);
-        if sk == 0 {
-            return;
-        }
+        };
         let cookie = bpf_get_socket_cookie(sa.cast());
         if let Some(state) = SOCKETS.get_ptr_mut(sk)
             && is_own(state, cookie)
@@ -640,19 +647,8 @@ pub fn udp_connect<const V6: bool>(ctx: &SockAddrContext, probe: u8) {
         let ev = &mut state.call;
         ev.protocol = protocol::UDP;
         ev.peer_port = u16::from_be((*sa).user_port as u16);
-        if !V6 {
-            ev.family = family::INET;
-            ev.peer_addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
-        } else {
-            ev.family = family::INET6;
-            let ip = &(*sa).user_ip6;
-            ev.peer_addr = emit::ip6_words([
-                read_volatile(&ip[0]),
-                read_volatile(&ip[1]),
-                read_volatile(&ip[2]),
-                read_volatile(&ip[3]),
-            ]);
-        }
+        ev.family = if V6 { family::INET6 } else { family::INET };
+        ev.peer_addr = emit::user_addr::<V6>(sa);
         emit::local_from_sock(ev, sk);
         emit::add_task_facts(ev, kind::CONNECT, probe, sk);
         ev.cookie = cookie;

@@ -18,10 +18,15 @@ fn finish(d: Daemon) {
 
 /// One shared scenario against a fresh daemon on this kernel (tracepoint + cgroup strategy).
 fn host(name: &str) {
+    host_as(name, Strategy::Tracepoint, &[]);
+}
+
+/// One shared scenario against a fresh daemon started with `args`, checked as `strategy`.
+fn host_as(name: &str, strategy: Strategy, args: &[&str]) {
     let case = scenarios::case(name);
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start(args);
     let (report, events) = scenarios::run(&mut d, &case, Duration::from_secs(10));
-    (case.check)(&Ctx::here(Strategy::Tracepoint), &case, &report, &events);
+    (case.check)(&Ctx::here(strategy), &case, &report, &events);
     finish(d);
 }
 
@@ -81,11 +86,11 @@ fn without_syscall_tracepoints_the_status_line_says_which_failures_are_seen() {
 
 /// One shared scenario against a daemon without syscall tracepoints.
 fn host_without_syscall_tracepoints(name: &str) {
-    let case = scenarios::case(name);
-    let mut d = Daemon::start(&["--syscall-tracepoints", "false"]);
-    let (report, events) = scenarios::run(&mut d, &case, Duration::from_secs(10));
-    (case.check)(&Ctx::here(Strategy::SocketHooks), &case, &report, &events);
-    finish(d);
+    host_as(
+        name,
+        Strategy::SocketHooks,
+        &["--syscall-tracepoints", "false"],
+    );
 }
 
 macro_rules! host_scenarios {

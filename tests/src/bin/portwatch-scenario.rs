@@ -309,21 +309,7 @@ fn run(args: &[String]) -> Result<Value, String> {
             u.send_to(b"x", "127.0.0.1:9").map_err(io)?;
             let first = u.local_addr().map_err(io)?.to_string();
             u.connect("127.0.0.1:9").map_err(io)?;
-            let unspec = libc::sockaddr {
-                sa_family: libc::AF_UNSPEC as libc::sa_family_t,
-                sa_data: [0; 14],
-            };
-            // SAFETY: connect(2) with a zeroed AF_UNSPEC address on a socket we own.
-            if unsafe {
-                libc::connect(
-                    std::os::fd::AsRawFd::as_raw_fd(&u),
-                    &unspec,
-                    size_of::<libc::sockaddr>() as libc::socklen_t,
-                )
-            } != 0
-            {
-                return Err(format!("disconnect: {}", std::io::Error::last_os_error()));
-            }
+            disconnect(&u)?;
             u.send_to(b"y", "127.0.0.1:9").map_err(io)?;
             let second = u.local_addr().map_err(io)?.to_string();
             json!({"mapped": mapped, "first": first, "second": second})
@@ -339,21 +325,7 @@ fn run(args: &[String]) -> Result<Value, String> {
             let u = unbound_udp(false)?;
             u.connect("127.0.0.1:9").map_err(io)?;
             let connected = u.local_addr().map_err(io)?.to_string();
-            let unspec = libc::sockaddr {
-                sa_family: libc::AF_UNSPEC as libc::sa_family_t,
-                sa_data: [0; 14],
-            };
-            // SAFETY: connect(2) with a zeroed AF_UNSPEC address on a socket we own.
-            if unsafe {
-                libc::connect(
-                    std::os::fd::AsRawFd::as_raw_fd(&u),
-                    &unspec,
-                    size_of::<libc::sockaddr>() as libc::socklen_t,
-                )
-            } != 0
-            {
-                return Err(format!("disconnect: {}", std::io::Error::last_os_error()));
-            }
+            disconnect(&u)?;
             let addr = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: named.to_be(),
@@ -577,6 +549,26 @@ fn set_comm(bytes: &[u8]) -> Result<(), String> {
     // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
     if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) } != 0 {
         return Err("prctl(PR_SET_NAME) failed".into());
+    }
+    Ok(())
+}
+
+/// connect(AF_UNSPEC): a UDP socket drops its peer, and gives back a port the kernel picked.
+fn disconnect(u: &std::net::UdpSocket) -> Result<(), String> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: connect(2) with a zeroed AF_UNSPEC address on a socket we own.
+    if unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(u),
+            &unspec,
+            size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(format!("disconnect: {}", std::io::Error::last_os_error()));
     }
     Ok(())
 }
