@@ -32,6 +32,8 @@ use crate::{
     },
     ops::{
         config::RunOptions,
+        metrics::{self, MetricsInput, Textfile},
+        metrics_http::{self, Render},
         privileges,
         status::{self, Counters, Lost, Rates, StatusAnswer, StatusServer},
     },
@@ -48,6 +50,8 @@ const DRAIN_BATCH: usize = 4096;
 const MIN_RECORD_BYTES: usize = 32;
 /// After losses, the history is checked against a socket scan at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// The ring's fill is reported as its peak over this many seconds.
+const RING_PEAK_SECONDS: usize = 10;
 
 /// The stages after the kernel's: a kernel record in, lines out.
 struct Stages {
@@ -198,6 +202,11 @@ struct Daemon {
     last_sweep: Instant,
     /// The last drain stopped at its batch bound with records still queued.
     backlog: bool,
+    /// The ring's fullest moment in each of the last seconds (None: not measurable).
+    ring_peaks: VecDeque<Option<u64>>,
+    textfile: Option<Textfile>,
+    /// Scrapes of the `/metrics` endpoint waiting for a render; None: no endpoint.
+    scrapes: Option<tokio::sync::mpsc::Receiver<Render>>,
 }
 
 impl Daemon {
@@ -213,6 +222,8 @@ impl Daemon {
         };
         // First: the status socket is also the lock that keeps a second daemon from starting.
         let status_server = StatusServer::bind(&opts.status_socket)?;
+        // A metrics port that is taken or not loopback is a start-up error, not a silent gap.
+        let scrapes = opts.metrics.listen.map(metrics_http::start).transpose()?;
         // Before attaching: a store that cannot be opened (corrupt, unwritable) is a clear error.
         let (store, store_path) =
             store::start(&opts.state_dir, opts.retention, clock::now_unix_ns())?;
@@ -260,6 +271,9 @@ impl Daemon {
             swept_at_loss: 0,
             last_sweep: Instant::now(),
             backlog: false,
+            ring_peaks: VecDeque::with_capacity(RING_PEAK_SECONDS),
+            textfile: opts.metrics.textfile.clone().map(Textfile::new),
+            scrapes,
         };
         // The status line comes first, the snapshot's events after it: whoever waits for that
         // line knows the scan is over once the snapshot lines follow.
@@ -325,6 +339,48 @@ impl Daemon {
             .is_some_and(|(at, _)| at.elapsed() > RATE_WINDOW)
         {
             self.rates.pop_front();
+        }
+        if self.ring_peaks.len() == RING_PEAK_SECONDS {
+            self.ring_peaks.pop_front();
+        }
+        self.ring_peaks.push_back(self.kernel.take_ring_peak());
+    }
+
+    /// The Prometheus metrics of this moment; empty when they could not be rendered (said).
+    fn metrics(&self) -> String {
+        let counters = self.counters();
+        let input = MetricsInput {
+            counters: &counters,
+            families: &self.kernel.attached.families,
+            ring_buffer_bytes: self.kernel.ring_buffer_bytes(),
+            ring_peak_bytes: self
+                .ring_peaks
+                .iter()
+                .copied()
+                .reduce(|a, b| match (a, b) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                })
+                .flatten(),
+            history_queue: self.stages.history.store.queue(),
+            alerts_written: self.stages.output.alerts_written(),
+            textfile_write_failed: self.textfile.as_ref().map_or(0, Textfile::failed),
+        };
+        metrics::render(&input).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "rendering the metrics failed");
+            String::new()
+        })
+    }
+
+    fn write_textfile(&mut self) {
+        if self.textfile.is_none() {
+            return;
+        }
+        let text = self.metrics();
+        if let Some(t) = &mut self.textfile
+            && !text.is_empty()
+        {
+            t.write(&text);
         }
     }
 
@@ -430,6 +486,9 @@ impl Daemon {
         self.stages.judgement.finish();
         self.stages.history.store_open(0, true);
         self.stages.history.store.finish();
+        if let Some(t) = &self.textfile {
+            t.remove();
+        }
         tracing::info!(
             drained,
             events = self.stages.output.events().total,
@@ -452,6 +511,7 @@ struct Timers {
     canary: Interval,
     reconcile: Interval,
     summary: Interval,
+    metrics: Interval,
 }
 
 impl Timers {
@@ -470,6 +530,7 @@ impl Timers {
             canary: interval(Duration::from_secs(opts.canary_interval_seconds.max(1))),
             reconcile,
             summary,
+            metrics: interval(Duration::from_secs(opts.metrics.interval_seconds.max(1))),
         }
     }
 }
@@ -543,6 +604,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 d.stages.scanned(why, raw);
             }
             _ = t.summary.tick(), if d.stages.judgement.has_policy() => d.summarise(),
+            _ = t.metrics.tick(), if d.textfile.is_some() => d.write_textfile(),
+            Some(back) = metrics_http::next(&mut d.scrapes) => { let _ = back.send(d.metrics()); }
             _ = t.status.tick(), if opts.status_interval_seconds > 0 => {
                 d.status_line("periodic");
                 d.stages.output.flush();

@@ -360,6 +360,21 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    pub const ALL: [AlertKind; 7] = [
+        AlertKind::UnexpectedListener,
+        AlertKind::WildcardListener,
+        AlertKind::EphemeralPortListener,
+        AlertKind::RequiredListenerMissing,
+        AlertKind::EphemeralPortExhaustion,
+        AlertKind::MonitoringBlind,
+        AlertKind::AlertsForgotten,
+    ];
+
+    /// Position in `ALL`, for per-kind counters.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             AlertKind::UnexpectedListener => "unexpected_listener",

@@ -2,6 +2,7 @@
 //! JSON Lines it writes, and check every line against the schema (docs/schema.md).
 pub mod ecs;
 mod fixtures;
+pub mod http;
 pub mod identities;
 pub mod otel;
 pub mod scenarios;
@@ -134,6 +135,18 @@ impl Daemon {
             .args(
                 (!extra_args.contains(&"--syscall-tracepoints"))
                     .then_some(["--syscall-tracepoints", "true"])
+                    .into_iter()
+                    .flatten(),
+            )
+            // Each daemon's metrics beside its log, never in the host's node_exporter directory.
+            .args(
+                (!extra_args.contains(&"--metrics-textfile"))
+                    .then(|| {
+                        [
+                            "--metrics-textfile".into(),
+                            dir.path().join("metrics.prom").into_os_string(),
+                        ]
+                    })
                     .into_iter()
                     .flatten(),
             )

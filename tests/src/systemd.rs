@@ -18,6 +18,8 @@ use crate::{daemon_binary, json_lines, on_port, poll_until, require_root, scenar
 
 const TARGET: &str = "portwatch-test.target";
 const LOG: &str = "/var/log/portwatch/events.jsonl";
+/// Where Debian's prometheus-node-exporter reads textfiles, and the unit's default.
+const TEXTFILE: &str = "/var/lib/prometheus/node-exporter/portwatch.prom";
 
 /// The repository's unit, as `cargo xtask install` writes it, for a binary in the test's bin
 /// directory; and that binary.
@@ -32,6 +34,8 @@ pub fn repository_unit() -> (String, PathBuf) {
 pub struct Systemd {
     unshare: Child,
     pid1: u32,
+    /// The daemon's `/metrics` endpoint (the namespaces share the host's network).
+    metrics: String,
 }
 
 impl Systemd {
@@ -50,10 +54,11 @@ impl Systemd {
             "[Service]\nExecStart=\nExecStart=/run/portwatch-test/bin/portwatch run --config \
              /run/portwatch-test/portwatch.toml\nConfigurationDirectory=\nWatchdogSec=3s\nTimeoutAbortSec=2s\nRestartSec=1\n",
         );
+        let metrics = format!("127.0.0.1:{}", crate::free_port());
         let config = stage(
             "portwatch.toml",
             &format!(
-                "[log]\nfile = \"{LOG}\"\nstdout = false\n[status]\nsocket = \"/run/portwatch/status.sock\"\ncanary_interval_seconds = 1\n[policy]\nfile = \"/run/portwatch-test/policy.toml\"\n"
+                "[log]\nfile = \"{LOG}\"\nstdout = false\n[status]\nsocket = \"/run/portwatch/status.sock\"\ncanary_interval_seconds = 1\n[policy]\nfile = \"/run/portwatch-test/policy.toml\"\n[metrics]\ninterval_seconds = 1\nlisten = \"{metrics}\"\n"
             ),
         );
         // Allows nothing the tests open: every listener of theirs alerts.
@@ -85,6 +90,8 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /var/log
 mount -t tmpfs tmpfs /var/lib
 mkdir -p /var/log/journal
+# What installing prometheus-node-exporter leaves: its textfile directory.
+mkdir -p /var/lib/prometheus/node-exporter
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 exec /lib/systemd/systemd --system --unit={TARGET}
 "#,
@@ -125,7 +132,11 @@ exec /lib/systemd/systemd --system --unit={TARGET}
             assert!(Instant::now() < deadline, "unshare started no child");
             thread::sleep(Duration::from_millis(20));
         };
-        let s = Systemd { unshare, pid1 };
+        let s = Systemd {
+            unshare,
+            pid1,
+            metrics,
+        };
         s.wait("systemd to come up", Duration::from_secs(60), || {
             s.ctl(&["is-active", TARGET]).stdout.starts_with(b"active")
         });
@@ -297,6 +308,19 @@ pub fn exercise(sd: &Systemd) {
     let mode = sd.enter(&["stat", "-c", "%a", "/run/portwatch/status.sock"]);
     assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600");
 
+    // Prometheus metrics under the hardened unit: the textfile in node_exporter's directory
+    // (ProtectSystem=strict allows it by ReadWritePaths=), and the loopback endpoint.
+    sd.wait("the metrics textfile", Duration::from_secs(10), || {
+        let cat = sd.enter(&["cat", TEXTFILE]);
+        String::from_utf8_lossy(&cat.stdout).contains("# TYPE portwatch_events_total counter")
+    });
+    // Readable by node_exporter's user despite the unit's UMask=0027.
+    let mode = sd.enter(&["stat", "-c", "%a", TEXTFILE]);
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "644");
+    let (code, body) = crate::http::get(&sd.metrics, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("portwatch_build_info{version="), "{body}");
+
     // reload = SIGHUP: the log is reopened (logrotate moved it away).
     assert!(
         sd.enter(&["mv", LOG, "/var/log/portwatch/events.jsonl.rotated"])
@@ -335,5 +359,9 @@ pub fn exercise(sd: &Systemd) {
     assert!(
         has_port(&sd.log_lines(LOG), "close", port),
         "events right before stop were flushed"
+    );
+    assert!(
+        !sd.enter(&["test", "-e", TEXTFILE]).status.success(),
+        "the metrics textfile outlived the daemon"
     );
 }

@@ -398,9 +398,17 @@ impl Tracer {
                 // A fresh tenancy store per run: a history grown over earlier runs would make
                 // later runs pay for it.
                 let _ = fs::remove_dir_all(p.out.join("state"));
-                // No size rotation while measuring: every line a run writes stays countable.
+                // No size rotation while measuring: every line a run writes stays countable. The
+                // metrics textfile goes beside the run's log, not into the host's node_exporter
+                // directory.
                 let config = p.out.join("portwatch.toml");
-                fs::write(&config, "[log]\nrotate_size_mib = 0\n")?;
+                fs::write(
+                    &config,
+                    format!(
+                        "[log]\nrotate_size_mib = 0\n[metrics]\ntextfile = \"{}\"\n",
+                        p.out.join("portwatch.prom").display()
+                    ),
+                )?;
                 let c = Command::new(&p.portwatch)
                     .args(["run", "--no-stdout", "--config"])
                     .arg(&config)

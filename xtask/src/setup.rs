@@ -112,9 +112,13 @@ pub fn arm64_packages(root: &std::path::Path) -> Result<()> {
 
 /// What the integration tests use besides the daemon: bpftool (to detach a program, proving
 /// blinding is detected), ip (a scenario's own network namespace), tmux (the terminal `top` is
-/// drawn in and read back from) and netbase (/etc/services, the names `who` takes).
+/// drawn in and read back from), netbase (/etc/services, the names `who` takes), and Debian's
+/// Prometheus server and node_exporter (they scrape the daemon's metrics in tests/tests/metrics.rs;
+/// their services are kept from starting on install, the tests run their own on loopback).
 pub fn test_packages() -> Result<()> {
-    install_packages(&["bpftool", "iproute2", "tmux", "netbase"])
+    install_packages(&["bpftool", "iproute2", "tmux", "netbase"])?;
+    let _no_services = NoServiceStarts::new()?;
+    install_packages(&["prometheus", "prometheus-node-exporter"])
 }
 
 /// The peers `bench` measures portwatch against. Debian's auditd package starts auditd.service on
@@ -144,7 +148,7 @@ impl NoServiceStarts {
         }
         std::fs::write(
             Self::PATH,
-            "#!/bin/sh\n# cargo xtask bench: no service starts while installing\nexit 101\n",
+            "#!/bin/sh\n# cargo xtask: no service starts while installing\nexit 101\n",
         )?;
         crate::process::set_mode(std::path::Path::new(Self::PATH), 0o755)?;
         Ok(Self(Some(Self::PATH)))

@@ -332,6 +332,8 @@ pub struct StoreHandle {
     pub dropped: u64,
     /// Intervals the writer could not commit (disk full, a broken store), from its thread.
     failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Intervals queued for the writer and not yet taken: how far the history lags the log.
+    queued: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub next_id: i64,
     gap: PendingGap,
 }
@@ -340,6 +342,14 @@ impl StoreHandle {
     /// Intervals lost to failed commits so far.
     pub fn commit_failed(&self) -> u64 {
         self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Intervals waiting for the writer, and how many the queue holds.
+    pub fn queue(&self) -> (u64, u64) {
+        (
+            self.queued.load(std::sync::atomic::Ordering::Relaxed),
+            QUEUE as u64,
+        )
     }
 
     /// Lets the writer commit everything queued, then stops it (shutdown).
@@ -361,6 +371,8 @@ impl StoreHandle {
         let at = i.closed_ns.unwrap_or(i.opened_ns);
         match tx.try_send(StoreOp::Put(Box::new(i))) {
             Ok(()) => {
+                self.queued
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Room again: the store itself says what it is missing, so `who` can warn.
                 if let PendingGap(Some((a, b, n))) = self.gap
                     && tx.try_send(StoreOp::Gap(a, b, n)).is_ok()
@@ -413,9 +425,11 @@ pub fn start(
     let p = path.clone();
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let f = failed.clone();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let q = queued.clone();
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer(c, rx, retention, p, &f))
+        .spawn(move || writer(c, rx, retention, p, &f, &q))
         .map_err(|source| StoreError::Dir {
             path: path.display().to_string(),
             source,
@@ -426,6 +440,7 @@ pub fn start(
             writer: Some(writer),
             dropped: 0,
             failed,
+            queued,
             next_id,
             gap: PendingGap::default(),
         },
@@ -442,6 +457,7 @@ fn writer(
     retention: Retention,
     path: PathBuf,
     failed: &std::sync::atomic::AtomicU64,
+    queued: &std::sync::atomic::AtomicU64,
 ) {
     // History may lag (what does not fit the queue is counted); the event log must not. Yield
     // the CPU to the event loop: nice 10 for this thread only.
@@ -485,14 +501,15 @@ fn writer(
                 }
                 tx.commit()
             });
+            let puts = batch
+                .iter()
+                .filter(|op| matches!(op, StoreOp::Put(_)))
+                .count() as u64;
             if let Err(e) = r {
-                let puts = batch
-                    .iter()
-                    .filter(|op| matches!(op, StoreOp::Put(_)))
-                    .count() as u64;
                 let total = failed.fetch_add(puts, std::sync::atomic::Ordering::Relaxed) + puts;
                 tracing::error!(path = %path.display(), error = %e, lost = puts, total, "writing the tenancy store failed");
             }
+            queued.fetch_sub(puts, std::sync::atomic::Ordering::Relaxed);
         }
         if last_prune.elapsed() > Duration::from_secs(600) {
             last_prune = Instant::now();

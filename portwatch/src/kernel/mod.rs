@@ -93,6 +93,11 @@ impl Kernel {
             })
     }
 
+    /// The most bytes the ring held when a drain began, since the last call (None: unmeasured).
+    pub fn take_ring_peak(&mut self) -> Option<u64> {
+        self.reader.take_peak()
+    }
+
     /// Kernel-side losses not yet reported, by cause.
     pub fn poll_losses(&mut self) -> Vec<NewLoss> {
         self.losses.poll().unwrap_or_else(|e| {

@@ -31,14 +31,30 @@ where
 
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
+    positions: Option<RingPositions>,
+    /// The most bytes found queued at the start of a drain since `take_peak`.
+    peak_queued: u64,
 }
 
 impl EventReader {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
         let ring: RingBuf<MapData> = take_map(ebpf, "EVENTS")?;
+        use std::os::fd::AsRawFd as _;
+        let positions = RingPositions::map(ring.as_raw_fd())
+            .inspect_err(|e| tracing::warn!(error = %e, "ring-buffer fill cannot be measured"))
+            .ok();
         Ok(Self {
             ring: register(ring)?,
+            positions,
+            peak_queued: 0,
         })
+    }
+
+    /// The most bytes the ring held when a drain began, since the last call; None when the
+    /// ring's positions could not be mapped.
+    pub fn take_peak(&mut self) -> Option<u64> {
+        self.positions.as_ref()?;
+        Some(std::mem::take(&mut self.peak_queued))
     }
 
     /// Waits until the kernel signals new records. Readiness is cleared before the caller drains,
@@ -51,6 +67,9 @@ impl EventReader {
 
     /// Hands at most `max` queued records to `f`; returns how many there were.
     pub fn drain(&mut self, max: usize, f: &mut impl FnMut(&[u8])) -> usize {
+        if let Some(p) = &self.positions {
+            self.peak_queued = self.peak_queued.max(p.queued());
+        }
         let ring = self.ring.get_mut();
         let mut n = 0;
         while n < max {
@@ -61,6 +80,62 @@ impl EventReader {
         n
     }
 }
+
+/// The ring buffer's consumer and producer positions, mapped read-only a second time (aya keeps
+/// its own mapping private): their difference is what the kernel has queued and the daemon not
+/// yet read, the ring's fill.
+struct RingPositions {
+    base: std::ptr::NonNull<libc::c_void>,
+    page: usize,
+}
+
+impl RingPositions {
+    fn map(fd: std::os::fd::RawFd) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: a new shared read-only mapping of the ring map's first two pages (consumer
+        // position, producer position), which the kernel allows for any ring buffer; nothing
+        // else is touched, and `Drop` unmaps it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(base).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(Self { base, page })
+    }
+
+    /// Bytes queued now (records with their headers).
+    fn queued(&self) -> u64 {
+        // SAFETY: both positions are 8-byte aligned u64s at the start of a mapped page, written
+        // atomically by the kernel (producer) and by aya (consumer); they are only read here.
+        let load = |offset: usize| unsafe {
+            (*(self.base.as_ptr().cast::<u8>().add(offset) as *const std::sync::atomic::AtomicU64))
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        let consumer = load(0);
+        let producer = load(self.page);
+        producer.saturating_sub(consumer)
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `map` made.
+        unsafe { libc::munmap(self.base.as_ptr(), 2 * self.page) };
+    }
+}
+
+// SAFETY: the mapping is only read, through atomics.
+unsafe impl Send for RingPositions {}
 
 /// Registers a map fd with the runtime for readability.
 pub fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {

@@ -292,6 +292,14 @@ pub struct RunArgs {
     /// exists; with none, no alerts].
     #[arg(long, value_name = "PATH")]
     pub policy: Option<PathBuf>,
+    /// Prometheus textfile for node_exporter; "" writes none [default: from the config, else
+    /// /var/lib/prometheus/node-exporter/portwatch.prom].
+    #[arg(long, value_name = "PATH", value_parser = parse_textfile)]
+    pub metrics_textfile: Option<PathBuf>,
+    /// Serve GET /metrics on this loopback address (e.g. 127.0.0.1:9617) [default: from the
+    /// config, else no endpoint].
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +320,18 @@ pub struct ConfigArgs {
     /// Print a commented config file holding every default.
     #[arg(long, required = true)]
     pub print_defaults: bool,
+}
+
+/// Any path, and "" (no textfile), which clap's own path parser refuses.
+fn parse_textfile(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
+fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let addr = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not an address with a port (127.0.0.1:9617, [::1]:9617)"))?;
+    crate::ops::metrics_http::check_loopback(addr).map_err(|e| e.to_string())
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -370,6 +390,16 @@ impl RunArgs {
                     u64::from(config.store.max_age_days) * 86_400,
                 ),
                 max_rows: config.store.max_rows,
+            },
+            metrics: crate::ops::config::MetricsOptions {
+                textfile: Some(
+                    self.metrics_textfile
+                        .clone()
+                        .unwrap_or_else(|| config.metrics.textfile.clone()),
+                )
+                .filter(|p| !p.as_os_str().is_empty()),
+                listen: self.metrics_listen.or(config.metrics.listen),
+                interval_seconds: config.metrics.interval_seconds,
             },
         }
     }

@@ -27,11 +27,24 @@ pub struct RunOptions {
     pub canary_interval_seconds: u64,
     /// Seconds between periodic `status` lines; 0: only at start and stop.
     pub status_interval_seconds: u64,
+    pub metrics: MetricsOptions,
+}
+
+/// Where the Prometheus metrics go (`ops::metrics`).
+#[derive(Debug, Clone)]
+pub struct MetricsOptions {
+    /// The textfile for node_exporter; None: not written.
+    pub textfile: Option<PathBuf>,
+    /// The loopback address of the `/metrics` endpoint; None: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
+    pub interval_seconds: u64,
 }
 
 pub const DEFAULT_PATH: &str = "/etc/portwatch/portwatch.toml";
 pub const DEFAULT_STATUS_SOCKET: &str = "/run/portwatch/status.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/portwatch";
+/// Debian's prometheus-node-exporter reads `*.prom` here (its textfile collector's directory).
+pub const DEFAULT_METRICS_TEXTFILE: &str = "/var/lib/prometheus/node-exporter/portwatch.prom";
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +61,37 @@ pub struct Config {
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub policy: PolicyConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The file node_exporter's textfile collector reads; "" writes none.
+    pub textfile: PathBuf,
+    /// Serve `/metrics` over HTTP on this loopback address; unset: no endpoint.
+    #[serde(deserialize_with = "loopback")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Seconds between textfile writes (1 to 3600).
+    #[serde(deserialize_with = "within::<_, _, 1, 3600>")]
+    pub interval_seconds: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            textfile: PathBuf::from(DEFAULT_METRICS_TEXTFILE),
+            listen: None,
+            interval_seconds: 15,
+        }
+    }
+}
+
+fn loopback<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let addr = std::net::SocketAddr::deserialize(d)?;
+    crate::ops::metrics_http::check_loopback(addr)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -179,6 +223,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             store: StoreConfig::default(),
             policy: PolicyConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -342,6 +387,16 @@ max_rows = 1000000
 # The listener policy (docs/policy.md); SIGHUP reloads it. Unset: /etc/portwatch/policy.toml when
 # it exists, else no alerts.
 # file = "/etc/portwatch/policy.toml"
+
+[metrics]
+# Prometheus metrics (docs/metrics.md). The textfile is for node_exporter's textfile collector
+# (Debian's prometheus-node-exporter reads this directory); it is written only while the directory
+# exists, replaced whole every interval, and removed when the daemon stops. "" writes none.
+textfile = "/var/lib/prometheus/node-exporter/portwatch.prom"
+interval_seconds = 15
+# Also serve GET /metrics over HTTP on this loopback address (127.0.0.1 or ::1; the unit allows
+# only loopback traffic). Unset: no endpoint.
+# listen = "127.0.0.1:9617"
 "#;
 
 #[cfg(test)]
@@ -398,5 +453,27 @@ mod tests {
         assert_eq!(parse("[cache]\nusers = 16\n").unwrap().cache.users, 16);
         let e = parse("[log\n").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_must_be_loopback() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9617\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9617".parse().unwrap()));
+        assert!(parse("[metrics]\nlisten = \"[::1]:9617\"\n").is_ok());
+        let e = parse("[metrics]\nlisten = \"0.0.0.0:9617\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("not a loopback"), "{e}");
+        let e = parse("[metrics]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("invalid socket address"),
+            "{e}"
+        );
+        let e = parse("[metrics]\ninterval_seconds = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("at least 1"), "{e}");
     }
 }

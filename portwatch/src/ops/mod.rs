@@ -2,5 +2,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod metrics;
+pub mod metrics_http;
 pub mod privileges;
 pub mod status;

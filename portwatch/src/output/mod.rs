@@ -19,7 +19,7 @@ use self::{
 };
 use crate::{
     clock,
-    facts::{Alert, Kind, Origin, PortFacts, ProcessFacts},
+    facts::{Alert, AlertKind, Kind, Origin, PortFacts, ProcessFacts},
     output::text::printable,
 };
 
@@ -155,6 +155,8 @@ pub struct Output {
     /// Live events written, by `Kind::index`.
     counts: [u64; Kind::ALL.len()],
     snapshot: u64,
+    /// Alert lines written, by `AlertKind::index`.
+    alerts: [u64; AlertKind::ALL.len()],
 }
 
 impl Output {
@@ -169,6 +171,7 @@ impl Output {
             process_json: ProcessJson::new(),
             counts: [0; Kind::ALL.len()],
             snapshot: 0,
+            alerts: [0; AlertKind::ALL.len()],
         }
     }
 
@@ -237,6 +240,7 @@ impl Output {
                 Err(e) => tracing::error!(error = %e, "re-reading an alert failed"),
             },
         }
+        self.alerts[a.body.kind.index()] += 1;
         // The exec hook gets the portwatch record (docs/policy.md), whatever the log's format.
         Some(line)
     }
@@ -307,6 +311,11 @@ impl Output {
 
     pub fn events(&self) -> EventCounts {
         EventCounts::of(self.counts, self.snapshot)
+    }
+
+    /// Alert lines written, by `AlertKind::index`.
+    pub fn alerts_written(&self) -> [u64; AlertKind::ALL.len()] {
+        self.alerts
     }
 
     /// Live events by `Kind::index`, for rates.
