@@ -77,7 +77,15 @@ impl Stages {
         self.history.observe(f);
         let alerts = self.judgement.judge(f);
         self.output.port(f);
+        self.holdings();
         self.alerts(alerts);
+    }
+
+    /// `holding` lines for the intervals the history closed (none unless `[log] holdings`).
+    fn holdings(&mut self) {
+        for i in self.history.take_closed() {
+            self.output.holding(&i);
+        }
     }
 
     fn alerts(&mut self, alerts: Vec<Alert>) {
@@ -134,6 +142,7 @@ impl Stages {
                 // Releases the kernel queued while the scan ran were handled first (the caller
                 // drained), so no interval is closed as lost whose release was only queued.
                 let closed = self.history.sweep_scan(&raw, clock::now_unix_ns());
+                self.holdings();
                 if closed > 0 {
                     tracing::info!(closed, "history intervals closed after lost release events");
                 }
@@ -260,7 +269,7 @@ impl Daemon {
             kernel,
             stages: Stages {
                 attribution,
-                history: Tenancy::new(store),
+                history: Tenancy::new(store).keep_closed(opts.holdings),
                 judgement: Judgement::new(policy, &opts.state_dir),
                 output: Output::new(sink, opts.format),
             },

@@ -19,6 +19,8 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("event.dataset", "keyword"),
     ("event.module", "keyword"),
     ("event.duration", "long"),
+    ("event.start", "date"),
+    ("event.end", "date"),
     ("event.reason", "keyword"),
     ("event.severity", "long"),
     ("host.name", "keyword"),

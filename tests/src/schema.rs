@@ -119,10 +119,33 @@ pub fn check(v: &Value) -> R {
                     "process",
                     "probe",
                     "origin",
+                    "cookie",
                 ]),
                 event,
             )?;
+            if let Some(c) = v.get("cookie")
+                && uint(c, "cookie", u64::MAX)? == 0
+            {
+                return Err("cookie 0 is written as no cookie".into());
+            }
             port_event(v, event)
+        }
+        "holding" => {
+            only_keys(
+                m,
+                &with(&[
+                    "role",
+                    "network",
+                    "process",
+                    "opened",
+                    "closed",
+                    "duration_ns",
+                    "close_note",
+                    "cookie",
+                ]),
+                event,
+            )?;
+            holding(v)
         }
         "status" => {
             only_keys(
@@ -242,6 +265,30 @@ pub fn check(v: &Value) -> R {
         }
         other => Err(format!("unknown event `{other}`")),
     }
+}
+
+/// A `holding` line: its span, its role, and the socket and process as port events carry them.
+fn holding(v: &Value) -> R {
+    let role = string(&v["role"], "role")?;
+    if !["bound", "listening", "connected"].contains(&role) {
+        return Err(format!("unknown role {role}"));
+    }
+    timestamp(&v["opened"]).map_err(|e| format!("opened: {e}"))?;
+    timestamp(&v["closed"]).map_err(|e| format!("closed: {e}"))?;
+    // Same format, so the strings order as the times do.
+    if v["opened"].as_str() > v["closed"].as_str() || v["closed"] != v["timestamp"] {
+        return Err("a holding closes after it opens, at its line's timestamp".into());
+    }
+    uint(&v["duration_ns"], "duration_ns", u64::MAX)?;
+    nullable(&v["close_note"], |s| string(s, "close_note").map(drop))?;
+    if let Some(c) = v.get("cookie") {
+        uint(c, "cookie", u64::MAX)?;
+    }
+    if (role == "connected") != v["network"].get("peer").is_some() {
+        return Err("a connected holding has a peer, and only it".into());
+    }
+    // The history keeps the holder it attributed; pid 0 is a socket no process held at start-up.
+    subject(v, "holding", true)
 }
 
 fn port_event(v: &Value, event: &str) -> R {
@@ -418,34 +465,37 @@ fn subject(v: &Value, event: &str, pid0_allowed: bool) -> R {
             return Err(format!("process.{key} missing (null when unknown)"));
         }
     }
-    let port = obj(&v["port"], "port")?;
-    only_keys(port, &["class", "ephemeral", "requested"], "port")?;
-    // Kernel bind events say whether the caller named the port; nothing else does.
-    let kernel_bind = event == "bind" && v["origin"] == "kernel";
-    match v["port"].get("requested") {
-        Some(Value::Bool(_)) if kernel_bind || event == "alert" => {}
-        None if !kernel_bind => {}
-        r => {
+    // A holding line has no `port` object: it is about a span, not an event on the port.
+    if event != "holding" {
+        let port = obj(&v["port"], "port")?;
+        only_keys(port, &["class", "ephemeral", "requested"], "port")?;
+        // Kernel bind events say whether the caller named the port; nothing else does.
+        let kernel_bind = event == "bind" && v["origin"] == "kernel";
+        match v["port"].get("requested") {
+            Some(Value::Bool(_)) if kernel_bind || event == "alert" => {}
+            None if !kernel_bind => {}
+            r => {
+                return Err(format!(
+                    "port.requested {r:?} on a {event} event of origin {}",
+                    v["origin"]
+                ));
+            }
+        }
+        let class = string(&v["port"]["class"], "port.class")?;
+        let local_port = v["network"]["local"]["port"].as_u64().unwrap_or(0);
+        let expected = match local_port {
+            0..=1023 => "well-known",
+            1024..=49151 => "registered",
+            _ => "dynamic",
+        };
+        if class != expected {
             return Err(format!(
-                "port.requested {r:?} on a {event} event of origin {}",
-                v["origin"]
+                "port.class {class} for port {local_port}, expected {expected}"
             ));
         }
-    }
-    let class = string(&v["port"]["class"], "port.class")?;
-    let local_port = v["network"]["local"]["port"].as_u64().unwrap_or(0);
-    let expected = match local_port {
-        0..=1023 => "well-known",
-        1024..=49151 => "registered",
-        _ => "dynamic",
-    };
-    if class != expected {
-        return Err(format!(
-            "port.class {class} for port {local_port}, expected {expected}"
-        ));
-    }
-    if !v["port"]["ephemeral"].is_boolean() {
-        return Err("port.ephemeral is not a boolean".into());
+        if !v["port"]["ephemeral"].is_boolean() {
+            return Err("port.ephemeral is not a boolean".into());
+        }
     }
     for flag in ["command_line_truncated", "executable_truncated"] {
         if let Some(t) = pr.get(flag)

@@ -19,7 +19,14 @@ fn ecs_lines_use_only_ecs_fields_of_their_types() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing allowed: every listener is an alert, in ECS too.
     let policy = write_policy(dir.path(), "[[allow]]\nport = 1\n");
-    let mut d = Daemon::start(&["--format", "ecs", "--policy", policy.to_str().unwrap()]);
+    let mut d = Daemon::start(&[
+        "--format",
+        "ecs",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--holdings",
+        "true",
+    ]);
     let p = free_fixed_port();
     let listen = scenario(["hold-listen", &format!("[::1]:{p}")]);
     let connect = scenario(["tcp-connect", "127.0.0.1:0"]);
@@ -32,6 +39,9 @@ fn ecs_lines_use_only_ecs_fields_of_their_types() {
                 .filter(|l| l["event"]["action"] == "close")
                 .count();
             closes >= 2
+                && of_pid(lines, connect.pid)
+                    .iter()
+                    .any(|l| l["event"]["action"] == "holding" && l["portwatch"]["role"] == "connected")
                 && !of_pid(lines, refused.pid).is_empty()
                 && !of_pid(lines, udp.pid).is_empty()
                 && lines
@@ -56,6 +66,15 @@ fn ecs_lines_use_only_ecs_fields_of_their_types() {
     assert_eq!(conn["network"]["transport"], "tcp");
     assert_eq!(conn["process"]["args"][1], "tcp-connect");
     assert!(conn["user"]["id"].is_string(), "{conn}");
+    // The connect's holding: its span as ECS's event.start/end, the rest under portwatch.
+    let held = c
+        .iter()
+        .find(|l| l["event"]["action"] == "holding" && l["portwatch"]["role"] == "connected")
+        .unwrap();
+    assert_eq!(held["source"]["port"], local.port());
+    assert_eq!(held["event"]["start"], held["portwatch"]["opened"]);
+    assert_eq!(held["event"]["end"], held["@timestamp"]);
+    assert_eq!(held["portwatch"]["cookie"], conn["portwatch"]["cookie"], "{held}\n{conn}");
     let r = of_pid(&lines, refused.pid);
     let failed = r
         .iter()
@@ -95,7 +114,7 @@ fn ecs_lines_use_only_ecs_fields_of_their_types() {
 #[test]
 fn otel_lines_are_otlp_records_with_semantic_attributes() {
     use portwatch_tests::otel::{attribute, check_line, record};
-    let mut d = Daemon::start(&["--format", "otel"]);
+    let mut d = Daemon::start(&["--format", "otel", "--holdings", "true"]);
     let connect = scenario(["tcp-connect", "[::1]:0"]);
     let refused = scenario(["connect-refused", "127.0.0.1:0"]);
     let udp = scenario(["udp-bind", "[::1]:0"]);
@@ -109,6 +128,10 @@ fn otel_lines_are_otlp_records_with_semantic_attributes() {
             [connect.pid, refused.pid, udp.pid]
                 .iter()
                 .all(|p| lines.iter().any(|l| pid_of(l) == Some(*p)))
+                && lines.iter().any(|l| {
+                    pid_of(l) == Some(connect.pid)
+                        && attribute(l, "event.name")["stringValue"] == "portwatch.holding"
+                })
         })
         .unwrap_or_else(|| panic!("no OTel events; log:\n{:#?}", d.lines()));
     for l in &lines {

@@ -34,6 +34,9 @@ pub struct Interval {
     pub closed_ns: Option<i64>,
     /// Why `closed_ns` is what it is when it is not a release the kernel reported.
     pub close_note: Option<String>,
+    /// The socket cookie of the event that opened it (0: none); for `holding` lines, not stored.
+    #[serde(skip)]
+    pub cookie: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +230,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
         opened_ns: r.get(16)?,
         closed_ns: r.get(17)?,
         close_note: r.get(18)?,
+        cookie: 0,
     })
 }
 
@@ -552,6 +556,7 @@ mod tests {
             opened_ns: opened,
             closed_ns: closed,
             close_note: None,
+            cookie: 0,
         }
     }
 

@@ -40,6 +40,9 @@ pub struct Tenancy {
     forgotten: u64,
     /// Intervals closed by a scan because their release event was lost.
     swept: u64,
+    /// Whether intervals that close are kept in `closed` for the output (`[log] holdings`).
+    keep_closed: bool,
+    closed: Vec<Interval>,
 }
 
 /// The history's figures, for `status`.
@@ -71,7 +74,28 @@ impl Tenancy {
             store,
             forgotten: 0,
             swept: 0,
+            keep_closed: false,
+            closed: Vec::new(),
         }
+    }
+
+    /// Keeps every interval that closes from now on for `take_closed` (`holding` lines).
+    pub fn keep_closed(mut self, keep: bool) -> Self {
+        self.keep_closed = keep;
+        self
+    }
+
+    /// The intervals closed since the last call, oldest first.
+    pub fn take_closed(&mut self) -> std::vec::Drain<'_, Interval> {
+        self.closed.drain(..)
+    }
+
+    /// An interval has ended: to the store, and to the output when it asked.
+    fn ended(&mut self, i: Interval) {
+        if self.keep_closed {
+            self.closed.push(i.clone());
+        }
+        self.store.put(i);
     }
 
     pub fn counters(&self) -> HistoryCounters {
@@ -102,7 +126,7 @@ impl Tenancy {
             // The kernel gave the port back when the handshake failed: the socket, still open,
             // holds none.
             if ev.errno.is_some() || ev.aborted {
-                self.close(&key(peer), wall_ns);
+                self.close(&key(peer), wall_ns, ev.cookie);
             }
             return;
         }
@@ -114,6 +138,9 @@ impl Tenancy {
             Kind::Listen => match self.open.get_mut(&key(None)) {
                 Some(o) => {
                     o.interval.role = SocketRole::Listening;
+                    if o.interval.cookie == 0 {
+                        o.interval.cookie = ev.cookie;
+                    }
                     if o.stored {
                         let i = o.interval.clone();
                         self.store.put(i);
@@ -124,14 +151,14 @@ impl Tenancy {
             Kind::Connect => self.open_interval(key(peer), SocketRole::Connected, f),
             Kind::ConnectResult => {}
             Kind::Close => {
-                self.close(&key(peer), wall_ns);
+                self.close(&key(peer), wall_ns, ev.cookie);
                 // bind() then connect(): the bound interval ends with the connected one.
                 if peer.is_some()
                     && self.open.get(&key(None)).is_some_and(|o| {
                         o.interval.role == SocketRole::Bound && o.interval.process.pid == ev.pid
                     })
                 {
-                    self.close(&key(None), wall_ns);
+                    self.close(&key(None), wall_ns, ev.cookie);
                 }
             }
         }
@@ -144,10 +171,15 @@ impl Tenancy {
         Some(o)
     }
 
-    fn close(&mut self, key: &Key, wall_ns: i64) {
+    /// `cookie`: the closing event's, for an interval opened by an event that had none (a
+    /// kprobe's bind on a socket that got its cookie later).
+    fn close(&mut self, key: &Key, wall_ns: i64, cookie: u64) {
         if let Some(mut o) = self.take(key) {
             o.interval.closed_ns = Some(wall_ns);
-            self.store.put(o.interval);
+            if o.interval.cookie == 0 {
+                o.interval.cookie = cookie;
+            }
+            self.ended(o.interval);
         }
     }
 
@@ -183,7 +215,7 @@ impl Tenancy {
                     "its release event was lost; closed when a scan no longer found the socket"
                         .into(),
                 );
-                self.store.put(o.interval);
+                self.ended(o.interval);
             }
         }
         // A storm's orphans can have grown the table far beyond what is open now.
@@ -227,6 +259,7 @@ impl Tenancy {
             opened_ns: wall_ns,
             closed_ns: None,
             close_note: None,
+            cookie: f.event.cookie,
         };
         let new = Open {
             interval: i,
@@ -240,7 +273,7 @@ impl Tenancy {
             // ended no later than now.
             old.interval.closed_ns = Some(wall_ns);
             old.interval.close_note = Some("superseded; its release was not seen".into());
-            self.store.put(old.interval);
+            self.ended(old.interval);
         }
     }
 }

@@ -300,6 +300,10 @@ pub struct RunArgs {
     /// config, else no endpoint].
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Write a `holding` line whenever a port's holding ends, for a central store
+    /// (docs/fleet.md) [default: from the config, else false].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub holdings: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -391,6 +395,7 @@ impl RunArgs {
                 ),
                 max_rows: config.store.max_rows,
             },
+            holdings: self.holdings.unwrap_or(config.log.holdings),
             metrics: crate::ops::config::MetricsOptions {
                 textfile: Some(
                     self.metrics_textfile

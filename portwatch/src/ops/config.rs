@@ -28,6 +28,8 @@ pub struct RunOptions {
     /// Seconds between periodic `status` lines; 0: only at start and stop.
     pub status_interval_seconds: u64,
     pub metrics: MetricsOptions,
+    /// Write `holding` lines (`[log] holdings`).
+    pub holdings: bool,
 }
 
 /// Where the Prometheus metrics go (`ops::metrics`).
@@ -195,6 +197,8 @@ pub struct LogConfig {
     pub rotate_keep: u32,
     /// `portwatch` (docs/schema.md), `ecs` (Elastic Common Schema 8.x) or `otel` (OTLP/JSON).
     pub format: crate::output::Format,
+    /// A `holding` line whenever a port's holding ends, for a central store (docs/fleet.md).
+    pub holdings: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -236,6 +240,7 @@ impl Default for LogConfig {
             rotate_size_mib: 100,
             rotate_keep: 5,
             format: crate::output::Format::Portwatch,
+            holdings: false,
         }
     }
 }
@@ -356,6 +361,10 @@ rotate_keep = 5
 # Schema 8.x, for Elasticsearch and Kibana) or "otel" (OpenTelemetry logs as OTLP/JSON, for the
 # Collector's otlpjsonfile receiver); docs/schema.md maps each.
 format = "portwatch"
+# A `holding` line each time a port's holding ends (port, address, process, opened, closed), so
+# that a central store answers "who held port X at time T" across hosts as `portwatch who` does on
+# one (docs/fleet.md). One more line per socket that closes.
+holdings = false
 
 [status]
 # Unix socket that `portwatch status` asks (mode 0600: root only).

@@ -96,6 +96,7 @@ pub fn line(v: &Value) -> Value {
         "connect" => ("event", &["network"], &["connection", "start"]),
         "connect_result" => ("event", &["network"], &["connection"]),
         "close" => ("event", &["network"], &["end"]),
+        "holding" => ("event", &["network"], &["end"]),
         "alert" => ("alert", &["network", "intrusion_detection"], &["info"]),
         "loss" => ("event", &["host"], &["error"]),
         _ => ("metric", &["host"], &["info"]),
@@ -113,6 +114,9 @@ pub fn line(v: &Value) -> Value {
         set(&mut out, "event.outcome", json!(ecs));
     }
     set(&mut out, "event.duration", v["duration_ns"].clone());
+    // A holding's span.
+    set(&mut out, "event.start", v["opened"].clone());
+    set(&mut out, "event.end", v["closed"].clone());
     set(&mut out, "error.code", v["error"].clone());
     set(
         &mut out,

@@ -157,6 +157,8 @@ pub struct Output {
     snapshot: u64,
     /// Alert lines written, by `AlertKind::index`.
     alerts: [u64; AlertKind::ALL.len()],
+    /// `holding` lines written.
+    holdings: u64,
 }
 
 impl Output {
@@ -172,6 +174,7 @@ impl Output {
             counts: [0; Kind::ALL.len()],
             snapshot: 0,
             alerts: [0; AlertKind::ALL.len()],
+            holdings: 0,
         }
     }
 
@@ -245,6 +248,42 @@ impl Output {
         Some(line)
     }
 
+    /// A `holding` line: one holding of a port that has just ended (`[log] holdings`), stamped
+    /// with the time it ended.
+    pub fn holding(&mut self, i: &crate::history::store::Interval) {
+        let Some(closed_ns) = i.closed_ns else { return };
+        let at = |ns: i64| clock::rfc3339(chrono::DateTime::from_timestamp_nanos(ns));
+        let closed = at(closed_ns);
+        let header = self.stamp.header("holding", closed.clone());
+        let ipv4 = i
+            .local
+            .address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_ipv4());
+        let body = schema::HoldingRecord {
+            role: i.role,
+            network: crate::facts::Network {
+                transport: i.transport,
+                ip_type: if ipv4 {
+                    crate::facts::IpType::Ipv4
+                } else {
+                    crate::facts::IpType::Ipv6
+                },
+                local: i.local.clone(),
+                peer: i.peer.clone(),
+                netns: i.netns,
+            },
+            process: &i.process,
+            opened: at(i.opened_ns),
+            closed,
+            duration_ns: closed_ns.saturating_sub(i.opened_ns).max(0) as u64,
+            close_note: i.close_note.as_deref(),
+            cookie: (i.cookie != 0).then_some(i.cookie),
+        };
+        self.holdings += 1;
+        Self::write(&mut self.sink, self.format, &Line { header, body });
+    }
+
     /// A `status` line: at start (`reason` "start"), periodically and at shutdown ("stop").
     pub fn status<A: Serialize, C: Serialize>(
         &mut self,
@@ -311,6 +350,11 @@ impl Output {
 
     pub fn events(&self) -> EventCounts {
         EventCounts::of(self.counts, self.snapshot)
+    }
+
+    /// `holding` lines written.
+    pub fn holdings_written(&self) -> u64 {
+        self.holdings
     }
 
     /// Alert lines written, by `AlertKind::index`.

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::{
-    facts::{Alert, AlertBody, Network, Origin, PortFacts, PortInfo, ProcessFacts},
+    facts::{Alert, AlertBody, Network, Origin, PortFacts, PortInfo, ProcessFacts, SocketRole},
     output::errno,
 };
 
@@ -56,6 +56,10 @@ pub struct PortRecord<'a> {
     pub probe: &'static str,
     /// `kernel` (a live eBPF record) or `snapshot` (found by the start-up socket scan).
     pub origin: Origin,
+    /// The kernel's socket cookie: one socket's events (and its `holding` line) share it, on
+    /// one host until reboot. Omitted when the kernel gave none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
 }
 
 impl<'a> PortRecord<'a> {
@@ -78,8 +82,28 @@ impl<'a> PortRecord<'a> {
             process,
             probe: f.event.probe,
             origin: f.origin,
+            cookie: (f.event.cookie != 0).then_some(f.event.cookie),
         }
     }
+}
+
+/// One holding of a port, written when it ends (`[log] holdings`): what `portwatch who` keeps
+/// of it, so that a central store can answer "who held port X at time T" from lines alone.
+#[derive(Debug, Serialize)]
+pub struct HoldingRecord<'a> {
+    /// `bound`, `listening` or `connected`.
+    pub role: SocketRole,
+    pub network: Network,
+    /// Its holder, the command line cut as the history keeps it (1 KiB).
+    pub process: &'a ProcessFacts,
+    pub opened: String,
+    pub closed: String,
+    pub duration_ns: u64,
+    /// Why `closed` is not a release the kernel reported (a lost release, a superseded socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_note: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
 }
 
 /// The first line of every run, the last, and one every `[status] event_interval_seconds`:
