@@ -178,9 +178,18 @@ pub fn listen_return(ret: i32) {
     let Some(p) = emit::take_parked(kind::LISTEN) else {
         return;
     };
-    let mut ev = emit::complete(&p, if ret < 0 { -ret } else { 0 });
-    emit::local_from_sock(&mut ev, p.sk as usize);
+    let mut ev = listen_record(&p, if ret < 0 { -ret } else { 0 });
     emit::submit(&mut ev);
+}
+
+/// A parked listen's record at its return: the address and port it listens on, and the socket's
+/// cookie, which its bind's record may have had the kernel assign since it was parked.
+#[inline(always)]
+pub fn listen_record(p: &Pending, errno: i32) -> PortEvent {
+    let mut ev = emit::complete(p, errno);
+    emit::local_from_sock(&mut ev, p.sk as usize);
+    ev.cookie = sockets::socket_cookie(p.sk as usize);
+    ev
 }
 
 /// `inet_release`: the socket still holds its port and peer.

@@ -38,8 +38,7 @@ pub fn portwatch_sys_exit_listen(ctx: TracePointContext) -> u32 {
     let Some(pending) = emit::take_parked(kind::LISTEN) else {
         return 0;
     };
-    let mut ev = emit::complete(&pending, emit::errno_of(ret));
-    emit::local_from_sock(&mut ev, pending.sk as usize);
+    let mut ev = kfunc::listen_record(&pending, emit::errno_of(ret));
     if ev.local_port == 0 && ev.errno == 0 {
         aya_log_ebpf::warn!(
             &ctx,
