@@ -111,7 +111,37 @@ impl Daemon {
         Self::spawn(dir, log, state_dir, extra_args)
     }
 
+    /// A daemon that believes it runs on host `name`: its own UTS namespace, the rest shared
+    /// (one "host" of a simulated fleet).
+    pub fn start_as_host(name: &str, extra_args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("events.jsonl");
+        let state_dir = dir.path().join("state");
+        let mut wrapper = Command::new("unshare");
+        wrapper
+            .args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", name])
+            .arg(daemon_binary());
+        Self::spawn_with(wrapper, dir, log, state_dir, extra_args)
+    }
+
     fn spawn(
+        dir: tempfile::TempDir,
+        log: PathBuf,
+        state_dir: PathBuf,
+        extra_args: &[&str],
+    ) -> Daemon {
+        Self::spawn_with(
+            Command::new(daemon_binary()),
+            dir,
+            log,
+            state_dir,
+            extra_args,
+        )
+    }
+
+    /// `command` runs the daemon (with or without a wrapper that execs it, keeping its pid).
+    fn spawn_with(
+        mut command: Command,
         dir: tempfile::TempDir,
         log: PathBuf,
         state_dir: PathBuf,
@@ -120,7 +150,7 @@ impl Daemon {
         require_root();
         let socket = dir.path().join("status.sock");
         let stderr = dir.path().join("stderr.log");
-        let child = Command::new(daemon_binary())
+        let child = command
             .arg("run")
             .arg("--no-stdout")
             .arg("--log-file")

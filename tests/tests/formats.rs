@@ -39,9 +39,9 @@ fn ecs_lines_use_only_ecs_fields_of_their_types() {
                 .filter(|l| l["event"]["action"] == "close")
                 .count();
             closes >= 2
-                && of_pid(lines, connect.pid)
-                    .iter()
-                    .any(|l| l["event"]["action"] == "holding" && l["portwatch"]["role"] == "connected")
+                && of_pid(lines, connect.pid).iter().any(|l| {
+                    l["event"]["action"] == "holding" && l["portwatch"]["role"] == "connected"
+                })
                 && !of_pid(lines, refused.pid).is_empty()
                 && !of_pid(lines, udp.pid).is_empty()
                 && lines
@@ -74,7 +74,10 @@ fn ecs_lines_use_only_ecs_fields_of_their_types() {
     assert_eq!(held["source"]["port"], local.port());
     assert_eq!(held["event"]["start"], held["portwatch"]["opened"]);
     assert_eq!(held["event"]["end"], held["@timestamp"]);
-    assert_eq!(held["portwatch"]["cookie"], conn["portwatch"]["cookie"], "{held}\n{conn}");
+    assert_eq!(
+        held["portwatch"]["cookie"], conn["portwatch"]["cookie"],
+        "{held}\n{conn}"
+    );
     let r = of_pid(&lines, refused.pid);
     let failed = r
         .iter()
