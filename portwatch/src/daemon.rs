@@ -216,6 +216,9 @@ struct Daemon {
     textfile: Option<Textfile>,
     /// Scrapes of the `/metrics` endpoint waiting for a render; None: no endpoint.
     scrapes: Option<tokio::sync::mpsc::Receiver<Render>>,
+    /// The last render for scrapes, and when: scrapers get at most one render a second out of
+    /// the loop, however many ask.
+    scraped: Option<(Instant, std::sync::Arc<str>)>,
 }
 
 impl Daemon {
@@ -283,6 +286,7 @@ impl Daemon {
             ring_peaks: VecDeque::with_capacity(RING_PEAK_SECONDS),
             textfile: opts.metrics.textfile.clone().map(Textfile::new),
             scrapes,
+            scraped: None,
         };
         // The status line comes first, the snapshot's events after it: whoever waits for that
         // line knows the scan is over once the snapshot lines follow.
@@ -362,23 +366,29 @@ impl Daemon {
             counters: &counters,
             families: &self.kernel.attached.families,
             ring_buffer_bytes: self.kernel.ring_buffer_bytes(),
-            ring_peak_bytes: self
-                .ring_peaks
-                .iter()
-                .copied()
-                .reduce(|a, b| match (a, b) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    _ => None,
-                })
-                .flatten(),
+            ring_peak_bytes: self.ring_peaks.iter().flatten().copied().max(),
             history_queue: self.stages.history.store.queue(),
             alerts_written: self.stages.output.alerts_written(),
             textfile_write_failed: self.textfile.as_ref().map_or(0, Textfile::failed),
+            holding_lines: self.stages.output.holdings_written(),
         };
         metrics::render(&input).unwrap_or_else(|e| {
             tracing::error!(error = %e, "rendering the metrics failed");
             String::new()
         })
+    }
+
+    /// A scrape's answer: the last render if it is under a second old.
+    fn scrape(&mut self, back: Render) {
+        let text = match &self.scraped {
+            Some((at, text)) if at.elapsed() < Duration::from_secs(1) => text.clone(),
+            _ => {
+                let text: std::sync::Arc<str> = self.metrics().into();
+                self.scraped = Some((Instant::now(), text.clone()));
+                text
+            }
+        };
+        let _ = back.send(text);
     }
 
     fn write_textfile(&mut self) {
@@ -495,9 +505,7 @@ impl Daemon {
         self.stages.judgement.finish();
         self.stages.history.store_open(0, true);
         self.stages.history.store.finish();
-        if let Some(t) = &self.textfile {
-            t.remove();
-        }
+        // The metrics textfile goes with `self` (Textfile's Drop), on this path and any other.
         tracing::info!(
             drained,
             events = self.stages.output.events().total,
@@ -614,7 +622,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = t.summary.tick(), if d.stages.judgement.has_policy() => d.summarise(),
             _ = t.metrics.tick(), if d.textfile.is_some() => d.write_textfile(),
-            Some(back) = metrics_http::next(&mut d.scrapes) => { let _ = back.send(d.metrics()); }
+            Some(back) = metrics_http::next(&mut d.scrapes) => d.scrape(back),
             _ = t.status.tick(), if opts.status_interval_seconds > 0 => {
                 d.status_line("periodic");
                 d.stages.output.flush();

@@ -373,10 +373,11 @@ impl StoreHandle {
     pub fn put(&mut self, i: Interval) {
         let Some(tx) = &self.tx else { return };
         let at = i.closed_ns.unwrap_or(i.opened_ns);
+        // Counted before it is sent: the writer may take it and count it out at once.
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match tx.try_send(StoreOp::Put(Box::new(i))) {
             Ok(()) => {
-                self.queued
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Room again: the store itself says what it is missing, so `who` can warn.
                 if let PendingGap(Some((a, b, n))) = self.gap
                     && tx.try_send(StoreOp::Gap(a, b, n)).is_ok()
@@ -385,6 +386,8 @@ impl StoreHandle {
                 }
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 self.gap.note(at);
                 self.dropped += 1;
                 if self.dropped.is_power_of_two() {

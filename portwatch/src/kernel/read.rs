@@ -115,15 +115,17 @@ impl RingPositions {
 
     /// Bytes queued now (records with their headers).
     fn queued(&self) -> u64 {
-        // SAFETY: both positions are 8-byte aligned u64s at the start of a mapped page, written
-        // atomically by the kernel (producer) and by aya (consumer); they are only read here.
+        // SAFETY: both positions are the kernel's `unsigned long`s, aligned at the start of a
+        // mapped page, written atomically by the kernel (producer) and by aya (consumer); they
+        // are only read here, with relaxed loads, which read-only memory allows.
         let load = |offset: usize| unsafe {
-            (*(self.base.as_ptr().cast::<u8>().add(offset) as *const std::sync::atomic::AtomicU64))
-                .load(std::sync::atomic::Ordering::Acquire)
+            (*(self.base.as_ptr().cast::<u8>().add(offset)
+                as *const std::sync::atomic::AtomicUsize))
+                .load(std::sync::atomic::Ordering::Relaxed)
         };
         let consumer = load(0);
         let producer = load(self.page);
-        producer.saturating_sub(consumer)
+        producer.saturating_sub(consumer) as u64
     }
 }
 

@@ -28,6 +28,8 @@ pub struct MetricsInput<'a> {
     pub history_queue: (u64, u64),
     pub alerts_written: [u64; AlertKind::ALL.len()],
     pub textfile_write_failed: u64,
+    /// `holding` lines written (`[log] holdings`).
+    pub holding_lines: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,11 @@ pub fn render(m: &MetricsInput<'_>) -> Result<String, MetricsError> {
             .map(|&k| (vec![k.as_str(), strategy_of(family_of(k))], by_kind(k))),
     )?;
     b.counter(
+        "holding_lines_total",
+        "holding lines written, one per port holding that ended ([log] holdings).",
+        m.holding_lines,
+    )?;
+    b.counter(
         "snapshot_events_total",
         "Sockets found by a socket scan (start-up snapshot), written as snapshot events.",
         e.snapshot,
@@ -275,7 +282,7 @@ pub fn render(m: &MetricsInput<'_>) -> Result<String, MetricsError> {
         )?;
         b.gauge(
             "history_queue_intervals",
-            "Intervals waiting for the history writer (its lag behind the event log).",
+            "Intervals queued for the history writer or in the batch it is committing (its lag behind the event log).",
             m.history_queue.0 as f64,
         )?;
         b.gauge(
@@ -408,12 +415,32 @@ pub fn render(m: &MetricsInput<'_>) -> Result<String, MetricsError> {
 /// The metrics file node_exporter's textfile collector reads. Each write goes to a temporary
 /// file in the same directory and is renamed over the old one, so a scrape never reads half a
 /// file. A missing directory (node_exporter not installed yet) is not an error: the file appears
-/// once it exists. The file is removed when the daemon stops, so its metrics go absent with it.
+/// once it exists. The file is removed when the daemon stops (or its `Textfile` is dropped, on any
+/// way out), so its metrics go absent with it.
+///
+/// The directory is opened without following a link and must be root's (or the daemon's user's)
+/// and writable by no one else: Debian's `/var/lib/prometheus` belongs to the prometheus user, who could otherwise put a
+/// link in place of `node-exporter` and have root write and remove the file elsewhere. Every file
+/// operation is relative to that directory's descriptor.
 pub struct Textfile {
     path: PathBuf,
     failed: u64,
     /// The last write failed or found no directory (said once per streak, not every interval).
     said: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TextfileError {
+    #[error("no such directory")]
+    NoDirectory,
+    #[error("{0}")]
+    Io(#[from] nix::Error),
+    #[error(
+        "the directory is not root's (or the daemon's user's), or others can write it (mode {mode:o}, owner {uid}): not written"
+    )]
+    Untrusted { mode: u32, uid: u32 },
+    #[error("the path names no file")]
+    NoName,
 }
 
 impl Textfile {
@@ -434,30 +461,29 @@ impl Textfile {
     }
 
     pub fn write(&mut self, text: &str) {
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        if !dir.is_dir() {
-            if !self.said {
-                tracing::info!(dir = %dir.display(), "no metrics textfile directory (is prometheus-node-exporter installed?); the file is written once it exists");
-                self.said = true;
-            }
-            return;
-        }
-        match write_atomically(&self.path, text.as_bytes()) {
+        match self.replace(text.as_bytes()) {
             Ok(()) => {
                 if self.said {
                     tracing::info!(path = %self.path.display(), "metrics textfile written");
                 }
                 self.said = false;
             }
+            Err(TextfileError::NoDirectory) => {
+                if !self.said {
+                    tracing::info!(path = %self.path.display(), "no metrics textfile directory (is prometheus-node-exporter installed?); the file is written once it exists");
+                    self.said = true;
+                }
+            }
             Err(e) => {
                 self.failed += 1;
                 if !self.said {
                     // Under the unit, a directory made after the daemon started is read-only to
                     // it: ReadWritePaths= binds only what existed at start.
-                    let hint = if e.raw_os_error() == Some(libc::EROFS) {
-                        "; if the directory appeared after portwatch started, restart portwatch"
-                    } else {
-                        ""
+                    let hint = match e {
+                        TextfileError::Io(nix::Error::EROFS) => {
+                            "; if the directory appeared after portwatch started, restart portwatch"
+                        }
+                        _ => "",
                     };
                     tracing::warn!(path = %self.path.display(), error = %e, failed = self.failed, "writing the metrics textfile failed{hint}");
                     self.said = true;
@@ -466,11 +492,70 @@ impl Textfile {
         }
     }
 
-    /// At shutdown: a stopped daemon's metrics must not look current.
-    pub fn remove(&self) {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    /// The directory, opened without following a link, checked; and the file's name in it.
+    fn dir(&self) -> Result<(std::os::fd::OwnedFd, &std::ffi::OsStr), TextfileError> {
+        use nix::fcntl::{OFlag, open};
+        let name = self.path.file_name().ok_or(TextfileError::NoName)?;
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        let fd = match open(
+            dir,
+            OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOENT) => return Err(TextfileError::NoDirectory),
+            Err(e) => return Err(e.into()),
+        };
+        let st = nix::sys::stat::fstat(&fd)?;
+        let own = st.st_uid == 0 || st.st_uid == nix::unistd::geteuid().as_raw();
+        if !own || st.st_mode & 0o022 != 0 {
+            return Err(TextfileError::Untrusted {
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+            });
+        }
+        Ok((fd, name))
+    }
+
+    /// Writes `.NAME.tmp` (mode 0644: node_exporter reads it as its own user), then renames it
+    /// over NAME. The dot keeps the collector from reading the partial file (it reads `*.prom`
+    /// only). No fsync: readers need the rename's atomicity, not durability, and the loop must
+    /// not wait on the disk.
+    fn replace(&self, bytes: &[u8]) -> Result<(), TextfileError> {
+        use nix::{
+            fcntl::{OFlag, openat, renameat},
+            sys::stat::Mode,
+            unistd::{UnlinkatFlags, unlinkat},
+        };
+        let (dir, name) = self.dir()?;
+        let tmp = format!(".{}.tmp", name.to_string_lossy());
+        // What a crash left behind; a link is removed, not followed.
+        let _ = unlinkat(&dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let fd = openat(
+            &dir,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )?;
+        // The unit's UMask=0027 would leave it unreadable to node_exporter's user.
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o644))?;
+        let mut f = std::fs::File::from(fd);
+        let written = f
+            .write_all(bytes)
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|()| renameat(&dir, tmp.as_str(), &dir, name));
+        if let Err(e) = written {
+            let _ = unlinkat(&dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// A stopped daemon's metrics must not look current.
+    fn remove(&self) {
+        let Ok((dir, name)) = self.dir() else { return };
+        match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::Error::ENOENT) => {}
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "removing the metrics textfile failed")
             }
@@ -478,24 +563,10 @@ impl Textfile {
     }
 }
 
-/// Writes `.NAME.tmp` beside `path` (mode 0644: node_exporter reads it as its own user), then
-/// renames it over `path`. The dot keeps the collector from reading the partial file (it reads
-/// `*.prom` only).
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the metrics textfile path names no file"))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f = crate::files::create_exclusive(&tmp, 0o644)?;
-    // The unit's UMask=0027 would leave it unreadable to node_exporter's user.
-    use std::os::unix::fs::PermissionsExt as _;
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    let written = f.write_all(bytes).and_then(|()| f.sync_data());
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+impl Drop for Textfile {
+    fn drop(&mut self) {
+        self.remove();
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -539,6 +610,7 @@ mod tests {
             history_queue: (12, 4096),
             alerts_written: alerts,
             textfile_write_failed: 0,
+            holding_lines: 0,
         })
         .unwrap();
         // The 0.0.4 text format names a counter's family with its `_total` (OpenMetrics would
@@ -609,11 +681,26 @@ mod tests {
         assert_eq!(mode & 0o777, 0o644, "readable by node_exporter's user");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file is left behind");
-        t.remove();
+        drop(t);
         assert!(!path.exists());
         // No directory: nothing written, nothing counted as failed.
         let mut t = Textfile::new(dir.path().join("absent/portwatch.prom"));
         t.write("a 1\n");
         assert_eq!(t.failed(), 0);
+        // A link in place of the directory is not followed; a directory others can write is
+        // not trusted.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let mut t = Textfile::new(link.join("portwatch.prom"));
+        t.write("a 1\n");
+        assert_eq!(t.failed(), 1);
+        assert!(!path.exists());
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut t = Textfile::new(open.join("portwatch.prom"));
+        t.write("a 1\n");
+        assert_eq!(t.failed(), 1);
+        assert!(!open.join("portwatch.prom").exists());
     }
 }

@@ -1,6 +1,6 @@
-//! The opt-in `/metrics` endpoint (`[metrics] listen`): HTTP/1.1 on a loopback address only. A
-//! scrape asks the daemon's loop for a render (the loop owns every counter) and waits at most
-//! `RENDER_WAIT` for it. Any local user can connect, so connections are few and short: at most
+//! The opt-in `/metrics` endpoint (`[metrics] listen`): HTTP/1.1 on a loopback address only, served
+//! from its own thread. A scrape asks the daemon's loop for the metrics (the loop owns every
+//! counter; it renders at most once a second for scrapes) and waits at most `RENDER_WAIT`. Any local user can connect, so connections are few and short: at most
 //! `MAX_CONNECTIONS` at once, `REQUEST_WAIT` for a request's headers, one request each.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -23,7 +23,7 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A scrape's request to the loop: the rendered metrics go back on this channel.
-pub type Render = oneshot::Sender<String>;
+pub type Render = oneshot::Sender<Arc<str>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsHttpError {
@@ -55,10 +55,25 @@ pub fn start(addr: SocketAddr) -> Result<mpsc::Receiver<Render>, MetricsHttpErro
     let bind = |source| MetricsHttpError::Bind { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
     listener.set_nonblocking(true).map_err(bind)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
+    // Its own thread and runtime: parsing what local clients send never runs on the event
+    // loop's thread, which only answers each scrape from a render at most a second old.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(bind)?;
     let (tx, rx) = mpsc::channel(MAX_CONNECTIONS);
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, tx).await,
+                    Err(e) => tracing::error!(error = %e, "the metrics endpoint could not start"),
+                }
+            })
+        })
+        .map_err(bind)?;
     tracing::info!(%addr, "serving /metrics");
-    tokio::spawn(serve(listener, tx));
     Ok(rx)
 }
 
@@ -140,7 +155,7 @@ async fn answer(
         ));
     }
     Ok(match tokio::time::timeout(RENDER_WAIT, rendered).await {
-        Ok(Ok(text)) if !text.is_empty() => reply(StatusCode::OK, text),
+        Ok(Ok(text)) if !text.is_empty() => reply(StatusCode::OK, Bytes::from(text.to_string())),
         Ok(_) => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "rendering the metrics failed (see the daemon's log)\n",
