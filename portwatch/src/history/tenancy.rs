@@ -14,9 +14,17 @@ use crate::{
 };
 
 /// A socket's identity as the events show it: the peer tells a connected socket from the
-/// listener it was accepted on, which shares its local address and port.
+/// listener it was accepted on, which shares its local address and port; the cookie (0 when the
+/// event had none) tells apart sockets that share an address (SO_REUSEPORT, SO_REUSEADDR on UDP),
+/// so that one's release never ends another's holding.
 /// Plain values, no strings: built for every event, so it must not allocate.
-type Key = (Option<u32>, Transport, IpAddr, u16, Option<SocketAddr>);
+type Key = (Option<u32>, Transport, IpAddr, u16, Option<SocketAddr>, u64);
+
+/// The same socket as the one its event had no cookie for (a fentry or kprobe bind on a socket
+/// that got its cookie later).
+fn without_cookie(k: &Key) -> Key {
+    (k.0, k.1, k.2, k.3, k.4, 0)
+}
 
 /// Beyond this many open sockets (releases lost), the oldest are forgotten.
 const MAX_OPEN: usize = 200_000;
@@ -119,6 +127,7 @@ impl Tenancy {
                 ev.local.ip(),
                 ev.local.port(),
                 peer,
+                ev.cookie,
             )
         };
         let peer = ev.peer;
@@ -135,15 +144,15 @@ impl Tenancy {
         }
         match ev.kind {
             Kind::Bind => self.open_interval(key(None), SocketRole::Bound, f),
-            Kind::Listen => match self.open.get_mut(&key(None)) {
-                Some(o) => {
-                    o.interval.role = SocketRole::Listening;
-                    if o.interval.cookie == 0 {
-                        o.interval.cookie = ev.cookie;
-                    }
-                    if o.stored {
-                        let i = o.interval.clone();
-                        self.store.put(i);
+            Kind::Listen => match self.find(&key(None)) {
+                Some(k) => {
+                    let k = self.adopt_cookie(k, ev.cookie);
+                    if let Some(o) = self.open.get_mut(&k) {
+                        o.interval.role = SocketRole::Listening;
+                        if o.stored {
+                            let i = o.interval.clone();
+                            self.store.put(i);
+                        }
                     }
                 }
                 None => self.open_interval(key(None), SocketRole::Listening, f),
@@ -154,14 +163,41 @@ impl Tenancy {
                 self.close(&key(peer), wall_ns, ev.cookie);
                 // bind() then connect(): the bound interval ends with the connected one.
                 if peer.is_some()
-                    && self.open.get(&key(None)).is_some_and(|o| {
+                    && let Some(k) = self.find(&key(None))
+                    && self.open.get(&k).is_some_and(|o| {
                         o.interval.role == SocketRole::Bound && o.interval.process.pid == ev.pid
                     })
                 {
-                    self.close(&key(None), wall_ns, ev.cookie);
+                    self.close(&k, wall_ns, ev.cookie);
                 }
             }
         }
+    }
+
+    /// The open interval of the socket `key` names: its own, or one opened by an event without
+    /// the cookie.
+    fn find(&self, key: &Key) -> Option<Key> {
+        if self.open.contains_key(key) {
+            return Some(*key);
+        }
+        let bare = without_cookie(key);
+        (key.5 != 0 && self.open.contains_key(&bare)).then_some(bare)
+    }
+
+    /// Files an interval opened without a cookie under `cookie`, now that an event gave it.
+    fn adopt_cookie(&mut self, k: Key, cookie: u64) -> Key {
+        if k.5 != 0 || cookie == 0 {
+            return k;
+        }
+        let Some(mut o) = self.open.remove(&k) else {
+            return k;
+        };
+        let new = (k.0, k.1, k.2, k.3, k.4, cookie);
+        o.interval.cookie = cookie;
+        self.by_age
+            .insert((o.interval.opened_ns, o.interval.id), new);
+        self.open.insert(new, o);
+        new
     }
 
     /// Takes an open interval out of the table.
@@ -174,8 +210,10 @@ impl Tenancy {
     /// `cookie`: the closing event's, for an interval opened by an event that had none (a
     /// kprobe's bind on a socket that got its cookie later).
     fn close(&mut self, key: &Key, wall_ns: i64, cookie: u64) {
-        if let Some(mut o) = self.take(key) {
-            o.interval.closed_ns = Some(wall_ns);
+        let Some(key) = self.find(key) else { return };
+        if let Some(mut o) = self.take(&key) {
+            // Never before it opened (a snapshot's time can be later than a queued event's).
+            o.interval.closed_ns = Some(wall_ns.max(o.interval.opened_ns));
             if o.interval.cookie == 0 {
                 o.interval.cookie = cookie;
             }
@@ -187,26 +225,37 @@ impl Tenancy {
     /// `scan` began whose socket it no longer lists. Returns how many it closed.
     pub fn sweep_scan(&mut self, scan: &crate::attribution::RawScan, now_ns: i64) -> usize {
         let mut present = HashSet::new();
+        let mut cookies = HashSet::new();
         for s in &scan.sockets {
             present.insert((s.transport, s.local, s.peer));
             present.insert((s.transport, s.local, None));
+            cookies.insert(s.cookie);
         }
-        self.sweep(scan.window(), &present, now_ns)
+        self.sweep(scan.window(), &present, &cookies, now_ns)
     }
 
-    /// Closes the intervals in network namespace `netns` whose socket a fresh scan (`present`: transport, local, peer — and the
-    /// same with no peer) no longer lists. Returns how many it closed.
+    /// Closes the intervals in the scan's network namespace whose socket a fresh scan no longer
+    /// lists: by its cookie (`cookies`) when the interval has one, else by its address
+    /// (`present`: transport, local, peer — and the same with no peer). Returns how many it
+    /// closed.
     pub fn sweep(
         &mut self,
         scan: crate::attribution::ScanWindow,
         present: &HashSet<(Transport, SocketAddr, Option<SocketAddr>)>,
+        cookies: &HashSet<u64>,
         now_ns: i64,
     ) -> usize {
         let gone = scan.gone(
             self.open
                 .iter()
                 .map(|(k, o)| (*k, k.0, o.interval.opened_ns)),
-            |k| present.contains(&(k.1, SocketAddr::new(k.2, k.3), k.4)),
+            |k| {
+                if k.5 != 0 {
+                    cookies.contains(&k.5)
+                } else {
+                    present.contains(&(k.1, SocketAddr::new(k.2, k.3), k.4))
+                }
+            },
         );
         for k in &gone {
             if let Some(mut o) = self.take(k) {
@@ -239,6 +288,27 @@ impl Tenancy {
 
     fn open_interval(&mut self, key: Key, role: SocketRole, f: &PortFacts) {
         let wall_ns = f.wall_ns;
+        // The same socket reported again (by the start-up snapshot and by an event queued while
+        // it ran, or a UDP socket connecting to the same peer again): one holding, from the
+        // earlier of the two.
+        if key.5 != 0
+            && let Some(o) = self.open.get_mut(&key)
+        {
+            if role == SocketRole::Listening {
+                o.interval.role = role;
+            }
+            if wall_ns < o.interval.opened_ns {
+                let age = (o.interval.opened_ns, o.interval.id);
+                o.interval.opened_ns = wall_ns;
+                self.by_age.remove(&age);
+                self.by_age.insert((wall_ns, age.1), key);
+            }
+            if o.stored {
+                let i = o.interval.clone();
+                self.store.put(i);
+            }
+            return;
+        }
         if self.open.len() >= self.max_open
             && !self.open.contains_key(&key)
             && let Some((_, oldest)) = self.by_age.pop_first()
@@ -271,7 +341,7 @@ impl Tenancy {
         if let Some(mut old) = old {
             // The same address again without a release in between (a lost event): the old one
             // ended no later than now.
-            old.interval.closed_ns = Some(wall_ns);
+            old.interval.closed_ns = Some(wall_ns.max(old.interval.opened_ns));
             old.interval.close_note = Some("superseded; its release was not seen".into());
             self.ended(old.interval);
         }
@@ -350,7 +420,7 @@ mod tests {
             netns: Some(7),
             started_ns: now + 1,
         };
-        assert_eq!(t.sweep(window, &still, now + 9), 2);
+        assert_eq!(t.sweep(window, &still, &HashSet::new(), now + 9), 2);
         // 1001 (still there) and 1003 (another namespace: the scan cannot see it) stay open.
         let c = t.counters();
         assert_eq!((c.open_sockets, c.swept), (2, 2));
@@ -361,6 +431,54 @@ mod tests {
             .0;
         assert_eq!(closed[0].closed_ns, Some(now + 9));
         assert!(closed[0].close_note.as_deref().unwrap().contains("lost"));
+    }
+
+    /// `kind` on 127.0.0.1:`port` by socket `cookie`.
+    fn on(kind: Kind, port: u16, cookie: u64) -> crate::facts::KernelEvent {
+        let mut ev = bind(port);
+        ev.kind = kind;
+        ev.cookie = cookie;
+        ev
+    }
+
+    #[test]
+    fn one_socket_reported_twice_is_one_holding_from_its_first_report() {
+        let (_dir, t, _) = table(MAX_OPEN);
+        let mut t = t.keep_closed(true);
+        // The snapshot saw it at 20; the kernel's bind, queued meanwhile, says 10.
+        t.observe(&fixture::facts(on(Kind::Bind, 3000, 77), 20));
+        t.observe(&fixture::facts(on(Kind::Bind, 3000, 77), 10));
+        assert_eq!(t.counters().open_sockets, 1);
+        assert_eq!(
+            t.take_closed().count(),
+            0,
+            "no holding for a socket still open"
+        );
+        t.observe(&fixture::facts(on(Kind::Close, 3000, 77), 30));
+        let closed: Vec<_> = t.take_closed().collect();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].opened_ns, closed[0].closed_ns), (10, Some(30)));
+        assert_eq!(closed[0].cookie, 77);
+        t.store.finish();
+    }
+
+    #[test]
+    fn sockets_sharing_an_address_end_their_own_holdings() {
+        let (_dir, t, _) = table(MAX_OPEN);
+        let mut t = t.keep_closed(true);
+        // SO_REUSEPORT: two sockets on one address; the second's release ends only its own.
+        t.observe(&fixture::facts(on(Kind::Bind, 3001, 5), 10));
+        t.observe(&fixture::facts(on(Kind::Bind, 3001, 6), 11));
+        t.observe(&fixture::facts(on(Kind::Close, 3001, 6), 12));
+        let closed: Vec<_> = t.take_closed().collect();
+        assert_eq!(closed.iter().map(|i| i.cookie).collect::<Vec<_>>(), [6]);
+        assert_eq!(t.counters().open_sockets, 1);
+        // A bind seen without a cookie is closed by its release, which has one.
+        t.observe(&fixture::facts(on(Kind::Bind, 3002, 0), 13));
+        t.observe(&fixture::facts(on(Kind::Close, 3002, 9), 14));
+        let closed: Vec<_> = t.take_closed().collect();
+        assert_eq!((closed.len(), closed[0].cookie), (1, 9));
+        t.store.finish();
     }
 
     #[test]
