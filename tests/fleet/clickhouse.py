@@ -5,9 +5,9 @@ Usage: clickhouse.py FLEET_MD QUERIES_JSON LOG...
 Creates a stand-in for the Collector exporter's `otel_logs` table (the views read only its
 `Body`), runs the SQL blocks of FLEET_MD marked `-- fleet: tables` and `-- fleet: views` as
 written, loads every line of each LOG into `otel_logs.Body`, then runs the block marked
-`-- fleet: who` once per {"port", "at"} of QUERIES_JSON (`at` in RFC 3339), with the values in
-place of its parameters, as clickhouse-client's --param_ would. Prints one JSON object: the row
-counts of the two tables and each query's rows.
+`-- fleet: who` once per {"port", "at"} of QUERIES_JSON (`at` in RFC 3339), its parameters bound
+by the engine as clickhouse-client's --param_port and --param_at bind them. Prints one JSON
+object: the row counts of the two tables and each query's rows.
 """
 
 import json
@@ -37,11 +37,11 @@ def statements(sql):
 
 
 def ch_time(rfc3339):
-    """2026-12-02T08:41:07.187309211Z -> a DateTime64(9, 'UTC') literal."""
+    """2026-12-02T08:41:07.187309211Z -> 2026-12-02 08:41:07.187309211, as --param_at takes it."""
     m = re.fullmatch(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d\.\d{9})Z", rfc3339)
     if not m:
         sys.exit(f"not an RFC 3339 UTC time with nanoseconds: {rfc3339}")
-    return f"toDateTime64('{m.group(1)} {m.group(2)}', 9, 'UTC')"
+    return f"{m.group(1)} {m.group(2)}"
 
 
 def main():
@@ -68,12 +68,8 @@ def main():
         "results": [],
     }
     for q in queries:
-        who = (
-            sql["who"]
-            .replace("{port:UInt16}", f"toUInt16({int(q['port'])})")
-            .replace("{at:DateTime64(9, 'UTC')}", ch_time(q["at"]))
-        )
-        text = str(s.query(who, "JSONEachRow"))
+        params = {"port": str(int(q["port"])), "at": ch_time(q["at"])}
+        text = str(s.query(sql["who"], "JSONEachRow", params=params))
         out["results"].append([json.loads(l) for l in text.splitlines() if l.strip()])
     print(json.dumps(out))
 

@@ -20,6 +20,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("event.module", "keyword"),
     ("event.duration", "long"),
     ("event.start", "date"),
+    ("host.boot.id", "keyword"),
     ("event.end", "date"),
     ("event.reason", "keyword"),
     ("event.severity", "long"),

@@ -91,8 +91,14 @@ fn header(m: &Map<String, Value>, v: &Value) -> R {
         return Err("seq starts at 1".into());
     }
     let host = obj(&v["host"], "host")?;
-    only_keys(host, &["name"], "host")?;
+    only_keys(host, &["name", "boot_id"], "host")?;
     string(&v["host"]["name"], "host.name")?;
+    if let Some(b) = v["host"].get("boot_id") {
+        let b = string(b, "host.boot_id")?;
+        if b.len() != 36 || b.split('-').count() != 5 {
+            return Err(format!("host.boot_id is not a UUID: {b}"));
+        }
+    }
     let _ = m;
     Ok(())
 }

@@ -415,7 +415,12 @@ fn a_thread_storm_leaves_a_short_lived_process_attributable() {
     );
     let (exit, lines) = d.stop();
     assert!(exit.success());
-    let losses: Vec<&Value> = lines.iter().filter(|l| l["event"] == "loss").collect();
+    // A `pending_stale` is some other task's call whose return was never seen (the tests beside
+    // this one start and kill processes): no record of this test's is lost by it.
+    let losses: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "loss" && l["loss"]["reason"] != "pending_stale")
+        .collect();
     assert!(
         losses.is_empty(),
         "the ring held the storm: nothing the test relies on was lost: {losses:?}"

@@ -91,6 +91,11 @@ pub fn line(v: &Value) -> Value {
         "host.name",
         v.pointer("/host/name").cloned().unwrap_or(Value::Null),
     );
+    set(
+        &mut out,
+        "host.boot.id",
+        v.pointer("/host/boot_id").cloned().unwrap_or(Value::Null),
+    );
     let (kind, category, types): (&str, &[&str], &[&str]) = match event {
         "bind" | "listen" => ("event", &["network"], &["start"]),
         "connect" => ("event", &["network"], &["connection", "start"]),

@@ -76,6 +76,7 @@ pub struct LogFigures {
 /// What every line is stamped with: the host and a sequence number.
 struct Stamp {
     host: String,
+    boot_id: Option<String>,
     seq: u64,
 }
 
@@ -86,7 +87,10 @@ impl Stamp {
             schema: SCHEMA_VERSION,
             timestamp,
             seq: self.seq,
-            host: Host { name: &self.host },
+            host: Host {
+                name: &self.host,
+                boot_id: self.boot_id.as_deref(),
+            },
             event,
         }
     }
@@ -168,7 +172,14 @@ impl Output {
             .unwrap_or_default();
         Self {
             format,
-            stamp: Stamp { host, seq: 0 },
+            stamp: Stamp {
+                host,
+                boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                    .ok()
+                    .map(|b| b.trim().to_string())
+                    .filter(|b| !b.is_empty()),
+                seq: 0,
+            },
             sink,
             process_json: ProcessJson::new(),
             counts: [0; Kind::ALL.len()],
@@ -240,7 +251,10 @@ impl Output {
             Format::Portwatch => self.sink.push(line.as_bytes()),
             format => match serde_json::from_str::<serde_json::Value>(&line) {
                 Ok(v) => Self::write(&mut self.sink, format, &v),
-                Err(e) => tracing::error!(error = %e, "re-reading an alert failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "re-reading an alert failed");
+                    return Some(line);
+                }
             },
         }
         self.alerts[a.body.kind.index()] += 1;

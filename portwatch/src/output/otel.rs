@@ -93,7 +93,9 @@ pub fn line(v: &Value) -> Value {
     if let Value::Object(fields) = v {
         for (k, x) in fields {
             match k.as_str() {
-                "timestamp" | "host" | "event" | "error" => {}
+                "timestamp" | "event" | "error" => {}
+                // host.name is the resource's; the boot id has no semantic convention.
+                "host" => a.put("portwatch.host.boot_id", &x["boot_id"]),
                 "network" => a.put("portwatch.network.netns", &x["netns"]),
                 "process" => {
                     for key in [

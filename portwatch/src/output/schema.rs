@@ -22,6 +22,10 @@ pub struct Header<'a> {
 #[derive(Debug, Serialize)]
 pub struct Host<'a> {
     pub name: &'a str,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): socket cookies and pids are unique
+    /// only within one boot. Absent when unreadable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<&'a str>,
 }
 
 /// One line of the log: the header, then the fields of its kind of event (one of the records
@@ -182,7 +186,10 @@ mod tests {
             schema: SCHEMA_VERSION,
             timestamp: "2026-11-27T00:00:00.000000001Z".into(),
             seq: 7,
-            host: Host { name: "h" },
+            host: Host {
+                name: "h",
+                boot_id: None,
+            },
             event: "connect",
         }
     }
