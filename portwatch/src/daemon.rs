@@ -305,6 +305,7 @@ impl Daemon {
         self.backlog = n == DRAIN_BATCH;
         if n > 0 {
             self.stages.output.flush();
+            self.stages.history.store.flush();
         }
         n
     }
@@ -344,6 +345,8 @@ impl Daemon {
             (self.swept_at_loss, self.last_sweep) = (self.kernel.lost(), Instant::now());
         }
         self.stages.history.store_open(clock::now_unix_ns(), false);
+        // Whatever a scan, the snapshot or a reload closed since the last drain.
+        self.stages.history.store.flush();
         self.rates
             .push_back((Instant::now(), self.stages.output.counts()));
         while self

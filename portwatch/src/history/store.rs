@@ -17,6 +17,12 @@ use crate::facts::{
 pub const FILE_NAME: &str = "history.sqlite";
 /// Intervals waiting for the writer.
 const QUEUE: usize = 4096;
+/// The event loop hands intervals over in batches (one channel message, at most one wake-up of
+/// the writer, per drain of the ring rather than per interval); a batch goes once it is this big
+/// even if the loop has not flushed.
+const HANDOVER: usize = 256;
+/// Batches in the channel at most (the interval bound is `QUEUE`).
+const BATCHES: usize = QUEUE / 16;
 
 /// One holding of a port by a process. The store keeps of the process what `who` shows: pid,
 /// executable, command line, user, unit and container.
@@ -324,7 +330,7 @@ pub fn prune(
 /// What the event path hands the writer.
 #[derive(Debug, Clone)]
 pub enum StoreOp {
-    Put(Box<Interval>),
+    Puts(Vec<Interval>),
     /// (from_ns, to_ns, intervals) that could not be queued.
     Gap(i64, i64, u64),
 }
@@ -340,6 +346,8 @@ pub struct StoreHandle {
     queued: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub next_id: i64,
     gap: PendingGap,
+    /// Intervals put since the last handover (counted in `queued`).
+    pending: Vec<Interval>,
 }
 
 impl StoreHandle {
@@ -358,6 +366,7 @@ impl StoreHandle {
 
     /// Lets the writer commit everything queued, then stops it (shutdown).
     pub fn finish(&mut self) {
+        self.flush();
         if let (Some(tx), PendingGap(Some((a, b, n)))) = (&self.tx, self.gap) {
             // Shutdown may wait for the writer.
             let _ = tx.send(StoreOp::Gap(a, b, n));
@@ -370,33 +379,69 @@ impl StoreHandle {
         }
     }
 
+    /// Queues `i` for the writer; handed over at the next `flush` (or once `HANDOVER` wait).
+    /// Beyond `QUEUE` intervals waiting, it is dropped and counted, and the store is told of
+    /// the gap.
     pub fn put(&mut self, i: Interval) {
-        let Some(tx) = &self.tx else { return };
-        let at = i.closed_ns.unwrap_or(i.opened_ns);
+        if self.tx.is_none() {
+            return;
+        }
+        if self.queued.load(std::sync::atomic::Ordering::Relaxed) >= QUEUE as u64 {
+            self.gap.note(i.closed_ns.unwrap_or(i.opened_ns));
+            self.dropped += 1;
+            self.warn_dropped();
+            return;
+        }
         // Counted before it is sent: the writer may take it and count it out at once.
         self.queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match tx.try_send(StoreOp::Put(Box::new(i))) {
+        self.pending.push(i);
+        if self.pending.len() >= HANDOVER {
+            self.flush();
+        }
+    }
+
+    /// Hands what was put to the writer: one message, whatever the number.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let sent = match &self.tx {
+            Some(tx) => tx.try_send(StoreOp::Puts(batch)),
+            None => return,
+        };
+        match sent {
             Ok(()) => {
                 // Room again: the store itself says what it is missing, so `who` can warn.
-                if let PendingGap(Some((a, b, n))) = self.gap
+                if let (Some(tx), PendingGap(Some((a, b, n)))) = (&self.tx, self.gap)
                     && tx.try_send(StoreOp::Gap(a, b, n)).is_ok()
                 {
                     self.gap = PendingGap::default();
                 }
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(op)) | Err(TrySendError::Disconnected(op)) => {
+                let StoreOp::Puts(mut batch) = op else { return };
                 self.queued
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                self.gap.note(at);
-                self.dropped += 1;
-                if self.dropped.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = self.dropped,
-                        "tenancy store writer behind; intervals not recorded"
-                    );
+                    .fetch_sub(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                for i in &batch {
+                    self.gap.note(i.closed_ns.unwrap_or(i.opened_ns));
                 }
+                self.dropped += batch.len() as u64;
+                self.warn_dropped();
+                // The allocation is kept for the next batch.
+                batch.clear();
+                self.pending = batch;
             }
+        }
+    }
+
+    fn warn_dropped(&self) {
+        if self.dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped = self.dropped,
+                "tenancy store writer behind; intervals not recorded"
+            );
         }
     }
 }
@@ -428,7 +473,7 @@ pub fn start(
         .map_err(err(&path))?;
     // Small on purpose: when the writer lags, intervals are dropped (and counted) instead of
     // piling up in memory.
-    let (tx, rx) = sync_channel(QUEUE);
+    let (tx, rx) = sync_channel(BATCHES);
     let p = path.clone();
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let f = failed.clone();
@@ -450,6 +495,7 @@ pub fn start(
             queued,
             next_id,
             gap: PendingGap::default(),
+            pending: Vec::with_capacity(HANDOVER),
         },
         path,
     ))
@@ -480,16 +526,24 @@ fn writer(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let puts_of = |op: &StoreOp| match op {
+            StoreOp::Puts(v) => v.len(),
+            StoreOp::Gap(..) => 0,
+        };
+        let mut puts = first.as_ref().map_or(0, puts_of);
         let mut batch: Vec<StoreOp> = first.into_iter().collect();
         // Every commit rewrites the pages it touched (the table's last page, the port index's):
         // a commit per handful of intervals rewrote the same pages over and over. A batch gathers
         // for up to BATCH_WAIT once it has begun (measured in docs/benchmarks.md: the writer's
         // CPU per event fell by about a third).
         let deadline = Instant::now() + BATCH_WAIT;
-        while batch.len() < 10_000 {
+        while puts < 10_000 {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(op) => batch.push(op),
+                Ok(op) => {
+                    puts += puts_of(&op);
+                    batch.push(op);
+                }
                 Err(_) => break,
             }
         }
@@ -497,7 +551,11 @@ fn writer(
             let r = c.transaction().and_then(|tx| {
                 for op in &batch {
                     match op {
-                        StoreOp::Put(i) => insert(&tx, i)?,
+                        StoreOp::Puts(v) => {
+                            for i in v {
+                                insert(&tx, i)?;
+                            }
+                        }
                         StoreOp::Gap(a, b, n) => {
                             tx.prepare_cached(
                                 "INSERT INTO gaps (from_ns, to_ns, intervals) VALUES (?1, ?2, ?3)",
@@ -508,10 +566,7 @@ fn writer(
                 }
                 tx.commit()
             });
-            let puts = batch
-                .iter()
-                .filter(|op| matches!(op, StoreOp::Put(_)))
-                .count() as u64;
+            let puts = puts as u64;
             if let Err(e) = r {
                 let total = failed.fetch_add(puts, std::sync::atomic::Ordering::Relaxed) + puts;
                 tracing::error!(path = %path.display(), error = %e, lost = puts, total, "writing the tenancy store failed");
