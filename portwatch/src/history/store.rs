@@ -388,8 +388,7 @@ impl StoreHandle {
         }
         if self.queued.load(std::sync::atomic::Ordering::Relaxed) >= QUEUE as u64 {
             self.gap.note(i.closed_ns.unwrap_or(i.opened_ns));
-            self.dropped += 1;
-            self.warn_dropped();
+            self.count_dropped(1);
             return;
         }
         // Counted before it is sent: the writer may take it and count it out at once.
@@ -406,7 +405,7 @@ impl StoreHandle {
         if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(HANDOVER));
         let sent = match &self.tx {
             Some(tx) => tx.try_send(StoreOp::Puts(batch)),
             None => return,
@@ -421,23 +420,22 @@ impl StoreHandle {
                 }
             }
             Err(TrySendError::Full(op)) | Err(TrySendError::Disconnected(op)) => {
-                let StoreOp::Puts(mut batch) = op else { return };
+                let StoreOp::Puts(batch) = op else { return };
                 self.queued
                     .fetch_sub(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for i in &batch {
                     self.gap.note(i.closed_ns.unwrap_or(i.opened_ns));
                 }
-                self.dropped += batch.len() as u64;
-                self.warn_dropped();
-                // The allocation is kept for the next batch.
-                batch.clear();
-                self.pending = batch;
+                self.count_dropped(batch.len() as u64);
             }
         }
     }
 
-    fn warn_dropped(&self) {
-        if self.dropped.is_power_of_two() {
+    /// Counts `n` intervals dropped; says so when the total reaches another power of two.
+    fn count_dropped(&mut self, n: u64) {
+        let before = self.dropped;
+        self.dropped += n;
+        if before == 0 || before.ilog2() != self.dropped.ilog2() {
             tracing::warn!(
                 dropped = self.dropped,
                 "tenancy store writer behind; intervals not recorded"

@@ -452,10 +452,6 @@ impl Textfile {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn failed(&self) -> u64 {
         self.failed
     }
