@@ -175,12 +175,13 @@ pub fn render(m: &MetricsInput<'_>) -> Result<String, MetricsError> {
             .iter()
             .map(|(f, s, fc)| (vec![f.as_str(), s.as_str(), *fc], 1.0)),
     )?;
+    // `strategy_names` is in `m.families`' order.
     let strategy_of = |family: Family| {
-        let name = family.to_string();
-        strategy_names
+        m.families
             .iter()
-            .find(|(f, _, _)| *f == name)
-            .map_or("none", |(_, s, _)| s.as_str())
+            .zip(&strategy_names)
+            .find(|(f, _)| f.family == family)
+            .map_or("none", |(_, (_, s, _))| s.as_str())
     };
     let e = &c.events;
     let by_kind = |k: Kind| match k {
