@@ -2,7 +2,10 @@
 //! (`KernelEvent`), the process behind it (`ProcessFacts`), both together as `PortFacts`, and the
 //! `Alert`s judgement makes of them. Plain data: this module depends on no stage, and the event
 //! log's schema (`output::schema`) is built from these types only.
-use std::net::SocketAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +186,16 @@ pub enum PortClass {
     Dynamic,
 }
 
+impl PortClass {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PortClass::WellKnown => "well-known",
+            PortClass::Registered => "registered",
+            PortClass::Dynamic => "dynamic",
+        }
+    }
+}
+
 /// `port` in an event: its IANA class and whether it is ephemeral on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortInfo {
@@ -283,23 +296,97 @@ pub struct ProcessFacts {
     pub group: Group,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An address and port. The address is kept as an address, not text: built for every event, it
+/// must not allocate (serde writes it as the same text `Display` gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub address: String,
+    pub address: IpAddr,
     pub port: u16,
 }
+
+impl Endpoint {
+    /// The address as text (what `Display` writes), without allocating.
+    pub fn address_text(&self) -> AddressText {
+        AddressText::of(self.address)
+    }
+}
+
+/// An address as text, held on the stack (an IPv6 address with an IPv4 tail is at most 45
+/// bytes).
+#[derive(Clone, Copy)]
+pub struct AddressText {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl AddressText {
+    pub fn of(address: IpAddr) -> Self {
+        let mut t = AddressText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match address {
+            IpAddr::V4(a) => {
+                let mut at = 0;
+                for (i, octet) in a.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.buf[at] = b'.';
+                        at += 1;
+                    }
+                    let (digits, n) = OCTETS[usize::from(octet)];
+                    t.buf[at..at + 3].copy_from_slice(&digits);
+                    at += usize::from(n);
+                }
+                t.len = at as u8;
+            }
+            IpAddr::V6(a) => {
+                use std::io::Write as _;
+                let mut w = &mut t.buf[..];
+                let _ = write!(w, "{a}");
+                let left = w.len();
+                t.len = (48 - left) as u8;
+            }
+        }
+        t
+    }
+
+    pub fn as_str(&self) -> &str {
+        let bytes = &self.buf[..usize::from(self.len)];
+        // SAFETY: only ASCII is ever written into `buf` (digits, dots, and what `Ipv6Addr`'s
+        // `Display` writes: hex digits, colons, dots); validating it per address was measurable.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+}
+
+/// Each octet's decimal digits, left-aligned, and how many there are.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut table = [([0u8; 3], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let v = i as u8;
+        table[i] = if v >= 100 {
+            ([b'0' + v / 100, b'0' + v / 10 % 10, b'0' + v % 10], 3)
+        } else if v >= 10 {
+            ([b'0' + v / 10, b'0' + v % 10, 0], 2)
+        } else {
+            ([b'0' + v, 0, 0], 1)
+        };
+        i += 1;
+    }
+    table
+};
 
 impl From<SocketAddr> for Endpoint {
     fn from(a: SocketAddr) -> Self {
         Endpoint {
-            address: a.ip().to_string(),
+            address: a.ip(),
             port: a.port(),
         }
     }
 }
 
 /// A socket's addresses, as the event log's `network` object carries them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     pub transport: Transport,
     #[serde(rename = "type")]
@@ -316,6 +403,15 @@ pub struct Network {
 pub enum IpType {
     Ipv4,
     Ipv6,
+}
+
+impl IpType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IpType::Ipv4 => "ipv4",
+            IpType::Ipv6 => "ipv6",
+        }
+    }
 }
 
 impl Network {
@@ -341,7 +437,9 @@ pub struct PortFacts {
     pub event: KernelEvent,
     pub network: Network,
     pub port: PortInfo,
-    pub process: ProcessFacts,
+    /// Shared by every event attribution found the same facts for (`Attributor`): events are
+    /// many, processes few, and each event's stages only read it.
+    pub process: Arc<ProcessFacts>,
     pub origin: Origin,
     /// When it happened, Unix nanoseconds (the kernel's clock turned into wall time).
     pub wall_ns: i64,
@@ -434,9 +532,9 @@ pub struct Subject {
 impl Subject {
     pub fn of(facts: &PortFacts) -> Self {
         Subject {
-            network: Some(facts.network.clone()),
+            network: Some(facts.network),
             port: Some(facts.port),
-            process: Some(facts.process.clone()),
+            process: Some(ProcessFacts::clone(&facts.process)),
         }
     }
 }
@@ -500,11 +598,11 @@ pub(crate) mod fixture {
                 ephemeral: false,
                 requested: None,
             },
-            process: ProcessFacts {
+            process: Arc::new(ProcessFacts {
                 pid: event.pid,
                 tid: event.tid,
                 ..ProcessFacts::default()
-            },
+            }),
             origin: Origin::Kernel,
             wall_ns,
             event,

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod daemon;
 pub mod facts;
 pub mod files;
+pub mod hashing;
 pub mod history;
 pub mod judgement;
 pub mod kernel;

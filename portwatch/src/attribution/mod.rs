@@ -11,12 +11,11 @@ pub mod procfs;
 
 use std::{
     collections::HashMap,
-    num::NonZeroUsize,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use lru::LruCache;
 use nix::unistd::{Uid, User};
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +23,7 @@ use self::{lineage::ProcessTable, ports::EphemeralRange};
 use crate::{
     clock::{self, WallClock},
     facts::{Group, KernelEvent, Kind, Network, Origin, PortFacts, ProcessFacts},
+    hashing::{self, Lru},
     kernel::{
         decode::Record,
         sockets::{self, KernelSocket},
@@ -37,6 +37,9 @@ const USER_CACHE_MAX: usize = 4096;
 /// the same pid and comm for this long (an exec changes comm, so it is seen at once).
 const PROC_CACHE_TTL: Duration = Duration::from_secs(2);
 const PROC_CACHE_MAX: usize = 4096;
+/// Calling threads whose attributed facts are kept, at most (`Attributor::threads`): the threads
+/// making events now, so fewer than the processes whose /proc facts are kept.
+const THREAD_CACHE_MAX: usize = 1024;
 
 /// A bounded cache's fill, for `status`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,9 +57,13 @@ pub struct CacheCounters {
     /// Fork children that have not exec'd (threads among them), kept apart from the table.
     #[serde(default)]
     pub forks: CacheFigures,
-    /// The output's serialized `process` objects, by pid (`output::ProcessJson`).
+    /// The output's serialized `process` objects (`output::ProcessJson`).
     #[serde(default)]
     pub process_json: CacheFigures,
+    /// Each calling thread's facts as its events get them (pid, thread, comm, user and group
+    /// merged with the process's), shared by its events while they last.
+    #[serde(default)]
+    pub threads: CacheFigures,
 }
 
 /// What attribution could not do.
@@ -158,12 +165,36 @@ pub struct Scan {
     pub started_ns: i64,
 }
 
+/// A calling thread as its events name it: pid, thread id, comm (NUL-padded), uid, gid.
+type ThreadKey = (u32, u32, [u8; 16], u32, u32);
+
+/// How attribution found a thread's facts, so that each event they serve is counted as the first
+/// one was (`AttributionCounters` counts events).
+#[derive(Debug, Default, Clone, Copy)]
+struct Found {
+    gone: bool,
+    from_table: bool,
+    image_changed: bool,
+}
+
+/// One thread's facts, found at `at`.
+struct Attributed {
+    at: Instant,
+    facts: Arc<ProcessFacts>,
+    found: Found,
+}
+
 pub struct Attributor {
     proc_root: PathBuf,
-    users: LruCache<u32, Option<String>>,
-    procs: LruCache<(u32, Vec<u8>), (Instant, ProcessFacts)>,
+    users: Lru<u32, Option<String>>,
+    /// /proc's facts per process (pid and the calling thread's comm).
+    procs: Lru<(u32, Vec<u8>), (Instant, Arc<ProcessFacts>)>,
+    /// What each calling thread's events get: built once from `procs`, the process table and the
+    /// user database, then shared (an `Arc` per event instead of a copy of every string).
+    threads: Lru<ThreadKey, Attributed>,
     process_evictions: u64,
     user_evictions: u64,
+    thread_evictions: u64,
     /// What each process runs, from exec records.
     pub processes: ProcessTable,
     clock: WallClock,
@@ -181,10 +212,12 @@ impl Attributor {
     ) -> Self {
         Self {
             proc_root: proc_root.into(),
-            users: LruCache::new(NonZeroUsize::new(users_max).unwrap_or(NonZeroUsize::MIN)),
-            procs: LruCache::new(NonZeroUsize::new(procs_max).unwrap_or(NonZeroUsize::MIN)),
+            users: hashing::lru(users_max),
+            procs: hashing::lru(procs_max),
+            threads: hashing::lru(procs_max.min(THREAD_CACHE_MAX)),
             process_evictions: 0,
             user_evictions: 0,
+            thread_evictions: 0,
             processes: ProcessTable::new(table_max),
             clock: WallClock::sample(),
             ephemeral: EphemeralRange::read(),
@@ -219,7 +252,7 @@ impl Attributor {
         if event.kind == Kind::Bind && origin == Origin::Kernel {
             port.requested = Some(event.port_requested);
         }
-        let wall_ns = clock::unix_ns(self.clock.to_utc(event.monotonic_ns));
+        let wall_ns = self.clock.to_unix_ns(event.monotonic_ns);
         PortFacts {
             network: Network::of(&event),
             port,
@@ -274,17 +307,63 @@ impl Attributor {
     }
 
     /// The process behind an event: from /proc while it lives, from the process table once it is
-    /// gone. pid 0: a socket no process holds (a kernel socket); /proc has nothing to say.
-    pub fn process(&mut self, ev: &KernelEvent) -> ProcessFacts {
+    /// gone. pid 0: a socket no process holds (a kernel socket); /proc has nothing to say. The
+    /// calling thread's facts are found once and shared by its events for `PROC_CACHE_TTL`.
+    pub fn process(&mut self, ev: &KernelEvent) -> Arc<ProcessFacts> {
+        let key = thread_key(ev);
+        let now = Instant::now();
+        if let Some(k) = &key
+            && let Some(a) = self.threads.get(k)
+            && now.duration_since(a.at) < PROC_CACHE_TTL
+        {
+            let (facts, found) = (a.facts.clone(), a.found);
+            self.count(found);
+            return facts;
+        }
+        let (facts, found) = self.find_process(ev, now);
+        self.count(found);
+        let facts = Arc::new(facts);
+        if let Some(k) = key {
+            let entry = Attributed {
+                at: now,
+                facts: facts.clone(),
+                found,
+            };
+            if let Some((old, _)) = self.threads.push(k, entry)
+                && old != k
+            {
+                self.thread_evictions += 1;
+            }
+        }
+        facts
+    }
+
+    fn count(&mut self, found: Found) {
+        let c = &mut self.counters;
+        c.process_gone += u64::from(found.gone);
+        c.from_process_table += u64::from(found.from_table);
+        c.image_changed += u64::from(found.image_changed);
+    }
+
+    /// `process` without the thread cache: /proc (through `procs`), the process table, the user
+    /// database.
+    fn find_process(&mut self, ev: &KernelEvent, now: Instant) -> (ProcessFacts, Found) {
+        let mut found = Found::default();
         let mut facts = if ev.pid == 0 {
             ProcessFacts::default()
         } else {
-            self.read_cached(ev)
+            match self.read_cached(ev, now) {
+                Some(facts) => ProcessFacts::clone(&facts),
+                None => {
+                    found.gone = true;
+                    ProcessFacts::default()
+                }
+            }
         };
         if self.exec_since(ev, &facts) {
             // /proc shows a later image than the one that made the call: what that one ran comes
             // from the process table (its exec record), or stays unknown; never the new image's.
-            self.counters.image_changed += 1;
+            found.image_changed = true;
             facts.executable = None;
             facts.command_line = None;
             facts.command_line_truncated = false;
@@ -295,7 +374,7 @@ impl Attributor {
             && (facts.executable.is_none() || facts.command_line.is_none())
             && let Some(e) = self.processes.lookup(ev.pid, ev.monotonic_ns)
         {
-            self.counters.from_process_table += 1;
+            found.from_table = true;
             facts.ppid = facts.ppid.or(e.image.ppid);
             if facts.executable.is_none() {
                 facts.executable = e.image.executable.clone();
@@ -326,7 +405,7 @@ impl Attributor {
             self.user_name(ev.uid)
         };
         facts.group = Group { id: ev.gid };
-        facts
+        (facts, found)
     }
 
     /// The calling thread's comm then is not its comm now: the process exec'd (or renamed
@@ -344,28 +423,22 @@ impl Attributor {
         procfs::comm_bytes(&task).is_some_and(|now| now != ev.comm)
     }
 
-    fn read_cached(&mut self, ev: &KernelEvent) -> ProcessFacts {
+    /// /proc's facts of the event's process (None: gone), read at most once per
+    /// `PROC_CACHE_TTL` for the same pid and comm.
+    fn read_cached(&mut self, ev: &KernelEvent, now: Instant) -> Option<Arc<ProcessFacts>> {
         let key = (ev.pid, ev.comm.clone());
-        let now = Instant::now();
         if let Some((at, facts)) = self.procs.get(&key)
             && now.duration_since(*at) < PROC_CACHE_TTL
         {
-            return facts.clone();
+            return Some(facts.clone());
         }
-        match procfs::read(&self.proc_root.join(ev.pid.to_string())) {
-            Some(facts) => {
-                if let Some((old, _)) = self.procs.push(key.clone(), (now, facts.clone()))
-                    && old != key
-                {
-                    self.process_evictions += 1;
-                }
-                facts
-            }
-            None => {
-                self.counters.process_gone += 1;
-                ProcessFacts::default()
-            }
+        let facts = Arc::new(procfs::read(&self.proc_root.join(ev.pid.to_string()))?);
+        if let Some((old, _)) = self.procs.push(key.clone(), (now, facts.clone()))
+            && old != key
+        {
+            self.process_evictions += 1;
         }
+        Some(facts)
     }
 
     pub fn user_name(&mut self, uid: u32) -> Option<String> {
@@ -425,6 +498,11 @@ impl Attributor {
             },
             // The output's: the daemon fills it in.
             process_json: CacheFigures::default(),
+            threads: CacheFigures {
+                size: self.threads.len(),
+                max: self.threads.cap().get(),
+                evictions: self.thread_evictions,
+            },
         }
     }
 
@@ -432,6 +510,14 @@ impl Attributor {
     pub fn proc_root(&self) -> &Path {
         &self.proc_root
     }
+}
+
+/// The thread cache's key of an event; None for a comm longer than the kernel's (never from the
+/// kernel side), which is then attributed afresh.
+fn thread_key(ev: &KernelEvent) -> Option<ThreadKey> {
+    let mut comm = [0u8; 16];
+    comm.get_mut(..ev.comm.len())?.copy_from_slice(&ev.comm);
+    Some((ev.pid, ev.tid, comm, ev.uid, ev.gid))
 }
 
 /// Sockets holding an ephemeral port, per (transport, destination): how close one destination

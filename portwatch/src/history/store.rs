@@ -34,7 +34,8 @@ pub struct Interval {
     pub local: Endpoint,
     pub role: SocketRole,
     pub peer: Option<Endpoint>,
-    pub process: ProcessFacts,
+    /// Shared with the events that opened it (`tenancy::kept_process`).
+    pub process: std::sync::Arc<ProcessFacts>,
     /// Unix nanoseconds.
     pub opened_ns: i64,
     pub closed_ns: Option<i64>,
@@ -69,7 +70,16 @@ CREATE TABLE IF NOT EXISTS intervals (
     pid INTEGER NOT NULL, executable TEXT, command_line TEXT,
     user_id INTEGER NOT NULL, user_name TEXT, unit TEXT, container_id TEXT, container_runtime TEXT,
     opened_ns INTEGER NOT NULL, closed_ns INTEGER, close_note TEXT,
-    cgroup TEXT
+    cgroup TEXT,
+    process_id INTEGER
+);
+-- What a holder ran, written once per set of facts and referenced by its intervals
+-- (process_id): a server's thousands of connections share one row. Intervals written before
+-- this table have these columns inline instead.
+CREATE TABLE IF NOT EXISTS processes (
+    id INTEGER PRIMARY KEY,
+    executable TEXT, command_line TEXT, user_name TEXT, unit TEXT, container_id TEXT,
+    container_runtime TEXT, cgroup TEXT
 );
 CREATE INDEX IF NOT EXISTS intervals_port ON intervals (port, opened_ns);
 -- Ids are handed out in opening order, so the row bound prunes by id (the rowid) and needs no
@@ -120,17 +130,23 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     c.execute_batch(SCHEMA).map_err(err(path))?;
     // Stores written before the cgroup was kept (it tells a unit the system manager set from one
     // a user named) gain the column; their earlier rows have none.
-    if !has_cgroup(&c).map_err(err(path))? {
+    if !has_column(&c, "cgroup").map_err(err(path))? {
         c.execute_batch("ALTER TABLE intervals ADD COLUMN cgroup TEXT")
+            .map_err(err(path))?;
+    }
+    // Stores written before the processes table gain the reference; their earlier rows keep
+    // their facts inline.
+    if !has_column(&c, "process_id").map_err(err(path))? {
+        c.execute_batch("ALTER TABLE intervals ADD COLUMN process_id INTEGER")
             .map_err(err(path))?;
     }
     Ok(c)
 }
 
-fn has_cgroup(c: &Connection) -> rusqlite::Result<bool> {
+fn has_column(c: &Connection, name: &str) -> rusqlite::Result<bool> {
     c.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('intervals') WHERE name = 'cgroup'",
-        [],
+        "SELECT count(*) > 0 FROM pragma_table_info('intervals') WHERE name = ?1",
+        [name],
         |r| r.get(0),
     )
 }
@@ -147,36 +163,107 @@ pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
-pub fn insert(c: &Connection, i: &Interval) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "INSERT OR REPLACE INTO intervals (id, netns, transport, address, port, role, peer_address, peer_port, pid,
-            executable, command_line, user_id, user_name, unit, container_id, container_runtime, opened_ns,
-            closed_ns, close_note, cgroup)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-    )?
-    .execute(params![
+const INSERT_INTERVAL: &str = "INSERT OR REPLACE INTO intervals (id, netns, transport, address,
+    port, role, peer_address, peer_port, pid, user_id, opened_ns, closed_ns, close_note, process_id)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+const INSERT_PROCESS: &str = "INSERT INTO processes (executable, command_line, user_name, unit,
+    container_id, container_runtime, cgroup) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// The writer's two statements, prepared once per batch.
+pub struct Statements<'c> {
+    interval: rusqlite::CachedStatement<'c>,
+    process: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    pub fn prepare(c: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            interval: c.prepare_cached(INSERT_INTERVAL)?,
+            process: c.prepare_cached(INSERT_PROCESS)?,
+        })
+    }
+}
+
+/// Writes intervals, and each set of process facts once: attribution shares one
+/// `ProcessFacts` among the events it found the same facts for, so the `processes` row of an
+/// allocation is remembered (holding its `Arc`, so the address cannot be reused meanwhile).
+pub struct Rows {
+    written: crate::hashing::Lru<usize, (std::sync::Arc<ProcessFacts>, i64)>,
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Self {
+            written: crate::hashing::lru(Self::REMEMBERED),
+        }
+    }
+}
+
+impl Rows {
+    /// Process rows remembered at most; a forgotten one is written again when next needed.
+    const REMEMBERED: usize = 1024;
+
+    pub fn insert(&mut self, s: &mut Statements<'_>, i: &Interval) -> rusqlite::Result<()> {
+        let process_id = self.process_id(s, &i.process)?;
+        s.interval.execute(params![
             i.id,
             i.netns,
             i.transport.as_str(),
-            i.local.address,
+            i.local.address_text().as_str(),
             i.local.port,
             i.role.as_str(),
-            i.peer.as_ref().map(|p| &p.address),
+            i.peer
+                .as_ref()
+                .map(|p| p.address_text())
+                .as_ref()
+                .map(|t| t.as_str()),
             i.peer.as_ref().map(|p| p.port),
             i.process.pid,
-            i.process.executable,
-            i.process.command_line.as_ref().and_then(|a| serde_json::to_string(a).ok()),
             i.process.user.id,
-            i.process.user.name,
-            i.process.unit,
-            i.process.container.as_ref().map(|c| &c.id),
-            i.process.container.as_ref().map(|c| c.runtime.as_str()),
             i.opened_ns,
             i.closed_ns,
             i.close_note,
-            i.process.cgroup,
-    ])?;
-    Ok(())
+            process_id,
+        ])?;
+        Ok(())
+    }
+
+    fn process_id(
+        &mut self,
+        s: &mut Statements<'_>,
+        p: &std::sync::Arc<ProcessFacts>,
+    ) -> rusqlite::Result<i64> {
+        let key = std::sync::Arc::as_ptr(p) as usize;
+        if let Some((_, id)) = self.written.get(&key) {
+            return Ok(*id);
+        }
+        let id = s.process.insert(params![
+            p.executable,
+            p.command_line
+                .as_ref()
+                .and_then(|a| serde_json::to_string(a).ok()),
+            p.user.name,
+            p.unit,
+            p.container.as_ref().map(|c| &c.id),
+            p.container.as_ref().map(|c| c.runtime.as_str()),
+            p.cgroup,
+        ])?;
+        self.written.push(key, (p.clone(), id));
+        Ok(id)
+    }
+
+    /// Forgets which rows were written: after a transaction that did not commit (its rows are
+    /// gone), or a prune that may have removed them.
+    pub fn forget(&mut self) {
+        self.written.clear();
+    }
+}
+
+/// One interval in a transaction of its own (tests, and one-off writes).
+#[cfg(test)]
+pub fn insert(c: &Connection, i: &Interval) -> rusqlite::Result<()> {
+    Rows::default().insert(&mut Statements::prepare(c)?, i)
 }
 
 /// A text column that must hold one of an enum's names.
@@ -204,18 +291,18 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
             _ => None,
         })?,
         local: Endpoint {
-            address: r.get(3)?,
+            address: named(r, 3, |a| a.parse().ok())?,
             port: r.get(4)?,
         },
         role: named(r, 5, SocketRole::parse)?,
-        peer: match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<u16>>(7)?) {
-            (Some(address), port) => Some(Endpoint {
-                address,
-                port: port.unwrap_or(0),
+        peer: match r.get::<_, Option<String>>(6)? {
+            Some(_) => Some(Endpoint {
+                address: named(r, 6, |a| a.parse().ok())?,
+                port: r.get::<_, Option<u16>>(7)?.unwrap_or(0),
             }),
-            (None, _) => None,
+            None => None,
         },
-        process: ProcessFacts {
+        process: std::sync::Arc::new(ProcessFacts {
             pid: r.get(8)?,
             executable: r.get(9)?,
             command_line: argv.and_then(|a| serde_json::from_str(&a).ok()),
@@ -232,7 +319,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Interval> {
                 })
             }),
             ..ProcessFacts::default()
-        },
+        }),
         opened_ns: r.get(16)?,
         closed_ns: r.get(17)?,
         close_note: r.get(18)?,
@@ -253,15 +340,59 @@ pub fn holdings<T>(
     mut pick: impl FnMut(Interval) -> Option<T>,
     limit: usize,
 ) -> rusqlite::Result<(Vec<T>, bool)> {
-    // A store an older daemon wrote (read-only here, so not migrated) has no cgroup column.
-    let cgroup = if has_cgroup(c)? { "cgroup" } else { "NULL" };
+    // A store an older daemon wrote (read-only here, so not migrated) may have no cgroup column
+    // and no processes table; rows written before the table have their process facts inline.
+    let cgroup = if has_column(c, "cgroup")? {
+        "i.cgroup"
+    } else {
+        "NULL"
+    };
+    let (facts, join) = if has_column(c, "process_id")? {
+        let f = |col: &str| format!("coalesce(p.{col}, i.{col})");
+        (
+            [
+                f("executable"),
+                f("command_line"),
+                f("user_name"),
+                f("unit"),
+                f("container_id"),
+                f("container_runtime"),
+                format!("coalesce(p.cgroup, {cgroup})"),
+            ],
+            "LEFT JOIN processes p ON p.id = i.process_id",
+        )
+    } else {
+        let f = |col: &str| format!("i.{col}");
+        (
+            [
+                f("executable"),
+                f("command_line"),
+                f("user_name"),
+                f("unit"),
+                f("container_id"),
+                f("container_runtime"),
+                cgroup.to_string(),
+            ],
+            "",
+        )
+    };
+    let [
+        executable,
+        command_line,
+        user_name,
+        unit,
+        container_id,
+        runtime,
+        cgroup,
+    ] = facts;
     let mut stmt = c.prepare(&format!(
-        "SELECT id, netns, transport, address, port, role, peer_address, peer_port, pid, executable, command_line,
-                user_id, user_name, unit, container_id, container_runtime, opened_ns, closed_ns, close_note, {cgroup}
-         FROM intervals
-         WHERE port BETWEEN ?1 AND ?2 AND (?3 IS NULL OR transport = ?3) AND opened_ns <= ?5
-               AND (closed_ns IS NULL OR closed_ns >= ?4)
-         ORDER BY opened_ns DESC"
+        "SELECT i.id, i.netns, i.transport, i.address, i.port, i.role, i.peer_address, i.peer_port,
+                i.pid, {executable}, {command_line}, i.user_id, {user_name}, {unit}, {container_id},
+                {runtime}, i.opened_ns, i.closed_ns, i.close_note, {cgroup}
+         FROM intervals i {join}
+         WHERE i.port BETWEEN ?1 AND ?2 AND (?3 IS NULL OR i.transport = ?3) AND i.opened_ns <= ?5
+               AND (i.closed_ns IS NULL OR i.closed_ns >= ?4)
+         ORDER BY i.opened_ns DESC"
     ))?;
     let mut out = Vec::new();
     for i in stmt.query_map(params![low, high, transport, from, to], row)? {
@@ -323,6 +454,12 @@ pub fn prune(
     n += c.execute(
         "DELETE FROM intervals WHERE id <= (SELECT id FROM intervals ORDER BY id DESC LIMIT 1 OFFSET ?1)",
         [max_rows as i64],
+    )?;
+    // Process facts no interval refers to any more.
+    c.execute(
+        "DELETE FROM processes WHERE id NOT IN
+            (SELECT process_id FROM intervals WHERE process_id IS NOT NULL)",
+        [],
     )?;
     Ok(n)
 }
@@ -518,6 +655,7 @@ fn writer(
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    let mut rows = Rows::default();
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(op) => Some(op),
@@ -547,11 +685,12 @@ fn writer(
         }
         if !batch.is_empty() {
             let r = c.transaction().and_then(|tx| {
+                let mut statements = Statements::prepare(&tx)?;
                 for op in &batch {
                     match op {
                         StoreOp::Puts(v) => {
                             for i in v {
-                                insert(&tx, i)?;
+                                rows.insert(&mut statements, i)?;
                             }
                         }
                         StoreOp::Gap(a, b, n) => {
@@ -562,10 +701,12 @@ fn writer(
                         }
                     }
                 }
+                drop(statements);
                 tx.commit()
             });
             let puts = puts as u64;
             if let Err(e) = r {
+                rows.forget();
                 let total = failed.fetch_add(puts, std::sync::atomic::Ordering::Relaxed) + puts;
                 tracing::error!(path = %path.display(), error = %e, lost = puts, total, "writing the tenancy store failed");
             }
@@ -574,6 +715,7 @@ fn writer(
         if last_prune.elapsed() > Duration::from_secs(600) {
             last_prune = Instant::now();
             let now = crate::clock::now_unix_ns();
+            rows.forget();
             match prune(&c, now, retention.max_age, retention.max_rows) {
                 Ok(n) if n > 0 => tracing::info!(rows = n, "tenancy store pruned"),
                 Ok(_) => {}
@@ -593,12 +735,12 @@ mod tests {
             netns: Some(1),
             transport: Transport::Tcp,
             local: Endpoint {
-                address: "127.0.0.1".into(),
+                address: std::net::Ipv4Addr::LOCALHOST.into(),
                 port,
             },
             role: SocketRole::Listening,
             peer: None,
-            process: ProcessFacts {
+            process: std::sync::Arc::new(ProcessFacts {
                 pid: 42,
                 executable: Some("/bin/x".into()),
                 command_line: Some(vec!["x".into(), "-l".into()]),
@@ -608,7 +750,7 @@ mod tests {
                 },
                 cgroup: Some("/system.slice/x.service".into()),
                 ..ProcessFacts::default()
-            },
+            }),
             opened_ns: opened,
             closed_ns: closed,
             close_note: None,
@@ -632,7 +774,7 @@ mod tests {
             .unwrap();
         }
         let ro = open_ro(&path).unwrap();
-        assert!(!has_cgroup(&ro).unwrap());
+        assert!(!has_column(&ro, "cgroup").unwrap());
         let (old, _) = holdings(&ro, (80, 80), None, 0, i64::MAX, Some, 10).unwrap();
         assert_eq!(
             (old[0].process.pid, old[0].process.cgroup.as_deref()),
@@ -759,6 +901,122 @@ mod tests {
             .map(|h| h.0)
             .unwrap();
         assert_eq!(left.iter().map(|i| i.id).collect::<Vec<_>>(), vec![9, 8]);
+    }
+
+    #[test]
+    fn intervals_of_one_process_share_its_row_and_unreferenced_rows_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
+        let mut rows = Rows::default();
+        let first = iv(1, 80, 100, Some(200));
+        let mut second = iv(2, 80, 300, Some(400));
+        second.process = first.process.clone();
+        // The same facts in another allocation: a row of their own.
+        let third = iv(3, 81, 100, None);
+        {
+            let mut s = Statements::prepare(&c).unwrap();
+            for i in [&first, &second, &third] {
+                rows.insert(&mut s, i).unwrap();
+            }
+        }
+        let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("SELECT count(*) FROM processes"), 2);
+        assert_eq!(count("SELECT count(DISTINCT process_id) FROM intervals"), 2);
+        let (all, _) = holdings(&c, (80, 81), None, 0, i64::MAX, Some, 10).unwrap();
+        for i in &all {
+            assert_eq!(*i.process, *first.process, "interval {}", i.id);
+        }
+        // Ids 1 and 2 go by age; their process row with them, the other stays.
+        prune(&c, 1_000, Duration::from_nanos(500), 100).unwrap();
+        assert_eq!(count("SELECT count(*) FROM processes"), 1);
+        let (left, _) = holdings(&c, (80, 81), None, 0, i64::MAX, Some, 10).unwrap();
+        assert_eq!((left.len(), left[0].process.pid), (1, 42));
+    }
+
+    #[test]
+    fn a_store_with_facts_inline_is_read_and_then_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            // The layout before the processes table: every interval with its facts.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE intervals (
+                    id INTEGER PRIMARY KEY,
+                    netns INTEGER, transport TEXT NOT NULL, address TEXT NOT NULL, port INTEGER NOT NULL,
+                    role TEXT NOT NULL, peer_address TEXT, peer_port INTEGER,
+                    pid INTEGER NOT NULL, executable TEXT, command_line TEXT,
+                    user_id INTEGER NOT NULL, user_name TEXT, unit TEXT, container_id TEXT,
+                    container_runtime TEXT, opened_ns INTEGER NOT NULL, closed_ns INTEGER,
+                    close_note TEXT, cgroup TEXT);
+                INSERT INTO intervals (id, transport, address, port, role, peer_address, peer_port,
+                    pid, executable, command_line, user_id, user_name, unit, opened_ns, cgroup)
+                VALUES (1, 'tcp', '::1', 80, 'connected', '::ffff:10.0.0.1', 5, 7, '/bin/old',
+                    '[\"old\"]', 3, 'u', 'old.service', 5, '/system.slice/old.service');",
+            )
+            .unwrap();
+        }
+        let check_old = |c: &Connection| {
+            let (rows, _) = holdings(c, (80, 80), None, 0, i64::MAX, Some, 10).unwrap();
+            let old = rows.iter().find(|i| i.id == 1).unwrap();
+            assert_eq!(
+                old.local.address,
+                "::1".parse::<std::net::IpAddr>().unwrap()
+            );
+            assert_eq!(
+                old.peer.unwrap().address,
+                "::ffff:10.0.0.1".parse::<std::net::IpAddr>().unwrap()
+            );
+            assert_eq!(old.process.executable.as_deref(), Some("/bin/old"));
+            assert_eq!(old.process.command_line, Some(vec!["old".to_string()]));
+            assert_eq!(
+                (
+                    old.process.user.name.as_deref(),
+                    old.process.unit.as_deref()
+                ),
+                (Some("u"), Some("old.service"))
+            );
+            assert_eq!(
+                old.process.cgroup.as_deref(),
+                Some("/system.slice/old.service")
+            );
+        };
+        check_old(&open_ro(&path).unwrap());
+        let rw = open_rw(&path).unwrap();
+        insert(&rw, &iv(2, 80, 10, None)).unwrap();
+        check_old(&rw);
+        let (rows, _) = holdings(&rw, (80, 80), None, 0, i64::MAX, Some, 10).unwrap();
+        let new = rows.iter().find(|i| i.id == 2).unwrap();
+        assert_eq!(new.process.executable.as_deref(), Some("/bin/x"));
+    }
+
+    #[test]
+    fn address_text_is_what_display_writes() {
+        let addresses = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1:2",
+            "::ffff:192.168.1.10",
+            "2001:db8:85a3:1:2:8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ];
+        for a in addresses {
+            let ip: std::net::IpAddr = a.parse().unwrap();
+            let e = Endpoint {
+                address: ip,
+                port: 1,
+            };
+            assert_eq!(e.address_text().as_str(), ip.to_string());
+        }
+        for n in (0u32..=u32::MAX).step_by(7_919_993) {
+            let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(n));
+            assert_eq!(crate::facts::AddressText::of(ip).as_str(), ip.to_string());
+        }
     }
 
     #[test]

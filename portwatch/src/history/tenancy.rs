@@ -2,14 +2,16 @@
 //! connect and close events, and written to the store as intervals (opened, upgraded to
 //! listening, closed).
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    facts::{Endpoint, Kind, PortFacts, SocketRole, Transport},
+    facts::{Endpoint, Kind, PortFacts, ProcessFacts, SocketRole, Transport},
+    hashing::HashMap,
     history::store::{Interval, StoreHandle},
 };
 
@@ -18,12 +20,41 @@ use crate::{
 /// event had none) tells apart sockets that share an address (SO_REUSEPORT, SO_REUSEADDR on UDP),
 /// so that one's release never ends another's holding.
 /// Plain values, no strings: built for every event, so it must not allocate.
-type Key = (Option<u32>, Transport, IpAddr, u16, Option<SocketAddr>, u64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    netns: Option<u32>,
+    transport: Transport,
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    cookie: u64,
+}
 
-/// The same socket as the one its event had no cookie for (a fentry or kprobe bind on a socket
-/// that got its cookie later).
-fn without_cookie(k: &Key) -> Key {
-    (k.0, k.1, k.2, k.3, k.4, 0)
+impl std::hash::Hash for Key {
+    /// Three words instead of every field's parts (this is hashed several times per event):
+    /// the cookie, which the kernel makes unique per socket, and the ports, namespace and the
+    /// address's last bytes for keys without one. Equal keys hash equally, as `Eq` needs.
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let tail = match self.local.ip() {
+            IpAddr::V4(a) => u64::from(a.to_bits()),
+            IpAddr::V6(a) => a.to_bits() as u64,
+        };
+        let peer_port = self.peer.map_or(0, |p| u64::from(p.port()) + 1);
+        h.write_u64(self.cookie);
+        h.write_u64(
+            u64::from(self.local.port())
+                | peer_port << 16
+                | u64::from(self.netns.unwrap_or(0)) << 32,
+        );
+        h.write_u64(tail ^ self.transport as u64);
+    }
+}
+
+impl Key {
+    /// The same socket as the one its event had no cookie for (a fentry or kprobe bind on a
+    /// socket that got its cookie later).
+    fn without_cookie(self) -> Key {
+        Key { cookie: 0, ..self }
+    }
 }
 
 /// Beyond this many open sockets (releases lost), the oldest are forgotten.
@@ -77,7 +108,7 @@ impl Tenancy {
     pub fn with_max(store: StoreHandle, max_open: usize) -> Self {
         Self {
             max_open,
-            open: HashMap::new(),
+            open: HashMap::default(),
             by_age: BTreeMap::new(),
             store,
             forgotten: 0,
@@ -120,15 +151,12 @@ impl Tenancy {
     pub fn observe(&mut self, f: &PortFacts) {
         let ev = &f.event;
         let wall_ns = f.wall_ns;
-        let key = |peer: Option<SocketAddr>| -> Key {
-            (
-                ev.netns(),
-                ev.transport,
-                ev.local.ip(),
-                ev.local.port(),
-                peer,
-                ev.cookie,
-            )
+        let key = |peer: Option<SocketAddr>| Key {
+            netns: ev.netns(),
+            transport: ev.transport,
+            local: ev.local,
+            peer,
+            cookie: ev.cookie,
         };
         let peer = ev.peer;
         if ev.kind == Kind::ConnectResult {
@@ -180,19 +208,19 @@ impl Tenancy {
         if self.open.contains_key(key) {
             return Some(*key);
         }
-        let bare = without_cookie(key);
-        (key.5 != 0 && self.open.contains_key(&bare)).then_some(bare)
+        let bare = key.without_cookie();
+        (key.cookie != 0 && self.open.contains_key(&bare)).then_some(bare)
     }
 
     /// Files an interval opened without a cookie under `cookie`, now that an event gave it.
     fn adopt_cookie(&mut self, k: Key, cookie: u64) -> Key {
-        if k.5 != 0 || cookie == 0 {
+        if k.cookie != 0 || cookie == 0 {
             return k;
         }
         let Some(mut o) = self.open.remove(&k) else {
             return k;
         };
-        let new = (k.0, k.1, k.2, k.3, k.4, cookie);
+        let new = Key { cookie, ..k };
         o.interval.cookie = cookie;
         self.by_age
             .insert((o.interval.opened_ns, o.interval.id), new);
@@ -248,12 +276,12 @@ impl Tenancy {
         let gone = scan.gone(
             self.open
                 .iter()
-                .map(|(k, o)| (*k, k.0, o.interval.opened_ns)),
+                .map(|(k, o)| (*k, k.netns, o.interval.opened_ns)),
             |k| {
-                if k.5 != 0 {
-                    cookies.contains(&k.5)
+                if k.cookie != 0 {
+                    cookies.contains(&k.cookie)
                 } else {
-                    present.contains(&(k.1, SocketAddr::new(k.2, k.3), k.4))
+                    present.contains(&(k.transport, k.local, k.peer))
                 }
             },
         );
@@ -291,7 +319,7 @@ impl Tenancy {
         // The same socket reported again (by the start-up snapshot and by an event queued while
         // it ran, or a UDP socket connecting to the same peer again): one holding, from the
         // earlier of the two.
-        if key.5 != 0
+        if key.cookie != 0
             && let Some(o) = self.open.get_mut(&key)
         {
             if role == SocketRole::Listening {
@@ -320,11 +348,11 @@ impl Tenancy {
         self.store.next_id += 1;
         let i = Interval {
             id,
-            netns: key.0,
-            transport: key.1,
-            local: SocketAddr::new(key.2, key.3).into(),
+            netns: key.netns,
+            transport: key.transport,
+            local: key.local.into(),
             role,
-            peer: key.4.map(Endpoint::from),
+            peer: key.peer.map(Endpoint::from),
             process: kept_process(&f.process),
             opened_ns: wall_ns,
             closed_ns: None,
@@ -352,8 +380,16 @@ impl Tenancy {
 /// user can hold many sockets with megabyte command lines (the event line has the whole 8 KiB).
 const KEPT_CMDLINE_BYTES: usize = 1024;
 
-/// What the history keeps of the process: its holder without the bulk.
-fn kept_process(p: &crate::facts::ProcessFacts) -> crate::facts::ProcessFacts {
+/// What the history keeps of the process: its holder without the bulk. Facts whose command line
+/// fits are shared as they are (no copy per socket).
+fn kept_process(p: &Arc<ProcessFacts>) -> Arc<ProcessFacts> {
+    let whole: usize = p
+        .command_line
+        .as_ref()
+        .map_or(0, |a| a.iter().map(String::len).sum());
+    if whole <= KEPT_CMDLINE_BYTES {
+        return p.clone();
+    }
     let mut budget = KEPT_CMDLINE_BYTES;
     let command_line = p.command_line.as_ref().map(|argv| {
         argv.iter()
@@ -373,15 +409,11 @@ fn kept_process(p: &crate::facts::ProcessFacts) -> crate::facts::ProcessFacts {
     let kept: usize = command_line
         .as_ref()
         .map_or(0, |a: &Vec<String>| a.iter().map(String::len).sum());
-    let whole: usize = p
-        .command_line
-        .as_ref()
-        .map_or(0, |a| a.iter().map(String::len).sum());
-    crate::facts::ProcessFacts {
+    Arc::new(ProcessFacts {
         command_line,
         command_line_truncated: p.command_line_truncated || kept < whole,
-        ..p.clone()
-    }
+        ..ProcessFacts::clone(p)
+    })
 }
 
 #[cfg(test)]
@@ -490,7 +522,7 @@ mod tests {
         }
         let c = t.counters();
         assert_eq!((c.open_sockets, c.forgotten), (3, 2));
-        let kept: Vec<u16> = t.open.keys().map(|k| k.3).collect();
+        let kept: Vec<u16> = t.open.keys().map(|k| k.local.port()).collect();
         assert!(kept.iter().all(|p| *p >= 2002), "{kept:?}");
         assert_eq!(t.by_age.len(), 3);
         // Its release still closes a socket it kept.

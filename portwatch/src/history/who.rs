@@ -1,6 +1,6 @@
 //! `portwatch who PORTS`: who holds the ports now (from the kernel's socket tables, no daemon
 //! needed) and who held them before (from the tenancy store), narrowed by process filters.
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -246,7 +246,7 @@ pub fn holdings(q: &Query, state_dir: &Path) -> Result<Answer, WhoError> {
                 role: i.role,
                 peer: i.peer,
                 netns: i.netns,
-                process: Holder::of(i.process, &judge),
+                process: Holder::of(Arc::unwrap_or_clone(i.process), &judge),
                 from: Some(ts(i.opened_ns)),
                 to: i.closed_ns.map(ts),
                 note: i.close_note,
@@ -302,7 +302,7 @@ fn now(q: &Query, ephemeral: &EphemeralRange, judge: &Judge) -> Result<Vec<Holdi
             role: SocketRole::of(f.event.kind),
             peer: f.event.peer.map(Endpoint::from),
             netns: scan.netns,
-            process: Holder::of(f.process, judge),
+            process: Holder::of(Arc::unwrap_or_clone(f.process), judge),
             from: None,
             to: None,
             note: None,
@@ -382,7 +382,7 @@ fn short_time(ns: i64, today: chrono::NaiveDate) -> String {
 }
 
 fn endpoint(e: &Endpoint) -> String {
-    crate::views::table::address_port(&e.address, e.port)
+    crate::views::table::address_port(&e.address.to_string(), e.port)
 }
 
 /// Said in place of a command when no process holds the socket.

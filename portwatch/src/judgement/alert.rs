@@ -323,10 +323,10 @@ impl AlertEngine {
     fn remember_listener(&mut self, mut l: Listener) {
         let key = l.key();
         // Matching needs the holder's identity, not its command line.
-        (
-            l.facts.process.command_line,
-            l.facts.process.command_line_truncated,
-        ) = (None, false);
+        if l.facts.process.command_line.is_some() {
+            let p = std::sync::Arc::make_mut(&mut l.facts.process);
+            (p.command_line, p.command_line_truncated) = (None, false);
+        }
         if let Some((old, _)) = self.listeners.push(key, l)
             && old != key
         {
@@ -942,8 +942,8 @@ mod tests {
         let mut ev = crate::facts::fixture::event(crate::facts::Kind::Listen, Transport::Tcp, addr);
         ev.netns = 1;
         let mut facts = crate::facts::fixture::facts(ev, 1);
-        facts.process.executable = Some(exe.into());
-        facts.process.user.name = Some("root".into());
+        std::sync::Arc::make_mut(&mut facts.process).executable = Some(exe.into());
+        std::sync::Arc::make_mut(&mut facts.process).user.name = Some("root".into());
         Listener {
             facts,
             trusted: Default::default(),
@@ -1068,7 +1068,7 @@ mod tests {
 
     fn by_user(addr: &str, uid: u32) -> Listener {
         let mut l = listener(addr, "/a");
-        l.facts.process.user.id = uid;
+        std::sync::Arc::make_mut(&mut l.facts.process).user.id = uid;
         l
     }
 
@@ -1091,8 +1091,10 @@ mod tests {
     fn remembered_alerts_and_listeners_stay_bounded_and_count_what_they_forget() {
         let (_dir, mut e) = engine("[settings]\nrate_limit_per_minute = 100000\n");
         let mut l = listener("0.0.0.0:1", "/a");
-        l.facts.process.command_line = Some(vec!["x".repeat(64 * 1024)]);
-        l.facts.process.executable = Some(format!("/{}", "y".repeat(8000)));
+        std::sync::Arc::make_mut(&mut l.facts.process).command_line =
+            Some(vec!["x".repeat(64 * 1024)]);
+        std::sync::Arc::make_mut(&mut l.facts.process).executable =
+            Some(format!("/{}", "y".repeat(8000)));
         e.listener(l, Origin::Kernel, NS);
         // One user's flood forgets only that user's own alerts.
         for i in 0..(MAX_PER_USER as u32 + 100) {

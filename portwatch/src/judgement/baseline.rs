@@ -150,9 +150,9 @@ mod tests {
             .into_iter()
             .filter(|f| f.event.local.port() == port)
             .collect();
-        found[0].process.comm = "\n[[allow]]#".into();
+        std::sync::Arc::make_mut(&mut found[0].process).comm = "\n[[allow]]#".into();
         let mut second = found[0].clone();
-        second.process.comm = "\nuser=1000#".into();
+        std::sync::Arc::make_mut(&mut second.process).comm = "\nuser=1000#".into();
         found.push(second);
         let text = render(&found, "h", "2026-11-27T00:00:00Z");
         let p = Policy::parse(&text, std::path::Path::new("baseline.toml")).unwrap();

@@ -326,22 +326,25 @@ mod tests {
         let ev = fixture::event(Kind::Listen, Transport::Tcp, "0.0.0.0:8080");
         let mut f = fixture::facts(ev, 1);
         // `systemd-run --user --unit=nginx.service`: the name is the user's choice.
-        f.process.cgroup =
+        std::sync::Arc::make_mut(&mut f.process).cgroup =
             Some("/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service".into());
-        f.process.unit = Some("nginx.service".into());
+        std::sync::Arc::make_mut(&mut f.process).unit = Some("nginx.service".into());
         let l = listener(f.clone());
         assert_eq!(l.trusted.unit.as_deref(), Some("user@1000.service"));
         assert_eq!(policy.judge(&l), policy::Verdict::Unexpected);
         // The system manager's unit of that name is trusted.
-        f.process.cgroup = Some("/system.slice/nginx.service".into());
+        std::sync::Arc::make_mut(&mut f.process).cgroup =
+            Some("/system.slice/nginx.service".into());
         assert!(matches!(
             policy.judge(&listener(f.clone())),
             policy::Verdict::Allowed(0)
         ));
         // A cgroup named like a docker scope that no runtime state backs.
-        f.process.cgroup = Some("/system.slice/docker-0123456789abcdef0123.scope".into());
-        f.process.unit = Some("docker-0123456789abcdef0123.scope".into());
-        f.process.container = Some(Container {
+        std::sync::Arc::make_mut(&mut f.process).cgroup =
+            Some("/system.slice/docker-0123456789abcdef0123.scope".into());
+        std::sync::Arc::make_mut(&mut f.process).unit =
+            Some("docker-0123456789abcdef0123.scope".into());
+        std::sync::Arc::make_mut(&mut f.process).container = Some(Container {
             id: "0123456789abcdef0123".into(),
             runtime: ContainerRuntime::Docker,
         });

@@ -698,13 +698,13 @@ mod tests {
             &std::net::SocketAddr::new(ip, port).to_string(),
         );
         let mut facts = crate::facts::fixture::facts(ev, 1);
-        facts.process.executable = Some("/usr/sbin/sshd".into());
-        facts.process.comm = "sshd".into();
-        facts.process.user = crate::facts::User {
+        std::sync::Arc::make_mut(&mut facts.process).executable = Some("/usr/sbin/sshd".into());
+        std::sync::Arc::make_mut(&mut facts.process).comm = "sshd".into();
+        std::sync::Arc::make_mut(&mut facts.process).user = crate::facts::User {
             id: 0,
             name: Some("root".into()),
         };
-        facts.process.unit = Some("ssh.service".into());
+        std::sync::Arc::make_mut(&mut facts.process).unit = Some("ssh.service".into());
         Listener {
             facts,
             trusted: Trusted {
@@ -755,11 +755,13 @@ user = 1000
         assert_eq!(p.rules[0].line, 5);
         assert_eq!(p.judge(&listener("0.0.0.0", 22)), Verdict::Allowed(0));
         let mut l = listener("0.0.0.0", 22);
-        l.facts.process.executable = Some("/tmp/sshd".into());
+        std::sync::Arc::make_mut(&mut l.facts.process).executable = Some("/tmp/sshd".into());
         assert_eq!(p.judge(&l), Verdict::Unexpected);
         l = listener("0.0.0.0", 22);
-        (l.facts.process.container, l.trusted.container) =
-            (in_container("abc"), in_container("abc"));
+        (
+            std::sync::Arc::make_mut(&mut l.facts.process).container,
+            l.trusted.container,
+        ) = (in_container("abc"), in_container("abc"));
         assert_eq!(p.judge(&l), Verdict::Unexpected);
         let named = policy_with_container("web");
         l.trusted.container_name = Some("web".into());
@@ -784,7 +786,7 @@ user = 1000
         assert_eq!(p.judge(&listener("192.168.1.1", 8050)), Verdict::Unexpected);
         let mut l = listener("10.1.2.3", 5555);
         assert_eq!(p.judge(&l), Verdict::Unexpected);
-        l.facts.process.user.id = 1000;
+        std::sync::Arc::make_mut(&mut l.facts.process).user.id = 1000;
         assert_eq!(p.judge(&l), Verdict::Allowed(2));
         assert_eq!(p.rules[0].describe(0), "allow[0] (line 5) \"ssh\"");
     }

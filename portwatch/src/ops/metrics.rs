@@ -244,6 +244,7 @@ pub fn render(m: &MetricsInput<'_>) -> Result<String, MetricsError> {
         ("process_table", c.caches.process_table),
         ("forks", c.caches.forks),
         ("process_json", c.caches.process_json),
+        ("threads", c.caches.threads),
     ];
     b.gauges(
         "cache_entries",

@@ -3,10 +3,13 @@
 //! the sink (stdout, the log file, rotation). It counts what it wrote and what it could not.
 pub mod ecs;
 pub mod errno;
+pub mod line;
 pub mod otel;
 pub mod schema;
 pub mod sink;
 pub mod text;
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,11 +80,29 @@ pub struct LogFigures {
 struct Stamp {
     host: String,
     boot_id: Option<String>,
+    /// The `host` object as serde writes it, for `line::write_port`.
+    host_json: String,
     seq: u64,
+    clock: clock::StampClock,
 }
 
 impl Stamp {
-    fn header(&mut self, event: &'static str, timestamp: String) -> Header<'_> {
+    fn new(host: String, boot_id: Option<String>) -> Self {
+        let host_json = serde_json::to_string(&Host {
+            name: &host,
+            boot_id: boot_id.as_deref(),
+        })
+        .unwrap_or_else(|_| "null".into());
+        Stamp {
+            host,
+            boot_id,
+            host_json,
+            seq: 0,
+            clock: clock::StampClock::default(),
+        }
+    }
+
+    fn header<'a>(&'a mut self, event: &'static str, timestamp: &'a str) -> Header<'a> {
         self.seq += 1;
         Header {
             schema: SCHEMA_VERSION,
@@ -98,11 +119,12 @@ impl Stamp {
 
 /// Each process's `process` object, serialized once and written again while the facts stay the
 /// same: a storm from one process, or a server's stream of events, escapes its command line once
-/// rather than per line (string escaping was the event loop's largest cost). Keyed by pid and
-/// checked against the whole `ProcessFacts`, so a changed fact (another thread, an exec, a
-/// rename) is serialized afresh.
+/// rather than per line (string escaping was the event loop's largest cost). Attribution shares
+/// one `ProcessFacts` among the events it found the same facts for (`Attributor::process`), so
+/// the cache is keyed by that allocation: an entry holds its `Arc`, so no other facts can take
+/// its address while it is cached, and changed facts are a new allocation, serialized afresh.
 pub struct ProcessJson {
-    cache: lru::LruCache<u32, (ProcessFacts, Box<serde_json::value::RawValue>)>,
+    cache: crate::hashing::Lru<usize, (Arc<ProcessFacts>, Box<serde_json::value::RawValue>)>,
     evictions: u64,
 }
 
@@ -111,23 +133,19 @@ impl ProcessJson {
 
     fn new() -> Self {
         Self {
-            cache: lru::LruCache::new(
-                std::num::NonZeroUsize::new(Self::MAX).unwrap_or(std::num::NonZeroUsize::MIN),
-            ),
+            cache: crate::hashing::lru(Self::MAX),
             evictions: 0,
         }
     }
 
-    /// `p` as JSON, from the cache when nothing about it changed (`null` should serializing
-    /// fail, which plain strings and numbers cannot).
-    fn get(&mut self, p: &ProcessFacts) -> &serde_json::value::RawValue {
-        let fresh = !self.cache.peek(&p.pid).is_some_and(|(kept, _)| kept == p);
-        if fresh {
-            match serde_json::value::to_raw_value(p) {
+    /// `p` as JSON, from the cache when these facts were written before (`null` should
+    /// serializing fail, which plain strings and numbers cannot).
+    fn get(&mut self, p: &Arc<ProcessFacts>) -> &serde_json::value::RawValue {
+        let key = Arc::as_ptr(p) as usize;
+        if !self.cache.contains(&key) {
+            match serde_json::value::to_raw_value(&**p) {
                 Ok(json) => {
-                    if let Some((old, _)) = self.cache.push(p.pid, (p.clone(), json))
-                        && old != p.pid
-                    {
+                    if self.cache.push(key, (p.clone(), json)).is_some() {
                         self.evictions += 1;
                     }
                 }
@@ -138,7 +156,7 @@ impl ProcessJson {
             }
         }
         self.cache
-            .get(&p.pid)
+            .get(&key)
             .map_or(serde_json::value::RawValue::NULL, |(_, json)| &**json)
     }
 
@@ -172,14 +190,13 @@ impl Output {
             .unwrap_or_default();
         Self {
             format,
-            stamp: Stamp {
+            stamp: Stamp::new(
                 host,
-                boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                     .ok()
                     .map(|b| b.trim().to_string())
                     .filter(|b| !b.is_empty()),
-                seq: 0,
-            },
+            ),
             sink,
             process_json: ProcessJson::new(),
             counts: [0; Kind::ALL.len()],
@@ -207,17 +224,38 @@ impl Output {
             Origin::Snapshot => self.snapshot += 1,
             _ => self.counts[f.event.kind.index()] += 1,
         }
-        let ts = clock::rfc3339(chrono::DateTime::from_timestamp_nanos(f.wall_ns));
-        let header = self.stamp.header(f.event.kind.as_str(), ts);
+        let ts = self.stamp.clock.format(f.wall_ns);
         let process = self.process_json.get(&f.process);
         let body = PortRecord::new(f, process);
-        Self::write(&mut self.sink, self.format, &Line { header, body });
+        match self.format {
+            Format::Portwatch => {
+                let stamp = &mut self.stamp;
+                stamp.seq += 1;
+                let header = Header {
+                    schema: SCHEMA_VERSION,
+                    timestamp: ts.as_str(),
+                    seq: stamp.seq,
+                    host: Host {
+                        name: &stamp.host,
+                        boot_id: stamp.boot_id.as_deref(),
+                    },
+                    event: f.event.kind.as_str(),
+                };
+                self.sink
+                    .push_with(|buf| line::write_port(buf, &header, &stamp.host_json, &body));
+            }
+            format => {
+                let header = self.stamp.header(f.event.kind.as_str(), ts.as_str());
+                Self::write(&mut self.sink, format, &Line { header, body });
+            }
+        }
     }
 
     /// An `alert` line and a WARN diagnostic (journald priority warning under systemd). Returns
     /// the line, for the exec hook.
     pub fn alert(&mut self, a: &Alert) -> Option<String> {
-        let header = self.stamp.header("alert", clock::now_rfc3339());
+        let ts = clock::now_rfc3339();
+        let header = self.stamp.header("alert", &ts);
         let body = AlertRecord::new(a);
         let line = match serde_json::to_string(&Line { header, body }) {
             Ok(l) => l,
@@ -268,12 +306,8 @@ impl Output {
         let Some(closed_ns) = i.closed_ns else { return };
         let at = |ns: i64| clock::rfc3339(chrono::DateTime::from_timestamp_nanos(ns));
         let closed = at(closed_ns);
-        let header = self.stamp.header("holding", closed.clone());
-        let ipv4 = i
-            .local
-            .address
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.is_ipv4());
+        let header = self.stamp.header("holding", &closed);
+        let ipv4 = i.local.address.is_ipv4();
         let body = schema::HoldingRecord {
             role: i.role,
             network: crate::facts::Network {
@@ -283,13 +317,13 @@ impl Output {
                 } else {
                     crate::facts::IpType::Ipv6
                 },
-                local: i.local.clone(),
-                peer: i.peer.clone(),
+                local: i.local,
+                peer: i.peer,
                 netns: i.netns,
             },
             process: &i.process,
             opened: at(i.opened_ns),
-            closed,
+            closed: closed.clone(),
             duration_ns: closed_ns.saturating_sub(i.opened_ns).max(0) as u64,
             close_note: i.close_note.as_deref(),
             cookie: (i.cookie != 0).then_some(i.cookie),
@@ -306,7 +340,8 @@ impl Output {
         reason: &'static str,
         counters: C,
     ) {
-        let header = self.stamp.header("status", clock::now_rfc3339());
+        let ts = clock::now_rfc3339();
+        let header = self.stamp.header("status", &ts);
         let body = StatusRecord {
             daemon: DaemonInfo {
                 version: env!("CARGO_PKG_VERSION"),
@@ -331,7 +366,8 @@ impl Output {
     }
 
     fn push_loss(&mut self, count: u64, total: u64, reason: &'static str) {
-        let header = self.stamp.header("loss", clock::now_rfc3339());
+        let ts = clock::now_rfc3339();
+        let header = self.stamp.header("loss", &ts);
         let body = LossRecord {
             loss: Loss {
                 count,
@@ -413,39 +449,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_process_is_serialized_again_only_when_a_fact_changed() {
+    fn a_process_is_serialized_once_per_set_of_facts() {
         let mut cache = ProcessJson::new();
-        let mut p = ProcessFacts {
+        let p = Arc::new(ProcessFacts {
             pid: 7,
             comm: "nginx".into(),
             command_line: Some(vec!["nginx".into(), "-g".into()]),
             ..ProcessFacts::default()
-        };
+        });
         let first = cache.get(&p).get().to_string();
         assert!(
             first.contains("\"command_line\":[\"nginx\",\"-g\"]"),
             "{first}"
         );
-        assert_eq!(cache.get(&p).get(), first);
-        // Another thread of it, then another image: each written as it is now.
-        p.tid = 8;
-        assert!(cache.get(&p).get().contains("\"tid\":8"));
-        p.command_line = Some(vec!["sh".into()]);
-        let after = cache.get(&p).get().to_string();
+        assert_eq!(cache.get(&p.clone()).get(), first);
+        // Other facts (another thread of it, then another image) are other allocations: each
+        // written as it is.
+        let thread = Arc::new(ProcessFacts {
+            tid: 8,
+            ..ProcessFacts::clone(&p)
+        });
+        assert!(cache.get(&thread).get().contains("\"tid\":8"));
+        let image = Arc::new(ProcessFacts {
+            command_line: Some(vec!["sh".into()]),
+            ..ProcessFacts::clone(&p)
+        });
+        let after = cache.get(&image).get().to_string();
         assert!(
             after.contains("[\"sh\"]") && !after.contains("-g"),
             "{after}"
         );
-        assert_eq!(cache.figures().size, 1);
-        // Bounded: the oldest pids are forgotten, and counted.
-        for pid in 100..100 + ProcessJson::MAX as u32 {
-            p.pid = pid;
-            cache.get(&p);
+        assert_eq!(cache.get(&p).get(), first);
+        assert_eq!(cache.figures().size, 3);
+        // Bounded: the least recently written are forgotten, and counted.
+        let many: Vec<_> = (0..ProcessJson::MAX as u32)
+            .map(|pid| {
+                Arc::new(ProcessFacts {
+                    pid,
+                    ..ProcessFacts::default()
+                })
+            })
+            .collect();
+        for q in &many {
+            cache.get(q);
         }
         let f = cache.figures();
         assert_eq!(
             (f.size, f.max, f.evictions),
-            (ProcessJson::MAX, ProcessJson::MAX, 1)
+            (ProcessJson::MAX, ProcessJson::MAX, 3)
         );
     }
 }

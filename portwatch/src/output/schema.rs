@@ -13,7 +13,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Serialize)]
 pub struct Header<'a> {
     pub schema: u32,
-    pub timestamp: String,
+    pub timestamp: &'a str,
     pub seq: u64,
     pub host: Host<'a>,
     pub event: &'static str,
@@ -184,7 +184,7 @@ mod tests {
     fn header() -> Header<'static> {
         Header {
             schema: SCHEMA_VERSION,
-            timestamp: "2026-11-27T00:00:00.000000001Z".into(),
+            timestamp: "2026-11-27T00:00:00.000000001Z",
             seq: 7,
             host: Host {
                 name: "h",
@@ -217,7 +217,8 @@ mod tests {
         ev.peer = Some("[::1]:1".parse().unwrap());
         ev.comm = b"a\"b\n\xff".to_vec();
         let mut f = fixture::facts(ev, 1);
-        f.process.comm = String::from_utf8_lossy(&f.event.comm).into_owned();
+        std::sync::Arc::make_mut(&mut f.process).comm =
+            String::from_utf8_lossy(&f.event.comm).into_owned();
         f
     }
 

@@ -157,6 +157,14 @@ impl Sink {
         }
     }
 
+    /// Queues one JSON document that `write` appends (without newline) to the batch.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.batch);
+        self.batch.push(b'\n');
+        self.batch_lines += 1;
+        self.bound_batch();
+    }
+
     /// Queues one record serialized as JSON.
     pub fn push_json<T: serde::Serialize>(&mut self, rec: &T) -> serde_json::Result<()> {
         let start = self.batch.len();
