@@ -15,8 +15,11 @@ use crate::facts::{
 };
 
 pub const FILE_NAME: &str = "history.sqlite";
-/// Intervals waiting for the writer.
-const QUEUE: usize = 4096;
+/// Intervals handed to the writer and not yet committed, at most (about 140 bytes each). The
+/// writer gathers a batch for up to `BATCH_WAIT` before it commits, and counts it out only
+/// then: at a busy web server's 50,000 connections a second that is 5,000 intervals, and a bound
+/// of 4,096 dropped history at any speed of the writer.
+const QUEUE: usize = 16384;
 /// The event loop hands intervals over in batches (one channel message, at most one wake-up of
 /// the writer, per drain of the ring rather than per interval); a batch goes once it is this big
 /// even if the loop has not flushed.
@@ -81,7 +84,13 @@ CREATE TABLE IF NOT EXISTS processes (
     executable TEXT, command_line TEXT, user_name TEXT, unit TEXT, container_id TEXT,
     container_runtime TEXT, cgroup TEXT
 );
-CREATE INDEX IF NOT EXISTS intervals_port ON intervals (port, opened_ns);
+-- Intervals by port within segments of 16,384 ids (id >> 14; ids are handed out in opening
+-- order). An index by port alone took each write to a page anywhere in it: on a store of a
+-- million rows every commit rewrote thousands of pages, and the writer fell behind a busy web
+-- server (docs/benchmarks.md). Within the newest segment the pages written stay few and cached;
+-- a query seeks each segment (`SEGMENTS`). The row bound deletes whole old segments in order.
+CREATE INDEX IF NOT EXISTS intervals_segment_port ON intervals (id >> 14, port, opened_ns);
+DROP INDEX IF EXISTS intervals_port;
 -- Ids are handed out in opening order, so the row bound prunes by id (the rowid) and needs no
 -- index of its own: one index fewer to update per interval (earlier stores had one).
 DROP INDEX IF EXISTS intervals_opened;
@@ -162,6 +171,15 @@ pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
         .map_err(err(path))?;
     Ok(c)
 }
+
+/// Every segment of the port index (`intervals_segment_port`), oldest to newest, for
+/// `(i.id >> 14) IN segments`: SQLite seeks the index once per segment.
+const SEGMENTS: &str = "WITH RECURSIVE segments(s) AS (
+    SELECT (SELECT min(id) FROM intervals) >> 14
+    UNION ALL SELECT s + 1 FROM segments WHERE s < (SELECT max(id) FROM intervals) >> 14)";
+
+/// Ids per segment of the port index (its `id >> 14`).
+const SEGMENT_IDS: i64 = 1 << 14;
 
 /// An interval's first write. Most are written once, at their close; a plain INSERT needs no
 /// statement journal, where `OR REPLACE` does (a fifth of the writer's instructions).
@@ -360,6 +378,22 @@ pub fn holdings<T>(
     mut pick: impl FnMut(Interval) -> Option<T>,
     limit: usize,
 ) -> rusqlite::Result<(Vec<T>, bool)> {
+    let mut stmt = c.prepare(&holdings_query(c)?)?;
+    let mut out = Vec::new();
+    for i in stmt.query_map(params![low, high, transport, from, to], row)? {
+        if let Some(x) = pick(i?) {
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(x);
+        }
+    }
+    Ok((out, false))
+}
+
+/// `holdings`' statement for this store: ?1..=?2 the ports, ?3 the transport (NULL: any),
+/// ?4..=?5 the window.
+fn holdings_query(c: &Connection) -> rusqlite::Result<String> {
     // A store an older daemon wrote (read-only here, so not migrated) may have no cgroup column
     // and no processes table; rows written before the table have their process facts inline.
     let cgroup = if has_column(c, "cgroup")? {
@@ -405,25 +439,16 @@ pub fn holdings<T>(
         runtime,
         cgroup,
     ] = facts;
-    let mut stmt = c.prepare(&format!(
-        "SELECT i.id, i.netns, i.transport, i.address, i.port, i.role, i.peer_address, i.peer_port,
+    Ok(format!(
+        "{SEGMENTS}
+         SELECT i.id, i.netns, i.transport, i.address, i.port, i.role, i.peer_address, i.peer_port,
                 i.pid, {executable}, {command_line}, i.user_id, {user_name}, {unit}, {container_id},
                 {runtime}, i.opened_ns, i.closed_ns, i.close_note, {cgroup}
          FROM intervals i {join}
-         WHERE i.port BETWEEN ?1 AND ?2 AND (?3 IS NULL OR i.transport = ?3) AND i.opened_ns <= ?5
+         WHERE (i.id >> 14) IN segments AND i.port BETWEEN ?1 AND ?2 AND (?3 IS NULL OR i.transport = ?3) AND i.opened_ns <= ?5
                AND (i.closed_ns IS NULL OR i.closed_ns >= ?4)
          ORDER BY i.opened_ns DESC"
-    ))?;
-    let mut out = Vec::new();
-    for i in stmt.query_map(params![low, high, transport, from, to], row)? {
-        if let Some(x) = pick(i?) {
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push(x);
-        }
-    }
-    Ok((out, false))
+    ))
 }
 
 /// Unrecorded stretches overlapping [`from`, `to`]: (from_ns, to_ns, intervals lost), oldest
@@ -458,7 +483,20 @@ impl PendingGap {
     }
 }
 
-/// Retention: drop closed intervals older than `max_age`, then the oldest beyond `max_rows`.
+/// The row bound: closed intervals more than `max_rows` ids before the newest are deleted
+/// (ids are handed out in opening order, so these are the oldest). Holdings still open stay
+/// whatever their age: a listener opened before a million connections keeps its row. A range
+/// of the rowid and of the oldest segments of the port index: cheap enough for every batch.
+pub fn bound_rows(c: &Connection, max_rows: u64) -> rusqlite::Result<usize> {
+    c.execute(
+        "DELETE FROM intervals WHERE closed_ns IS NOT NULL
+            AND id <= (SELECT max(id) FROM intervals) - ?1",
+        [max_rows.min(i64::MAX as u64) as i64],
+    )
+}
+
+/// Retention: drop closed intervals older than `max_age`, then those beyond `max_rows`
+/// (`bound_rows`), and process facts no interval refers to any more.
 pub fn prune(
     c: &Connection,
     now_ns: i64,
@@ -471,10 +509,7 @@ pub fn prune(
         [cutoff],
     )?;
     c.execute("DELETE FROM gaps WHERE to_ns < ?1", [cutoff])?;
-    n += c.execute(
-        "DELETE FROM intervals WHERE id <= (SELECT id FROM intervals ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-        [max_rows as i64],
-    )?;
+    n += bound_rows(c, max_rows)?;
     // Process facts no interval refers to any more.
     c.execute(
         "DELETE FROM processes WHERE id NOT IN
@@ -676,6 +711,10 @@ fn writer(
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     let mut rows = Rows::default();
+    // The newest id written, and the one the row bound last ran at: the bound is kept every
+    // segment's worth of intervals, not only at the ten-minute prune (a busy server writes
+    // millions of intervals in ten minutes).
+    let (mut newest, mut bounded_at) = (0i64, i64::MIN);
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(op) => Some(op),
@@ -711,6 +750,7 @@ fn writer(
                         StoreOp::Puts(v) => {
                             for i in v {
                                 rows.insert(&mut statements, i)?;
+                                newest = newest.max(i.id);
                             }
                         }
                         StoreOp::Gap(a, b, n) => {
@@ -731,6 +771,12 @@ fn writer(
                 tracing::error!(path = %path.display(), error = %e, lost = puts, total, "writing the tenancy store failed");
             }
             queued.fetch_sub(puts, std::sync::atomic::Ordering::Relaxed);
+            if newest.saturating_sub(bounded_at) >= SEGMENT_IDS {
+                bounded_at = newest;
+                if let Err(e) = bound_rows(&c, retention.max_rows) {
+                    tracing::warn!(error = %e, "keeping the tenancy store to its row bound failed");
+                }
+            }
         }
         if last_prune.elapsed() > Duration::from_secs(600) {
             last_prune = Instant::now();
@@ -895,6 +941,109 @@ mod tests {
         assert_eq!(gaps(&c, 400, 1000).unwrap(), vec![(100, 500, 3)]);
         prune(&c, 10_000, Duration::from_nanos(1000), 100).unwrap();
         assert_eq!(gaps(&c, 0, i64::MAX).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn holdings_seek_the_port_index_segment_by_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
+        let plan: Vec<String> = c
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                holdings_query(&c).unwrap()
+            ))
+            .unwrap()
+            .query_map(params![80, 80, None::<&str>, 0, 1], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|l| l
+                .contains("USING INDEX intervals_segment_port (<expr>=? AND port>? AND port<?)")),
+            "{plan:#?}"
+        );
+        // Rows in three segments, and one in a segment between them with no row on the port.
+        for (id, port) in [
+            (1, 80),
+            (SEGMENT_IDS + 5, 81),
+            (2 * SEGMENT_IDS + 7, 80),
+            (3 * SEGMENT_IDS, 80),
+        ] {
+            insert(&c, &iv(id, port, id, Some(id + 1))).unwrap();
+        }
+        let found = holdings(&c, (80, 80), None, 0, i64::MAX, Some, 10)
+            .unwrap()
+            .0;
+        assert_eq!(
+            found.iter().map(|i| i.id).collect::<Vec<_>>(),
+            vec![3 * SEGMENT_IDS, 2 * SEGMENT_IDS + 7, 1]
+        );
+    }
+
+    #[test]
+    fn an_older_store_trades_its_port_index_for_the_segmented_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                &SCHEMA
+                    .replace(
+                        "intervals_segment_port ON intervals (id >> 14, port, opened_ns)",
+                        "intervals_port ON intervals (port, opened_ns)",
+                    )
+                    .replace("DROP INDEX IF EXISTS intervals_port;", ""),
+            )
+            .unwrap();
+            insert(&c, &iv(3, 80, 5, None)).unwrap();
+        }
+        let indexes = |c: &Connection| -> Vec<String> {
+            c.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'intervals' ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let ro = open_ro(&path).unwrap();
+        assert_eq!(indexes(&ro), vec!["intervals_port"]);
+        // Read as it is, without the new index.
+        assert_eq!(
+            holdings(&ro, (80, 80), None, 0, i64::MAX, Some, 10)
+                .unwrap()
+                .0
+                .len(),
+            1
+        );
+        let c = open_rw(&path).unwrap();
+        assert_eq!(indexes(&c), vec!["intervals_segment_port"]);
+        assert_eq!(
+            holdings(&c, (80, 80), None, 0, i64::MAX, Some, 10)
+                .unwrap()
+                .0
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_row_bound_keeps_open_holdings() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
+        // A listener opened first and still open, then closed connections.
+        insert(&c, &iv(1, 80, 1, None)).unwrap();
+        for id in 2..=10 {
+            insert(&c, &iv(id, 40000 + id as u16, id, Some(id + 1))).unwrap();
+        }
+        assert_eq!(bound_rows(&c, 3).unwrap(), 6);
+        let ids: Vec<i64> = c
+            .prepare("SELECT id FROM intervals ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, vec![1, 8, 9, 10]);
     }
 
     #[test]
