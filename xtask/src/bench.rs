@@ -43,12 +43,15 @@ impl Mode {
         matches!(self, Mode::Portwatch | Mode::PortwatchSyscalls)
     }
 
-    /// The smoke runs on hosts that go on doing other work: it must leave no audit contexts behind.
-    fn measured(smoke: bool) -> Vec<Mode> {
-        Mode::ALL
-            .into_iter()
-            .filter(|&m| !(smoke && m == Mode::Auditd))
-            .collect()
+    /// The name `--tracer` takes.
+    fn flag(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Portwatch => "portwatch",
+            Mode::PortwatchSyscalls => "portwatch-syscalls",
+            Mode::Bpftrace => "bpftrace",
+            Mode::Auditd => "auditd",
+        }
     }
 
     fn name(self) -> &'static str {
@@ -90,7 +93,106 @@ struct Paths {
 /// bench goes on to finish or fails.
 static AUDITD_STARTED: AtomicBool = AtomicBool::new(false);
 
-pub fn run(root: &Path, smoke: bool) -> Result<()> {
+/// The workloads, in the order of a round, and their operations per run at full scale.
+/// The workloads, in the order of a round, and their operations per run at full scale: about a
+/// second each with no tracer on the machines this was measured on (docs/benchmarks.md), so
+/// that a run is not mostly its start and end.
+const WORKLOADS: [(&str, u64); 7] = [
+    // The tax every syscall on the host pays, port event or not.
+    ("getppid", 10_000_000),
+    ("read-zero", 10_000_000),
+    ("tcp-bind", 400_000),
+    ("udp-bind", 400_000),
+    ("tcp-connect", 100_000),
+    ("listen-churn", 300_000),
+    (WEB, 60_000),
+];
+
+/// What a bench run measures: which tracers (no tracer always, as the baseline), which
+/// workloads, how many rounds.
+pub struct Choice {
+    smoke: bool,
+    modes: Vec<Mode>,
+    workloads: Vec<(&'static str, u64)>,
+    rounds: usize,
+}
+
+impl Choice {
+    /// `cargo xtask test`'s: every path but auditd's (it would leave audit contexts on the
+    /// host), a few seconds each.
+    pub fn smoke() -> Self {
+        Self {
+            smoke: true,
+            modes: Mode::ALL
+                .into_iter()
+                .filter(|&m| m != Mode::Auditd)
+                .collect(),
+            workloads: WORKLOADS.iter().map(|&(w, ops)| (w, ops / 30)).collect(),
+            rounds: 1,
+        }
+    }
+
+    pub fn new(
+        smoke: bool,
+        tracers: &[String],
+        workloads: &[String],
+        rounds: Option<usize>,
+    ) -> Result<Self> {
+        let mut c = if smoke {
+            Self::smoke()
+        } else {
+            Self {
+                smoke: false,
+                modes: Mode::ALL.to_vec(),
+                workloads: WORKLOADS.to_vec(),
+                rounds: 5,
+            }
+        };
+        if !tracers.is_empty() {
+            for t in tracers {
+                if !Mode::ALL.iter().any(|m| m.flag() == t) {
+                    anyhow::bail!(
+                        "--tracer {t}: not a tracer; one of {}",
+                        Mode::ALL.map(Mode::flag).join(", ")
+                    );
+                }
+            }
+            c.modes
+                .retain(|m| *m == Mode::None || tracers.iter().any(|t| t == m.flag()));
+        }
+        if !workloads.is_empty() {
+            for w in workloads {
+                if !WORKLOADS.iter().any(|(name, _)| name == w) {
+                    anyhow::bail!(
+                        "--workload {w}: not a workload; one of {}",
+                        WORKLOADS.map(|(n, _)| n).join(", ")
+                    );
+                }
+            }
+            c.workloads
+                .retain(|(w, _)| workloads.iter().any(|x| x == w));
+        }
+        if let Some(r) = rounds {
+            if r == 0 || r > 100 {
+                anyhow::bail!("--rounds {r}: between 1 and 100");
+            }
+            c.rounds = r;
+        }
+        Ok(c)
+    }
+
+    fn has(&self, mode: Mode) -> bool {
+        self.modes.contains(&mode)
+    }
+
+    /// The max-rate and RSS runs, which take minutes: with every workload only.
+    fn extras(&self) -> bool {
+        self.smoke || self.workloads.len() == WORKLOADS.len()
+    }
+}
+
+pub fn run(root: &Path, choice: &Choice) -> Result<()> {
+    let smoke = choice.smoke;
     if smoke {
         eprintln!(
             "bench: smoke: auditd is skipped (no auditd, no audit rules): once auditd has run, the \
@@ -98,7 +200,7 @@ pub fn run(root: &Path, smoke: bool) -> Result<()> {
              every syscall on this host; `cargo xtask bench` measures it"
         );
     }
-    let result = measure(root, smoke);
+    let result = measure(root, choice);
     if AUDITD_STARTED.load(Ordering::Relaxed) {
         println!(
             "bench: left behind: auditd ran, so until reboot the kernel gives every new task an \
@@ -109,8 +211,9 @@ pub fn run(root: &Path, smoke: bool) -> Result<()> {
     result
 }
 
-fn measure(root: &Path, smoke: bool) -> Result<()> {
-    setup::bench_packages(!smoke)?;
+fn measure(root: &Path, choice: &Choice) -> Result<()> {
+    let smoke = choice.smoke;
+    setup::bench_packages(choice.has(Mode::Auditd))?;
     let paths = Paths {
         out: root.join("target/bench"),
         portwatch: root.join("target/release/portwatch"),
@@ -120,28 +223,20 @@ fn measure(root: &Path, smoke: bool) -> Result<()> {
     // Not in the smoke: the rule only matters once audit was ever enabled (audit_alloc() returns
     // before it reads a rule while audit_ever_enabled is 0), which the smoke never does; on a host
     // where something else did, only the smoke's figures are slower, and it judges none.
-    let _audit_quiet = if smoke {
-        None
-    } else {
-        Some(AuditQuiet::enable()?)
-    };
-    let modes = Mode::measured(smoke);
-    let (scale, reps) = if smoke { (1u64, 1usize) } else { (50, 5) };
-    let workloads: [(&str, u64); 7] = [
-        // The tax every syscall on the host pays, port event or not.
-        ("getppid", 60_000 * scale),
-        ("read-zero", 60_000 * scale),
-        ("tcp-bind", 2000 * scale),
-        ("udp-bind", 2000 * scale),
-        ("tcp-connect", 600 * scale),
-        ("listen-churn", 2000 * scale),
-        (WEB, if smoke { 2_000 } else { 20_000 }),
-    ];
+    // Without auditd in the run, the rule is only put in place where auditctl is installed
+    // (another auditd may have run on this host).
+    let _audit_quiet =
+        if smoke || !(choice.has(Mode::Auditd) || Path::new("/usr/sbin/auditctl").exists()) {
+            None
+        } else {
+            Some(AuditQuiet::enable()?)
+        };
+    let (modes, workloads, reps) = (&choice.modes, &choice.workloads[..], choice.rounds);
     let mut samples: BTreeMap<(&str, Mode), Vec<Sample>> = BTreeMap::new();
     let web = WebServer::start(&paths.out)?;
     for rep in 0..reps {
-        for (workload, ops) in workloads {
-            for &mode in &modes {
+        for &(workload, ops) in workloads {
+            for &mode in modes {
                 let s = if workload == WEB {
                     run_web(&paths, &web, mode, ops)
                 } else {
@@ -164,9 +259,15 @@ fn measure(root: &Path, smoke: bool) -> Result<()> {
         }
     }
     drop(web);
-    let max_rate = max_zero_loss_rate(&paths, smoke)?;
-    let rss = rss_over_time(&paths, if smoke { 20_000 } else { 5_000_000 })?;
-    let report = summarize(&samples, &workloads, max_rate, &rss, reps);
+    let (max_rate, rss) = if choice.extras() {
+        (
+            max_zero_loss_rate(&paths, smoke)?,
+            rss_over_time(&paths, if smoke { 20_000 } else { 5_000_000 })?,
+        )
+    } else {
+        (Value::Null, Value::Null)
+    };
+    let report = summarize(&samples, workloads, max_rate, &rss, reps);
     fs::write(
         paths.out.join("results.json"),
         serde_json::to_string_pretty(&report)?,
@@ -847,6 +948,9 @@ fn print_table(report: &Value) {
                 r["tracer"].as_str().unwrap_or("")
             );
         }
+    }
+    if report["max_rate"].is_null() {
+        return;
     }
     println!(
         "\nmax zero-loss rate (udp-bind, portwatch): {} events/s",

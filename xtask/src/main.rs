@@ -41,6 +41,17 @@ enum Task {
     Bench {
         #[arg(long)]
         smoke: bool,
+        /// Only these tracers besides "no tracer" (repeatable): portwatch, portwatch-syscalls,
+        /// bpftrace, auditd. Without auditd the host keeps no audit contexts.
+        #[arg(long = "tracer", value_name = "NAME")]
+        tracers: Vec<String>,
+        /// Only these workloads (repeatable): getppid, read-zero, tcp-bind, udp-bind,
+        /// tcp-connect, listen-churn, nginx+ab. The max-rate and RSS runs need every workload.
+        #[arg(long = "workload", value_name = "NAME")]
+        workloads: Vec<String>,
+        /// Alternating rounds (the tables give medians); 5 unless --smoke.
+        #[arg(long)]
+        rounds: Option<usize>,
     },
     /// Install the daemon, its systemd unit, a default config and an empty policy.
     Install {
@@ -113,10 +124,16 @@ fn main() -> Result<()> {
         Task::Uninstall { prefix, destdir } => {
             install::uninstall(&install::Layout::new(&prefix, destdir.as_deref()))
         }
-        Task::Bench { smoke } => {
+        Task::Bench {
+            smoke,
+            tracers,
+            workloads,
+            rounds,
+        } => {
+            let choice = bench::Choice::new(smoke, &tracers, &workloads, rounds)?;
             setup::run()?;
             build(&root)?;
-            bench::run(&root, smoke)
+            bench::run(&root, &choice)
         }
         Task::VmTest {
             kernel,
@@ -156,7 +173,7 @@ fn main() -> Result<()> {
             vm::run(&root, vm::Kernels::Releases(vm::DEFAULT.to_vec()))?;
             // Keep the benchmark harness from rotting: every path for a few seconds, no figures judged.
             // The smoke leaves auditd out, so a test run leaves no audit contexts on this host.
-            bench::run(&root, true)
+            bench::run(&root, &bench::Choice::smoke())
         }
     }
 }
