@@ -15,11 +15,11 @@ use crate::facts::{
 };
 
 pub const FILE_NAME: &str = "history.sqlite";
-/// Intervals handed to the writer and not yet committed, at most (about 140 bytes each). The
-/// writer gathers a batch for up to `BATCH_WAIT` before it commits, and counts it out only
-/// then: at a busy web server's 50,000 connections a second that is 5,000 intervals, and a bound
-/// of 4,096 dropped history at any speed of the writer.
-const QUEUE: usize = 16384;
+/// Intervals handed to the writer and not yet committed, at most (about 150 bytes each). The
+/// writer gathers a batch for up to `BATCH_WAIT` before it commits, and counts it out only then:
+/// the queue must hold a batch and the next. With 4,096 and 100 ms batches, history was dropped
+/// at any speed of the writer once a web server made 41,000 connections a second.
+const QUEUE: usize = 8192;
 /// The event loop hands intervals over in batches (one channel message, at most one wake-up of
 /// the writer, per drain of the ring rather than per interval); a batch goes once it is this big
 /// even if the loop has not flushed.
@@ -692,7 +692,7 @@ pub fn start(
 }
 
 /// How long a batch of history writes gathers before it is committed.
-const BATCH_WAIT: Duration = Duration::from_millis(100);
+const BATCH_WAIT: Duration = Duration::from_millis(50);
 
 fn writer(
     mut c: Connection,
@@ -732,7 +732,7 @@ fn writer(
         // for up to BATCH_WAIT once it has begun (measured in docs/benchmarks.md: the writer's
         // CPU per event fell by about a third).
         let deadline = Instant::now() + BATCH_WAIT;
-        while puts < 10_000 {
+        while puts < QUEUE / 2 {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(op) => {
