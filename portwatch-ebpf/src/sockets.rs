@@ -205,20 +205,58 @@ fn blocking(sk: usize) -> bool {
     ) else {
         return false;
     };
-    // SAFETY: kernel reads through bpf_probe_read_kernel.
+    // SAFETY: kernel reads through bpf_probe_read_kernel. The descriptor's flags first: event
+    // loops connect non-blocking, and need no fourth read.
     unsafe {
-        if read_kernel::<i64>(sk, sndtimeo) != Some(NO_TIMEOUT) {
-            return false;
-        }
-        match read_kernel::<usize>(sk, sock_socket)
+        let nonblocking = match read_kernel::<usize>(sk, sock_socket)
             .filter(|&s| s != 0)
             .and_then(|s| read_kernel::<usize>(s, socket_file))
             .filter(|&f| f != 0)
             .and_then(|f| read_kernel::<u32>(f, file_flags))
         {
-            Some(flags) => flags & O_NONBLOCK == 0,
-            None => false,
-        }
+            Some(flags) => flags & O_NONBLOCK != 0,
+            None => true,
+        };
+        !nonblocking && read_kernel::<i64>(sk, sndtimeo) == Some(NO_TIMEOUT)
+    }
+}
+
+/// The local address and port from the context: plain loads the verifier rewrites, cheaper
+/// than reading the socket through `bpf_probe_read_kernel`.
+#[inline(always)]
+fn local_from_ops(ctx: &SockOpsContext, ev: &mut PortEvent) {
+    ev.local_port = ctx.local_port() as u16;
+    if ev.family == family::INET {
+        ev.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+    } else {
+        // SAFETY: context reads, checked by the verifier.
+        words_into(&mut ev.local_addr, unsafe { &(*ctx.ops).local_ip6 });
+    }
+}
+
+/// Copies an IPv6 address from the context word by word, straight into an address field: a
+/// copy of the whole array would not fit beside the connect record on the 512-byte stack.
+#[inline(always)]
+fn words_into(out: &mut [u8; 16], words: &[u32; 4]) {
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: a 4-byte context load at a fixed offset, as the verifier requires.
+        let w = unsafe { read_volatile(&words[i]) }.to_ne_bytes();
+        out[i * 4..i * 4 + 4].copy_from_slice(&w);
+        i += 1;
+    }
+}
+
+/// The peer's address and port from the context (`remote_port` holds the port in network
+/// order in its high half on little-endian machines, its low half on big-endian ones).
+#[inline(always)]
+fn peer_from_ops(ctx: &SockOpsContext, ev: &mut PortEvent) {
+    ev.peer_port = u32::from_be(ctx.remote_port()) as u16;
+    if ev.family == family::INET {
+        ev.peer_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+    } else {
+        // SAFETY: context reads, checked by the verifier.
+        words_into(&mut ev.peer_addr, unsafe { &(*ctx.ops).remote_ip6 });
     }
 }
 
@@ -230,7 +268,7 @@ fn listened(ctx: &SockOpsContext) {
     let mut ev = PortEvent::ZERO;
     ev.family = ctx.family() as u8;
     ev.protocol = protocol::TCP;
-    emit::local_from_sock(&mut ev, sk);
+    local_from_ops(ctx, &mut ev);
     emit::add_task_facts_read(&mut ev, kind::LISTEN, probe::CGROUP_SOCK_OPS, sk);
     ev.cookie = cookie_of_ops(ctx);
     emit::submit(&mut ev);
@@ -255,8 +293,8 @@ fn connect_call(ctx: &SockOpsContext, sk: usize) {
     let ev = &mut state.call;
     ev.family = ctx.family() as u8;
     ev.protocol = protocol::TCP;
-    emit::local_from_sock(ev, sk);
-    emit::peer_from_sock(ev, sk);
+    local_from_ops(ctx, ev);
+    peer_from_ops(ctx, ev);
     emit::add_task_facts_read(ev, kind::CONNECT, probe::CGROUP_SOCK_OPS, sk);
     ev.cookie = cookie;
     state.start_ns = state.call.ts_ns;
