@@ -224,6 +224,13 @@ struct Daemon {
 impl Daemon {
     /// Everything before the loop, in the order that makes failures clear and nothing missed.
     fn start(opts: &RunOptions) -> anyhow::Result<Self> {
+        // Large allocations (the BTF parsed to attach, ~20 MB) always get their own mapping,
+        // given back when freed. glibc otherwise raises this threshold after the first such
+        // free, and the next large buffers come from the heap, where what was freed around
+        // them stays resident: the start-up peak moved by 4 MiB with unrelated changes to the
+        // eBPF object (29 -> 33 MiB).
+        // SAFETY: mallopt only tunes the allocator.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
         // A bad policy is a clear error before anything is attached.
         let policy = match &opts.policy {
             Some(path) => Some(Policy::load_trusted(path)?),
