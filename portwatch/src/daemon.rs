@@ -460,6 +460,8 @@ impl Daemon {
             attribution: s.attribution.counters(),
             caches: crate::attribution::CacheCounters {
                 process_json: s.output.process_json.figures(),
+                history_cut_processes: s.history.cut_figures(),
+                history_process_rows: s.history.store.process_rows(),
                 ..s.attribution.caches()
             },
             log: s.output.log(),

@@ -64,6 +64,12 @@ pub struct CacheCounters {
     /// merged with the process's), shared by its events while they last.
     #[serde(default)]
     pub threads: CacheFigures,
+    /// The history's copies of facts whose command line it cuts (`history::tenancy`).
+    #[serde(default)]
+    pub history_cut_processes: CacheFigures,
+    /// The history writer's memory of the process rows it wrote (`history::store::Rows`).
+    #[serde(default)]
+    pub history_process_rows: CacheFigures,
 }
 
 /// What attribution could not do.
@@ -503,6 +509,9 @@ impl Attributor {
                 max: self.threads.cap().get(),
                 evictions: self.thread_evictions,
             },
+            // The history's: the daemon fills them in.
+            history_cut_processes: CacheFigures::default(),
+            history_process_rows: CacheFigures::default(),
         }
     }
 

@@ -172,11 +172,14 @@ pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
-/// Every segment of the port index (`intervals_segment_port`), oldest to newest, for
-/// `(i.id >> 14) IN segments`: SQLite seeks the index once per segment.
+/// The segments of the port index (`intervals_segment_port`) that hold rows, oldest to newest,
+/// for `(i.id >> 14) IN segments`: SQLite seeks the index once per segment. Each step seeks the
+/// next row by id, so empty stretches between old rows and new ones cost nothing; the list ends
+/// with a NULL, which matches nothing.
 const SEGMENTS: &str = "WITH RECURSIVE segments(s) AS (
     SELECT (SELECT min(id) FROM intervals) >> 14
-    UNION ALL SELECT s + 1 FROM segments WHERE s < (SELECT max(id) FROM intervals) >> 14)";
+    UNION ALL SELECT (SELECT id FROM intervals WHERE id >= ((s + 1) << 14) ORDER BY id LIMIT 1) >> 14
+    FROM segments WHERE s IS NOT NULL)";
 
 /// Ids per segment of the port index (its `id >> 14`).
 const SEGMENT_IDS: i64 = 1 << 14;
@@ -195,7 +198,7 @@ const REPLACE_INTERVAL: &str = "INSERT OR REPLACE INTO intervals (id, netns, tra
 const INSERT_PROCESS: &str = "INSERT INTO processes (executable, command_line, user_name, unit,
     container_id, container_runtime, cgroup) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
-/// The writer's two statements, prepared once per batch.
+/// The writer's statements, prepared once per batch.
 pub struct Statements<'c> {
     interval: rusqlite::CachedStatement<'c>,
     replace: rusqlite::CachedStatement<'c>,
@@ -217,19 +220,62 @@ impl<'c> Statements<'c> {
 /// allocation is remembered (holding its `Arc`, so the address cannot be reused meanwhile).
 pub struct Rows {
     written: crate::hashing::Lru<usize, (std::sync::Arc<ProcessFacts>, i64)>,
+    /// Its fill and evictions, read by `status` on the event loop.
+    figures: std::sync::Arc<RowsFigures>,
+}
+
+/// What the writer thread tells the event loop's `status`.
+#[derive(Debug, Default)]
+struct WriterFigures {
+    /// Intervals lost to failed commits.
+    failed: std::sync::atomic::AtomicU64,
+    /// Intervals handed over and not yet committed: how far the history lags the log.
+    queued: std::sync::atomic::AtomicU64,
+    /// Times keeping the row bound failed (the store is over its bound until it works again).
+    bound_failed: std::sync::atomic::AtomicU64,
+    rows: std::sync::Arc<RowsFigures>,
+}
+
+/// How many process rows the writer remembers, and how many it forgot (each is written again
+/// when next needed).
+#[derive(Debug, Default)]
+pub struct RowsFigures {
+    size: std::sync::atomic::AtomicUsize,
+    evictions: std::sync::atomic::AtomicU64,
+}
+
+impl RowsFigures {
+    pub fn get(&self) -> crate::attribution::CacheFigures {
+        crate::attribution::CacheFigures {
+            size: self.size.load(std::sync::atomic::Ordering::Relaxed),
+            max: Rows::REMEMBERED,
+            evictions: self.evictions.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl Default for Rows {
     fn default() -> Self {
-        Self {
-            written: crate::hashing::lru(Self::REMEMBERED),
-        }
+        Self::new(Default::default())
     }
 }
 
 impl Rows {
     /// Process rows remembered at most; a forgotten one is written again when next needed.
     const REMEMBERED: usize = 1024;
+
+    fn new(figures: std::sync::Arc<RowsFigures>) -> Self {
+        Self {
+            written: crate::hashing::lru(Self::REMEMBERED),
+            figures,
+        }
+    }
+
+    fn count(&self) {
+        self.figures
+            .size
+            .store(self.written.len(), std::sync::atomic::Ordering::Relaxed);
+    }
 
     /// Writes `i`, over its earlier write if it has one.
     pub fn insert(&mut self, s: &mut Statements<'_>, i: &Interval) -> rusqlite::Result<()> {
@@ -256,7 +302,7 @@ impl Rows {
         // changes nothing and the transaction goes on.
         match s.interval.execute(values) {
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
             {
                 s.replace.execute(values)?;
             }
@@ -287,7 +333,16 @@ impl Rows {
             p.container.as_ref().map(|c| c.runtime.as_str()),
             p.cgroup,
         ])?;
-        self.written.push(key, (p.clone(), id));
+        if self
+            .written
+            .push(key, (p.clone(), id))
+            .is_some_and(|(old, _)| old != key)
+        {
+            self.figures
+                .evictions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.count();
         Ok(id)
     }
 
@@ -295,6 +350,7 @@ impl Rows {
     /// gone), or a prune that may have removed them.
     pub fn forget(&mut self) {
         self.written.clear();
+        self.count();
     }
 }
 
@@ -483,14 +539,14 @@ impl PendingGap {
     }
 }
 
-/// The row bound: closed intervals more than `max_rows` ids before the newest are deleted
-/// (ids are handed out in opening order, so these are the oldest). Holdings still open stay
-/// whatever their age: a listener opened before a million connections keeps its row. A range
-/// of the rowid and of the oldest segments of the port index: cheap enough for every batch.
+/// The row bound: intervals more than `max_rows` ids before the newest are deleted (ids are
+/// handed out in opening order, so these are the oldest), open ones too: a row whose close was
+/// never written (the writer fell behind, the live table forgot it) must not outlive the bound.
+/// A range of the rowid and of the oldest segments of the port index: cheap enough for every
+/// batch.
 pub fn bound_rows(c: &Connection, max_rows: u64) -> rusqlite::Result<usize> {
     c.execute(
-        "DELETE FROM intervals WHERE closed_ns IS NOT NULL
-            AND id <= (SELECT max(id) FROM intervals) - ?1",
+        "DELETE FROM intervals WHERE id <= (SELECT max(id) FROM intervals) - ?1",
         [max_rows.min(i64::MAX as u64) as i64],
     )
 }
@@ -533,9 +589,7 @@ pub struct StoreHandle {
     writer: Option<std::thread::JoinHandle<()>>,
     pub dropped: u64,
     /// Intervals the writer could not commit (disk full, a broken store), from its thread.
-    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Intervals queued for the writer and not yet taken: how far the history lags the log.
-    queued: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    figures: std::sync::Arc<WriterFigures>,
     pub next_id: i64,
     gap: PendingGap,
     /// Intervals put since the last handover (counted in `queued`).
@@ -545,13 +599,29 @@ pub struct StoreHandle {
 impl StoreHandle {
     /// Intervals lost to failed commits so far.
     pub fn commit_failed(&self) -> u64 {
-        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+        self.figures
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Times the writer could not keep the store to its row bound.
+    pub fn bound_failed(&self) -> u64 {
+        self.figures
+            .bound_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The writer's memory of the process rows it wrote.
+    pub fn process_rows(&self) -> crate::attribution::CacheFigures {
+        self.figures.rows.get()
     }
 
     /// Intervals waiting for the writer, and how many the queue holds.
     pub fn queue(&self) -> (u64, u64) {
         (
-            self.queued.load(std::sync::atomic::Ordering::Relaxed),
+            self.figures
+                .queued
+                .load(std::sync::atomic::Ordering::Relaxed),
             QUEUE as u64,
         )
     }
@@ -578,13 +648,19 @@ impl StoreHandle {
         if self.tx.is_none() {
             return;
         }
-        if self.queued.load(std::sync::atomic::Ordering::Relaxed) >= QUEUE as u64 {
+        if self
+            .figures
+            .queued
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= QUEUE as u64
+        {
             self.gap.note(i.closed_ns.unwrap_or(i.opened_ns));
             self.count_dropped(1);
             return;
         }
         // Counted before it is sent: the writer may take it and count it out at once.
-        self.queued
+        self.figures
+            .queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pending.push(i);
         if self.pending.len() >= HANDOVER {
@@ -613,7 +689,8 @@ impl StoreHandle {
             }
             Err(TrySendError::Full(op)) | Err(TrySendError::Disconnected(op)) => {
                 let StoreOp::Puts(batch) = op else { return };
-                self.queued
+                self.figures
+                    .queued
                     .fetch_sub(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for i in &batch {
                     self.gap.note(i.closed_ns.unwrap_or(i.opened_ns));
@@ -665,13 +742,11 @@ pub fn start(
     // piling up in memory.
     let (tx, rx) = sync_channel(BATCHES);
     let p = path.clone();
-    let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let f = failed.clone();
-    let queued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let q = queued.clone();
+    let figures = std::sync::Arc::new(WriterFigures::default());
+    let f = figures.clone();
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer(c, rx, retention, p, &f, &q))
+        .spawn(move || writer(c, rx, retention, p, &f))
         .map_err(|source| StoreError::Dir {
             path: path.display().to_string(),
             source,
@@ -681,8 +756,7 @@ pub fn start(
             tx: Some(tx),
             writer: Some(writer),
             dropped: 0,
-            failed,
-            queued,
+            figures,
             next_id,
             gap: PendingGap::default(),
             pending: Vec::with_capacity(HANDOVER),
@@ -699,8 +773,7 @@ fn writer(
     rx: Receiver<StoreOp>,
     retention: Retention,
     path: PathBuf,
-    failed: &std::sync::atomic::AtomicU64,
-    queued: &std::sync::atomic::AtomicU64,
+    figures: &WriterFigures,
 ) {
     // History may lag (what does not fit the queue is counted); the event log must not. Yield
     // the CPU to the event loop: nice 10 for this thread only.
@@ -710,7 +783,7 @@ fn writer(
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
-    let mut rows = Rows::default();
+    let mut rows = Rows::new(figures.rows.clone());
     // The newest id written, and the one the row bound last ran at: the bound is kept every
     // segment's worth of intervals, not only at the ten-minute prune (a busy server writes
     // millions of intervals in ten minutes).
@@ -767,14 +840,26 @@ fn writer(
             let puts = puts as u64;
             if let Err(e) = r {
                 rows.forget();
-                let total = failed.fetch_add(puts, std::sync::atomic::Ordering::Relaxed) + puts;
+                let total = figures
+                    .failed
+                    .fetch_add(puts, std::sync::atomic::Ordering::Relaxed)
+                    + puts;
                 tracing::error!(path = %path.display(), error = %e, lost = puts, total, "writing the tenancy store failed");
             }
-            queued.fetch_sub(puts, std::sync::atomic::Ordering::Relaxed);
+            figures
+                .queued
+                .fetch_sub(puts, std::sync::atomic::Ordering::Relaxed);
             if newest.saturating_sub(bounded_at) >= SEGMENT_IDS {
-                bounded_at = newest;
-                if let Err(e) = bound_rows(&c, retention.max_rows) {
-                    tracing::warn!(error = %e, "keeping the tenancy store to its row bound failed");
+                match bound_rows(&c, retention.max_rows) {
+                    Ok(_) => bounded_at = newest,
+                    // Tried again after the next batch.
+                    Err(e) => {
+                        let n = figures
+                            .bound_failed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            + 1;
+                        tracing::error!(path = %path.display(), error = %e, times = n, "keeping the tenancy store to its row bound failed");
+                    }
                 }
             }
         }
@@ -1027,15 +1112,15 @@ mod tests {
     }
 
     #[test]
-    fn the_row_bound_keeps_open_holdings() {
+    fn the_row_bound_deletes_the_oldest_rows_open_or_not() {
         let dir = tempfile::tempdir().unwrap();
         let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
-        // A listener opened first and still open, then closed connections.
+        // A row left open (its close was never written), then closed connections.
         insert(&c, &iv(1, 80, 1, None)).unwrap();
         for id in 2..=10 {
             insert(&c, &iv(id, 40000 + id as u16, id, Some(id + 1))).unwrap();
         }
-        assert_eq!(bound_rows(&c, 3).unwrap(), 6);
+        assert_eq!(bound_rows(&c, 3).unwrap(), 7);
         let ids: Vec<i64> = c
             .prepare("SELECT id FROM intervals ORDER BY id")
             .unwrap()
@@ -1043,7 +1128,46 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(ids, vec![1, 8, 9, 10]);
+        assert_eq!(ids, vec![8, 9, 10]);
+        // An empty store has nothing to delete.
+        let empty = tempfile::tempdir().unwrap();
+        let e = open_rw(&empty.path().join(FILE_NAME)).unwrap();
+        assert_eq!(bound_rows(&e, 3).unwrap(), 0);
+    }
+
+    #[test]
+    fn segments_are_listed_only_where_rows_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
+        let segments = |c: &Connection| -> Vec<Option<i64>> {
+            c.prepare(&format!("{SEGMENTS} SELECT s FROM segments"))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(segments(&c), vec![None]);
+        // An old row and new ones a million segments later: three segments, not a million.
+        for id in [
+            5,
+            1_000_000 * SEGMENT_IDS + 1,
+            1_000_000 * SEGMENT_IDS + 2,
+            1_000_002 * SEGMENT_IDS,
+        ] {
+            insert(&c, &iv(id, 80, id, Some(id + 1))).unwrap();
+        }
+        assert_eq!(
+            segments(&c),
+            vec![Some(0), Some(1_000_000), Some(1_000_002), None]
+        );
+        assert_eq!(
+            holdings(&c, (80, 80), None, 0, i64::MAX, Some, 10)
+                .unwrap()
+                .0
+                .len(),
+            4
+        );
     }
 
     #[test]

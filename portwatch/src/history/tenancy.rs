@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     facts::{Endpoint, Kind, PortFacts, ProcessFacts, SocketRole, Transport},
-    hashing::HashMap,
+    hashing::{HashMap, Lru},
     history::store::{Interval, StoreHandle},
 };
 
@@ -82,7 +82,15 @@ pub struct Tenancy {
     /// Whether intervals that close are kept in `closed` for the output (`[log] holdings`).
     keep_closed: bool,
     closed: Vec<Interval>,
+    /// The facts kept with open intervals whose command lines were cut, by the facts they were
+    /// cut from: one copy per set of facts, so that the store writes one process row for it,
+    /// not one per socket.
+    cut: Lru<usize, (Arc<ProcessFacts>, Arc<ProcessFacts>)>,
+    cut_evictions: u64,
 }
+
+/// Sets of facts whose cut copy is remembered (`Tenancy::cut`).
+const CUT_REMEMBERED: usize = 1024;
 
 /// The history's figures, for `status`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +105,9 @@ pub struct HistoryCounters {
     /// Intervals the store writer could not commit (disk full, a broken store).
     #[serde(default)]
     pub commit_failed: u64,
+    /// Times the store writer could not delete the rows beyond its bound (tried again).
+    #[serde(default)]
+    pub bound_failed: u64,
 }
 
 impl Tenancy {
@@ -115,6 +126,17 @@ impl Tenancy {
             swept: 0,
             keep_closed: false,
             closed: Vec::new(),
+            cut: crate::hashing::lru(CUT_REMEMBERED),
+            cut_evictions: 0,
+        }
+    }
+
+    /// The cut copies remembered (`cut`).
+    pub fn cut_figures(&self) -> crate::attribution::CacheFigures {
+        crate::attribution::CacheFigures {
+            size: self.cut.len(),
+            max: CUT_REMEMBERED,
+            evictions: self.cut_evictions,
         }
     }
 
@@ -137,6 +159,26 @@ impl Tenancy {
         self.store.put(i);
     }
 
+    /// `p` as the history keeps it: its command line cut (`cut_process`), one copy per set of
+    /// facts (the key holds `p`, so its address is not reused while remembered).
+    fn kept_process(&mut self, p: &Arc<ProcessFacts>) -> Arc<ProcessFacts> {
+        let key = Arc::as_ptr(p) as usize;
+        if let Some((_, cut)) = self.cut.get(&key) {
+            return cut.clone();
+        }
+        let Some(cut) = cut_process(p) else {
+            return p.clone();
+        };
+        if self
+            .cut
+            .push(key, (p.clone(), cut.clone()))
+            .is_some_and(|(old, _)| old != key)
+        {
+            self.cut_evictions += 1;
+        }
+        cut
+    }
+
     pub fn counters(&self) -> HistoryCounters {
         HistoryCounters {
             open_sockets: self.open.len(),
@@ -144,6 +186,7 @@ impl Tenancy {
             forgotten: self.forgotten,
             swept: self.swept,
             commit_failed: self.store.commit_failed(),
+            bound_failed: self.store.bound_failed(),
         }
     }
 
@@ -340,9 +383,15 @@ impl Tenancy {
         if self.open.len() >= self.max_open
             && !self.open.contains_key(&key)
             && let Some((_, oldest)) = self.by_age.pop_first()
+            && let Some(o) = self.open.remove(&oldest)
         {
-            self.open.remove(&oldest);
             self.forgotten += 1;
+            // Its row must not stay open in the store: ended as far as the history can tell.
+            let mut i = o.interval;
+            i.closed_ns = Some(wall_ns.max(i.opened_ns));
+            i.close_note =
+                Some("forgotten while open (the live table was full); end unknown".into());
+            self.ended(i);
         }
         let id = self.store.next_id;
         self.store.next_id += 1;
@@ -353,7 +402,7 @@ impl Tenancy {
             local: key.local.into(),
             role,
             peer: key.peer.map(Endpoint::from),
-            process: kept_process(&f.process),
+            process: self.kept_process(&f.process),
             opened_ns: wall_ns,
             closed_ns: None,
             close_note: None,
@@ -382,13 +431,13 @@ const KEPT_CMDLINE_BYTES: usize = 1024;
 
 /// What the history keeps of the process: its holder without the bulk. Facts whose command line
 /// fits are shared as they are (no copy per socket).
-fn kept_process(p: &Arc<ProcessFacts>) -> Arc<ProcessFacts> {
+fn cut_process(p: &Arc<ProcessFacts>) -> Option<Arc<ProcessFacts>> {
     let whole: usize = p
         .command_line
         .as_ref()
         .map_or(0, |a| a.iter().map(String::len).sum());
     if whole <= KEPT_CMDLINE_BYTES {
-        return p.clone();
+        return None;
     }
     let mut budget = KEPT_CMDLINE_BYTES;
     let command_line = p.command_line.as_ref().map(|argv| {
@@ -409,11 +458,11 @@ fn kept_process(p: &Arc<ProcessFacts>) -> Arc<ProcessFacts> {
     let kept: usize = command_line
         .as_ref()
         .map_or(0, |a: &Vec<String>| a.iter().map(String::len).sum());
-    Arc::new(ProcessFacts {
+    Some(Arc::new(ProcessFacts {
         command_line,
         command_line_truncated: p.command_line_truncated || kept < whole,
         ..ProcessFacts::clone(p)
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -530,6 +579,64 @@ mod tests {
         close.kind = Kind::Close;
         t.observe(&fixture::facts(close, now + 9));
         assert_eq!((t.counters().open_sockets, t.by_age.len()), (2, 2));
+        t.store.finish();
+    }
+
+    #[test]
+    fn a_forgotten_socket_is_written_ended_with_a_note() {
+        let (_dir, t, path) = table(1);
+        let mut t = t.keep_closed(true);
+        // Recent times: the writer's first prune deletes what is older than the retention.
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+        t.observe(&fixture::facts(bind(2100), now));
+        t.observe(&fixture::facts(bind(2101), now + 10));
+        let closed: Vec<_> = t.take_closed().collect();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            (closed[0].local.port, closed[0].closed_ns),
+            (2100, Some(now + 10))
+        );
+        assert!(
+            closed[0]
+                .close_note
+                .as_deref()
+                .is_some_and(|n| n.contains("forgotten") && n.contains("end unknown")),
+            "{:?}",
+            closed[0].close_note
+        );
+        t.store.finish();
+        let c = crate::history::store::open_ro(&path).unwrap();
+        let (rows, _) =
+            crate::history::store::holdings(&c, (2100, 2100), None, 0, i64::MAX, Some, 10).unwrap();
+        assert_eq!(rows[0].closed_ns, Some(now + 10));
+    }
+
+    #[test]
+    fn a_long_command_line_is_cut_once_per_set_of_facts() {
+        let (_dir, mut t, _) = table(MAX_OPEN);
+        let process = Arc::new(ProcessFacts {
+            pid: 7,
+            command_line: Some(vec!["java".into(), "x".repeat(5000)]),
+            ..ProcessFacts::default()
+        });
+        let socket = |port: u16| PortFacts {
+            process: process.clone(),
+            ..fixture::facts(bind(port), 10)
+        };
+        t.observe(&socket(2200));
+        t.observe(&socket(2201));
+        let kept: Vec<&Arc<ProcessFacts>> = t.open.values().map(|o| &o.interval.process).collect();
+        assert_eq!(kept.len(), 2);
+        assert!(Arc::ptr_eq(kept[0], kept[1]), "one copy for both sockets");
+        let cut = kept[0];
+        assert!(cut.command_line_truncated);
+        let bytes: usize = cut.command_line.iter().flatten().map(String::len).sum();
+        assert_eq!(bytes, KEPT_CMDLINE_BYTES);
+        assert_eq!(t.cut_figures().size, 1);
+        // Facts that fit are shared as they are, and not remembered.
+        let short = fixture::facts(bind(2202), 10);
+        t.observe(&short);
+        assert_eq!(t.cut_figures().size, 1);
         t.store.finish();
     }
 }

@@ -245,6 +245,8 @@ pub fn render(m: &MetricsInput<'_>) -> Result<String, MetricsError> {
         ("forks", c.caches.forks),
         ("process_json", c.caches.process_json),
         ("threads", c.caches.threads),
+        ("history_cut_processes", c.caches.history_cut_processes),
+        ("history_process_rows", c.caches.history_process_rows),
     ];
     b.gauges(
         "cache_entries",
@@ -303,6 +305,11 @@ pub fn render(m: &MetricsInput<'_>) -> Result<String, MetricsError> {
                 ("commit_failed", h.commit_failed),
             ]
             .map(|(o, n)| (vec![o], n)),
+        )?;
+        b.counter(
+            "history_bound_failures_total",
+            "Times the history writer could not delete the rows beyond [store] max_rows (it tries again after its next batch).",
+            h.bound_failed,
         )?;
     }
     b.counters(
