@@ -235,16 +235,24 @@ fn local_from_ops(ctx: &SockOpsContext, ev: &mut PortEvent) {
 }
 
 /// Copies an IPv6 address from the context word by word, straight into an address field: a
-/// copy of the whole array would not fit beside the connect record on the 512-byte stack.
+/// copy of the whole array would not fit beside the connect record on the 512-byte stack. The
+/// four loads are written out: the verifier takes context loads at constant offsets only, which
+/// a loop would leave to the compiler's unrolling.
 #[inline(always)]
 fn words_into(out: &mut [u8; 16], words: &[u32; 4]) {
-    let mut i = 0;
-    while i < 4 {
-        // SAFETY: a 4-byte context load at a fixed offset, as the verifier requires.
-        let w = unsafe { read_volatile(&words[i]) }.to_ne_bytes();
-        out[i * 4..i * 4 + 4].copy_from_slice(&w);
-        i += 1;
-    }
+    // SAFETY: 4-byte context loads at fixed offsets.
+    let [a, b, c, d] = unsafe {
+        [
+            read_volatile(&words[0]),
+            read_volatile(&words[1]),
+            read_volatile(&words[2]),
+            read_volatile(&words[3]),
+        ]
+    };
+    out[0..4].copy_from_slice(&a.to_ne_bytes());
+    out[4..8].copy_from_slice(&b.to_ne_bytes());
+    out[8..12].copy_from_slice(&c.to_ne_bytes());
+    out[12..16].copy_from_slice(&d.to_ne_bytes());
 }
 
 /// The peer's address and port from the context (`remote_port` holds the port in network
