@@ -95,7 +95,6 @@ struct Paths {
 /// bench goes on to finish or fails.
 static AUDITD_STARTED: AtomicBool = AtomicBool::new(false);
 
-/// The workloads, in the order of a round, and their operations per run at full scale.
 /// The workloads, in the order of a round, and their operations per run at full scale: about a
 /// second each with no tracer on the machines this was measured on (docs/benchmarks.md), so
 /// that a run is not mostly its start and end.
@@ -467,6 +466,11 @@ fn seed_history(p: &Paths, web: &WebServer, requests: u64) -> Result<()> {
     .context("ab, seeding the history")?;
     drop(out);
     let dropped = tracer.stop()?;
+    // A daemon that stopped cleanly leaves no write-ahead log: what a copy of the file alone
+    // would miss.
+    if fs::metadata(p.out.join("state/history.sqlite-wal")).is_ok_and(|m| m.len() > 0) {
+        anyhow::bail!("the seeding daemon left its history's write-ahead log behind");
+    }
     fs::copy(p.out.join("state/history.sqlite"), &seed).context("keeping the seeded history")?;
     eprintln!("bench: history seeded with {requests} of ab's connections ({dropped} not recorded)");
     Ok(())
