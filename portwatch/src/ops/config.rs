@@ -141,8 +141,8 @@ pub struct StoreConfig {
     /// Closed intervals older than this many days are deleted (1 to 3650).
     #[serde(deserialize_with = "within::<_, _, 1, 3650>")]
     pub max_age_days: u32,
-    /// Closed intervals are kept among the newest this many (1 to 1e9), the oldest go first;
-    /// holdings still open are kept whatever their age.
+    /// At most this many intervals are kept, by id: the newest (1 to 1e9); the oldest go
+    /// first, checked every 16,384 new ones.
     #[serde(deserialize_with = "within::<_, _, 1, 1_000_000_000>")]
     pub max_rows: u64,
 }
@@ -390,9 +390,9 @@ process_table = 32768
 [store]
 # Tenancy history for `portwatch who`: which process held which port, from when to when.
 state_dir = "/var/lib/portwatch"
-# Closed holdings older than this are deleted; so are those beyond the newest max_rows (checked
-# every 16,384 new ones). Holdings still open stay, whatever their age. At a web server's 50,000
-# connections a second, a million rows is 20 seconds of history: size it for your rate.
+# Closed holdings older than max_age_days are deleted (every ten minutes); so is every holding
+# beyond the newest max_rows, open or not (checked every 16,384 new ones). At a web server's
+# 50,000 connections a second, a million rows is 20 seconds of history: size it for your rate.
 max_age_days = 30
 max_rows = 1000000
 
