@@ -178,11 +178,11 @@ pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
 /// with a NULL, which matches nothing.
 const SEGMENTS: &str = "WITH RECURSIVE segments(s) AS (
     SELECT (SELECT min(id) FROM intervals) >> 14
-    UNION ALL SELECT (SELECT id FROM intervals WHERE id >= ((s + 1) << 14) ORDER BY id LIMIT 1) >> 14
+    UNION ALL SELECT (SELECT id FROM intervals WHERE id >= (s + 1) * 16384 ORDER BY id LIMIT 1) >> 14
     FROM segments WHERE s IS NOT NULL)";
 
-/// Ids per segment of the port index (its `id >> 14`).
-const SEGMENT_IDS: i64 = 1 << 14;
+/// Ids per segment of the port index (its `id >> 14`); the row bound is kept every so many.
+pub const SEGMENT_IDS: i64 = 1 << 14;
 
 /// An interval's first write. Most are written once, at their close; a plain INSERT needs no
 /// statement journal, where `OR REPLACE` does (a fifth of the writer's instructions).
@@ -539,33 +539,41 @@ impl PendingGap {
     }
 }
 
-/// The row bound: intervals more than `max_rows` ids before the newest are deleted (ids are
-/// handed out in opening order, so these are the oldest), open ones too: a row whose close was
-/// never written (the writer fell behind, the live table forgot it) must not outlive the bound.
-/// A range of the rowid and of the oldest segments of the port index: cheap enough for every
-/// batch.
-pub fn bound_rows(c: &Connection, max_rows: u64) -> rusqlite::Result<usize> {
-    c.execute(
-        "DELETE FROM intervals WHERE id <= (SELECT max(id) FROM intervals) - ?1",
-        [max_rows.min(i64::MAX as u64) as i64],
-    )
+/// The row bound: intervals with ids up to `below` go (ids are handed out in opening order, so
+/// these are the oldest), but for the holdings still open in the live table (`live`): a flood of
+/// new intervals must not erase the record of a listener that is still there. A row left open
+/// that the live table no longer holds (its close was dropped with the writer behind) goes like
+/// a closed one. A range of the rowid and of the oldest segments of the port index.
+pub fn bound_rows(c: &mut Connection, below: i64, live: &[i64]) -> rusqlite::Result<usize> {
+    let tx = c.transaction()?;
+    let open: Vec<i64> = tx
+        .prepare("SELECT id FROM intervals WHERE id <= ?1 AND closed_ns IS NULL")?
+        .query_map([below], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut n = tx.execute(
+        "DELETE FROM intervals WHERE id <= ?1 AND closed_ns IS NOT NULL",
+        [below],
+    )?;
+    let live: std::collections::HashSet<i64> = live.iter().copied().collect();
+    {
+        let mut delete = tx.prepare("DELETE FROM intervals WHERE id = ?1")?;
+        for id in open.into_iter().filter(|id| !live.contains(id)) {
+            n += delete.execute([id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
 }
 
-/// Retention: drop closed intervals older than `max_age`, then those beyond `max_rows`
-/// (`bound_rows`), and process facts no interval refers to any more.
-pub fn prune(
-    c: &Connection,
-    now_ns: i64,
-    max_age: Duration,
-    max_rows: u64,
-) -> rusqlite::Result<usize> {
+/// Retention by age: drop closed intervals older than `max_age`, and process facts no interval
+/// refers to any more. (The row bound is `bound_rows`.)
+pub fn prune(c: &Connection, now_ns: i64, max_age: Duration) -> rusqlite::Result<usize> {
     let cutoff = now_ns - max_age.as_nanos().min(i64::MAX as u128) as i64;
-    let mut n = c.execute(
+    let n = c.execute(
         "DELETE FROM intervals WHERE closed_ns IS NOT NULL AND closed_ns < ?1",
         [cutoff],
     )?;
     c.execute("DELETE FROM gaps WHERE to_ns < ?1", [cutoff])?;
-    n += bound_rows(c, max_rows)?;
     // Process facts no interval refers to any more.
     c.execute(
         "DELETE FROM processes WHERE id NOT IN
@@ -581,6 +589,8 @@ pub enum StoreOp {
     Puts(Vec<Interval>),
     /// (from_ns, to_ns, intervals) that could not be queued.
     Gap(i64, i64, u64),
+    /// Keep the row bound: delete up to this id, but for these live intervals (`bound_rows`).
+    Bound(i64, Vec<i64>),
 }
 
 /// The event path's end of the writer: never blocks; what does not fit is counted.
@@ -591,6 +601,9 @@ pub struct StoreHandle {
     /// Intervals the writer could not commit (disk full, a broken store), from its thread.
     figures: std::sync::Arc<WriterFigures>,
     pub next_id: i64,
+    /// `[store] max_rows`, and the next id at which the row bound was last asked for.
+    max_rows: u64,
+    bounded_at: i64,
     gap: PendingGap,
     /// Intervals put since the last handover (counted in `queued`).
     pending: Vec<Interval>,
@@ -624,6 +637,29 @@ impl StoreHandle {
                 .load(std::sync::atomic::Ordering::Relaxed),
             QUEUE as u64,
         )
+    }
+
+    /// The id up to which the row bound deletes, once `SEGMENT_IDS` ids were handed out since
+    /// it was last asked for; None while it is not due (or the store is still below its bound).
+    pub fn bound_due(&self) -> Option<i64> {
+        let below = (self.next_id - 1).saturating_sub(self.max_rows.min(i64::MAX as u64) as i64);
+        (self.next_id - self.bounded_at >= SEGMENT_IDS && below > 0).then_some(below)
+    }
+
+    #[cfg(test)]
+    pub fn set_max_rows(&mut self, max_rows: u64) {
+        self.max_rows = max_rows;
+    }
+
+    /// Asks the writer to keep the row bound up to `below`, keeping `live` (the ids of stored
+    /// intervals still open). A full queue asks again at the next chance.
+    pub fn bound(&mut self, below: i64, live: Vec<i64>) {
+        self.flush();
+        if let Some(tx) = &self.tx
+            && tx.try_send(StoreOp::Bound(below, live)).is_ok()
+        {
+            self.bounded_at = self.next_id;
+        }
     }
 
     /// Lets the writer commit everything queued, then stops it (shutdown).
@@ -758,6 +794,8 @@ pub fn start(
             dropped: 0,
             figures,
             next_id,
+            max_rows: retention.max_rows,
+            bounded_at: next_id,
             gap: PendingGap::default(),
             pending: Vec::with_capacity(HANDOVER),
         },
@@ -784,10 +822,6 @@ fn writer(
     }
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     let mut rows = Rows::new(figures.rows.clone());
-    // The newest id written, and the one the row bound last ran at: the bound is kept every
-    // segment's worth of intervals, not only at the ten-minute prune (a busy server writes
-    // millions of intervals in ten minutes).
-    let (mut newest, mut bounded_at) = (0i64, i64::MIN);
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(op) => Some(op),
@@ -796,7 +830,7 @@ fn writer(
         };
         let puts_of = |op: &StoreOp| match op {
             StoreOp::Puts(v) => v.len(),
-            StoreOp::Gap(..) => 0,
+            StoreOp::Gap(..) | StoreOp::Bound(..) => 0,
         };
         let mut puts = first.as_ref().map_or(0, puts_of);
         let mut batch: Vec<StoreOp> = first.into_iter().collect();
@@ -823,7 +857,6 @@ fn writer(
                         StoreOp::Puts(v) => {
                             for i in v {
                                 rows.insert(&mut statements, i)?;
-                                newest = newest.max(i.id);
                             }
                         }
                         StoreOp::Gap(a, b, n) => {
@@ -832,6 +865,8 @@ fn writer(
                             )?
                             .execute(params![a, b, *n as i64])?;
                         }
+                        // After the commit: a bound that fails must not take the batch with it.
+                        StoreOp::Bound(..) => {}
                     }
                 }
                 drop(statements);
@@ -849,17 +884,20 @@ fn writer(
             figures
                 .queued
                 .fetch_sub(puts, std::sync::atomic::Ordering::Relaxed);
-            if newest.saturating_sub(bounded_at) >= SEGMENT_IDS {
-                match bound_rows(&c, retention.max_rows) {
-                    Ok(_) => bounded_at = newest,
-                    // Tried again after the next batch.
-                    Err(e) => {
-                        let n = figures
-                            .bound_failed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                            + 1;
-                        tracing::error!(path = %path.display(), error = %e, times = n, "keeping the tenancy store to its row bound failed");
-                    }
+            let bound = batch.iter().rev().find_map(|op| match op {
+                StoreOp::Bound(below, live) => Some((*below, live)),
+                _ => None,
+            });
+            // A failed bound is asked for again once more intervals were handed out.
+            if let Some((below, live)) = bound
+                && let Err(e) = bound_rows(&mut c, below, live)
+            {
+                let n = figures
+                    .bound_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                if n.is_power_of_two() {
+                    tracing::error!(path = %path.display(), error = %e, times = n, "keeping the tenancy store to its row bound failed");
                 }
             }
         }
@@ -867,7 +905,7 @@ fn writer(
             last_prune = Instant::now();
             let now = crate::clock::now_unix_ns();
             rows.forget();
-            match prune(&c, now, retention.max_age, retention.max_rows) {
+            match prune(&c, now, retention.max_age) {
                 Ok(n) if n > 0 => tracing::info!(rows = n, "tenancy store pruned"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pruning the tenancy store failed"),
@@ -1024,7 +1062,7 @@ mod tests {
             .unwrap();
         assert_eq!(gaps(&c, 0, 99).unwrap(), vec![]);
         assert_eq!(gaps(&c, 400, 1000).unwrap(), vec![(100, 500, 3)]);
-        prune(&c, 10_000, Duration::from_nanos(1000), 100).unwrap();
+        prune(&c, 10_000, Duration::from_nanos(1000)).unwrap();
         assert_eq!(gaps(&c, 0, i64::MAX).unwrap(), vec![]);
     }
 
@@ -1112,15 +1150,17 @@ mod tests {
     }
 
     #[test]
-    fn the_row_bound_deletes_the_oldest_rows_open_or_not() {
+    fn the_row_bound_spares_only_the_live_open_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
-        // A row left open (its close was never written), then closed connections.
+        let mut c = open_rw(&dir.path().join(FILE_NAME)).unwrap();
+        // A listener still open, a row left open whose close was never written, then closed
+        // connections.
         insert(&c, &iv(1, 80, 1, None)).unwrap();
-        for id in 2..=10 {
+        insert(&c, &iv(2, 81, 2, None)).unwrap();
+        for id in 3..=10 {
             insert(&c, &iv(id, 40000 + id as u16, id, Some(id + 1))).unwrap();
         }
-        assert_eq!(bound_rows(&c, 3).unwrap(), 7);
+        assert_eq!(bound_rows(&mut c, 7, &[1, 99]).unwrap(), 6);
         let ids: Vec<i64> = c
             .prepare("SELECT id FROM intervals ORDER BY id")
             .unwrap()
@@ -1128,11 +1168,11 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(ids, vec![8, 9, 10]);
+        assert_eq!(ids, vec![1, 8, 9, 10]);
         // An empty store has nothing to delete.
         let empty = tempfile::tempdir().unwrap();
-        let e = open_rw(&empty.path().join(FILE_NAME)).unwrap();
-        assert_eq!(bound_rows(&e, 3).unwrap(), 0);
+        let mut e = open_rw(&empty.path().join(FILE_NAME)).unwrap();
+        assert_eq!(bound_rows(&mut e, 3, &[]).unwrap(), 0);
     }
 
     #[test]
@@ -1183,13 +1223,11 @@ mod tests {
         }
         // Older than 5 s at t = 10 s: ids 0..=4 go.
         assert_eq!(
-            prune(&c, 10_000_000_000, Duration::from_secs(5), 100).unwrap(),
+            prune(&c, 10_000_000_000, Duration::from_secs(5)).unwrap(),
             5
         );
-        assert_eq!(
-            prune(&c, 10_000_000_000, Duration::from_secs(5), 2).unwrap(),
-            3
-        );
+        let mut c = c;
+        assert_eq!(bound_rows(&mut c, 7, &[]).unwrap(), 3);
         let left = holdings(&c, (80, 80), None, 0, i64::MAX, Some, 10)
             .map(|h| h.0)
             .unwrap();
@@ -1231,7 +1269,7 @@ mod tests {
             assert_eq!(*i.process, *first.process, "interval {}", i.id);
         }
         // Ids 1 and 2 go by age; their process row with them, the other stays.
-        prune(&c, 1_000, Duration::from_nanos(450), 100).unwrap();
+        prune(&c, 1_000, Duration::from_nanos(450)).unwrap();
         assert_eq!(count("SELECT count(*) FROM processes"), 1);
         let (left, _) = holdings(&c, (80, 81), None, 0, i64::MAX, Some, 10).unwrap();
         assert_eq!((left.len(), left[0].process.pid), (1, 42));

@@ -2,7 +2,7 @@
 //! connect and close events, and written to the store as intervals (opened, upgraded to
 //! listening, closed).
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -57,7 +57,8 @@ impl Key {
     }
 }
 
-/// Beyond this many open sockets (releases lost), the oldest are forgotten.
+/// Beyond this many open sockets (releases lost, or a user holding that many), new ones are not
+/// followed to their end.
 const MAX_OPEN: usize = 200_000;
 
 /// An open interval and whether the store already has it.
@@ -73,8 +74,6 @@ const STORE_OPEN_AFTER_NS: i64 = 1_000_000_000;
 pub struct Tenancy {
     open: HashMap<Key, Open>,
     max_open: usize,
-    /// The open intervals by (opened, id): the oldest is forgotten first, in O(log n).
-    by_age: BTreeMap<(i64, i64), Key>,
     pub store: StoreHandle,
     forgotten: u64,
     /// Intervals closed by a scan because their release event was lost.
@@ -84,8 +83,9 @@ pub struct Tenancy {
     closed: Vec<Interval>,
     /// The facts kept with open intervals whose command lines were cut, by the facts they were
     /// cut from: one copy per set of facts, so that the store writes one process row for it,
-    /// not one per socket.
-    cut: Lru<usize, (Arc<ProcessFacts>, Arc<ProcessFacts>)>,
+    /// not one per socket. The `Weak` keeps the source's allocation, so its address (the key)
+    /// is not reused while remembered, and frees its strings once nothing else holds them.
+    cut: Lru<usize, (std::sync::Weak<ProcessFacts>, Arc<ProcessFacts>)>,
     cut_evictions: u64,
 }
 
@@ -98,7 +98,8 @@ pub struct HistoryCounters {
     pub open_sockets: usize,
     /// Intervals the store writer could not take (it fell behind).
     pub writes_dropped: u64,
-    /// Open intervals forgotten because the live table was full.
+    /// Sockets not followed to their end because the live table was full (their start is
+    /// written, ended at once with the note `NOT_FOLLOWED`).
     pub forgotten: u64,
     /// Intervals closed by a scan because their release event was lost.
     pub swept: u64,
@@ -115,12 +116,11 @@ impl Tenancy {
         Self::with_max(store, MAX_OPEN)
     }
 
-    /// A table that forgets its oldest open interval beyond `max_open`.
+    /// A table that follows at most `max_open` open intervals.
     pub fn with_max(store: StoreHandle, max_open: usize) -> Self {
         Self {
             max_open,
             open: HashMap::default(),
-            by_age: BTreeMap::new(),
             store,
             forgotten: 0,
             swept: 0,
@@ -160,7 +160,7 @@ impl Tenancy {
     }
 
     /// `p` as the history keeps it: its command line cut (`cut_process`), one copy per set of
-    /// facts (the key holds `p`, so its address is not reused while remembered).
+    /// facts.
     fn kept_process(&mut self, p: &Arc<ProcessFacts>) -> Arc<ProcessFacts> {
         let key = Arc::as_ptr(p) as usize;
         if let Some((_, cut)) = self.cut.get(&key) {
@@ -171,7 +171,7 @@ impl Tenancy {
         };
         if self
             .cut
-            .push(key, (p.clone(), cut.clone()))
+            .push(key, (Arc::downgrade(p), cut.clone()))
             .is_some_and(|(old, _)| old != key)
         {
             self.cut_evictions += 1;
@@ -265,17 +265,13 @@ impl Tenancy {
         };
         let new = Key { cookie, ..k };
         o.interval.cookie = cookie;
-        self.by_age
-            .insert((o.interval.opened_ns, o.interval.id), new);
         self.open.insert(new, o);
         new
     }
 
     /// Takes an open interval out of the table.
     fn take(&mut self, key: &Key) -> Option<Open> {
-        let o = self.open.remove(key)?;
-        self.by_age.remove(&(o.interval.opened_ns, o.interval.id));
-        Some(o)
+        self.open.remove(key)
     }
 
     /// `cookie`: the closing event's, for an interval opened by an event that had none (a
@@ -347,13 +343,25 @@ impl Tenancy {
     }
 
     /// Writes intervals open longer than a second that the store does not have yet (called every
-    /// second), or all of them (at shutdown, so `who` knows they were open).
+    /// second), or all of them (at shutdown, so `who` knows they were open). When the row bound
+    /// is due, asks the writer to keep it, sparing the stored intervals still open.
     pub fn store_open(&mut self, now_ns: i64, all: bool) {
+        let bound = self.store.bound_due();
+        let mut live = Vec::new();
         for o in self.open.values_mut() {
             if !o.stored && (all || o.interval.opened_ns <= now_ns - STORE_OPEN_AFTER_NS) {
                 o.stored = true;
                 self.store.put(o.interval.clone());
             }
+            if let Some(below) = bound
+                && o.stored
+                && o.interval.id <= below
+            {
+                live.push(o.interval.id);
+            }
+        }
+        if let Some(below) = bound {
+            self.store.bound(below, live);
         }
     }
 
@@ -369,10 +377,7 @@ impl Tenancy {
                 o.interval.role = role;
             }
             if wall_ns < o.interval.opened_ns {
-                let age = (o.interval.opened_ns, o.interval.id);
                 o.interval.opened_ns = wall_ns;
-                self.by_age.remove(&age);
-                self.by_age.insert((wall_ns, age.1), key);
             }
             if o.stored {
                 let i = o.interval.clone();
@@ -380,19 +385,7 @@ impl Tenancy {
             }
             return;
         }
-        if self.open.len() >= self.max_open
-            && !self.open.contains_key(&key)
-            && let Some((_, oldest)) = self.by_age.pop_first()
-            && let Some(o) = self.open.remove(&oldest)
-        {
-            self.forgotten += 1;
-            // Its row must not stay open in the store: ended as far as the history can tell.
-            let mut i = o.interval;
-            i.closed_ns = Some(wall_ns.max(i.opened_ns));
-            i.close_note =
-                Some("forgotten while open (the live table was full); end unknown".into());
-            self.ended(i);
-        }
+        let full = self.open.len() >= self.max_open && !self.open.contains_key(&key);
         let id = self.store.next_id;
         self.store.next_id += 1;
         let i = Interval {
@@ -408,12 +401,22 @@ impl Tenancy {
             close_note: None,
             cookie: f.event.cookie,
         };
+        if full {
+            // Not followed: its start and holder are written now, its end is unknown. The
+            // sockets the table already follows (a host's listeners among them) stay: a user
+            // who fills the table only loses the record of the ends of their own new sockets.
+            self.forgotten += 1;
+            let mut i = i;
+            i.closed_ns = Some(wall_ns);
+            i.close_note = Some(NOT_FOLLOWED.into());
+            self.ended(i);
+            return;
+        }
         let new = Open {
             interval: i,
             stored: false,
         };
         let old = self.take(&key);
-        self.by_age.insert((wall_ns, id), key);
         self.open.insert(key, new);
         if let Some(mut old) = old {
             // The same address again without a release in between (a lost event): the old one
@@ -424,6 +427,9 @@ impl Tenancy {
         }
     }
 }
+
+/// The close note of a socket the live table was too full to follow.
+pub const NOT_FOLLOWED: &str = "not followed: the live table was full; end unknown";
 
 /// Command lines kept with open intervals are cut here: the table holds one per socket, and a
 /// user can hold many sockets with megabyte command lines (the event line has the whole 8 KiB).
@@ -563,52 +569,85 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_forgets_its_oldest_socket() {
-        let (_dir, mut t, _) = table(3);
+    fn a_full_table_follows_no_new_socket_and_keeps_the_ones_it_has() {
+        let (_dir, t, path) = table(3);
+        let mut t = t.keep_closed(true);
+        // Recent times: the writer's first prune deletes what is older than the retention.
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
         for (i, port) in (2000..2005).enumerate() {
             t.observe(&fixture::facts(bind(port), now + i as i64));
         }
         let c = t.counters();
         assert_eq!((c.open_sockets, c.forgotten), (3, 2));
-        let kept: Vec<u16> = t.open.keys().map(|k| k.local.port()).collect();
-        assert!(kept.iter().all(|p| *p >= 2002), "{kept:?}");
-        assert_eq!(t.by_age.len(), 3);
-        // Its release still closes a socket it kept.
-        let mut close = bind(2004);
-        close.kind = Kind::Close;
-        t.observe(&fixture::facts(close, now + 9));
-        assert_eq!((t.counters().open_sockets, t.by_age.len()), (2, 2));
-        t.store.finish();
-    }
-
-    #[test]
-    fn a_forgotten_socket_is_written_ended_with_a_note() {
-        let (_dir, t, path) = table(1);
-        let mut t = t.keep_closed(true);
-        // Recent times: the writer's first prune deletes what is older than the retention.
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
-        t.observe(&fixture::facts(bind(2100), now));
-        t.observe(&fixture::facts(bind(2101), now + 10));
+        let mut kept: Vec<u16> = t.open.keys().map(|k| k.local.port()).collect();
+        kept.sort();
+        assert_eq!(kept, [2000, 2001, 2002]);
+        // The two it could not follow are written with their start, ended at once, end unknown.
         let closed: Vec<_> = t.take_closed().collect();
-        assert_eq!(closed.len(), 1);
         assert_eq!(
-            (closed[0].local.port, closed[0].closed_ns),
-            (2100, Some(now + 10))
+            closed
+                .iter()
+                .map(|i| (i.local.port, i.closed_ns, i.close_note.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                (2003, Some(now + 3), Some(NOT_FOLLOWED)),
+                (2004, Some(now + 4), Some(NOT_FOLLOWED))
+            ]
         );
-        assert!(
-            closed[0]
-                .close_note
-                .as_deref()
-                .is_some_and(|n| n.contains("forgotten") && n.contains("end unknown")),
-            "{:?}",
-            closed[0].close_note
-        );
+        // A release still closes a socket it follows; one it does not follow changes nothing.
+        for port in [2002, 2004] {
+            let mut close = bind(port);
+            close.kind = Kind::Close;
+            t.observe(&fixture::facts(close, now + 9));
+        }
+        assert_eq!(t.counters().open_sockets, 2);
         t.store.finish();
         let c = crate::history::store::open_ro(&path).unwrap();
         let (rows, _) =
-            crate::history::store::holdings(&c, (2100, 2100), None, 0, i64::MAX, Some, 10).unwrap();
-        assert_eq!(rows[0].closed_ns, Some(now + 10));
+            crate::history::store::holdings(&c, (2004, 2004), None, 0, i64::MAX, Some, 10).unwrap();
+        assert_eq!(
+            (rows.len(), rows[0].close_note.as_deref()),
+            (1, Some(NOT_FOLLOWED))
+        );
+    }
+
+    #[test]
+    fn the_row_bound_spares_the_stored_sockets_still_open() {
+        let (_dir, mut t, path) = table(MAX_OPEN);
+        t.store.set_max_rows(2);
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+        // A listener stored open (all = true), then closed connections past the bound.
+        t.observe(&fixture::facts(bind(80), now));
+        t.store_open(now, true);
+        for (i, port) in (40000..40000 + crate::history::store::SEGMENT_IDS as u16 + 5).enumerate()
+        {
+            let at = now + 1 + i as i64;
+            t.observe(&fixture::facts(bind(port), at));
+            let mut close = bind(port);
+            close.kind = Kind::Close;
+            t.observe(&fixture::facts(close, at));
+            // Faster than the writer: let it catch up, so that no interval is dropped.
+            if i % 1024 == 0 {
+                t.store.flush();
+                while t.store.queue().0 > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        }
+        assert_eq!(t.counters().writes_dropped, 0);
+        t.store_open(now, false);
+        t.store.finish();
+        let c = crate::history::store::open_ro(&path).unwrap();
+        let ids: Vec<(i64, u16)> = c
+            .prepare("SELECT id, port FROM intervals ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // The listener (id 1) and the newest two.
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_eq!(ids[0].1, 80);
     }
 
     #[test]

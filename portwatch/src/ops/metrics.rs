@@ -296,7 +296,7 @@ pub fn render(m: &MetricsInput<'_>) -> Result<String, MetricsError> {
         )?;
         b.counters(
             "history_intervals_total",
-            "History intervals not recorded as they happened: dropped (writer behind), forgotten (open table full), swept (closed by a scan after a lost release), commit_failed (disk full, broken store).",
+            "History intervals not recorded as they happened: dropped (writer behind), forgotten (open table full: not followed to their end), swept (closed by a scan after a lost release), commit_failed (disk full, broken store).",
             &["outcome"],
             [
                 ("dropped", h.writes_dropped),
