@@ -565,21 +565,42 @@ pub fn bound_rows(c: &mut Connection, below: i64, live: &[i64]) -> rusqlite::Res
     Ok(n)
 }
 
-/// Retention by age: drop closed intervals older than `max_age`, and process facts no interval
-/// refers to any more. (The row bound is `bound_rows`.)
-pub fn prune(c: &Connection, now_ns: i64, max_age: Duration) -> rusqlite::Result<usize> {
+/// Process rows beyond which the ten-minute prune looks for those no interval refers to any
+/// more. That search reads every interval: at a million rows it stalled the writer long enough
+/// for a busy server's history to overflow its queue, every ten minutes; a few thousand unused
+/// rows cost less.
+pub const PROCESS_ROWS_KEPT: i64 = 16_384;
+
+/// Retention by age: drop closed intervals older than `max_age`, then, once there are more than
+/// `keep_process_rows`, process facts no interval refers to any more. (The row bound is
+/// `bound_rows`.)
+///
+/// Ids are handed out in opening order, so the old rows are the first ids: the delete reads the
+/// rowid up to the first interval opened since the cutoff, not the whole table. One opened
+/// earlier than an id before it suggests (its start moved back) waits for the row bound.
+pub fn prune(
+    c: &Connection,
+    now_ns: i64,
+    max_age: Duration,
+    keep_process_rows: i64,
+) -> rusqlite::Result<usize> {
     let cutoff = now_ns - max_age.as_nanos().min(i64::MAX as u128) as i64;
     let n = c.execute(
-        "DELETE FROM intervals WHERE closed_ns IS NOT NULL AND closed_ns < ?1",
+        "DELETE FROM intervals WHERE closed_ns IS NOT NULL AND closed_ns < ?1
+            AND id < coalesce(
+                (SELECT id FROM intervals WHERE opened_ns >= ?1 ORDER BY id LIMIT 1),
+                9223372036854775807)",
         [cutoff],
     )?;
     c.execute("DELETE FROM gaps WHERE to_ns < ?1", [cutoff])?;
-    // Process facts no interval refers to any more.
-    c.execute(
-        "DELETE FROM processes WHERE id NOT IN
-            (SELECT process_id FROM intervals WHERE process_id IS NOT NULL)",
-        [],
-    )?;
+    let processes: i64 = c.query_row("SELECT count(*) FROM processes", [], |r| r.get(0))?;
+    if processes > keep_process_rows {
+        c.execute(
+            "DELETE FROM processes WHERE id NOT IN
+                (SELECT process_id FROM intervals WHERE process_id IS NOT NULL)",
+            [],
+        )?;
+    }
     Ok(n)
 }
 
@@ -905,7 +926,7 @@ fn writer(
             last_prune = Instant::now();
             let now = crate::clock::now_unix_ns();
             rows.forget();
-            match prune(&c, now, retention.max_age) {
+            match prune(&c, now, retention.max_age, PROCESS_ROWS_KEPT) {
                 Ok(n) if n > 0 => tracing::info!(rows = n, "tenancy store pruned"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pruning the tenancy store failed"),
@@ -1062,7 +1083,7 @@ mod tests {
             .unwrap();
         assert_eq!(gaps(&c, 0, 99).unwrap(), vec![]);
         assert_eq!(gaps(&c, 400, 1000).unwrap(), vec![(100, 500, 3)]);
-        prune(&c, 10_000, Duration::from_nanos(1000)).unwrap();
+        prune(&c, 10_000, Duration::from_nanos(1000), 0).unwrap();
         assert_eq!(gaps(&c, 0, i64::MAX).unwrap(), vec![]);
     }
 
@@ -1223,7 +1244,7 @@ mod tests {
         }
         // Older than 5 s at t = 10 s: ids 0..=4 go.
         assert_eq!(
-            prune(&c, 10_000_000_000, Duration::from_secs(5)).unwrap(),
+            prune(&c, 10_000_000_000, Duration::from_secs(5), 0).unwrap(),
             5
         );
         let mut c = c;
@@ -1268,8 +1289,11 @@ mod tests {
         for i in &all {
             assert_eq!(*i.process, *first.process, "interval {}", i.id);
         }
-        // Ids 1 and 2 go by age; their process row with them, the other stays.
-        prune(&c, 1_000, Duration::from_nanos(450)).unwrap();
+        // Ids 1 and 2 go by age; their process row with them once there are more process rows
+        // than kept, the other stays.
+        prune(&c, 1_000, Duration::from_nanos(450), 2).unwrap();
+        assert_eq!(count("SELECT count(*) FROM processes"), 2);
+        prune(&c, 1_000, Duration::from_nanos(450), 1).unwrap();
         assert_eq!(count("SELECT count(*) FROM processes"), 1);
         let (left, _) = holdings(&c, (80, 81), None, 0, i64::MAX, Some, 10).unwrap();
         assert_eq!((left.len(), left[0].process.pid), (1, 42));
