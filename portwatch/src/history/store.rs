@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS processes (
 -- order). An index by port alone took each write to a page anywhere in it: on a store of a
 -- million rows every commit rewrote thousands of pages, and the writer fell behind a busy web
 -- server (docs/benchmarks.md). Within the newest segment the pages written stay few and cached;
--- a query seeks each segment (`SEGMENTS`). The row bound deletes whole old segments in order.
+-- a query seeks each segment that holds rows (`SEGMENTS`). The row bound deletes the oldest
+-- ids, which sit in the oldest segments: a range, in order.
 CREATE INDEX IF NOT EXISTS intervals_segment_port ON intervals (id >> 14, port, opened_ns);
 DROP INDEX IF EXISTS intervals_port;
 -- Ids are handed out in opening order, so the row bound prunes by id (the rowid) and needs no
