@@ -41,13 +41,7 @@ fn post_bind<const V6: bool>(ctx: &SockContext, probe: u8) {
         if !V6 {
             ev.local_addr[..4].copy_from_slice(&(*sk).src_ip4.to_ne_bytes());
         } else {
-            let ip = &(*sk).src_ip6;
-            ev.local_addr = emit::ip6_words([
-                core::ptr::read_volatile(&ip[0]),
-                core::ptr::read_volatile(&ip[1]),
-                core::ptr::read_volatile(&ip[2]),
-                core::ptr::read_volatile(&ip[3]),
-            ]);
+            emit::ctx_ip6(&mut ev.local_addr, &(*sk).src_ip6);
         }
         ev.cookie = aya_ebpf::helpers::generated::bpf_get_socket_cookie(sk as *mut _);
         // The pre-bind hook kept what the caller asked for: a named port makes a UDP socket

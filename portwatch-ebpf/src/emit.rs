@@ -433,32 +433,34 @@ pub unsafe fn user_addr<const V6: bool>(sa: *const aya_ebpf::bindings::bpf_sock_
         if !V6 {
             addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
         } else {
-            let ip = &(*sa).user_ip6;
-            addr = ip6_words([
-                core::ptr::read_volatile(&ip[0]),
-                core::ptr::read_volatile(&ip[1]),
-                core::ptr::read_volatile(&ip[2]),
-                core::ptr::read_volatile(&ip[3]),
-            ]);
+            ctx_ip6(&mut addr, &(*sa).user_ip6);
         }
     }
     addr
 }
 
-/// Copies four network-order 32-bit words read from a context into an address field.
+/// Copies an IPv6 address held in a program's context as four network-order words straight
+/// into an address field: returning a copy instead does not fit beside the connect record on
+/// `sock_ops`'s 512-byte stack. The four loads are written out: the verifier takes context
+/// loads at constant offsets only, which a loop would leave to the compiler's unrolling.
+///
+/// # Safety
+/// `words` is a field of the program's context.
 #[inline(always)]
-pub fn ip6_words(words: [u32; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let b = words[i].to_ne_bytes();
-        out[i * 4] = b[0];
-        out[i * 4 + 1] = b[1];
-        out[i * 4 + 2] = b[2];
-        out[i * 4 + 3] = b[3];
-        i += 1;
-    }
-    out
+pub unsafe fn ctx_ip6(out: &mut [u8; 16], words: &[u32; 4]) {
+    // SAFETY: 4-byte context loads at fixed offsets, checked by the verifier.
+    let [a, b, c, d] = unsafe {
+        [
+            core::ptr::read_volatile(&words[0]),
+            core::ptr::read_volatile(&words[1]),
+            core::ptr::read_volatile(&words[2]),
+            core::ptr::read_volatile(&words[3]),
+        ]
+    };
+    out[0..4].copy_from_slice(&a.to_ne_bytes());
+    out[4..8].copy_from_slice(&b.to_ne_bytes());
+    out[8..12].copy_from_slice(&c.to_ne_bytes());
+    out[12..16].copy_from_slice(&d.to_ne_bytes());
 }
 
 #[inline(always)]

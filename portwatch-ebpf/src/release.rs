@@ -40,13 +40,7 @@ pub fn portwatch_sock_release(ctx: SockContext) -> i32 {
         if ev.family == family::INET {
             ev.peer_addr[..4].copy_from_slice(&(*sk).dst_ip4.to_ne_bytes());
         } else {
-            let dst = &(*sk).dst_ip6;
-            ev.peer_addr = emit::ip6_words([
-                core::ptr::read_volatile(&dst[0]),
-                core::ptr::read_volatile(&dst[1]),
-                core::ptr::read_volatile(&dst[2]),
-                core::ptr::read_volatile(&dst[3]),
-            ]);
+            emit::ctx_ip6(&mut ev.peer_addr, &(*sk).dst_ip6);
         }
         ev.cookie = cookie;
         emit::submit(&mut ev);

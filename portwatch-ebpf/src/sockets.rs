@@ -229,30 +229,9 @@ fn local_from_ops(ctx: &SockOpsContext, ev: &mut PortEvent) {
     if ev.family == family::INET {
         ev.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
     } else {
-        // SAFETY: context reads, checked by the verifier.
-        words_into(&mut ev.local_addr, unsafe { &(*ctx.ops).local_ip6 });
+        // SAFETY: a field of the program's context.
+        unsafe { emit::ctx_ip6(&mut ev.local_addr, &(*ctx.ops).local_ip6) };
     }
-}
-
-/// Copies an IPv6 address from the context word by word, straight into an address field: a
-/// copy of the whole array would not fit beside the connect record on the 512-byte stack. The
-/// four loads are written out: the verifier takes context loads at constant offsets only, which
-/// a loop would leave to the compiler's unrolling.
-#[inline(always)]
-fn words_into(out: &mut [u8; 16], words: &[u32; 4]) {
-    // SAFETY: 4-byte context loads at fixed offsets.
-    let [a, b, c, d] = unsafe {
-        [
-            read_volatile(&words[0]),
-            read_volatile(&words[1]),
-            read_volatile(&words[2]),
-            read_volatile(&words[3]),
-        ]
-    };
-    out[0..4].copy_from_slice(&a.to_ne_bytes());
-    out[4..8].copy_from_slice(&b.to_ne_bytes());
-    out[8..12].copy_from_slice(&c.to_ne_bytes());
-    out[12..16].copy_from_slice(&d.to_ne_bytes());
 }
 
 /// The peer's address and port from the context (`remote_port` holds the port in network
@@ -263,8 +242,8 @@ fn peer_from_ops(ctx: &SockOpsContext, ev: &mut PortEvent) {
     if ev.family == family::INET {
         ev.peer_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
     } else {
-        // SAFETY: context reads, checked by the verifier.
-        words_into(&mut ev.peer_addr, unsafe { &(*ctx.ops).remote_ip6 });
+        // SAFETY: a field of the program's context.
+        unsafe { emit::ctx_ip6(&mut ev.peer_addr, &(*ctx.ops).remote_ip6) };
     }
 }
 
