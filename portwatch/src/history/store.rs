@@ -620,7 +620,7 @@ pub struct StoreHandle {
     tx: Option<SyncSender<StoreOp>>,
     writer: Option<std::thread::JoinHandle<()>>,
     pub dropped: u64,
-    /// Intervals the writer could not commit (disk full, a broken store), from its thread.
+    /// What the writer thread counts: commit failures, the queue, failed bounds, its rows.
     figures: std::sync::Arc<WriterFigures>,
     pub next_id: i64,
     /// `[store] max_rows`, and the next id at which the row bound was last asked for.

@@ -269,16 +269,11 @@ impl Tenancy {
         new
     }
 
-    /// Takes an open interval out of the table.
-    fn take(&mut self, key: &Key) -> Option<Open> {
-        self.open.remove(key)
-    }
-
     /// `cookie`: the closing event's, for an interval opened by an event that had none (a
     /// kprobe's bind on a socket that got its cookie later).
     fn close(&mut self, key: &Key, wall_ns: i64, cookie: u64) {
         let Some(key) = self.find(key) else { return };
-        if let Some(mut o) = self.take(&key) {
+        if let Some(mut o) = self.open.remove(&key) {
             // Never before it opened (a snapshot's time can be later than a queued event's).
             o.interval.closed_ns = Some(wall_ns.max(o.interval.opened_ns));
             if o.interval.cookie == 0 {
@@ -325,7 +320,7 @@ impl Tenancy {
             },
         );
         for k in &gone {
-            if let Some(mut o) = self.take(k) {
+            if let Some(mut o) = self.open.remove(k) {
                 o.interval.closed_ns = Some(now_ns);
                 o.interval.close_note = Some(
                     "its release event was lost; closed when a scan no longer found the socket"
@@ -416,7 +411,7 @@ impl Tenancy {
             interval: i,
             stored: false,
         };
-        let old = self.take(&key);
+        let old = self.open.remove(&key);
         self.open.insert(key, new);
         if let Some(mut old) = old {
             // The same address again without a release in between (a lost event): the old one
